@@ -1,0 +1,3 @@
+module github.com/leveehq/levee
+
+go 1.26.0

@@ -1,0 +1,169 @@
+package idempotency
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"net/http"
+	"time"
+)
+
+// Sentinel errors a Store returns. Callers compare them with errors.Is.
+var (
+	// ErrFenced means the fencing token presented to Renew, Complete or
+	// Release no longer owns the record: the lease expired and another
+	// caller claimed the key, the record was released or completed, or it
+	// expired. The store left the record untouched.
+	ErrFenced = errors.New("idempotency: fenced: the claim is no longer held by this token")
+
+	// ErrNotFound means Lookup found no live record for the key.
+	ErrNotFound = errors.New("idempotency: record not found")
+
+	// ErrCapacity means a bounded store refused a new record because it is
+	// full of live records. The engine treats it like any store failure
+	// (503 by default); it never evicts a live record, since that would let
+	// a duplicate execute twice.
+	ErrCapacity = errors.New("idempotency: store is at capacity")
+)
+
+// State is the lifecycle state of a Record.
+type State uint8
+
+const (
+	// StateInProgress marks a claimed key whose holder has not finished.
+	StateInProgress State = 1
+	// StateCompleted marks a key whose response is stored.
+	StateCompleted State = 2
+)
+
+// String returns "in_progress" or "completed".
+func (s State) String() string {
+	switch s {
+	case StateInProgress:
+		return "in_progress"
+	case StateCompleted:
+		return "completed"
+	}
+	return "unknown"
+}
+
+// Fingerprint is the SHA-256 digest of what makes two requests "the same":
+// method, path, query, canonical body and configured headers. Two requests
+// under one key with different fingerprints are refused (ErrMismatch).
+type Fingerprint [32]byte
+
+// Response is the stored outcome of an executed request: the HTTP status,
+// the allow-listed response headers and the body, byte for byte. Plain
+// functions run through Engine.Do store only Body (Status 0, no headers).
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+	// BodyOmitted reports that the body exceeded the configured cap and was
+	// not stored. The request did execute; a replay must say so rather than
+	// run it again (see the middleware's response-not-stored problem).
+	BodyOmitted bool
+}
+
+// Record is one idempotency key as a store holds it.
+type Record struct {
+	// Key is the scoped key (route + tenant + client key, hashed).
+	Key         string
+	Fingerprint Fingerprint
+	State       State
+	// Token is the fencing token of the claim that created the record.
+	Token uint64
+	// LeaseUntil is when an in-progress claim may be taken over.
+	LeaseUntil time.Time
+	// ExpiresAt ends the retention period; after it the record counts as
+	// absent whatever the store's own TTL machinery has done.
+	ExpiresAt time.Time
+	// Response is set when State is StateCompleted.
+	Response *Response
+}
+
+// live reports whether r still counts at now (retention is checked
+// logically, never left to a store's lazy TTL).
+func (r *Record) live(now time.Time) bool { return now.Before(r.ExpiresAt) }
+
+// Claimable reports whether a claim made at now may replace r: r has
+// expired, or it is in progress and its lease has lapsed. Every Store
+// implements exactly this rule, atomically.
+func (r *Record) Claimable(now time.Time) bool {
+	if !r.live(now) {
+		return true
+	}
+	return r.State == StateInProgress && !now.Before(r.LeaseUntil)
+}
+
+// ClaimRequest asks a Store to claim Key.
+type ClaimRequest struct {
+	Key         string
+	Fingerprint Fingerprint
+	// Token is the fencing token for the new claim, chosen by the engine
+	// (see NewToken): unique per claim, never zero, below 2^63.
+	Token uint64
+	// Now is the engine's clock reading for this decision.
+	Now time.Time
+	// LeaseUntil and ExpiresAt are stored on the new record.
+	LeaseUntil time.Time
+	ExpiresAt  time.Time
+}
+
+// ClaimResult is the answer to a claim.
+type ClaimResult struct {
+	// Claimed reports that the caller now holds the key with the request's
+	// token and must execute, then Complete or Release.
+	Claimed bool
+	// Existing is the live record that blocked the claim, returned in the
+	// same round trip, when Claimed is false. It may be nil only when the
+	// blocking record vanished between the attempt and the read (a race the
+	// engine resolves by claiming again).
+	Existing *Record
+}
+
+// Store persists idempotency records. Every method is atomic with respect
+// to every other call on the same key, across processes sharing the
+// backend. Implementations must pass idemtest.Run. Each method should cost
+// one round trip to the backend: the engine's new-request path is Claim +
+// Complete, and a replay is a single Claim.
+type Store interface {
+	// Claim creates an in-progress record for req.Key holding req.Token if
+	// no record exists or the existing one is Claimable at req.Now;
+	// otherwise it changes nothing and returns the existing record.
+	Claim(ctx context.Context, req ClaimRequest) (ClaimResult, error)
+
+	// Renew moves the lease of the in-progress record held by token to
+	// leaseUntil. It returns ErrFenced if the record is absent, completed,
+	// or held by another token.
+	Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error
+
+	// Complete stores resp on the in-progress record held by token, marks it
+	// completed and sets its retention to expiresAt. It returns ErrFenced
+	// if token no longer holds the record.
+	Complete(ctx context.Context, key string, token uint64, resp Response, expiresAt time.Time) error
+
+	// Release deletes the in-progress record held by token so that a retry
+	// executes again. It returns ErrFenced if token no longer holds it.
+	Release(ctx context.Context, key string, token uint64) error
+
+	// Lookup returns the record for key if it is live at now, or ErrNotFound.
+	Lookup(ctx context.Context, key string, now time.Time) (*Record, error)
+}
+
+// NewToken returns a fresh fencing token: 63 random bits, never zero.
+// Tokens are compared for equality by the store inside the same atomic
+// operation that changes the record, so uniqueness (not order) is what
+// fencing needs; 63 bits keep them representable as a signed 64-bit
+// integer in SQL backends.
+func NewToken() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+		t := binary.LittleEndian.Uint64(b[:]) >> 1
+		if t != 0 {
+			return t
+		}
+	}
+}

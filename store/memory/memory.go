@@ -1,0 +1,234 @@
+// Package memory is an in-process idempotency.Store for tests, single
+// replicas and benchmarks. It is bounded: expired records are reclaimed as
+// new ones arrive, and MaxEntries caps the number of records, after which a
+// claim for a new key fails with idempotency.ErrCapacity rather than
+// evicting a live record (which would let a duplicate run twice).
+//
+// It offers no durability and no sharing between processes: use sqlite,
+// redis, postgres or dynamodb for those.
+package memory
+
+import (
+	"context"
+	"hash/maphash"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+)
+
+// Options configure a Store. The zero value is a sensible default.
+type Options struct {
+	// MaxEntries caps the number of records held (live or not yet
+	// reclaimed). Default 1,000,000. When full of live records, claims for
+	// new keys fail with idempotency.ErrCapacity.
+	MaxEntries int
+}
+
+const shardCount = 64
+
+// Store is an in-memory idempotency.Store. It is safe for concurrent use.
+type Store struct {
+	seed     maphash.Seed
+	perShard int
+	shards   [shardCount]shard
+	ops      atomic.Int64
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*entry
+	_  [40]byte // keep shards on separate cache lines
+}
+
+type entry struct {
+	rec idempotency.Record
+}
+
+// New returns an empty Store.
+func New(opts Options) *Store {
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = 1_000_000
+	}
+	s := &Store{seed: maphash.MakeSeed(), perShard: max(1, (opts.MaxEntries+shardCount-1)/shardCount)}
+	for i := range s.shards {
+		s.shards[i].m = make(map[string]*entry)
+	}
+	return s
+}
+
+func (s *Store) shard(key string) *shard {
+	return &s.shards[maphash.String(s.seed, key)%shardCount]
+}
+
+// Ops returns how many store operations have been served: the memory
+// store's equivalent of round trips, used by the conformance suite.
+func (s *Store) Ops() int64 { return s.ops.Load() }
+
+// Len returns the number of records held, including expired ones not yet
+// reclaimed.
+func (s *Store) Len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Sweep removes every record expired at now and returns how many it
+// removed. Claims reclaim expired records incrementally; Sweep is for
+// callers that want memory back at once.
+func (s *Store) Sweep(now time.Time) int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += sh.sweep(now, -1)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// sweep deletes up to limit expired records (all when limit < 0). Map
+// iteration starts at a random position, so a small limit samples the
+// shard the way Redis's active expiry does.
+func (sh *shard) sweep(now time.Time, limit int) int {
+	n, seen := 0, 0
+	for k, e := range sh.m {
+		if limit >= 0 && seen >= limit {
+			break
+		}
+		seen++
+		if !now.Before(e.rec.ExpiresAt) {
+			delete(sh.m, k)
+			n++
+		}
+	}
+	return n
+}
+
+// Claim implements idempotency.Store.
+func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	if err := ctx.Err(); err != nil {
+		return idempotency.ClaimResult{}, err
+	}
+	s.ops.Add(1)
+	sh := s.shard(req.Key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.m[req.Key]
+	if ok && !e.rec.Claimable(req.Now) {
+		rec := e.rec
+		return idempotency.ClaimResult{Existing: &rec}, nil
+	}
+	if !ok {
+		sh.sweep(req.Now, 2)
+		if len(sh.m) >= s.perShard && sh.sweep(req.Now, -1) == 0 {
+			return idempotency.ClaimResult{}, idempotency.ErrCapacity
+		}
+		e = &entry{}
+		sh.m[req.Key] = e
+	}
+	e.rec = idempotency.Record{
+		Key: req.Key, Fingerprint: req.Fingerprint, State: idempotency.StateInProgress,
+		Token: req.Token, LeaseUntil: req.LeaseUntil, ExpiresAt: req.ExpiresAt,
+	}
+	return idempotency.ClaimResult{Claimed: true}, nil
+}
+
+// held returns the in-progress entry held by token, or nil.
+func (sh *shard) held(key string, token uint64) *entry {
+	e, ok := sh.m[key]
+	if !ok || e.rec.Token != token || e.rec.State != idempotency.StateInProgress {
+		return nil
+	}
+	return e
+}
+
+// Renew implements idempotency.Store.
+func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.ops.Add(1)
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.held(key, token)
+	if e == nil {
+		return idempotency.ErrFenced
+	}
+	e.rec.LeaseUntil = leaseUntil
+	return nil
+}
+
+// Complete implements idempotency.Store. The response is copied.
+func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, expiresAt time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.ops.Add(1)
+	stored := &idempotency.Response{
+		Status:      resp.Status,
+		Header:      cloneHeader(resp.Header),
+		Body:        append([]byte(nil), resp.Body...),
+		BodyOmitted: resp.BodyOmitted,
+	}
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.held(key, token)
+	if e == nil {
+		return idempotency.ErrFenced
+	}
+	e.rec.State = idempotency.StateCompleted
+	e.rec.ExpiresAt = expiresAt
+	e.rec.Response = stored
+	return nil
+}
+
+func cloneHeader(h http.Header) http.Header {
+	if len(h) == 0 {
+		return nil
+	}
+	return h.Clone()
+}
+
+// Release implements idempotency.Store.
+func (s *Store) Release(ctx context.Context, key string, token uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.ops.Add(1)
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.held(key, token) == nil {
+		return idempotency.ErrFenced
+	}
+	delete(sh.m, key)
+	return nil
+}
+
+// Lookup implements idempotency.Store. The returned record shares its
+// Response with the store; callers must not modify it.
+func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.ops.Add(1)
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.m[key]
+	if !ok || !now.Before(e.rec.ExpiresAt) {
+		return nil, idempotency.ErrNotFound
+	}
+	rec := e.rec
+	return &rec, nil
+}

@@ -1,0 +1,16 @@
+package memory_test
+
+import (
+	"testing"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/idempotency/idemtest"
+	"github.com/leveehq/levee/store/memory"
+)
+
+func TestConformance(t *testing.T) {
+	idemtest.Run(t, idemtest.Harness{
+		NewStore:   func(testing.TB) idempotency.Store { return memory.New(memory.Options{}) },
+		RoundTrips: func(s idempotency.Store) int64 { return s.(*memory.Store).Ops() },
+	})
+}
