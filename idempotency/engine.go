@@ -330,7 +330,8 @@ func (l *Lease) Complete(ctx context.Context, resp Response) error {
 	}
 	sctx, cancel := l.e.storeCtx(context.WithoutCancel(ctx))
 	defer cancel()
-	err := l.e.store.Complete(sctx, l.key, l.token, resp, l.e.opts.Now().Add(l.e.opts.Retention))
+	now := l.e.opts.Now()
+	err := l.e.store.Complete(sctx, l.key, l.token, resp, now, now.Add(l.e.opts.Retention))
 	if err != nil {
 		if errors.Is(err, ErrFenced) {
 			return err

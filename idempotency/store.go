@@ -125,7 +125,9 @@ type ClaimResult struct {
 
 // Store persists idempotency records. Every method is atomic with respect
 // to every other call on the same key, across processes sharing the
-// backend. Implementations must pass idemtest.Run. Each method should cost
+// backend. Times must be kept to at least millisecond precision; expiry is
+// decided from the times passed in (the engine's clock), never from the
+// backend's lazy TTL, which is only a clean-up aid. Implementations must pass idemtest.Run. Each method should cost
 // one round trip to the backend: the engine's new-request path is Claim +
 // Complete, and a replay is a single Claim.
 type Store interface {
@@ -140,9 +142,10 @@ type Store interface {
 	Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error
 
 	// Complete stores resp on the in-progress record held by token, marks it
-	// completed and sets its retention to expiresAt. It returns ErrFenced
-	// if token no longer holds the record.
-	Complete(ctx context.Context, key string, token uint64, resp Response, expiresAt time.Time) error
+	// completed and sets its retention to expiresAt (now is the engine's
+	// clock, for stores whose physical TTL is relative). It returns
+	// ErrFenced if token no longer holds the record.
+	Complete(ctx context.Context, key string, token uint64, resp Response, now, expiresAt time.Time) error
 
 	// Release deletes the in-progress record held by token so that a retry
 	// executes again. It returns ErrFenced if token no longer holds it.

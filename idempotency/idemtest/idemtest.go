@@ -210,7 +210,7 @@ func testCompleteReplay(t *testing.T, h Harness, k keys) {
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
 	want := sampleResponse()
-	if err := s.Complete(ctx, req.Key, req.Token, want, t0.Add(48*time.Hour)); err != nil {
+	if err := s.Complete(ctx, req.Key, req.Token, want, t0, t0.Add(48*time.Hour)); err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
 	ex := mustBlock(t, s, claimReq(req.Key, req.Fingerprint, t0.Add(time.Hour)))
@@ -242,7 +242,7 @@ func testEmptyBodies(t *testing.T, h Harness, k keys) {
 	} {
 		req := claimReq(k.key(fmt.Sprint(i)), fpOf("x"), t0)
 		mustClaim(t, s, req)
-		if err := s.Complete(ctx, req.Key, req.Token, want, t0.Add(time.Hour)); err != nil {
+		if err := s.Complete(ctx, req.Key, req.Token, want, t0, t0.Add(time.Hour)); err != nil {
 			t.Fatalf("Complete: %v", err)
 		}
 		ex := mustBlock(t, s, claimReq(req.Key, req.Fingerprint, t0))
@@ -257,7 +257,7 @@ func testLargeResponse(t *testing.T, h Harness, k keys) {
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
 	want := idempotency.Response{Status: 200, Body: bytes.Repeat([]byte("0123456789abcdef"), 64<<10)} // 1 MiB
-	if err := s.Complete(context.Background(), req.Key, req.Token, want, t0.Add(time.Hour)); err != nil {
+	if err := s.Complete(context.Background(), req.Key, req.Token, want, t0, t0.Add(time.Hour)); err != nil {
 		t.Fatalf("Complete 1 MiB: %v", err)
 	}
 	ex := mustBlock(t, s, claimReq(req.Key, req.Fingerprint, t0))
@@ -271,20 +271,20 @@ func testFencedComplete(t *testing.T, h Harness, k keys) {
 	ctx := context.Background()
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
-	if err := s.Complete(ctx, req.Key, req.Token+1, sampleResponse(), t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Complete(ctx, req.Key, req.Token+1, sampleResponse(), t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("Complete with a wrong token = %v, want ErrFenced", err)
 	}
-	if err := s.Complete(ctx, k.key("missing"), req.Token, sampleResponse(), t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Complete(ctx, k.key("missing"), req.Token, sampleResponse(), t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("Complete of a missing key = %v, want ErrFenced", err)
 	}
 	ex := mustBlock(t, s, claimReq(req.Key, req.Fingerprint, t0))
 	if ex.State != idempotency.StateInProgress || ex.Token != req.Token {
 		t.Fatalf("a fenced Complete changed the record: %+v", ex)
 	}
-	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0.Add(time.Hour)); err != nil {
+	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0, t0.Add(time.Hour)); err != nil {
 		t.Fatalf("Complete with the right token: %v", err)
 	}
-	if err := s.Complete(ctx, req.Key, req.Token, idempotency.Response{Status: 500}, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Complete(ctx, req.Key, req.Token, idempotency.Response{Status: 500}, t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("second Complete = %v, want ErrFenced", err)
 	}
 }
@@ -311,7 +311,7 @@ func testRelease(t *testing.T, h Harness, k keys) {
 	}
 	again := claimReq(req.Key, fpOf("other body is fine after release"), t0.Add(time.Second))
 	mustClaim(t, s, again)
-	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("old token completing the new claim = %v, want ErrFenced", err)
 	}
 }
@@ -329,14 +329,14 @@ func testTakeover(t *testing.T, h Harness, k keys) {
 	if err := s.Renew(ctx, stale.Key, stale.Token, fresh.Now.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("stale Renew = %v, want ErrFenced", err)
 	}
-	if err := s.Complete(ctx, stale.Key, stale.Token, idempotency.Response{Status: 299}, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Complete(ctx, stale.Key, stale.Token, idempotency.Response{Status: 299}, t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("stale Complete = %v, want ErrFenced", err)
 	}
 	if err := s.Release(ctx, stale.Key, stale.Token); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("stale Release = %v, want ErrFenced", err)
 	}
 	want := sampleResponse()
-	if err := s.Complete(ctx, fresh.Key, fresh.Token, want, t0.Add(time.Hour)); err != nil {
+	if err := s.Complete(ctx, fresh.Key, fresh.Token, want, t0, t0.Add(time.Hour)); err != nil {
 		t.Fatalf("new holder Complete: %v", err)
 	}
 	ex := mustBlock(t, s, claimReq(stale.Key, stale.Fingerprint, fresh.Now))
@@ -369,7 +369,7 @@ func testRenewAfterComplete(t *testing.T, h Harness, k keys) {
 	ctx := context.Background()
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
-	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0.Add(time.Hour)); err != nil {
+	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Renew(ctx, req.Key, req.Token, t0.Add(time.Minute)); !errors.Is(err, idempotency.ErrFenced) {
@@ -388,7 +388,7 @@ func testCompletedStays(t *testing.T, h Harness, k keys) {
 	s := h.NewStore(t)
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
-	if err := s.Complete(context.Background(), req.Key, req.Token, sampleResponse(), t0.Add(time.Hour)); err != nil {
+	if err := s.Complete(context.Background(), req.Key, req.Token, sampleResponse(), t0, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	// Long after the lease, before retention ends: still a replay.
@@ -401,7 +401,7 @@ func testRetention(t *testing.T, h Harness, k keys) {
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
 	exp := t0.Add(time.Hour)
-	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), exp); err != nil {
+	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0, exp); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Lookup(ctx, req.Key, exp.Add(-time.Millisecond)); err != nil {

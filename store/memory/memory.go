@@ -168,7 +168,7 @@ func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil 
 }
 
 // Complete implements idempotency.Store. The response is copied.
-func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, expiresAt time.Time) error {
+func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, _, expiresAt time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -14,3 +14,5 @@ func TestConformance(t *testing.T) {
 		RoundTrips: func(s idempotency.Store) int64 { return s.(*memory.Store).Ops() },
 	})
 }
+
+func BenchmarkStore(b *testing.B) { idemtest.Bench(b, memory.New(memory.Options{})) }
