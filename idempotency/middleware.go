@@ -207,7 +207,7 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	case errors.Is(err, ErrMismatch):
 		e.emit(ctx, OutcomeMismatch, nil)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMismatch, Status: http.StatusUnprocessableEntity,
-			Title: "Idempotency key reused with a different request",
+			Title:  "Idempotency key reused with a different request",
 			Detail: "this key was already used for a request with a different method, path, body or fingerprinted headers; use a new key for a new request"})
 	case errors.Is(err, ErrInFlight):
 		e.emit(ctx, OutcomeConflict, nil)
