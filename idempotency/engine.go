@@ -143,12 +143,22 @@ func (o Options) withDefaults() Options {
 type Engine struct {
 	store Store
 	opts  Options
+	local bool // store is in-process: no timeouts needed
 }
 
 // New returns an Engine over store.
 func New(store Store, opts Options) *Engine {
-	return &Engine{store: store, opts: opts.withDefaults()}
+	e := &Engine{store: store, opts: opts.withDefaults()}
+	if ip, ok := store.(inProcess); ok && ip.InProcess() {
+		e.local = true
+	}
+	return e
 }
+
+// inProcess is implemented by stores that never wait on I/O (the memory
+// store). The engine skips the per-call StoreTimeout for them, which
+// would only cost allocations, and detaches them from cancellation.
+type inProcess interface{ InProcess() bool }
 
 // Options returns the engine's options with defaults applied.
 func (e *Engine) Options() Options { return e.opts }
@@ -161,11 +171,22 @@ func (e *Engine) emit(ctx context.Context, o Outcome, err error) {
 
 // storeCtx bounds one store call by StoreTimeout.
 func (e *Engine) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if e.opts.StoreTimeout < 0 {
-		return ctx, func() {}
+	if e.local || e.opts.StoreTimeout < 0 {
+		return ctx, noop
 	}
 	return context.WithTimeout(ctx, e.opts.StoreTimeout)
 }
+
+// detachedCtx is storeCtx for writes that must survive the caller's
+// cancellation (Complete, Release): work already done must be recorded.
+func (e *Engine) detachedCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if e.local {
+		return context.Background(), noop
+	}
+	return e.storeCtx(context.WithoutCancel(ctx))
+}
+
+func noop() {}
 
 // Begin claims key for a request with fingerprint fp. Exactly one of its
 // results is meaningful:
@@ -328,7 +349,7 @@ func (l *Lease) Complete(ctx context.Context, resp Response) error {
 	if err := l.finish(); err != nil {
 		return err
 	}
-	sctx, cancel := l.e.storeCtx(context.WithoutCancel(ctx))
+	sctx, cancel := l.e.detachedCtx(ctx)
 	defer cancel()
 	now := l.e.opts.Now()
 	err := l.e.store.Complete(sctx, l.key, l.token, resp, now, now.Add(l.e.opts.Retention))
@@ -347,7 +368,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	if err := l.finish(); err != nil {
 		return err
 	}
-	sctx, cancel := l.e.storeCtx(context.WithoutCancel(ctx))
+	sctx, cancel := l.e.detachedCtx(ctx)
 	defer cancel()
 	err := l.e.store.Release(sctx, l.key, l.token)
 	if err != nil && !errors.Is(err, ErrFenced) {

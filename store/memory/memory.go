@@ -44,7 +44,8 @@ type shard struct {
 }
 
 type entry struct {
-	rec idempotency.Record
+	rec  idempotency.Record
+	resp idempotency.Response // rec.Response points here once completed
 }
 
 // New returns an empty Store.
@@ -62,6 +63,10 @@ func New(opts Options) *Store {
 func (s *Store) shard(key string) *shard {
 	return &s.shards[maphash.String(s.seed, key)%shardCount]
 }
+
+// InProcess reports true: the store never waits on I/O, so the engine
+// needs no per-call timeout for it.
+func (s *Store) InProcess() bool { return true }
 
 // Ops returns how many store operations have been served: the memory
 // store's equivalent of round trips, used by the conformance suite.
@@ -131,9 +136,11 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 		if len(sh.m) >= s.perShard && sh.sweep(req.Now, -1) == 0 {
 			return idempotency.ClaimResult{}, idempotency.ErrCapacity
 		}
-		e = &entry{}
-		sh.m[req.Key] = e
 	}
+	// Always a new entry: a replaced one may still be read through a
+	// Response pointer handed out earlier, so entries are never reused.
+	e = &entry{}
+	sh.m[req.Key] = e
 	e.rec = idempotency.Record{
 		Key: req.Key, Fingerprint: req.Fingerprint, State: idempotency.StateInProgress,
 		Token: req.Token, LeaseUntil: req.LeaseUntil, ExpiresAt: req.ExpiresAt,
@@ -173,7 +180,7 @@ func (s *Store) Complete(ctx context.Context, key string, token uint64, resp ide
 		return err
 	}
 	s.ops.Add(1)
-	stored := &idempotency.Response{
+	stored := idempotency.Response{
 		Status:      resp.Status,
 		Header:      cloneHeader(resp.Header),
 		Body:        append([]byte(nil), resp.Body...),
@@ -188,7 +195,8 @@ func (s *Store) Complete(ctx context.Context, key string, token uint64, resp ide
 	}
 	e.rec.State = idempotency.StateCompleted
 	e.rec.ExpiresAt = expiresAt
-	e.rec.Response = stored
+	e.resp = stored
+	e.rec.Response = &e.resp
 	return nil
 }
 
