@@ -1,0 +1,375 @@
+// Package redis is an idempotency.Store on Redis, for idempotency shared by
+// many replicas. It works with a single server, a Ring or a Cluster: New
+// takes any go-redis client (*goredis.Client, *goredis.Ring,
+// *goredis.ClusterClient).
+//
+// # Guarantees
+//
+// Every operation is one round trip and atomic on its key: Claim, Renew,
+// Complete and Release each run one Lua script (EVALSHA) that reads the
+// record, decides, and writes it, so no other command on the key can run
+// in between; Lookup is a single HMGET. A Claim that does not win returns
+// the blocking record from the same script, so a replay costs exactly one
+// round trip. Scripts are sent by SHA-1; if the server does not know a
+// script yet (a fresh or restarted server, or after SCRIPT FLUSH), that one
+// call costs two round trips (EVALSHA answered NOSCRIPT, then EVAL, which
+// also caches it). Call Store.Load once at start-up to load the scripts
+// eagerly and keep the first requests at one round trip per operation.
+//
+// Fencing tokens are stored and compared as decimal strings inside the
+// scripts (Lua numbers are doubles and cannot hold 63-bit tokens exactly).
+// Times are stored as integer Unix milliseconds: sub-millisecond parts are
+// truncated, as the Store contract allows.
+//
+// # Expiry
+//
+// Expiry is logical: Claim and Lookup compare the record's expiry with the
+// time the engine passes in, never with Redis's clock or TTL. Redis's TTL is
+// only a clean-up aid: Claim and Complete set it relative to the engine's
+// now (ExpiresAt-Now+TTLSlack), so replica clock skew against the Redis
+// server does not matter; Renew leaves it unchanged (a lease running past
+// the retention does not keep a record alive: the record is logically
+// expired at ExpiresAt anyway).
+//
+// # Layout
+//
+// Each record is one hash at <Prefix>{<k>}, where <k> is the scoped key
+// itself when it is 1 to 64 lowercase hex digits (the engine's scoped keys
+// are), and "sha256:" followed by the hex SHA-256 of the key otherwise, so
+// that any string works and the braces always form a Redis Cluster hash tag.
+// The hash fields are key (the original key), fp (the 32-byte fingerprint),
+// state ("in_progress" or "completed"), token (decimal), lease and exp (Unix
+// milliseconds) and resp (idempotency.MarshalResponse bytes, once
+// completed).
+//
+// # Failures
+//
+// Every Redis error (unreachable server, timeout, canceled context, a
+// key of the wrong type, READONLY replica, ...) is returned wrapped with the
+// operation name, and the record is left as it was; the engine turns it into
+// its store-failure policy (fail closed by default). A record whose fields
+// cannot be parsed is never overwritten: the operation fails with an error
+// rather than guess. ErrFenced and ErrNotFound are returned unwrapped as
+// the contract describes. With a Cluster client configured to read from
+// replicas, Lookup may read a slightly stale record; the engine only uses
+// Lookup to decide whether to claim again, and claims always go to the
+// master, so staleness costs a retry, never a duplicate execution.
+package redis
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/leveehq/levee/idempotency"
+)
+
+// TTLSlack is added to the physical Redis TTL of every record beyond its
+// logical expiry, so that Redis never reclaims a record the engine still
+// counts as live.
+const TTLSlack = time.Minute
+
+// DefaultPrefix is the key prefix used when Options.Prefix is empty.
+const DefaultPrefix = "levee:idem:"
+
+// rediser lists the go-redis commands the store uses. *goredis.Client,
+// *goredis.Ring and *goredis.ClusterClient implement it.
+type rediser interface {
+	goredis.Scripter // EVALSHA with EVAL fallback, SCRIPT LOAD
+	HMGet(ctx context.Context, key string, fields ...string) *goredis.SliceCmd
+}
+
+// shardedClient is implemented by *goredis.Ring and *goredis.ClusterClient;
+// Load uses it to load scripts on every shard.
+type shardedClient interface {
+	ForEachShard(ctx context.Context, fn func(ctx context.Context, client *goredis.Client) error) error
+}
+
+// Options configure a Store. The zero value is a sensible default.
+type Options struct {
+	// Prefix starts every Redis key the store writes. Default
+	// DefaultPrefix ("levee:idem:"). It should not contain '{' or '}',
+	// which would move every record into one Cluster hash slot.
+	Prefix string
+}
+
+// Store is an idempotency.Store on Redis. It is safe for concurrent use and
+// holds no connections of its own: the client passed to New does.
+type Store struct {
+	c        rediser
+	prefix   string
+	claim    *goredis.Script
+	renew    *goredis.Script
+	complete *goredis.Script
+	release  *goredis.Script
+}
+
+var _ idempotency.Store = (*Store)(nil)
+
+// New returns a Store that keeps its records in Redis through client. It
+// does no I/O; see Load.
+func New(client rediser, opts Options) *Store {
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	return &Store{
+		c:        client,
+		prefix:   opts.Prefix,
+		claim:    goredis.NewScript(claimLua),
+		renew:    goredis.NewScript(renewLua),
+		complete: goredis.NewScript(completeLua),
+		release:  goredis.NewScript(releaseLua),
+	}
+}
+
+// Load loads the store's Lua scripts into the script cache of the server
+// (every shard of a Ring or Cluster), so that the first call of each
+// operation costs one round trip instead of two. It is optional and safe to
+// call again at any time, for example after a server restart.
+func (s *Store) Load(ctx context.Context) error {
+	scripts := []*goredis.Script{s.claim, s.renew, s.complete, s.release}
+	load := func(ctx context.Context, c goredis.Scripter) error {
+		for _, sc := range scripts {
+			if err := sc.Load(ctx, c).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var err error
+	if sh, ok := s.c.(shardedClient); ok {
+		err = sh.ForEachShard(ctx, func(ctx context.Context, c *goredis.Client) error { return load(ctx, c) })
+	} else {
+		err = load(ctx, s.c)
+	}
+	if err != nil {
+		return fmt.Errorf("redis: load scripts: %w", err)
+	}
+	return nil
+}
+
+const (
+	stateInProgress = "in_progress"
+	stateCompleted  = "completed"
+)
+
+// recordFields is the order in which Lookup reads a record and Claim
+// returns the blocking one.
+var recordFields = [...]string{"state", "token", "lease", "exp", "fp", "resp"}
+
+// claimLua: KEYS[1] record; ARGV key, fp, token, now, lease, exp, ttl (ms).
+// Returns 1 when claimed, else the blocking record's fields in
+// recordFields order.
+const claimLua = `
+local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease', 'exp', 'fp', 'resp')
+if r[1] then
+  local lease, exp = tonumber(r[3]), tonumber(r[4])
+  if (r[1] ~= 'in_progress' and r[1] ~= 'completed') or not lease or not exp or not r[2] or not r[5] then
+    return redis.error_reply('corrupt idempotency record')
+  end
+  local now = tonumber(ARGV[4])
+  if now < exp and (r[1] == 'completed' or now < lease) then
+    return r
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'key', ARGV[1], 'fp', ARGV[2], 'state', 'in_progress',
+  'token', ARGV[3], 'lease', ARGV[5], 'exp', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+`
+
+// renewLua: KEYS[1] record; ARGV token, lease. Returns 1 or 0 (fenced).
+const renewLua = `
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+return 1
+`
+
+// completeLua: KEYS[1] record; ARGV token, resp, exp, ttl (ms). Returns 1
+// or 0 (fenced).
+const completeLua = `
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'resp', ARGV[2], 'exp', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+`
+
+// releaseLua: KEYS[1] record; ARGV token. Returns 1 or 0 (fenced).
+const releaseLua = `
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`
+
+// redisKey maps a scoped key to its Redis key (see the package doc).
+func (s *Store) redisKey(key string) string {
+	if isShortHex(key) {
+		return s.prefix + "{" + key + "}"
+	}
+	sum := sha256.Sum256([]byte(key))
+	return s.prefix + "{sha256:" + hex.EncodeToString(sum[:]) + "}"
+}
+
+func isShortHex(k string) bool {
+	if len(k) == 0 || len(k) > 64 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ttlMillis is the physical TTL for a record expiring at exp, seen at now.
+func ttlMillis(now, exp time.Time) int64 {
+	return max(exp.UnixMilli()-now.UnixMilli(), 0) + TTLSlack.Milliseconds()
+}
+
+func tokenString(t uint64) string { return strconv.FormatUint(t, 10) }
+
+// Claim implements idempotency.Store in one script call.
+func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	v, err := s.claim.Run(ctx, s.c, []string{s.redisKey(req.Key)},
+		req.Key, req.Fingerprint[:], tokenString(req.Token), req.Now.UnixMilli(),
+		req.LeaseUntil.UnixMilli(), req.ExpiresAt.UnixMilli(), ttlMillis(req.Now, req.ExpiresAt),
+	).Result()
+	if err != nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: %w", err)
+	}
+	switch v := v.(type) {
+	case int64:
+		if v == 1 {
+			return idempotency.ClaimResult{Claimed: true}, nil
+		}
+	case []any:
+		rec, err := decodeRecord(req.Key, v)
+		if err != nil {
+			return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: %w", err)
+		}
+		if rec == nil {
+			return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: script returned an empty record")
+		}
+		return idempotency.ClaimResult{Existing: rec}, nil
+	}
+	return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: unexpected script reply %T", v)
+}
+
+// fenced runs a token-checked script and maps its 0/1 reply.
+func (s *Store) fenced(ctx context.Context, op string, sc *goredis.Script, key string, args ...any) error {
+	n, err := sc.Run(ctx, s.c, []string{s.redisKey(key)}, args...).Int64()
+	if err != nil {
+		return fmt.Errorf("redis: %s: %w", op, err)
+	}
+	if n != 1 {
+		return idempotency.ErrFenced
+	}
+	return nil
+}
+
+// Renew implements idempotency.Store in one script call. It does not
+// change the record's Redis TTL.
+func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), leaseUntil.UnixMilli())
+}
+
+// Complete implements idempotency.Store in one script call. The Redis TTL
+// becomes expiresAt-now+TTLSlack.
+func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, now, expiresAt time.Time) error {
+	return s.fenced(ctx, "complete", s.complete, key, tokenString(token),
+		idempotency.MarshalResponse(resp), expiresAt.UnixMilli(), ttlMillis(now, expiresAt))
+}
+
+// Release implements idempotency.Store in one script call.
+func (s *Store) Release(ctx context.Context, key string, token uint64) error {
+	return s.fenced(ctx, "release", s.release, key, tokenString(token))
+}
+
+// Lookup implements idempotency.Store with one HMGET.
+func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
+	v, err := s.c.HMGet(ctx, s.redisKey(key), recordFields[:]...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis: lookup: %w", err)
+	}
+	rec, err := decodeRecord(key, v)
+	if err != nil {
+		return nil, fmt.Errorf("redis: lookup: %w", err)
+	}
+	if rec == nil || !now.Before(rec.ExpiresAt) {
+		return nil, idempotency.ErrNotFound
+	}
+	return rec, nil
+}
+
+var errCorrupt = errors.New("corrupt idempotency record")
+
+// decodeRecord parses the recordFields values of key's hash. It returns
+// nil, nil when the record does not exist (no state field).
+func decodeRecord(key string, v []any) (*idempotency.Record, error) {
+	if len(v) != len(recordFields) {
+		return nil, fmt.Errorf("%w: %d fields, want %d", errCorrupt, len(v), len(recordFields))
+	}
+	if v[0] == nil {
+		return nil, nil
+	}
+	var f [len(recordFields)]string
+	for i, x := range v {
+		if x == nil {
+			continue
+		}
+		str, ok := x.(string)
+		if !ok {
+			return nil, fmt.Errorf("%w: field %s has type %T", errCorrupt, recordFields[i], x)
+		}
+		f[i] = str
+	}
+	rec := &idempotency.Record{Key: key}
+	switch f[0] {
+	case stateInProgress:
+		rec.State = idempotency.StateInProgress
+	case stateCompleted:
+		rec.State = idempotency.StateCompleted
+	default:
+		return nil, fmt.Errorf("%w: state %q", errCorrupt, f[0])
+	}
+	var err error
+	if rec.Token, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+		return nil, fmt.Errorf("%w: token: %w", errCorrupt, err)
+	}
+	lease, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%w: lease: %w", errCorrupt, err)
+	}
+	exp, err := strconv.ParseInt(f[3], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%w: exp: %w", errCorrupt, err)
+	}
+	rec.LeaseUntil = time.UnixMilli(lease).UTC()
+	rec.ExpiresAt = time.UnixMilli(exp).UTC()
+	if len(f[4]) != len(rec.Fingerprint) {
+		return nil, fmt.Errorf("%w: fingerprint is %d bytes", errCorrupt, len(f[4]))
+	}
+	copy(rec.Fingerprint[:], f[4])
+	if rec.State == idempotency.StateCompleted {
+		if v[5] == nil {
+			return nil, fmt.Errorf("%w: completed without a response", errCorrupt)
+		}
+		resp, err := idempotency.UnmarshalResponse([]byte(f[5]))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errCorrupt, err)
+		}
+		rec.Response = &resp
+	}
+	return rec, nil
+}
