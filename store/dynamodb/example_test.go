@@ -1,0 +1,52 @@
+package dynamodb_test
+
+import (
+	"context"
+	"log"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	awsdynamodb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/store/dynamodb"
+)
+
+// Wiring the store into an idempotency engine, as in an AWS Lambda
+// function: the SDK takes region and credentials from the environment.
+// It needs a real table, so it has no Output.
+func Example() {
+	ctx := context.Background()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	store, err := dynamodb.New(awsdynamodb.NewFromConfig(cfg), dynamodb.Options{Table: "levee-idempotency"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	engine := idempotency.New(store, idempotency.Options{})
+
+	charge := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"id":"ch_1"}`))
+	})
+	// Keep stored bodies under DynamoDB's 400 KB item limit.
+	h := engine.Middleware(idempotency.HTTPOptions{Scope: "charges", MaxStoredBody: 300 << 10})(charge)
+	http.Handle("POST /charges", h)
+}
+
+// Creating the table once, at deploy time (or from infrastructure as code
+// with the same schema: partition key "pk" of type S, TTL on "ttl").
+func ExampleCreateTable() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := dynamodb.CreateTable(ctx, awsdynamodb.NewFromConfig(cfg), dynamodb.Options{Table: "levee-idempotency"}); err != nil {
+		log.Fatal(err)
+	}
+}

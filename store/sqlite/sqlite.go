@@ -1,0 +1,413 @@
+// Package sqlite is levee's embedded default idempotency.Store: one SQLite
+// file, through the pure-Go driver modernc.org/sqlite (no cgo), so that
+// `levee serve` needs no other service. Several gateway processes on one
+// host may open the same file; every guarantee below holds across them.
+//
+// # Guarantees
+//
+// Every Store method is one SQLite transaction, atomic with respect to every
+// other call on the same file:
+//
+//   - Claim runs BEGIN IMMEDIATE (the DSN sets _txlock=immediate), so it takes
+//     the write lock before reading and can never deadlock upgrading a read
+//     lock; inside it one INSERT ... ON CONFLICT(key) DO UPDATE ... WHERE
+//     <claimable> RETURNING token either creates/takes over the record or
+//     changes nothing, and in the latter case a SELECT in the same
+//     transaction returns the record that blocked the claim.
+//   - Renew, Complete and Release are each a single UPDATE or DELETE
+//     guarded by key, token and state = in progress; when it touches no row
+//     the method returns idempotency.ErrFenced and nothing changed.
+//   - Lookup is a single SELECT.
+//
+// Times are stored as Unix milliseconds. Expiry is logical: every read and
+// every claim compares expires_at with the time the engine passes in, so an
+// expired record counts as absent whether or not it is still in the file.
+// The package starts no goroutines and runs no background clean-up; call
+// DeleteExpired periodically (for example from the gateway's own
+// maintenance loop) to reclaim space. There is no capacity limit: the store
+// never returns idempotency.ErrCapacity.
+//
+// # Failure behaviour
+//
+// The file is opened in WAL mode with synchronous=NORMAL: a committed
+// transaction survives a crash of the process, and the database is never
+// corrupted by one; after an operating-system crash or power loss the most
+// recent commits may be rolled back, which for idempotency means a request
+// completed in that window may execute again. A writer that finds the
+// database locked by another connection or process waits up to
+// Options.BusyTimeout (the wait also ends with the call's context); past it
+// the method returns an error wrapping the driver's SQLITE_BUSY ("database
+// is locked"), which the engine treats like any store failure. Every other
+// driver or I/O error (disk full, read-only file, corrupt stored response)
+// is returned wrapped, prefixed "sqlite:"; the store never retries on its
+// own and never guesses an outcome.
+//
+// WAL needs shared memory between the processes, so the file must be on a
+// local filesystem, not a network share.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+	sqlitedrv "modernc.org/sqlite"
+)
+
+// schemaVersion is the layout of levee's tables, recorded in the database's
+// user_version pragma. It is per file: every table this package creates in
+// one file shares it. Open refuses a file whose version is newer.
+const schemaVersion = 1
+
+// Memory is the path that opens a private in-memory database instead of a
+// file: nothing is persisted and nothing is shared with other stores.
+const Memory = ":memory:"
+
+// Options configure a Store. The zero value is the default.
+type Options struct {
+	// Table is the table that holds the records; it is created if missing.
+	// It must be a plain SQL identifier (letters, digits, underscore, not
+	// starting with a digit). Default "idempotency_keys".
+	Table string
+	// BusyTimeout is how long a call waits for a lock held by another
+	// connection or process before failing with SQLITE_BUSY. Default 5s;
+	// it must not be negative. It is kept to whole milliseconds.
+	BusyTimeout time.Duration
+}
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Table == "" {
+		o.Table = "idempotency_keys"
+	}
+	if !identRE.MatchString(o.Table) {
+		return o, fmt.Errorf("sqlite: Options.Table %q is not a plain SQL identifier", o.Table)
+	}
+	if o.BusyTimeout < 0 {
+		return o, fmt.Errorf("sqlite: Options.BusyTimeout %v is negative", o.BusyTimeout)
+	}
+	if o.BusyTimeout == 0 {
+		o.BusyTimeout = 5 * time.Second
+	}
+	return o, nil
+}
+
+// Store is an idempotency.Store over one SQLite database. It is safe for
+// concurrent use; Close it when done.
+type Store struct {
+	db    *sql.DB
+	trips atomic.Int64
+	q     queries
+}
+
+// queries holds the SQL text, built once with the table name.
+type queries struct {
+	claim, get, lookup, renew, complete, release, deleteExpired string
+}
+
+func newQueries(table string) queries {
+	t := `"` + table + `"`
+	cols := `fingerprint, state, token, lease_until, expires_at, response`
+	return queries{
+		// ?1 key, ?2 fingerprint, ?3 token, ?4 lease_until, ?5 expires_at, ?6 now.
+		// The WHERE is Record.Claimable: expired, or in progress with a lapsed lease.
+		claim: `INSERT INTO ` + t + ` (key, fingerprint, state, token, lease_until, expires_at, response)
+VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL)
+ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 1, token = excluded.token,
+  lease_until = excluded.lease_until, expires_at = excluded.expires_at, response = NULL
+WHERE ` + t + `.expires_at <= ?6 OR (` + t + `.state = 1 AND ` + t + `.lease_until <= ?6)
+RETURNING token`,
+		get:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
+		lookup:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND expires_at > ?2`,
+		renew:    `UPDATE ` + t + ` SET lease_until = ?3 WHERE key = ?1 AND token = ?2 AND state = 1`,
+		complete: `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
+		release:  `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state = 1`,
+		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
+			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)`,
+	}
+}
+
+// Open opens (creating if needed) the SQLite database at path and the
+// store's table in it. path is a file name, or Memory (":memory:") for a
+// private in-memory database served by a single connection, which lives
+// until Close. The directory of a file must exist.
+//
+// Each connection sets journal_mode=WAL, synchronous=NORMAL,
+// busy_timeout=Options.BusyTimeout and foreign_keys=OFF, and begins every
+// transaction IMMEDIATE. Open creates the table and its expires_at index if
+// missing and records the schema version in the user_version pragma; it
+// fails if the file was written by a newer schema.
+func Open(path string, opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	dsn, err := dataSource(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	base, err := sqlitedrv.NewConnector(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
+	}
+	s := &Store{q: newQueries(opts.Table)}
+	s.db = sql.OpenDB(countingConnector{Connector: base, n: &s.trips})
+	if path == Memory {
+		// Every connection to ":memory:" is a separate database: keep one,
+		// forever.
+		s.db.SetMaxOpenConns(1)
+		s.db.SetMaxIdleConns(1)
+		s.db.SetConnMaxLifetime(0)
+		s.db.SetConnMaxIdleTime(0)
+	} else {
+		// Opening a connection parses the schema and runs the pragmas; keep
+		// the ones a burst opened instead of the default two.
+		s.db.SetMaxIdleConns(16)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.BusyTimeout+5*time.Second)
+	defer cancel()
+	if err := s.migrate(ctx, opts.Table); err != nil {
+		_ = s.db.Close()
+		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
+	}
+	return s, nil
+}
+
+// dataSource builds the driver DSN for path.
+func dataSource(path string, opts Options) (string, error) {
+	q := "_busy_timeout=" + strconv.FormatInt(opts.BusyTimeout.Milliseconds(), 10) +
+		"&_foreign_keys=0&_txlock=immediate"
+	switch path {
+	case "":
+		return "", errors.New(`sqlite: empty path (use ":memory:" for an in-memory store)`)
+	case Memory:
+		return Memory + "?" + q, nil
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("sqlite: open %q: %w", path, err)
+	}
+	dir := filepath.Dir(abs)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", fmt.Errorf("sqlite: open %q: directory: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("sqlite: open %q: %s is not a directory", path, dir)
+	}
+	// A file: URI, so that any '?', '#' or '%' in the path is escaped rather
+	// than taken for the start of the driver's parameters.
+	u := filepath.ToSlash(abs)
+	if !strings.HasPrefix(u, "/") {
+		u = "/" + u // Windows drive letter: file:///C:/...
+	}
+	u = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(u)
+	return "file://" + u + "?" + q + "&_journal_mode=WAL&_synchronous=NORMAL", nil
+}
+
+// migrate creates the schema in one IMMEDIATE transaction, so concurrent
+// Opens of one file serialize.
+func (s *Store) migrate(ctx context.Context, table string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var v int
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("read user_version: %w", err)
+	}
+	if v > schemaVersion {
+		return fmt.Errorf("database schema version %d is newer than this levee supports (%d)", v, schemaVersion)
+	}
+	t := `"` + table + `"`
+	for _, stmt := range []string{
+		`CREATE TABLE IF NOT EXISTS ` + t + ` (
+  key         TEXT PRIMARY KEY NOT NULL,
+  fingerprint BLOB NOT NULL,
+  state       INTEGER NOT NULL,
+  token       INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  response    BLOB
+) STRICT`,
+		`CREATE INDEX IF NOT EXISTS "` + table + `_expires_at" ON ` + t + ` (expires_at)`,
+	} {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	if v < schemaVersion {
+		if _, err := tx.ExecContext(ctx, `PRAGMA user_version = `+strconv.Itoa(schemaVersion)); err != nil {
+			return fmt.Errorf("set user_version: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// Close closes the database. Calls after Close fail.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+// RoundTrips returns how many SQLite transactions this Store has run since
+// Open, schema setup included. It is for tests and diagnostics only.
+//
+// SQLite is in-process, so there is no network round trip; the counter
+// measures the unit that costs instead: one transaction, which takes the
+// locks, reads one snapshot and, for a write, commits to the WAL. It is
+// counted at the database/sql driver connection, not by Store methods: one
+// per transaction begun plus one per statement run outside a transaction
+// (an autocommit statement). Claim is one transaction (two statements when
+// it returns the blocking record); Renew, Complete, Release and Lookup are
+// one autocommit statement each.
+func (s *Store) RoundTrips() int64 { return s.trips.Load() }
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+// Claim implements idempotency.Store.
+func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	var token int64
+	err = tx.QueryRowContext(ctx, s.q.claim, req.Key, req.Fingerprint[:], int64(req.Token),
+		ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
+	var res idempotency.ClaimResult
+	switch {
+	case err == nil:
+		res.Claimed = true
+	case errors.Is(err, sql.ErrNoRows):
+		// The key exists and is not claimable: read it under the same lock.
+		rec, err := scanRecord(req.Key, tx.QueryRowContext(ctx, s.q.get, req.Key))
+		if err != nil && !errors.Is(err, idempotency.ErrNotFound) {
+			return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
+		}
+		res.Existing = rec
+	default:
+		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: commit: %w", err)
+	}
+	return res, nil
+}
+
+// scanRecord reads one row of get or lookup; ErrNotFound when there is none.
+func scanRecord(key string, row *sql.Row) (*idempotency.Record, error) {
+	var (
+		fp, resp                []byte
+		state, token, lease, ex int64
+	)
+	if err := row.Scan(&fp, &state, &token, &lease, &ex, &resp); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, idempotency.ErrNotFound
+		}
+		return nil, err
+	}
+	rec := &idempotency.Record{
+		Key:        key,
+		State:      idempotency.State(state),
+		Token:      uint64(token),
+		LeaseUntil: fromMS(lease),
+		ExpiresAt:  fromMS(ex),
+	}
+	if len(fp) != len(rec.Fingerprint) {
+		return nil, fmt.Errorf("corrupt record %q: fingerprint is %d bytes", key, len(fp))
+	}
+	copy(rec.Fingerprint[:], fp)
+	if rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted {
+		return nil, fmt.Errorf("corrupt record %q: state %d", key, state)
+	}
+	if rec.State == idempotency.StateCompleted {
+		r, err := idempotency.UnmarshalResponse(resp)
+		if err != nil {
+			return nil, fmt.Errorf("record %q: %w", key, err)
+		}
+		rec.Response = &r
+	}
+	return rec, nil
+}
+
+// fenced runs a guarded single-row write; no row touched means ErrFenced.
+func (s *Store) fenced(ctx context.Context, op, query string, args ...any) error {
+	r, err := s.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("sqlite: %s: %w", op, err)
+	}
+	n, err := r.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("sqlite: %s: %w", op, err)
+	}
+	if n == 0 {
+		return idempotency.ErrFenced
+	}
+	return nil
+}
+
+// Renew implements idempotency.Store.
+func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+	return s.fenced(ctx, "renew", s.q.renew, key, int64(token), ms(leaseUntil))
+}
+
+// Complete implements idempotency.Store. The response is stored in the
+// encoding of idempotency.MarshalResponse.
+func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, _, expiresAt time.Time) error {
+	return s.fenced(ctx, "complete", s.q.complete, key, int64(token), ms(expiresAt), idempotency.MarshalResponse(resp))
+}
+
+// Release implements idempotency.Store.
+func (s *Store) Release(ctx context.Context, key string, token uint64) error {
+	return s.fenced(ctx, "release", s.q.release, key, int64(token))
+}
+
+// Lookup implements idempotency.Store.
+func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
+	rec, err := scanRecord(key, s.db.QueryRowContext(ctx, s.q.lookup, key, ms(now)))
+	if err != nil {
+		if errors.Is(err, idempotency.ErrNotFound) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("sqlite: lookup: %w", err)
+	}
+	return rec, nil
+}
+
+// DeleteExpired deletes up to limit records whose retention ended at or
+// before now, oldest first, and returns how many it deleted; limit <= 0
+// means no limit. Expired records already count as absent to every other
+// method; this only reclaims their space. It is one transaction: call it
+// with a modest limit in a loop to keep each write-lock hold short.
+func (s *Store) DeleteExpired(ctx context.Context, now time.Time, limit int) (int64, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	r, err := s.db.ExecContext(ctx, s.q.deleteExpired, ms(now), limit)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete expired: %w", err)
+	}
+	n, err := r.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete expired: %w", err)
+	}
+	return n, nil
+}
+
+var _ idempotency.Store = (*Store)(nil)

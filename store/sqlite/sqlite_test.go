@@ -1,0 +1,430 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/idempotency/idemtest"
+	"github.com/leveehq/levee/store/sqlite"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// open opens a Store on path and closes it when the test ends.
+func open(t testing.TB, path string, opts sqlite.Options) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(path, opts)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", path, err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// TestConformance runs the shared suite on a file per test, with Replica
+// opening a second Store (its own connection pool) on the same file, as a
+// second gateway process would.
+func TestConformance(t *testing.T) {
+	var paths sync.Map // *sqlite.Store -> file path
+	idemtest.Run(t, idemtest.Harness{
+		NewStore: func(t testing.TB) idempotency.Store {
+			path := filepath.Join(t.TempDir(), "levee.db")
+			s := open(t, path, sqlite.Options{})
+			paths.Store(s, path)
+			return s
+		},
+		Replica: func(t testing.TB, s idempotency.Store) idempotency.Store {
+			path, ok := paths.Load(s)
+			if !ok {
+				t.Fatalf("Replica: unknown store %p", s)
+			}
+			return open(t, path.(string), sqlite.Options{})
+		},
+		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+	})
+}
+
+// TestConformanceMemory runs the suite on ":memory:" (one connection, no
+// replica: an in-memory database cannot be shared).
+func TestConformanceMemory(t *testing.T) {
+	idemtest.Run(t, idemtest.Harness{
+		NewStore:   func(t testing.TB) idempotency.Store { return open(t, sqlite.Memory, sqlite.Options{}) },
+		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+	})
+}
+
+// TestTwoStoresOneFileOneWinner is two processes' worth of contention on one
+// file: two Stores with their own pools, 25 goroutines each, all claiming the
+// same key at once, over several rounds. Exactly one claim per key wins,
+// every loser sees the winner's token, and no SQLITE_BUSY leaks out.
+func TestTwoStoresOneFileOneWinner(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "shared.db")
+	stores := []*sqlite.Store{open(t, path, sqlite.Options{}), open(t, path, sqlite.Options{})}
+	ctx := context.Background()
+	now := time.Now()
+	const perStore, rounds = 25, 10
+	for round := range rounds {
+		key := "round/" + string(rune('a'+round))
+		var (
+			won      atomic.Int32
+			winner   atomic.Uint64
+			mu       sync.Mutex
+			existing []*idempotency.Record
+			errs     []error
+			wg       sync.WaitGroup
+		)
+		start := make(chan struct{})
+		for _, s := range stores {
+			for range perStore {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					req := idempotency.ClaimRequest{
+						Key: key, Fingerprint: idempotency.FingerprintOf([]byte("x")), Token: idempotency.NewToken(),
+						Now: now, LeaseUntil: now.Add(30 * time.Second), ExpiresAt: now.Add(time.Hour),
+					}
+					res, err := s.Claim(ctx, req)
+					mu.Lock()
+					defer mu.Unlock()
+					switch {
+					case err != nil:
+						errs = append(errs, err)
+					case res.Claimed:
+						won.Add(1)
+						winner.Store(req.Token)
+					default:
+						existing = append(existing, res.Existing)
+					}
+				}()
+			}
+		}
+		close(start)
+		wg.Wait()
+		for _, err := range errs {
+			t.Errorf("round %d: Claim: %v", round, err)
+		}
+		if won.Load() != 1 {
+			t.Fatalf("round %d: %d of %d claims won, want exactly 1", round, won.Load(), 2*perStore)
+		}
+		for _, ex := range existing {
+			if ex == nil || ex.Token != winner.Load() {
+				t.Fatalf("round %d: loser saw %+v, want the winner's token %d", round, ex, winner.Load())
+			}
+		}
+		// The other store sees the winner's completion at once.
+		if err := stores[0].Complete(ctx, key, winner.Load(), idempotency.Response{Status: 201}, now, now.Add(time.Hour)); err != nil &&
+			!errors.Is(err, idempotency.ErrFenced) {
+			t.Fatalf("round %d: Complete: %v", round, err)
+		}
+		rec, err := stores[1].Lookup(ctx, key, now)
+		if err != nil || rec.State != idempotency.StateCompleted || rec.Response.Status != 201 {
+			t.Fatalf("round %d: the other store sees %+v, %v; want the completed record", round, rec, err)
+		}
+	}
+}
+
+// TestMixedLoadTwoStoresNoBusy runs claims, completions, renewals and
+// lookups on many keys from two Stores at once: under the default busy
+// timeout no call may fail.
+func TestMixedLoadTwoStoresNoBusy(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "mixed.db")
+	stores := []*sqlite.Store{open(t, path, sqlite.Options{}), open(t, path, sqlite.Options{})}
+	ctx := context.Background()
+	now := time.Now()
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	report := func(op string, err error) {
+		if err != nil && !errors.Is(err, idempotency.ErrFenced) && !errors.Is(err, idempotency.ErrNotFound) {
+			if failures.Add(1) <= 5 {
+				t.Errorf("%s: %v", op, err)
+			}
+		}
+	}
+	for g := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, other := stores[g%2], stores[(g+1)%2]
+			for i := range 50 {
+				key := "k" + string(rune('a'+i%8)) // 8 hot keys
+				req := idempotency.ClaimRequest{
+					Key: key, Token: idempotency.NewToken(), Now: now,
+					LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour),
+				}
+				res, err := s.Claim(ctx, req)
+				report("Claim", err)
+				if err == nil && res.Claimed {
+					report("Renew", other.Renew(ctx, key, req.Token, now.Add(2*time.Minute)))
+					if i%3 == 0 {
+						report("Release", s.Release(ctx, key, req.Token))
+					} else {
+						report("Complete", other.Complete(ctx, key, req.Token, idempotency.Response{Status: 200}, now, now.Add(time.Hour)))
+					}
+				}
+				_, err = other.Lookup(ctx, key, now)
+				report("Lookup", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestOpenMissingDirectory(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "no", "such", "dir", "levee.db")
+	s, err := sqlite.Open(path, sqlite.Options{})
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("Open in a missing directory succeeded")
+	}
+	if !errors.Is(err, fs.ErrNotExist) || !strings.HasPrefix(err.Error(), "sqlite: open ") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Open in a missing directory = %q, want a wrapped fs.ErrNotExist naming the path", err)
+	}
+	if _, statErr := os.Stat(filepath.Dir(path)); !errors.Is(statErr, fs.ErrNotExist) {
+		t.Fatalf("Open created the directory: %v", statErr)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notDir := filepath.Join(dir, "file")
+	if err := os.WriteFile(notDir, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(garbage, []byte(strings.Repeat("not a database ", 100)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		path string
+		opts sqlite.Options
+		want string
+	}{
+		{"empty path", "", sqlite.Options{}, "empty path"},
+		{"parent is a file", filepath.Join(notDir, "x.db"), sqlite.Options{}, "not a directory"},
+		{"bad table", filepath.Join(dir, "a.db"), sqlite.Options{Table: `x"; DROP TABLE y; --`}, "Options.Table"},
+		{"negative busy timeout", filepath.Join(dir, "b.db"), sqlite.Options{BusyTimeout: -time.Second}, "Options.BusyTimeout"},
+		{"not a database", garbage, sqlite.Options{}, "sqlite: open"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := sqlite.Open(tc.path, tc.opts)
+			if err == nil {
+				_ = s.Close()
+				t.Fatalf("Open succeeded, want an error containing %q", tc.want)
+			}
+			if !strings.HasPrefix(err.Error(), "sqlite: ") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open = %q, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// rawDB opens the absolute path with the plain driver, to inspect what
+// Open left.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(path))
+	db, err := sql.Open("sqlite", "file://"+u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func TestSchemaAndPragmas(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "odd ?#% name.db")
+	open(t, path, sqlite.Options{Table: "custom_keys"})
+	open(t, path, sqlite.Options{}) // a second table in the same file
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("database not at the literal path: %v", err)
+	}
+	db := rawDB(t, path)
+	var mode string
+	var version int
+	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
+	}
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 1 {
+		t.Fatalf("user_version = %d, %v; want 1", version, err)
+	}
+	for _, name := range []string{"custom_keys", "idempotency_keys", "custom_keys_expires_at", "idempotency_keys_expires_at"} {
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = ?`, name).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("schema object %q: count %d, %v", name, n, err)
+		}
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "future.db")
+	open(t, path, sqlite.Options{})
+	if _, err := rawDB(t, path).Exec(`PRAGMA user_version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := sqlite.Open(path, sqlite.Options{})
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("Open of a newer schema succeeded")
+	}
+	if !strings.Contains(err.Error(), "schema version 99 is newer") {
+		t.Fatalf("Open = %q, want a schema version error", err)
+	}
+}
+
+func TestTablesAreIndependent(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "two.db")
+	a := open(t, path, sqlite.Options{Table: "a"})
+	b := open(t, path, sqlite.Options{Table: "b"})
+	ctx := context.Background()
+	now := time.Now()
+	req := idempotency.ClaimRequest{Key: "k", Token: 7, Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+	for _, s := range []*sqlite.Store{a, b} {
+		if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
+			t.Fatalf("Claim in its own table: %+v, %v", res, err)
+		}
+	}
+}
+
+func TestDeleteExpired(t *testing.T) {
+	t.Parallel()
+	s := open(t, filepath.Join(t.TempDir(), "gc.db"), sqlite.Options{})
+	ctx := context.Background()
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 10 {
+		req := idempotency.ClaimRequest{
+			Key: "k" + string(rune('0'+i)), Token: idempotency.NewToken(), Now: t0,
+			LeaseUntil: t0.Add(time.Minute), ExpiresAt: t0.Add(time.Duration(i+1) * time.Hour),
+		}
+		if _, err := s.Claim(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At t0+3h records expiring at 1h, 2h and 3h are gone (expiry is "at or before").
+	if n, err := s.DeleteExpired(ctx, t0.Add(3*time.Hour), 2); err != nil || n != 2 {
+		t.Fatalf("DeleteExpired limit 2 = %d, %v; want 2", n, err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(3*time.Hour), 0); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired no limit = %d, %v; want the remaining 1", n, err)
+	}
+	if _, err := s.Lookup(ctx, "k3", t0); err != nil {
+		t.Fatalf("a live record was deleted: %v", err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(time.Hour), 0); err != nil || n != 0 {
+		t.Fatalf("DeleteExpired with nothing expired = %d, %v", n, err)
+	}
+}
+
+func TestPersistsAcrossReopen(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "durable.db")
+	ctx := context.Background()
+	now := time.Now()
+	s, err := sqlite.Open(path, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := idempotency.ClaimRequest{Key: "k", Token: 42, Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+	if _, err := s.Claim(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	want := idempotency.Response{Status: 201, Body: []byte("done")}
+	if err := s.Complete(ctx, "k", 42, want, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, "k", now); err == nil {
+		t.Fatal("Lookup after Close succeeded")
+	}
+	rec, err := open(t, path, sqlite.Options{}).Lookup(ctx, "k", now)
+	if err != nil || rec.Response == nil || string(rec.Response.Body) != "done" {
+		t.Fatalf("after reopen: %+v, %v", rec, err)
+	}
+}
+
+func TestCorruptRowIsAnError(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "corrupt.db")
+	s := open(t, path, sqlite.Options{})
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.Claim(ctx, idempotency.ClaimRequest{Key: "k", Token: 1, Now: now, LeaseUntil: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Complete(ctx, "k", 1, idempotency.Response{Status: 200}, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rawDB(t, path).Exec(`UPDATE idempotency_keys SET response = x'ff00'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, "k", now); err == nil || !strings.HasPrefix(err.Error(), "sqlite: lookup: ") {
+		t.Fatalf("Lookup of a corrupt response = %v, want a sqlite: lookup error", err)
+	}
+	if _, err := s.Claim(ctx, idempotency.ClaimRequest{Key: "k", Token: 2, Now: now, ExpiresAt: now.Add(time.Hour)}); err == nil {
+		t.Fatal("Claim blocked by a corrupt record succeeded, want an error")
+	}
+}
+
+func BenchmarkStore(b *testing.B) {
+	s, err := sqlite.Open(filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	idemtest.Bench(b, s)
+}
+
+// TestConcurrentOpenOfNewFile is several processes starting at once on a
+// file that does not exist yet: the WAL switch and the schema creation
+// serialize under the busy timeout and every Open succeeds.
+func TestConcurrentOpenOfNewFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "race.db")
+	const n = 6
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	stores := make([]*sqlite.Store, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stores[i], errs[i] = sqlite.Open(path, sqlite.Options{})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		if err := stores[i].Close(); err != nil {
+			t.Errorf("Close %d: %v", i, err)
+		}
+	}
+}
