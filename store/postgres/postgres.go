@@ -1,0 +1,346 @@
+// Package postgres is an idempotency.Store backed by PostgreSQL through a
+// pgx v5 connection pool, for deployments with several replicas sharing one
+// database.
+//
+// # Schema
+//
+// Records live in one table (Options.Schema and Options.Table, default
+// "levee"."idempotency_keys") with the columns key, fingerprint, state,
+// token, lease_until, expires_at and response (idempotency.MarshalResponse),
+// plus an index on expires_at. Store.Migrate creates them; it is idempotent
+// and safe to run from every replica at start-up.
+//
+// # Guarantees
+//
+// Every Store method is a single SQL statement run outside any explicit
+// transaction, so each is atomic and costs one round trip:
+//
+//   - Claim is one INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE
+//     <claimable> statement that also reads the blocking row (see Claim).
+//     The primary key makes it impossible for two concurrent claims to
+//     both win.
+//   - Renew, Complete and Release are one UPDATE or DELETE conditioned on
+//     key, token and state = in_progress; when no row matches they return
+//     idempotency.ErrFenced and change nothing. Like the reference memory
+//     store they do not look at expires_at: a holder may still complete a
+//     record whose retention has passed as long as nobody has claimed it
+//     since (the token still matches).
+//   - Lookup is one SELECT that ignores rows whose expires_at has passed.
+//
+// PostgreSQL has no TTL. Expiry is logical: every read and every claim
+// compares expires_at (and lease_until) with the time the engine passes in,
+// never with the database clock, so an expired row counts as absent even
+// while it is still stored. DeleteExpired only reclaims space; call it
+// periodically (for example every minute with a limit of a few thousand).
+//
+// Times are stored as timestamptz, with microsecond precision.
+//
+// The statements assume the READ COMMITTED isolation level (PostgreSQL's
+// default). Under REPEATABLE READ or SERIALIZABLE as the session default,
+// concurrent claims on one key may fail with serialization errors.
+// The store works with every pgx QueryExecMode and, because Migrate holds
+// only a transaction-scoped advisory lock, behind PgBouncer in
+// transaction-pooling mode.
+//
+// # Failures
+//
+// Any error from the pool or the server is returned wrapped, prefixed with
+// "postgres:" and the operation; the engine treats it as a store failure
+// (its FailurePolicy decides). A failed statement changes nothing. If the
+// connection breaks after the server committed but before the answer
+// arrived, the outcome is unknown to the caller: a Claim that did commit
+// leaves an in-progress record that blocks retries until its lease lapses
+// and is then taken over; a Complete that did commit makes the retry a
+// replay. Using a table that Migrate has not created fails with an error
+// that says so.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/leveehq/levee/idempotency"
+)
+
+// Options configure a Store. The zero value selects the defaults.
+type Options struct {
+	// Schema is the PostgreSQL schema holding the table and the
+	// schema_migrations bookkeeping table. Default "levee". At most 63
+	// bytes; it is quoted, so any other name is valid.
+	Schema string
+	// Table is the name of the records table inside Schema. Default
+	// "idempotency_keys". At most 48 bytes (the index name appends
+	// "_expires_at_idx" and PostgreSQL names are limited to 63 bytes).
+	Table string
+}
+
+const (
+	defaultSchema = "levee"
+	defaultTable  = "idempotency_keys"
+	// maxIdentifier is PostgreSQL's NAMEDATALEN-1.
+	maxIdentifier = 63
+	indexSuffix   = "_expires_at_idx"
+)
+
+func (o Options) withDefaults() Options {
+	if o.Schema == "" {
+		o.Schema = defaultSchema
+	}
+	if o.Table == "" {
+		o.Table = defaultTable
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	if len(o.Schema) > maxIdentifier {
+		return fmt.Errorf("postgres: Options.Schema %q is longer than %d bytes", o.Schema, maxIdentifier)
+	}
+	if len(o.Table) > maxIdentifier-len(indexSuffix) {
+		return fmt.Errorf("postgres: Options.Table %q is longer than %d bytes", o.Table, maxIdentifier-len(indexSuffix))
+	}
+	for _, f := range []struct{ name, v string }{{"Schema", o.Schema}, {"Table", o.Table}} {
+		for i := 0; i < len(f.v); i++ {
+			if f.v[i] == 0 {
+				return fmt.Errorf("postgres: Options.%s contains a NUL byte", f.name)
+			}
+		}
+	}
+	return nil
+}
+
+// Store is a PostgreSQL idempotency.Store. It is safe for concurrent use;
+// every replica creates its own Store over its own pool.
+type Store struct {
+	pool *pgxpool.Pool
+	opts Options
+	// table is the quoted, schema-qualified table name.
+	table string
+	sql   statements
+}
+
+// statements holds the SQL of every operation, built once for the table.
+type statements struct {
+	claim, renew, complete, release, lookup, deleteExpired string
+}
+
+// New returns a Store that keeps its records in opts.Schema.opts.Table
+// using pool. It performs no I/O: call Migrate once (at start-up) before
+// using the store. It fails only when pool is nil or opts is invalid.
+func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
+	if pool == nil {
+		return nil, errors.New("postgres: nil pool")
+	}
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	table := pgx.Identifier{opts.Schema, opts.Table}.Sanitize()
+	return &Store{pool: pool, opts: opts, table: table, sql: buildStatements(table)}, nil
+}
+
+// claimable is Record.Claimable in SQL for the row alias a and the
+// engine's clock $6.
+func claimable(a string) string {
+	return `(` + a + `.expires_at <= $6 OR (` + a + `.state = 1 AND ` + a + `.lease_until <= $6))`
+}
+
+const columns = `fingerprint, state, token, lease_until, expires_at, response`
+
+func buildStatements(table string) statements {
+	return statements{
+		// ins takes the key when it is absent or claimable (the ON CONFLICT
+		// WHERE is evaluated on the latest committed version of the row,
+		// after locking it). When ins returns nothing the row exists, is
+		// not claimable, and stays locked by this statement; cur then reads
+		// it. A plain read would see the version in the statement's
+		// snapshot, which may be older than the one that blocked the claim:
+		// for instance the expired record a concurrent claim has just
+		// replaced, which the engine would then replay. FOR SHARE makes
+		// READ COMMITTED follow the row to its latest version, the one this
+		// statement has locked, so Existing is exactly the record that
+		// blocked the claim. A row whose first version was committed after
+		// the snapshot (a concurrent insert), or that was deleted since, is
+		// not found: the answer is then "not claimed, no record", which the
+		// engine resolves by claiming again. The final claimable filter,
+		// applied to the locked version, is a guard: the store never
+		// returns a record the engine could have taken over.
+		claim: `WITH ins AS (
+	INSERT INTO ` + table + ` AS t (key, fingerprint, state, token, lease_until, expires_at, response)
+	VALUES ($1, $2, 1, $3, $4, $5, NULL)
+	ON CONFLICT (key) DO UPDATE SET
+		fingerprint = EXCLUDED.fingerprint, state = 1, token = EXCLUDED.token,
+		lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at, response = NULL
+	WHERE ` + claimable("t") + `
+	RETURNING t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
+), cur AS (
+	SELECT t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
+	FROM ` + table + ` AS t
+	WHERE t.key = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+	FOR SHARE OF t
+)
+SELECT true, * FROM ins
+UNION ALL
+SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c"),
+		renew:    `UPDATE ` + table + ` SET lease_until = $3 WHERE key = $1 AND token = $2 AND state = 1`,
+		complete: `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
+		release:  `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state = 1`,
+		lookup:   `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
+		// SKIP LOCKED leaves rows a concurrent claim is taking over alone;
+		// the outer re-check of expires_at is a guard for the same case.
+		deleteExpired: `DELETE FROM ` + table + ` WHERE key IN (
+	SELECT key FROM ` + table + ` WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+) AND expires_at <= $1`,
+	}
+}
+
+// token converts a fencing token to the bigint column. Tokens are below
+// 2^63 (idempotency.NewToken); the conversion is a bijection regardless,
+// so equality is preserved for any uint64.
+func token(t uint64) int64 { return int64(t) }
+
+// Claim implements idempotency.Store in one statement and one round trip:
+// an INSERT ... ON CONFLICT DO UPDATE that takes the key when it is absent
+// or Claimable at req.Now, combined with a locking read that returns the
+// blocking record otherwise. Existing is nil only when the blocking row was
+// committed by a concurrent claim after this statement's snapshot; the
+// engine then claims again.
+func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	var claimed bool
+	rec := &idempotency.Record{Key: req.Key}
+	sc := newScanner(rec)
+	err := s.pool.QueryRow(ctx, s.sql.claim,
+		req.Key, req.Fingerprint[:], token(req.Token), req.LeaseUntil, req.ExpiresAt, req.Now,
+	).Scan(append([]any{&claimed}, sc.dest()...)...)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return idempotency.ClaimResult{}, nil
+	case err != nil:
+		return idempotency.ClaimResult{}, s.wrap("claim", err)
+	case claimed:
+		return idempotency.ClaimResult{Claimed: true}, nil
+	}
+	if err := sc.finish(); err != nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("postgres: claim: %w", err)
+	}
+	return idempotency.ClaimResult{Existing: rec}, nil
+}
+
+// Renew implements idempotency.Store with one conditional UPDATE.
+func (s *Store) Renew(ctx context.Context, key string, tok uint64, leaseUntil time.Time) error {
+	return s.fenced(ctx, "renew", s.sql.renew, key, token(tok), leaseUntil)
+}
+
+// Complete implements idempotency.Store with one conditional UPDATE that
+// stores idempotency.MarshalResponse(resp). now is not needed: expiry is
+// logical.
+func (s *Store) Complete(ctx context.Context, key string, tok uint64, resp idempotency.Response, _, expiresAt time.Time) error {
+	return s.fenced(ctx, "complete", s.sql.complete, key, token(tok), idempotency.MarshalResponse(resp), expiresAt)
+}
+
+// Release implements idempotency.Store with one conditional DELETE.
+func (s *Store) Release(ctx context.Context, key string, tok uint64) error {
+	return s.fenced(ctx, "release", s.sql.release, key, token(tok))
+}
+
+// fenced runs a statement conditioned on the holder's token and maps "no
+// row matched" to idempotency.ErrFenced.
+func (s *Store) fenced(ctx context.Context, op, sql string, args ...any) error {
+	tag, err := s.pool.Exec(ctx, sql, args...)
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return idempotency.ErrFenced
+	}
+	return nil
+}
+
+// Lookup implements idempotency.Store with one SELECT.
+func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
+	rec := &idempotency.Record{Key: key}
+	sc := newScanner(rec)
+	err := s.pool.QueryRow(ctx, s.sql.lookup, key, now).Scan(sc.dest()...)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, idempotency.ErrNotFound
+	case err != nil:
+		return nil, s.wrap("lookup", err)
+	}
+	if err := sc.finish(); err != nil {
+		return nil, fmt.Errorf("postgres: lookup: %w", err)
+	}
+	return rec, nil
+}
+
+// DeleteExpired deletes up to limit rows whose expires_at is at or before
+// now, oldest first, and returns how many it deleted; limit <= 0 means no
+// limit. It only reclaims space: expired rows already count as absent to
+// every other method. Rows a concurrent claim is taking over are skipped.
+// Pass the clock the engine uses (time.Now by default); a clock running
+// ahead of the engine's would delete records the engine still considers
+// live. To clear a large backlog, call it in a loop while it returns limit.
+func (s *Store) DeleteExpired(ctx context.Context, now time.Time, limit int) (int64, error) {
+	n := int64(math.MaxInt64)
+	if limit > 0 {
+		n = int64(limit)
+	}
+	tag, err := s.pool.Exec(ctx, s.sql.deleteExpired, now, n)
+	if err != nil {
+		return 0, s.wrap("delete expired", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// wrap prefixes err with the package and operation, pointing at Migrate
+// when the table does not exist.
+func (s *Store) wrap(op string, err error) error {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+		return fmt.Errorf("postgres: %s: table %s does not exist (run Store.Migrate first): %w", op, s.table, err)
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// scanner reads the record columns into a Record.
+type scanner struct {
+	rec         *idempotency.Record
+	fingerprint []byte
+	state       int16
+	token       int64
+	response    []byte
+}
+
+func newScanner(rec *idempotency.Record) *scanner { return &scanner{rec: rec} }
+
+// dest returns the Scan destinations, in the order of columns.
+func (sc *scanner) dest() []any {
+	return []any{&sc.fingerprint, &sc.state, &sc.token, &sc.rec.LeaseUntil, &sc.rec.ExpiresAt, &sc.response}
+}
+
+// finish moves the scanned columns into the Record.
+func (sc *scanner) finish() error {
+	if len(sc.fingerprint) != len(sc.rec.Fingerprint) {
+		return fmt.Errorf("stored fingerprint of %q has %d bytes, want %d", sc.rec.Key, len(sc.fingerprint), len(sc.rec.Fingerprint))
+	}
+	copy(sc.rec.Fingerprint[:], sc.fingerprint)
+	sc.rec.State = idempotency.State(sc.state)
+	sc.rec.Token = uint64(sc.token)
+	if sc.rec.State == idempotency.StateCompleted {
+		if sc.response == nil {
+			return fmt.Errorf("completed record %q has no stored response", sc.rec.Key)
+		}
+		resp, err := idempotency.UnmarshalResponse(sc.response)
+		if err != nil {
+			return fmt.Errorf("record %q: %w", sc.rec.Key, err)
+		}
+		sc.rec.Response = &resp
+	}
+	return nil
+}
