@@ -1,0 +1,403 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/leveehq/levee/internal/problem"
+)
+
+// Rule attaches a policy to requests.
+type Rule struct {
+	// Policy is the limit; its Name must be unique among the rules.
+	Policy Policy
+	// Key partitions the policy's state; see ClientIP, Header, Route,
+	// Constant, Join and ParseKey. Required.
+	Key KeyFunc
+	// Cost returns the units a request consumes. Default: 1. A negative
+	// cost counts as 0. A cost above the burst is denied outright (429
+	// without Retry-After: waiting cannot help).
+	Cost func(*http.Request) int64
+	// Shadow decides and counts but never denies (Outcome
+	// ShadowDenied), and is left out of the response headers.
+	Shadow bool
+	// OnStoreError is what happens when the store cannot decide. Default
+	// FailOpen.
+	OnStoreError FailureMode
+	// Fallback is the policy the in-process fallback enforces per replica
+	// under FailOpen, for example the shared limit divided by the number
+	// of replicas. Its Name is ignored (the rule's name is used); its Kind
+	// must match. Zero: Policy itself.
+	Fallback Policy
+}
+
+// Options configure Middleware. The zero value of every field but Rules
+// is a sensible default.
+type Options struct {
+	// Rules are the policies applied to every request, at most MaxDemands.
+	Rules []Rule
+	// Store decides. Default: a new Local (limits per process). Share one
+	// Store (and Fallback) between the middlewares built on each
+	// configuration reload: state is keyed by policy name, so a reload
+	// keeps it.
+	Store Store
+	// Fallback decides for FailOpen rules when Store fails. Default: a new
+	// Local.
+	Fallback *Local
+	// Now is the clock passed to stores (Redis ignores it and uses TIME).
+	// Default time.Now.
+	Now func() time.Time
+	// Timeout bounds each Store call (the decision, and the release of
+	// concurrency slots); past it the store counts as failed. Default
+	// 50ms; negative: no bound beyond the request's context. A store
+	// whose client ignores context deadlines cannot honour it; see
+	// ratelimit/redis.
+	Timeout time.Duration
+	// StoreBackoff is how long, after a store failure, requests skip the
+	// store and go straight to the failure modes, so that an outage does
+	// not add Timeout to every request. Default 1s; negative: always try.
+	StoreBackoff time.Duration
+	// UnavailableRetryAfter is the Retry-After of the 503 sent for
+	// FailClosed rules. Default 1s.
+	UnavailableRetryAfter time.Duration
+	// OnDecision, if set, is called synchronously once per applied rule
+	// per request, for metrics and logs.
+	OnDecision func(Event)
+}
+
+// Outcome is what one rule decided for one request.
+type Outcome uint8
+
+const (
+	// OutcomeAllowed: the policy admits the request.
+	OutcomeAllowed Outcome = iota + 1
+	// OutcomeDenied: the policy denies the request (429).
+	OutcomeDenied
+	// OutcomeShadowDenied: a shadow policy would have denied it.
+	OutcomeShadowDenied
+	// OutcomeError: the store failed and the rule fails closed (503).
+	OutcomeError
+)
+
+// String returns "allowed", "denied", "shadow_denied" or "error".
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeAllowed:
+		return "allowed"
+	case OutcomeDenied:
+		return "denied"
+	case OutcomeShadowDenied:
+		return "shadow_denied"
+	case OutcomeError:
+		return "error"
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Event reports one rule's decision for one request.
+type Event struct {
+	// Request is the request decided.
+	Request *http.Request
+	// Policy is the rule's policy name.
+	Policy string
+	// Outcome is what the rule decided.
+	Outcome Outcome
+	// Fallback reports that the store failed and the in-process fallback
+	// decided (FailOpen).
+	Fallback bool
+	// Err is the store error, when Fallback or Outcome is OutcomeError.
+	Err error
+	// Latency is the time spent deciding the request, store call and
+	// fallback included.
+	Latency time.Duration
+}
+
+// errStoreBackoff is the Event.Err of requests that skipped the store
+// because it failed within the last StoreBackoff.
+var errStoreBackoff = errors.New("ratelimit: store skipped after a recent failure")
+
+type middleware struct {
+	rules         []Rule
+	store         Store
+	local         bool // store is a *Local: no timeout needed
+	fallback      *Local
+	now           func() time.Time
+	timeout       time.Duration
+	backoff       time.Duration
+	unavailRetry  time.Duration
+	onDecision    func(Event)
+	downUntil     atomic.Int64 // Unix ns from now(); store skipped before it
+	fallbackRules []Policy
+}
+
+// Middleware returns net/http middleware enforcing opts.Rules on every
+// request:
+//
+//   - each rule whose Key applies contributes a demand, and all of them are
+//     decided by one Store.Decide: atomically, in one round trip for
+//     Redis; a request denied by any non-shadow policy charges none;
+//   - denied: 429 application/problem+json (type rate-limited) naming the
+//     violated policies in "violated_policies", with Retry-After in whole
+//     seconds rounded up from the longest wait any of them needs;
+//   - every decided response, allowed or denied, carries RateLimit-Policy
+//     and RateLimit for the tightest non-shadow policy (the violated one
+//     with the longest wait, else the one with the fewest units left);
+//   - concurrency slots are released when the handler returns or panics;
+//   - the store failing (error or Timeout): FailClosed rules answer 503
+//     (type rate-limit-store-unavailable) with Retry-After; if none
+//     applies, the request is decided by Fallback instead.
+//
+// It returns an error naming the rule and field if opts are invalid.
+func Middleware(opts Options) (func(http.Handler) http.Handler, error) {
+	m, err := newMiddleware(opts)
+	if err != nil {
+		return nil, err
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { m.serve(w, r, next) })
+	}, nil
+}
+
+func newMiddleware(opts Options) (*middleware, error) {
+	if len(opts.Rules) > MaxDemands {
+		return nil, fmt.Errorf("ratelimit: %d rules; at most %d", len(opts.Rules), MaxDemands)
+	}
+	m := &middleware{
+		rules: append([]Rule(nil), opts.Rules...), store: opts.Store, fallback: opts.Fallback, now: opts.Now,
+		timeout: opts.Timeout, backoff: opts.StoreBackoff, unavailRetry: opts.UnavailableRetryAfter,
+		onDecision: opts.OnDecision,
+	}
+	seen := make(map[string]bool, len(m.rules))
+	for i := range m.rules {
+		ru := &m.rules[i]
+		if err := ru.Policy.Validate(); err != nil {
+			return nil, fmt.Errorf("ratelimit: rule %d: %w", i, err)
+		}
+		name := ru.Policy.Name
+		if seen[name] {
+			return nil, fmt.Errorf("ratelimit: rule %d: policy name %q is used twice", i, name)
+		}
+		seen[name] = true
+		if ru.Key == nil {
+			return nil, fmt.Errorf("ratelimit: rule %d (%q): Key is nil", i, name)
+		}
+		if ru.OnStoreError != FailOpen && ru.OnStoreError != FailClosed {
+			return nil, fmt.Errorf("ratelimit: rule %d (%q): OnStoreError %v is unknown", i, name, ru.OnStoreError)
+		}
+		fb := ru.Fallback
+		if fb == (Policy{}) {
+			fb = ru.Policy
+		}
+		fb.Name = name
+		if err := fb.Validate(); err != nil {
+			return nil, fmt.Errorf("ratelimit: rule %d (%q): Fallback: %w", i, name, err)
+		}
+		if fb.Kind != ru.Policy.Kind {
+			return nil, fmt.Errorf("ratelimit: rule %d (%q): Fallback is a %v policy, Policy a %v policy", i, name, fb.Kind, ru.Policy.Kind)
+		}
+		m.fallbackRules = append(m.fallbackRules, fb)
+	}
+	if m.store == nil {
+		m.store = NewLocal(LocalOptions{})
+	}
+	_, m.local = m.store.(*Local)
+	if m.fallback == nil {
+		m.fallback = NewLocal(LocalOptions{})
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.timeout == 0 {
+		m.timeout = 50 * time.Millisecond
+	}
+	if m.backoff == 0 {
+		m.backoff = time.Second
+	}
+	if m.unavailRetry <= 0 {
+		m.unavailRetry = time.Second
+	}
+	return m, nil
+}
+
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	start := time.Now()
+	demands := make([]Demand, 0, len(m.rules))
+	ruleOf := make([]int, 0, len(m.rules))
+	for i := range m.rules {
+		ru := &m.rules[i]
+		key, ok := ru.Key(r)
+		if !ok {
+			continue
+		}
+		cost := int64(1)
+		if ru.Cost != nil {
+			cost = max(ru.Cost(r), 0)
+		}
+		if ru.Policy.Kind == KindRate && cost > ru.Policy.burst() {
+			if ru.Shadow {
+				m.emit(Event{Request: r, Policy: ru.Policy.Name, Outcome: OutcomeShadowDenied, Latency: time.Since(start)})
+				continue
+			}
+			m.emit(Event{Request: r, Policy: ru.Policy.Name, Outcome: OutcomeDenied, Latency: time.Since(start)})
+			problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
+				Title: "Too many requests",
+				Detail: fmt.Sprintf("this request costs %d units, more than the burst of %d allowed by policy %q (%s): it can never be admitted",
+					cost, ru.Policy.burst(), ru.Policy.Name, ru.Policy),
+				Extra: map[string]any{"violated_policies": []string{ru.Policy.Name}}})
+			return
+		}
+		demands = append(demands, Demand{Policy: ru.Policy, Key: key, Cost: cost, Shadow: ru.Shadow})
+		ruleOf = append(ruleOf, i)
+	}
+	if len(demands) == 0 {
+		next.ServeHTTP(w, r)
+		return
+	}
+
+	results := make([]Result, len(demands))
+	now := m.now()
+	store := m.store
+	var (
+		tk       Ticket
+		err      error
+		cause    error // the store failure, when the fallback decided
+		fallback bool
+	)
+	if until := m.downUntil.Load(); until != 0 && now.UnixNano() < until {
+		err = errStoreBackoff
+	} else {
+		ctx, cancel := m.storeContext(r.Context())
+		tk, err = store.Decide(ctx, now, demands, results)
+		cancel()
+		if err != nil && r.Context().Err() != nil {
+			return // the client went away; nothing to answer, not a store failure
+		}
+		if err != nil && m.backoff > 0 && !errors.Is(err, ErrInvalidDemand) && !errors.Is(err, ErrInvalidPolicy) {
+			m.downUntil.Store(now.Add(m.backoff).UnixNano())
+		}
+	}
+	if err != nil {
+		var closed []string
+		for i := range demands {
+			if !demands[i].Shadow && m.rules[ruleOf[i]].OnStoreError == FailClosed {
+				closed = append(closed, demands[i].Policy.Name)
+			}
+		}
+		if len(closed) > 0 {
+			lat := time.Since(start)
+			for i := range demands {
+				m.emit(Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeError, Err: err, Latency: lat})
+			}
+			problem.Write(w, problem.Problem{Type: problem.RateLimitStoreUnavailable, Status: http.StatusServiceUnavailable,
+				Title:      "Rate limit store unavailable",
+				Detail:     fmt.Sprintf("the rate limit store could not decide and %s %s fail closed", plural(len(closed), "policy", "policies"), quoteList(closed)),
+				Extra:      map[string]any{"policies": closed},
+				RetryAfter: m.unavailRetry})
+			return
+		}
+		fallback, cause = true, err
+		for i := range demands {
+			demands[i].Policy = m.fallbackRules[ruleOf[i]]
+		}
+		store = m.fallback
+		if tk, err = m.fallback.Decide(r.Context(), now, demands, results); err != nil {
+			// Only invalid demands fail a Local, which newMiddleware rules out.
+			panic("ratelimit: fallback decision failed: " + err.Error())
+		}
+	}
+
+	admitted := Admitted(demands, results)
+	lat := time.Since(start)
+	var violated []string
+	var retry time.Duration
+	best := -1
+	for i := range demands {
+		res := &results[i]
+		ev := Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeAllowed, Fallback: fallback, Err: cause, Latency: lat}
+		switch {
+		case res.Allowed:
+		case demands[i].Shadow:
+			ev.Outcome = OutcomeShadowDenied
+		default:
+			ev.Outcome = OutcomeDenied
+			violated = append(violated, demands[i].Policy.Name)
+			retry = max(retry, res.RetryAfter)
+		}
+		m.emit(ev)
+		if demands[i].Shadow {
+			continue
+		}
+		if best < 0 || tighter(admitted, res, &results[best]) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		SetHeaders(w.Header(), demands[best].Policy, results[best])
+	}
+	if !admitted {
+		problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
+			Title:      "Too many requests",
+			Detail:     fmt.Sprintf("rate limit exceeded for %s %s; retry after %d s", plural(len(violated), "policy", "policies"), quoteList(violated), problem.RetryAfterSeconds(retry)),
+			Extra:      map[string]any{"violated_policies": violated},
+			RetryAfter: retry})
+		return
+	}
+	if tk.Holds() {
+		defer func() {
+			ctx, cancel := m.storeContext(context.WithoutCancel(r.Context()))
+			_ = store.Release(ctx, demands, tk) // a lost release is reclaimed by the store's lease
+			cancel()
+		}()
+	}
+	next.ServeHTTP(w, r)
+}
+
+func (m *middleware) storeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if m.local || m.timeout < 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, m.timeout)
+}
+
+// tighter reports whether a should be advertised rather than b: when
+// denied, the violated policy with the longest wait; when admitted, the
+// one with the fewest units left, then the longest reset.
+func tighter(admitted bool, a, b *Result) bool {
+	if !admitted {
+		if a.Allowed != b.Allowed {
+			return !a.Allowed
+		}
+		return a.RetryAfter > b.RetryAfter
+	}
+	if a.Remaining != b.Remaining {
+		return a.Remaining < b.Remaining
+	}
+	return a.ResetAfter > b.ResetAfter
+}
+
+func (m *middleware) emit(e Event) {
+	if m.onDecision != nil {
+		m.onDecision(e)
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func quoteList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}

@@ -1,0 +1,86 @@
+-- levee ratelimit: decide every demand of one request atomically, by the
+-- Redis clock, charging all of them or none. The arithmetic mirrors
+-- ratelimit/gcra.go, in integer microseconds (exact in Lua doubles).
+--
+-- KEYS[i]  state of demand i: a string holding the GCRA TAT (rate), or a
+--          sorted set of in-flight decision ids scored by lease expiry
+--          (concurrency).
+-- ARGV[1]  id of this decision, the member added to concurrency sets.
+-- then 4 per demand:
+--   kind   'r' (rate) or 'c' (concurrency), followed by 's' if shadow
+--   a      rate: emission interval (µs)   concurrency: limit
+--   b      rate: burst tolerance (µs)     concurrency: lease (µs)
+--   cost   rate: units (ignored for concurrency)
+--
+-- Returns {admitted, then per demand: allowed, remaining, retry_us, reset_us}.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local admit = 1
+local kind, a, b, ok, newtat, remc, remk, resc, resk, retry = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  local o = 1 + (i - 1) * 4
+  local k = ARGV[o + 1]
+  kind[i] = string.sub(k, 1, 1)
+  a[i] = tonumber(ARGV[o + 2])
+  b[i] = tonumber(ARGV[o + 3])
+  if kind[i] == 'r' then
+    local cost = tonumber(ARGV[o + 4])
+    local raw, tat = redis.call('GET', KEYS[i]), 0
+    if raw then
+      tat = tonumber(raw)
+      if not tat then return redis.error_reply('ERR levee ratelimit: corrupt state at ' .. KEYS[i]) end
+    end
+    if tat < now then tat = now end
+    newtat[i] = tat + a[i] * cost
+    resk[i] = tat - now
+    local allow_at = newtat[i] - b[i]
+    if allow_at <= now then
+      ok[i] = 1
+      remc[i] = math.floor((now - allow_at) / a[i])
+      remk[i] = remc[i] + cost
+      resc[i] = newtat[i] - now
+      retry[i] = 0
+    else
+      ok[i] = 0
+      retry[i] = allow_at - now
+      local left = now + b[i] - tat
+      if left > 0 then remk[i] = math.floor(left / a[i]) else remk[i] = 0 end
+    end
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local held = redis.call('ZCARD', KEYS[i])
+    resc[i], resk[i] = 0, 0
+    if held < a[i] then
+      ok[i], remc[i], remk[i], retry[i] = 1, a[i] - held - 1, a[i] - held, 0
+    else
+      ok[i], remk[i], retry[i] = 0, 0, 1000000
+    end
+  end
+  if ok[i] == 0 and string.len(k) == 1 then admit = 0 end
+end
+local out = {admit}
+for i = 1, n do
+  if admit == 1 and ok[i] == 1 then
+    if kind[i] == 'r' then
+      local ttl = newtat[i] - now
+      if ttl > 0 then
+        redis.call('SET', KEYS[i], string.format('%d', newtat[i]), 'PX', math.ceil(ttl / 1000))
+      end
+    else
+      redis.call('ZADD', KEYS[i], string.format('%d', now + b[i]), ARGV[1])
+      redis.call('PEXPIRE', KEYS[i], math.ceil(b[i] / 1000))
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = remc[i]
+    out[#out + 1] = 0
+    out[#out + 1] = resc[i]
+  else
+    out[#out + 1] = ok[i]
+    out[#out + 1] = remk[i]
+    out[#out + 1] = retry[i]
+    out[#out + 1] = resk[i]
+  end
+end
+return out

@@ -1,0 +1,310 @@
+// Package redis is a ratelimit.Store on Redis, for limits shared by every
+// replica. New takes any go-redis client (*goredis.Client, *goredis.Ring,
+// *goredis.ClusterClient) created with ContextTimeoutEnabled.
+//
+// # One round trip, atomically
+//
+// Decide runs one Lua script (EVALSHA) for all of a request's demands,
+// whatever their number: it reads the Redis clock (TIME), decides every
+// demand, and only if the request is admitted writes the new state of
+// each admitted demand. Redis runs a script without interleaving other
+// commands, so decisions are atomic across every replica, a request
+// denied by one policy charges none, and there is exactly one clock. A
+// script not yet in the server's cache (fresh or restarted server, SCRIPT
+// FLUSH) costs one extra round trip once (NOSCRIPT, then EVAL); Load
+// caches it eagerly. Release (for concurrency policies) is a second,
+// separate script call when the request ends.
+//
+// # Layout and expiry
+//
+// Each (policy kind, name, key) is one Redis key:
+//
+//	<Prefix>{<tag>}:r:<h>   a string: the GCRA TAT in Unix microseconds
+//	<Prefix>{<tag>}:c:<h>   a sorted set: in-flight decision ids, scored
+//	                        by the Unix microsecond their lease ends
+//
+// where h is the first 128 bits of SHA-256(name, key) in hex, so that keys
+// such as API keys never reach Redis in clear and every key has the same
+// short length. A rate key's TTL is the time until its TAT passes (after
+// which the key would be "full" anyway, so expiry changes no decision); a
+// concurrency key's TTL is ConcurrencyLease, refreshed by each admission.
+// A request that runs longer than ConcurrencyLease stops counting against
+// its concurrency limit, and a replica that crashes holding slots has them
+// back after at most ConcurrencyLease.
+//
+// # Redis Cluster
+//
+// A script may only touch keys of one hash slot, so every key of a
+// decision carries the same hash tag. By default the tag is the constant
+// "all": every decision works, on a single server or a Cluster, but on a
+// Cluster all rate-limit state lives on one shard. With
+// Options.ShardByKey the tag is derived from the demand's key, spreading
+// keys over the Cluster; every demand of one decision must then have the
+// same key (for example, all of a route's policies keyed by API key),
+// and Decide refuses other decisions with ErrCrossSlot.
+//
+// # Failures
+//
+// Every Redis error (unreachable, timeout, canceled context, corrupt or
+// wrong-type state) is returned wrapped; nothing was charged, except that
+// a call that timed out after the server ran it may have charged once.
+// The deadline of the context bounds every call only if the client has
+// ContextTimeoutEnabled, which New therefore requires.
+package redis
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/leveehq/levee/ratelimit"
+)
+
+//go:embed decide.lua
+var decideLua string
+
+//go:embed release.lua
+var releaseLua string
+
+// DecideScript is the Lua source of the decision script, for tools that
+// load it themselves (bench/redis-evalsha-floor.sh uses the same file).
+func DecideScript() string { return decideLua }
+
+// DefaultPrefix is the key prefix used when Options.Prefix is empty.
+const DefaultPrefix = "levee:rl:"
+
+// DefaultConcurrencyLease is the lease used when Options.ConcurrencyLease
+// is zero.
+const DefaultConcurrencyLease = time.Minute
+
+// ErrCrossSlot is returned (wrapping ratelimit.ErrInvalidDemand) when
+// ShardByKey is set and the demands of one decision have different keys.
+var ErrCrossSlot = errors.New("ratelimit/redis: demands of one decision must share a key when ShardByKey is set")
+
+// ErrNoContextTimeout is returned by New for a go-redis client created
+// without ContextTimeoutEnabled, which would ignore the middleware's
+// deadline and could hang a request for the client's ReadTimeout.
+var ErrNoContextTimeout = errors.New("ratelimit/redis: the go-redis client must have ContextTimeoutEnabled: true so that context deadlines bound every call")
+
+// rediser lists the go-redis commands the store uses. *goredis.Client,
+// *goredis.Ring and *goredis.ClusterClient implement it.
+type rediser interface {
+	goredis.Scripter // EVALSHA with EVAL fallback, SCRIPT LOAD
+}
+
+// shardedClient is implemented by *goredis.Ring and *goredis.ClusterClient;
+// Load uses it to load scripts on every shard.
+type shardedClient interface {
+	ForEachShard(ctx context.Context, fn func(ctx context.Context, client *goredis.Client) error) error
+}
+
+// Options configure a Store. The zero value is a sensible default.
+type Options struct {
+	// Prefix starts every Redis key. Default DefaultPrefix ("levee:rl:").
+	// It must not contain '{' or '}'.
+	Prefix string
+	// ConcurrencyLease bounds how long a concurrency slot counts without
+	// being released (see the package doc). Default
+	// DefaultConcurrencyLease (1 minute); at least 1 ms.
+	ConcurrencyLease time.Duration
+	// ShardByKey tags Redis keys by the demand's key instead of one
+	// constant tag, spreading state over a Cluster; see the package doc.
+	ShardByKey bool
+}
+
+// Store is a ratelimit.Store on Redis. It is safe for concurrent use and
+// holds no connections of its own: the client passed to New does.
+type Store struct {
+	c       rediser
+	prefix  string
+	leaseUS int64
+	shard   bool
+	decide  *goredis.Script
+	release *goredis.Script
+}
+
+var _ ratelimit.Store = (*Store)(nil)
+
+// New returns a Store that keeps its state in Redis through client. It
+// does no I/O; see Load. It fails with ErrNoContextTimeout for a
+// *goredis.Client, *goredis.Ring or *goredis.ClusterClient created
+// without ContextTimeoutEnabled, and for invalid options.
+func New(client rediser, opts Options) (*Store, error) {
+	var ctxTimeout = true
+	switch c := client.(type) {
+	case *goredis.Client:
+		ctxTimeout = c.Options().ContextTimeoutEnabled
+	case *goredis.ClusterClient:
+		ctxTimeout = c.Options().ContextTimeoutEnabled
+	case *goredis.Ring:
+		ctxTimeout = c.Options().ContextTimeoutEnabled
+	}
+	if !ctxTimeout {
+		return nil, ErrNoContextTimeout
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	for _, c := range opts.Prefix {
+		if c == '{' || c == '}' {
+			return nil, fmt.Errorf("ratelimit/redis: Prefix %q contains a brace", opts.Prefix)
+		}
+	}
+	if opts.ConcurrencyLease == 0 {
+		opts.ConcurrencyLease = DefaultConcurrencyLease
+	}
+	if opts.ConcurrencyLease < time.Millisecond || opts.ConcurrencyLease > ratelimit.MaxPeriod {
+		return nil, fmt.Errorf("ratelimit/redis: ConcurrencyLease %v is out of range 1ms..%v", opts.ConcurrencyLease, ratelimit.MaxPeriod)
+	}
+	return &Store{
+		c:       client,
+		prefix:  opts.Prefix,
+		leaseUS: int64(opts.ConcurrencyLease / time.Microsecond),
+		shard:   opts.ShardByKey,
+		decide:  goredis.NewScript(decideLua),
+		release: goredis.NewScript(releaseLua),
+	}, nil
+}
+
+// Load loads the scripts into the script cache of the server (every shard
+// of a Ring or Cluster), so that the first decisions cost one round trip
+// instead of two. It is optional and safe to call again at any time.
+func (s *Store) Load(ctx context.Context) error {
+	load := func(ctx context.Context, c goredis.Scripter) error {
+		for _, sc := range []*goredis.Script{s.decide, s.release} {
+			if err := sc.Load(ctx, c).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var err error
+	if sh, ok := s.c.(shardedClient); ok {
+		err = sh.ForEachShard(ctx, func(ctx context.Context, c *goredis.Client) error { return load(ctx, c) })
+	} else {
+		err = load(ctx, s.c)
+	}
+	if err != nil {
+		return fmt.Errorf("ratelimit/redis: load scripts: %w", err)
+	}
+	return nil
+}
+
+// Key returns the Redis key holding the state of d (see the package doc).
+func (s *Store) Key(d ratelimit.Demand) string {
+	h := sha256.New()
+	h.Write([]byte(d.Policy.Name))
+	h.Write([]byte{0}) // names are printable ASCII: the separator is unambiguous
+	h.Write([]byte(d.Key))
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	kind := "r"
+	if d.Policy.Kind == ratelimit.KindConcurrency {
+		kind = "c"
+	}
+	return s.prefix + "{" + s.tag(d.Key) + "}:" + kind + ":" + hex.EncodeToString(sum[:16])
+}
+
+func (s *Store) tag(key string) string {
+	if !s.shard {
+		return "all"
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// demandError is an error that also matches ratelimit.ErrInvalidDemand.
+type demandError struct{ err error }
+
+func (e *demandError) Error() string   { return e.err.Error() }
+func (e *demandError) Unwrap() []error { return []error{e.err, ratelimit.ErrInvalidDemand} }
+
+// Decide implements ratelimit.Store in one script call. now is ignored:
+// the script reads the Redis clock.
+func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Demand, results []ratelimit.Result) (ratelimit.Ticket, error) {
+	if err := ratelimit.CheckDemands(demands, results); err != nil {
+		return ratelimit.Ticket{}, err
+	}
+	if s.shard {
+		for i := 1; i < len(demands); i++ {
+			if demands[i].Key != demands[0].Key {
+				return ratelimit.Ticket{}, &demandError{ErrCrossSlot}
+			}
+		}
+	}
+	keys := make([]string, len(demands))
+	args := make([]any, 1, 1+4*len(demands))
+	var id uint64
+	for i := range demands {
+		d := &demands[i]
+		keys[i] = s.Key(*d)
+		kind, a, b := "r", d.Policy.Interval().Microseconds(), int64(0)
+		if d.Policy.Kind == ratelimit.KindConcurrency {
+			kind, a, b = "c", d.Policy.Limit, s.leaseUS
+			if id == 0 {
+				id = rand.Uint64() | 1
+			}
+		} else {
+			b = a * d.Policy.EffectiveBurst()
+		}
+		if d.Shadow {
+			kind += "s"
+		}
+		args = append(args, kind, a, b, d.Cost)
+	}
+	member := strconv.FormatUint(id, 36)
+	args[0] = member
+	v, err := s.decide.Run(ctx, s.c, keys, args...).Int64Slice()
+	if err != nil {
+		return ratelimit.Ticket{}, fmt.Errorf("ratelimit/redis: decide: %w", err)
+	}
+	if len(v) != 1+4*len(demands) {
+		return ratelimit.Ticket{}, fmt.Errorf("ratelimit/redis: decide: script returned %d values for %d demands", len(v), len(demands))
+	}
+	var tk ratelimit.Ticket
+	admitted := v[0] == 1
+	for i := range demands {
+		o := 1 + 4*i
+		results[i] = ratelimit.Result{
+			Allowed:    v[o] == 1,
+			Remaining:  v[o+1],
+			RetryAfter: time.Duration(v[o+2]) * time.Microsecond,
+			ResetAfter: time.Duration(v[o+3]) * time.Microsecond,
+		}
+		if admitted && results[i].Allowed && demands[i].Policy.Kind == ratelimit.KindConcurrency {
+			tk.Held |= 1 << i
+		}
+	}
+	if tk.Held != 0 {
+		tk.ID = id
+	}
+	return tk, nil
+}
+
+// Release implements ratelimit.Store in one script call.
+func (s *Store) Release(ctx context.Context, demands []ratelimit.Demand, t ratelimit.Ticket) error {
+	if t.Held == 0 {
+		return nil
+	}
+	var keys []string
+	for i := range demands {
+		if i < 64 && t.Held&(1<<i) != 0 {
+			keys = append(keys, s.Key(demands[i]))
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := s.release.Run(ctx, s.c, keys, strconv.FormatUint(t.ID, 36)).Err(); err != nil {
+		return fmt.Errorf("ratelimit/redis: release: %w", err)
+	}
+	return nil
+}
