@@ -6,6 +6,7 @@ package problem
 import (
 	"encoding/json"
 	"net/http"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -53,23 +54,51 @@ func RetryAfterSeconds(d time.Duration) int64 {
 	return s
 }
 
+// Marshal encodes p as a problem+json document with the standard members
+// first (type, title, status, detail) and the extension members after,
+// sorted by name.
+func Marshal(p Problem) []byte {
+	b := []byte(`{"type":`)
+	b = appendJSON(b, BaseURI+p.Type)
+	b = append(b, `,"title":`...)
+	b = appendJSON(b, p.Title)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(p.Status), 10)
+	if p.Detail != "" {
+		b = append(b, `,"detail":`...)
+		b = appendJSON(b, p.Detail)
+	}
+	keys := make([]string, 0, len(p.Extra))
+	for k := range p.Extra {
+		switch k {
+		case "type", "title", "status", "detail":
+			continue // standard members cannot be overridden
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v, err := json.Marshal(p.Extra[k])
+		if err != nil {
+			continue // an extension that cannot be encoded is dropped
+		}
+		b = append(b, ',')
+		b = appendJSON(b, k)
+		b = append(b, ':')
+		b = append(b, v...)
+	}
+	return append(b, '}')
+}
+
+func appendJSON(b []byte, s string) []byte {
+	v, _ := json.Marshal(s) // a string always encodes
+	return append(b, v...)
+}
+
 // Write sends p as the response. It sets Content-Type, Cache-Control:
 // no-store and, if set, Retry-After.
 func Write(w http.ResponseWriter, p Problem) {
-	doc := make(map[string]any, 4+len(p.Extra))
-	for k, v := range p.Extra {
-		doc[k] = v
-	}
-	doc["type"] = BaseURI + p.Type
-	doc["title"] = p.Title
-	doc["status"] = p.Status
-	if p.Detail != "" {
-		doc["detail"] = p.Detail
-	}
-	body, err := json.Marshal(doc)
-	if err != nil { // an Extra value that cannot be encoded: drop extras
-		body, _ = json.Marshal(map[string]any{"type": BaseURI + p.Type, "title": p.Title, "status": p.Status, "detail": p.Detail})
-	}
+	body := Marshal(p)
 	h := w.Header()
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("Cache-Control", "no-store")

@@ -1,0 +1,398 @@
+package main
+
+// These tests run the real `levee serve` as separate OS processes (the test
+// binary re-executes itself as levee), to prove what only processes can:
+// replicas sharing a store, kill -9, signals.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("LEVEE_TEST_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func randID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// need skips (or fails under CI=true) when a backend is unreachable.
+func need(t *testing.T, name, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is required in CI but unreachable at %s: %v", name, addr, err)
+	}
+	t.Skipf("%s unreachable at %s: %v", name, addr, err)
+}
+
+type replica struct {
+	cmd   *exec.Cmd
+	addr  string
+	admin string
+	out   *lockedWriter
+	done  chan struct{} // closed when the process has exited
+	err   error         // its exit error, valid after done
+}
+
+// startReplica runs `levee serve --config cfg` in a child process and waits
+// until it is ready.
+func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
+	cmd.Env = append(os.Environ(), "LEVEE_TEST_RUN_MAIN=1")
+	out := &lockedWriter{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{cmd: cmd, addr: addr, admin: admin, out: out, done: make(chan struct{})}
+	go func() { r.err = cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-r.done
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return r
+			}
+		}
+		select {
+		case <-r.done:
+			t.Fatalf("levee exited before it was ready: %v\n%s", r.err, out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("levee not ready within 20s:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lockedWriter collects a child's output; safe for concurrent use.
+type lockedWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// charges is an upstream that counts executions. While hold is set, each
+// charge waits for release to close; delay slows every charge.
+type charges struct {
+	n       atomic.Int64
+	delay   atomic.Int64 // nanoseconds
+	hold    atomic.Bool
+	release chan struct{}
+	srv     *http.Server
+	url     string
+}
+
+func newCharges(t *testing.T) *charges {
+	c := &charges{release: make(chan struct{})}
+	t.Cleanup(func() { close(c.release) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.url = "http://" + ln.Addr().String()
+	c.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := c.n.Add(1)
+		if c.hold.Load() {
+			select {
+			case <-c.release:
+			case <-time.After(20 * time.Second):
+			}
+		}
+		time.Sleep(time.Duration(c.delay.Load()))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"charge":%d}`, n)
+	})}
+	go c.srv.Serve(ln)
+	t.Cleanup(func() { c.srv.Close() })
+	return c
+}
+
+func writeConfig(t *testing.T, addr, admin, store, upstream, idem string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "levee.yaml")
+	cfg := fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {level: warn, access_log: false}
+store:
+%s
+routes:
+  - name: charges
+    match: {path_prefix: /v1/charges}
+    upstream: %s
+    idempotency:
+%s
+`, addr, admin, store, upstream, idem)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func post(url, key, body string) (int, string, http.Header, error) {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header, nil
+}
+
+func redisStore(t *testing.T) string {
+	addr := os.Getenv("LEVEE_REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	need(t, "Redis", addr)
+	return fmt.Sprintf("  type: redis\n  redis: {addr: %q, prefix: \"levee:proctest:%s:\"}", addr, randID())
+}
+
+func postgresStore(t *testing.T) string {
+	url := os.Getenv("LEVEE_POSTGRES_URL")
+	if url == "" {
+		url = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	need(t, "PostgreSQL", "127.0.0.1:5432")
+	schema := "levee_proc_" + randID()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	})
+	return fmt.Sprintf("  type: postgres\n  postgres: {url: %q, schema: %s}", url, schema)
+}
+
+func testReplicasExecuteOnce(t *testing.T, store string) {
+	up := newCharges(t)
+	up.delay.Store(int64(200 * time.Millisecond))
+	var reps []*replica
+	for i := 0; i < 3; i++ {
+		addr, admin := freePort(t), freePort(t)
+		reps = append(reps, startReplica(t, writeConfig(t, addr, admin, store, up.url, "      in_flight_wait: 20s"), addr, admin))
+	}
+	const n = 100
+	statuses := make([]int, n)
+	bodies := make([]string, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, b, _, err := post("http://"+reps[i%3].addr+"/v1/charges", "order-77", `{"amount":100}`)
+			if err != nil {
+				t.Error(err)
+			}
+			statuses[i], bodies[i] = st, b
+		}()
+	}
+	wg.Wait()
+	if got := up.n.Load(); got != 1 {
+		t.Fatalf("100 concurrent identical POSTs across 3 replicas reached the upstream %d times, want 1", got)
+	}
+	for i := range statuses {
+		if statuses[i] != 201 || bodies[i] != `{"charge":1}` {
+			t.Fatalf("response %d = %d %s, want the one 201", i, statuses[i], bodies[i])
+		}
+	}
+}
+
+func TestThreeReplicasShareRedis(t *testing.T) {
+	t.Parallel()
+	testReplicasExecuteOnce(t, redisStore(t))
+}
+
+func TestThreeReplicasSharePostgres(t *testing.T) {
+	t.Parallel()
+	testReplicasExecuteOnce(t, postgresStore(t))
+}
+
+func TestKill9InFlightThenRetryOnAnotherReplica(t *testing.T) {
+	t.Parallel()
+	store := redisStore(t)
+	up := newCharges(t)
+	up.hold.Store(true)
+	idem := "      lease: 2s"
+	aAddr, aAdmin := freePort(t), freePort(t)
+	bAddr, bAdmin := freePort(t), freePort(t)
+	a := startReplica(t, writeConfig(t, aAddr, aAdmin, store, up.url, idem), aAddr, aAdmin)
+	b := startReplica(t, writeConfig(t, bAddr, bAdmin, store, up.url, idem), bAddr, bAdmin)
+
+	go post("http://"+a.addr+"/v1/charges", "order-9", `{"amount":9}`) // will never get its answer
+	deadline := time.Now().Add(10 * time.Second)
+	for up.n.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first request never reached the upstream")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.done
+	killedAt := time.Now()
+
+	// Within the lease: the retry is refused and nothing runs again.
+	st, _, hdr, err := post("http://"+b.addr+"/v1/charges", "order-9", `{"amount":9}`)
+	if err != nil || st != 409 || hdr.Get("Retry-After") == "" || up.n.Load() != 1 {
+		t.Fatalf("retry within the lease: %d %v (upstream %d), want 409 + Retry-After, no execution", st, err, up.n.Load())
+	}
+	// After the lease: exactly one re-execution.
+	up.hold.Store(false) // new charges answer at once
+	var body string
+	for {
+		st, body, _, err = post("http://"+b.addr+"/v1/charges", "order-9", `{"amount":9}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st != 409 {
+			break
+		}
+		if time.Since(killedAt) > 15*time.Second {
+			t.Fatal("the dead holder's claim was never taken over")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st != 201 || up.n.Load() != 2 {
+		t.Fatalf("retry after the lease: %d %s, upstream executions %d (want 201 and 2: the lost one + one re-execution)", st, body, up.n.Load())
+	}
+	if since := time.Since(killedAt); since < time.Second {
+		t.Fatalf("taken over %v after the kill, before the 2s lease could have lapsed", since)
+	}
+	st, body2, hdr, _ := post("http://"+b.addr+"/v1/charges", "order-9", `{"amount":9}`)
+	if st != 201 || body2 != body || hdr.Get("Idempotent-Replayed") != "true" || up.n.Load() != 2 {
+		t.Fatalf("later retry: %d %s replayed=%q upstream=%d, want the replay", st, body2, hdr.Get("Idempotent-Replayed"), up.n.Load())
+	}
+}
+
+func TestSignals(t *testing.T) {
+	t.Parallel()
+	up := newCharges(t)
+	addr, admin := freePort(t), freePort(t)
+	dbPath := filepath.Join(t.TempDir(), "levee.db")
+	store := fmt.Sprintf("  type: sqlite\n  sqlite: {path: %q}", dbPath)
+	cfg := writeConfig(t, addr, admin, store, up.url, "      required: false")
+	r := startReplica(t, cfg, addr, admin)
+
+	// SIGHUP with a valid new file: the new route serves.
+	data, _ := os.ReadFile(cfg)
+	newCfg := string(data) + fmt.Sprintf("  - name: extra\n    match: {path: /extra}\n    upstream: %s\n", up.url)
+	os.WriteFile(cfg, []byte(newCfg), 0o600)
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _, _, _ := post("http://"+addr+"/extra", "k", "{}")
+		if st == 201 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP reload not applied:\n%s", r.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// SIGHUP with an invalid file: logged, old config keeps serving.
+	os.WriteFile(cfg, []byte("routes: [{name: broken}]\n"), 0o600)
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	if st, _, _, _ := post("http://"+addr+"/extra", "k2", "{}"); st != 201 {
+		t.Fatalf("after an invalid reload the old config stopped serving: %d", st)
+	}
+	m := get(t, "http://"+admin+"/metrics")
+	if !strings.Contains(m, `levee_config_reloads_total{result="failure"}`) || strings.Contains(m, `levee_config_reloads_total{result="failure"} 0`) {
+		t.Fatalf("failed reload not counted:\n%s", m)
+	}
+	// SIGTERM while a request is in flight: it completes, then levee exits 0.
+	up.delay.Store(int64(500 * time.Millisecond))
+	res := make(chan int)
+	go func() { st, _, _, _ := post("http://"+addr+"/v1/charges", "slow", "{}"); res <- st }()
+	time.Sleep(150 * time.Millisecond)
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if st := <-res; st != 201 {
+		t.Fatalf("in-flight request during SIGTERM: %d\n%s", st, r.out)
+	}
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Fatalf("levee exited with %v after SIGTERM\n%s", r.err, r.out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("levee did not exit after SIGTERM")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

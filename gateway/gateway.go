@@ -1,0 +1,571 @@
+// Package gateway turns a levee.yaml into an http.Handler: a reverse proxy
+// that puts levee's guarantees (idempotency today; rate limits and egress
+// resilience plug into the same route model) in front of services written
+// in any language. Server runs it with an admin listener, reloads and
+// graceful shutdown; cmd/levee is a thin main around it.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/problem"
+)
+
+// Gateway is the proxy handler. Its routes are swapped atomically by
+// Apply; each request runs entirely on the routes it started with.
+type Gateway struct {
+	store     idempotency.Store
+	metrics   *Metrics
+	log       *slog.Logger
+	transport http.RoundTripper
+	buffers   bufferPool
+
+	state atomic.Pointer[routeTable]
+}
+
+// Options are the Gateway's collaborators. Nil fields get defaults.
+type Options struct {
+	// Store holds idempotency records. Required when a route enables
+	// idempotency.
+	Store idempotency.Store
+	// Metrics default to a fresh registry.
+	Metrics *Metrics
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Transport defaults to a tuned *http.Transport (see NewTransport).
+	Transport http.RoundTripper
+}
+
+// New builds a Gateway for cfg.
+func New(cfg *Config, opts Options) (*Gateway, error) {
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics("dev")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Transport == nil {
+		opts.Transport = NewTransport()
+	}
+	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, transport: opts.Transport}
+	if opts.Store != nil {
+		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
+	}
+	if err := g.Apply(cfg); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// NewTransport returns the upstream transport: keep-alive pools sized for
+// a proxy (Go's default keeps 2 idle connections per host, which under
+// load closes and re-dials constantly — the main reason a stock
+// httputil.ReverseProxy lags nginx), bounded dials and TLS handshakes.
+func NewTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 nil, // a gateway never goes through HTTP_PROXY implicitly
+		DialContext:           d.DialContext,
+		MaxIdleConns:          4096,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+}
+
+// Apply validates nothing (cfg must come from Parse) and swaps in cfg's
+// routes. Requests in flight finish on the routes they started with.
+func (g *Gateway) Apply(cfg *Config) error {
+	t := &routeTable{cfg: cfg, exact: map[string][]*route{}, trusted: cfg.trusted}
+	for i := range cfg.Routes {
+		rc := &cfg.Routes[i]
+		rt, err := g.buildRoute(cfg, rc, i)
+		if err != nil {
+			return err
+		}
+		if rc.Match.Path != "" {
+			t.exact[rc.Match.Path] = append(t.exact[rc.Match.Path], rt)
+		} else {
+			t.prefixes = append(t.prefixes, rt)
+		}
+	}
+	sort.SliceStable(t.prefixes, func(i, j int) bool { return len(t.prefixes[i].prefix) > len(t.prefixes[j].prefix) })
+	g.state.Store(t)
+	return nil
+}
+
+// Config returns the running config.
+func (g *Gateway) Config() *Config { return g.state.Load().cfg }
+
+type routeTable struct {
+	cfg      *Config
+	exact    map[string][]*route
+	prefixes []*route // longest first
+	trusted  []netip.Prefix
+}
+
+type route struct {
+	name    string
+	prefix  string
+	methods []string
+	host    string
+	maxBody int64
+	handler http.Handler
+}
+
+func (rt *route) accepts(r *http.Request, host string) bool {
+	if rt.host != "" && !strings.EqualFold(rt.host, host) {
+		return false
+	}
+	if len(rt.methods) == 0 {
+		return true
+	}
+	for _, m := range rt.methods {
+		if m == r.Method {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *routeTable) match(r *http.Request, p string) *route {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	for _, rt := range t.exact[p] {
+		if rt.accepts(r, host) {
+			return rt
+		}
+	}
+	for _, rt := range t.prefixes {
+		if underPrefix(p, rt.prefix) && rt.accepts(r, host) {
+			return rt
+		}
+	}
+	return nil
+}
+
+// underPrefix reports whether p is prefix or below it on a segment
+// boundary.
+func underPrefix(p, prefix string) bool {
+	if !strings.HasPrefix(p, prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
+}
+
+// cleanPath removes dot segments and duplicate slashes, keeping a
+// trailing slash, so that /public/../admin routes as /admin.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// reqInfo travels in the request context so inner layers can report to
+// the access log and metrics.
+type reqInfo struct {
+	route       string
+	idem        idempotency.Outcome
+	upstreamDur time.Duration
+	upstreamErr string
+}
+
+type infoKey struct{}
+
+func infoFrom(ctx context.Context) *reqInfo {
+	ri, _ := ctx.Value(infoKey{}).(*reqInfo)
+	return ri
+}
+
+var infoPool = sync.Pool{New: func() any { return new(reqInfo) }}
+
+// ServeHTTP routes and serves one request.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	t := g.state.Load()
+	g.metrics.inFlight.Inc()
+	defer g.metrics.inFlight.Dec()
+
+	id := r.Header.Get("X-Request-Id")
+	if !validRequestID(id) {
+		id = newRequestID()
+		r.Header.Set("X-Request-Id", id)
+	}
+	w.Header().Set("X-Request-Id", id)
+
+	ri := infoPool.Get().(*reqInfo)
+	*ri = reqInfo{}
+	defer infoPool.Put(ri)
+	sw := &statusWriter{ResponseWriter: w}
+
+	p := cleanPath(r.URL.Path)
+	if p != r.URL.Path {
+		r.URL.Path, r.URL.RawPath = p, ""
+	}
+	rt := t.match(r, p)
+	switch {
+	case rt == nil:
+		ri.route = "_unmatched"
+		problem.Write(sw, problem.Problem{Type: problem.RouteNotFound, Status: http.StatusNotFound,
+			Title: "No route matches this request", Detail: fmt.Sprintf("no route for %s %s", r.Method, p)})
+	case r.ContentLength > rt.maxBody:
+		ri.route = rt.name
+		problem.Write(sw, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", rt.maxBody)})
+	default:
+		ri.route = rt.name
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
+		}
+		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, ri))
+		rt.handler.ServeHTTP(sw, r)
+	}
+	g.finish(r, sw, ri, id, start, t.cfg)
+}
+
+func (g *Gateway) finish(r *http.Request, sw *statusWriter, ri *reqInfo, id string, start time.Time, cfg *Config) {
+	dur := time.Since(start)
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+		if sw.aborted {
+			status = 499 // client closed the request before a response
+		}
+	}
+	idem := string(ri.idem)
+	if idem == "" {
+		idem = "none"
+	}
+	method := r.Method
+	if !isStandardMethod(method) {
+		method = "OTHER"
+	}
+	g.metrics.requests.WithLabelValues(ri.route, method, strconv.Itoa(status), idem).Inc()
+	g.metrics.duration.WithLabelValues(ri.route).Observe(dur.Seconds())
+	if ri.upstreamDur > 0 {
+		g.metrics.upstream.WithLabelValues(ri.route).Observe(ri.upstreamDur.Seconds())
+	}
+	if cfg.Log.AccessLog != nil && *cfg.Log.AccessLog {
+		attrs := []slog.Attr{
+			slog.String("request_id", id),
+			slog.String("route", ri.route),
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", status),
+			slog.Float64("duration_ms", float64(dur.Microseconds())/1000),
+			slog.Float64("upstream_ms", float64(ri.upstreamDur.Microseconds())/1000),
+			slog.Int64("bytes", sw.bytes),
+			slog.String("idempotency", idem),
+			slog.String("remote", remoteIP(r)),
+		}
+		if ri.upstreamErr != "" {
+			attrs = append(attrs, slog.String("upstream_error", ri.upstreamErr))
+		}
+		g.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	}
+}
+
+func isStandardMethod(m string) bool {
+	for _, v := range validMethods {
+		if v == m {
+			return true
+		}
+	}
+	return false
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// buildRoute assembles a route's handler chain: idempotency (if enabled)
+// around the proxy. Later policies (rate limits) wrap outside it.
+func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, error) {
+	rt := &route{
+		name:    rc.Name,
+		prefix:  rc.Match.PathPrefix,
+		methods: rc.Match.Methods,
+		host:    rc.Match.Host,
+		maxBody: int64(cfg.Server.MaxBodyBytes),
+	}
+	var h http.Handler = g.newProxy(rc, cfg.trusted)
+	if idc := rc.Idempotency; idc.enabled() {
+		if g.store == nil {
+			return nil, fmt.Errorf("gateway: routes[%d] (%s) enables idempotency but no store is configured", idx, rc.Name)
+		}
+		eng := idempotency.New(g.store, idempotency.Options{
+			Lease:        idc.Lease.D(),
+			Retention:    idc.Retention.D(),
+			InFlightWait: idc.InFlightWait.D(),
+			RetryAfter:   idc.RetryAfter.D(),
+			StoreTimeout: idc.StoreTimeout.D(),
+			FailOpen:     idc.FailOpen,
+			OnEvent:      g.idempotencyEvent(rc.Name),
+		})
+		hopts := idempotency.HTTPOptions{
+			Header:             idc.Header,
+			Methods:            idc.Methods,
+			Required:           idc.Required,
+			Scope:              rc.Name,
+			TenantHeader:       idc.TenantHeader,
+			FingerprintHeaders: idc.FingerprintHeaders,
+			MaxRequestBody:     int64(idc.MaxRequestBody),
+			MaxStoredBody:      int64(idc.MaxStoredBody),
+			StoredHeaders:      idc.StoredHeaders,
+		}
+		if idc.StoreServerErrors {
+			hopts.Store = func(status int) bool {
+				return idempotency.DefaultStore(status) || status >= 500
+			}
+		}
+		h = eng.Middleware(hopts)(h)
+	}
+	rt.handler = h
+	return rt, nil
+}
+
+func (g *Gateway) idempotencyEvent(route string) func(context.Context, idempotency.Event) {
+	return func(ctx context.Context, ev idempotency.Event) {
+		g.metrics.idempotency.WithLabelValues(route, string(ev.Outcome)).Inc()
+		if ri := infoFrom(ctx); ri != nil {
+			ri.idem = ev.Outcome
+		}
+		if ev.Err != nil && (ev.Outcome == idempotency.OutcomeStoreError || ev.Outcome == idempotency.OutcomeNotRecorded || ev.Outcome == idempotency.OutcomeFailOpen) {
+			g.log.LogAttrs(ctx, slog.LevelError, "idempotency store failure", slog.String("route", route),
+				slog.String("outcome", string(ev.Outcome)), slog.String("error", ev.Err.Error()))
+		}
+	}
+}
+
+// newProxy builds the reverse proxy for one route.
+func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler {
+	target := rc.upstream
+	timeout := rc.Timeout.D()
+	name := rc.Name
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			keep := isTrusted(pr.In, trusted)
+			if keep {
+				if v := pr.In.Header["X-Forwarded-For"]; v != nil {
+					pr.Out.Header["X-Forwarded-For"] = v
+				}
+			}
+			pr.SetXForwarded()
+			if keep { // a trusted proxy's view of host and scheme wins
+				for _, h := range []string{"X-Forwarded-Host", "X-Forwarded-Proto"} {
+					if v := pr.In.Header.Get(h); v != "" {
+						pr.Out.Header.Set(h, v)
+					}
+				}
+			}
+		},
+		Transport:  timedTransport{g.transport},
+		BufferPool: &g.buffers,
+		ErrorLog:   slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			g.proxyError(w, r, err, name, target.Host)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
+		defer cancel()
+		p.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+var errUpstreamTimeout = errors.New("route timeout exceeded")
+
+func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
+	if len(trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// proxyError answers an upstream failure with problem+json naming the
+// route, the upstream and the cause.
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, route, upstream string) {
+	ri := infoFrom(r.Context())
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", mbe.Limit)})
+	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
+		g.metrics.upstreamErrors.WithLabelValues(route, "timeout").Inc()
+		if ri != nil {
+			ri.upstreamErr = err.Error()
+		}
+		problem.Write(w, problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
+			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream),
+			Extra: map[string]any{"route": route, "upstream": upstream}})
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; there is nobody to answer.
+		if sw, ok := w.(*statusWriter); ok {
+			sw.aborted = true
+		} else if sw := findStatusWriter(w); sw != nil {
+			sw.aborted = true
+		}
+	default:
+		g.metrics.upstreamErrors.WithLabelValues(route, "unavailable").Inc()
+		if ri != nil {
+			ri.upstreamErr = err.Error()
+		}
+		problem.Write(w, problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusBadGateway,
+			Title: "Upstream unavailable", Detail: fmt.Sprintf("route %s: upstream %s: %s", route, upstream, upstreamCause(err)),
+			Extra: map[string]any{"route": route, "upstream": upstream}})
+	}
+}
+
+func findStatusWriter(w http.ResponseWriter) *statusWriter {
+	for {
+		switch v := w.(type) {
+		case *statusWriter:
+			return v
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// upstreamCause phrases a transport error for a client: the operation
+// and the OS error, without Go's internal wrapping.
+func upstreamCause(err error) string {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		if oe.Err != nil {
+			return fmt.Sprintf("%s: %v", oe.Op, oe.Err)
+		}
+	}
+	return err.Error()
+}
+
+// timedTransport records the upstream exchange time in the request info.
+type timedTransport struct{ rt http.RoundTripper }
+
+func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.rt.RoundTrip(r)
+	if ri := infoFrom(r.Context()); ri != nil {
+		ri.upstreamDur = time.Since(start)
+	}
+	return resp, err
+}
+
+// bufferPool recycles the 32 KiB copy buffers of the reverse proxy.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// statusWriter notes the status and size of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	bytes   int64
+	aborted bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Flush forwards to the underlying writer (streaming responses).
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

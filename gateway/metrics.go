@@ -1,0 +1,134 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the gateway's Prometheus collectors, all prefixed levee_,
+// registered on their own registry (no global state).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	upstream        *prometheus.HistogramVec
+	inFlight        prometheus.Gauge
+	idempotency     *prometheus.CounterVec
+	storeOps        *prometheus.HistogramVec
+	storeErrors     *prometheus.CounterVec
+	configReloads   *prometheus.CounterVec
+	upstreamErrors  *prometheus.CounterVec
+	configTimestamp prometheus.Gauge
+}
+
+// latency buckets from 0.5 ms to 30 s.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// NewMetrics creates and registers the gateway's collectors.
+func NewMetrics(version string) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_http_requests_total",
+			Help: "Requests served, by route, method, status code and idempotency outcome (none when the route has no idempotency or the method is not covered).",
+		}, []string{"route", "method", "code", "idempotency"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "levee_http_request_duration_seconds", Help: "Time from request to response, by route.", Buckets: latencyBuckets,
+		}, []string{"route"}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "levee_upstream_request_duration_seconds", Help: "Time spent on the upstream exchange (headers received), by route.", Buckets: latencyBuckets,
+		}, []string{"route"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "levee_http_requests_in_flight", Help: "Requests being served now.",
+		}),
+		idempotency: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_idempotency_outcomes_total",
+			Help: "Idempotency outcomes by route: executed, replayed, conflict, mismatch, released, store_error, fail_open, not_recorded, invalid, passthrough.",
+		}, []string{"route", "outcome"}),
+		storeOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "levee_store_operation_duration_seconds", Help: "Idempotency store operation latency by operation.", Buckets: latencyBuckets,
+		}, []string{"op"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_store_errors_total", Help: "Idempotency store operations that failed (not counting fencing or not-found answers), by operation.",
+		}, []string{"op"}),
+		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_config_reloads_total", Help: "Config reload attempts by result (success, failure).",
+		}, []string{"result"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_upstream_errors_total", Help: "Upstream exchanges that failed without a response, by route and kind (timeout, unavailable).",
+		}, []string{"route", "kind"}),
+		configTimestamp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "levee_config_last_reload_success_timestamp_seconds", Help: "When the running config was loaded.",
+		}),
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
+	build.WithLabelValues(version).Set(1)
+	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.storeOps, m.storeErrors,
+		m.configReloads, m.upstreamErrors, m.configTimestamp, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"success", "failure"} {
+		m.configReloads.WithLabelValues(r)
+	}
+	return m
+}
+
+// instrumentedStore records latency and errors of every store call.
+type instrumentedStore struct {
+	idempotency.Store
+	m *Metrics
+}
+
+func (s instrumentedStore) observe(op string, start time.Time, err error) {
+	s.m.storeOps.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil && !errors.Is(err, idempotency.ErrFenced) && !errors.Is(err, idempotency.ErrNotFound) {
+		s.m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+// InProcess forwards the in-process capability of the wrapped store.
+func (s instrumentedStore) InProcess() bool {
+	ip, ok := s.Store.(interface{ InProcess() bool })
+	return ok && ip.InProcess()
+}
+
+func (s instrumentedStore) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	start := time.Now()
+	res, err := s.Store.Claim(ctx, req)
+	s.observe("claim", start, err)
+	return res, err
+}
+
+func (s instrumentedStore) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+	start := time.Now()
+	err := s.Store.Renew(ctx, key, token, leaseUntil)
+	s.observe("renew", start, err)
+	return err
+}
+
+func (s instrumentedStore) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, now, expiresAt time.Time) error {
+	start := time.Now()
+	err := s.Store.Complete(ctx, key, token, resp, now, expiresAt)
+	s.observe("complete", start, err)
+	return err
+}
+
+func (s instrumentedStore) Release(ctx context.Context, key string, token uint64) error {
+	start := time.Now()
+	err := s.Store.Release(ctx, key, token)
+	s.observe("release", start, err)
+	return err
+}
+
+func (s instrumentedStore) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
+	start := time.Now()
+	rec, err := s.Store.Lookup(ctx, key, now)
+	s.observe("lookup", start, err)
+	return rec, err
+}

@@ -1,0 +1,325 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/leveehq/levee/idempotency"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server runs a Gateway: the proxy listener, the admin listener, config
+// reloads (SIGHUP via Reload, and file changes when watching) and
+// graceful shutdown.
+type Server struct {
+	path    string
+	version string
+	log     *slog.Logger
+	metrics *Metrics
+	gw      *Gateway
+	store   idempotency.Store
+	closeSt func() error
+
+	mu       sync.Mutex // serialises reloads
+	cfg      *Config
+	proxy    *http.Server
+	admin    *http.Server
+	proxyLn  net.Listener
+	adminLn  net.Listener
+	watcher  *fsnotify.Watcher
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+// ServerOptions configure NewServer.
+type ServerOptions struct {
+	// Version is reported by levee_build_info. Default "dev".
+	Version string
+	// Logger defaults to a JSON logger on stderr at the config's level.
+	Logger *slog.Logger
+	// Watch reloads the config when its file changes. Default false
+	// (cmd/levee turns it on).
+	Watch bool
+}
+
+// NewServer loads path, opens the store and builds the gateway. It does
+// not listen yet: call Start.
+func NewServer(ctx context.Context, path string, opts ServerOptions) (*Server, error) {
+	cfg, err := LoadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(ctx, cfg, path, opts)
+}
+
+// NewServerFromConfig is NewServer for a config already parsed (tests,
+// the demo). Reload re-reads path if it is not empty.
+func NewServerFromConfig(ctx context.Context, cfg *Config, path string, opts ServerOptions) (*Server, error) {
+	return newServer(ctx, cfg, path, opts)
+}
+
+func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions) (*Server, error) {
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.Logger == nil {
+		opts.Logger = NewLogger(os.Stderr, cfg.Log.Level)
+	}
+	s := &Server{path: path, version: opts.Version, log: opts.Logger, cfg: cfg, done: make(chan struct{})}
+	s.metrics = NewMetrics(opts.Version)
+	st, closer, err := OpenStore(ctx, cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	s.store, s.closeSt = st, closer
+	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log})
+	if err != nil {
+		_ = closer()
+		return nil, err
+	}
+	s.metrics.configTimestamp.SetToCurrentTime()
+	if opts.Watch && path != "" {
+		if err := s.watch(); err != nil {
+			s.log.Warn("config file watching unavailable; SIGHUP still reloads", "error", err)
+		}
+	}
+	return s, nil
+}
+
+// NewLogger returns levee's JSON logger at level (debug, info, warn, error).
+func NewLogger(w *os.File, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// Gateway returns the running gateway handler.
+func (s *Server) Gateway() *Gateway { return s.gw }
+
+// Metrics returns the server's metrics.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Start opens the listeners and serves in the background.
+func (s *Server) Start() error {
+	cfg := s.cfg
+	var err error
+	s.proxyLn, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: listen %s: %w", cfg.Listen, err)
+	}
+	sc := cfg.Server
+	s.proxy = &http.Server{
+		Handler:           s.gw,
+		ReadHeaderTimeout: sc.ReadHeaderTimeout.D(),
+		ReadTimeout:       sc.ReadTimeout.D(),
+		WriteTimeout:      sc.WriteTimeout.D(),
+		IdleTimeout:       sc.IdleTimeout.D(),
+		MaxHeaderBytes:    int(sc.MaxHeaderBytes),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	go s.serve(s.proxy, s.proxyLn, "proxy")
+	if cfg.Admin.Listen != "off" {
+		s.adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			_ = s.proxyLn.Close()
+			return fmt.Errorf("gateway: admin listen %s: %w", cfg.Admin.Listen, err)
+		}
+		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go s.serve(s.admin, s.adminLn, "admin")
+	}
+	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
+		"store", cfg.Store.Type, "routes", len(cfg.Routes), "version", s.version)
+	return nil
+}
+
+func (s *Server) serve(srv *http.Server, ln net.Listener, name string) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Error("listener failed", "listener", name, "error", err)
+	}
+}
+
+// Addr is the proxy listener's address (after Start).
+func (s *Server) Addr() string {
+	if s.proxyLn == nil {
+		return ""
+	}
+	return s.proxyLn.Addr().String()
+}
+
+// AdminAddr is the admin listener's address, or "" when disabled.
+func (s *Server) AdminAddr() string {
+	if s.adminLn == nil {
+		return ""
+	}
+	return s.adminLn.Addr().String()
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := s.Ready(r.Context()); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		red := s.cfg.Redacted()
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(red)
+	})
+	return mux
+}
+
+// Ready reports whether the store answers: a lookup of a key that never
+// exists, bounded by 2 s.
+func (s *Server) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := s.store.Lookup(ctx, "levee:readyz", time.Now())
+	if err == nil || errors.Is(err, idempotency.ErrNotFound) {
+		return nil
+	}
+	return fmt.Errorf("store: %w", err)
+}
+
+// Reload re-reads the config file, validates it and swaps it in. An
+// invalid file is logged and counted, and the running config keeps
+// serving. Listener addresses and the store cannot change without a
+// restart: such a change fails the reload.
+func (s *Server) Reload() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.reloadLocked()
+	if err != nil {
+		s.metrics.configReloads.WithLabelValues("failure").Inc()
+		s.log.Error("config reload failed; the previous config keeps serving", "file", s.path, "error", err)
+		return err
+	}
+	s.metrics.configReloads.WithLabelValues("success").Inc()
+	s.metrics.configTimestamp.SetToCurrentTime()
+	s.log.Info("config reloaded", "file", s.path, "routes", len(s.cfg.Routes))
+	return nil
+}
+
+func (s *Server) reloadLocked() error {
+	if s.path == "" {
+		return errors.New("gateway: no config file to reload")
+	}
+	cfg, err := LoadFile(s.path)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen != s.cfg.Listen || cfg.Admin.Listen != s.cfg.Admin.Listen {
+		return fmt.Errorf("gateway: %s: listen and admin.listen cannot change on reload; restart levee", s.path)
+	}
+	if !reflect.DeepEqual(cfg.Store, s.cfg.Store) {
+		return fmt.Errorf("gateway: %s: the store section cannot change on reload; restart levee", s.path)
+	}
+	if err := s.gw.Apply(cfg); err != nil {
+		return err
+	}
+	s.cfg = cfg
+	return nil
+}
+
+// watch reloads when the config file changes. It watches the directory,
+// so editors that replace the file and Kubernetes ConfigMap symlink swaps
+// are seen; bursts of events are coalesced.
+func (s *Server) watch() error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(s.path)
+	if err := w.Add(dir); err != nil {
+		_ = w.Close()
+		return err
+	}
+	s.watcher = w
+	base := filepath.Base(s.path)
+	go func() {
+		var timer *time.Timer
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if filepath.Base(ev.Name) != base && filepath.Base(ev.Name) != "..data" {
+					continue
+				}
+				if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) == 0 {
+					continue
+				}
+				if timer != nil {
+					timer.Stop()
+				}
+				timer = time.AfterFunc(200*time.Millisecond, func() { _ = s.Reload() })
+			case err, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				s.log.Warn("config watcher error", "error", err)
+			case <-s.done:
+				if timer != nil {
+					timer.Stop()
+				}
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests up
+// to ctx's deadline, then closes the store. It is safe to call twice.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.stopOnce.Do(func() {
+		close(s.done)
+		if s.watcher != nil {
+			_ = s.watcher.Close()
+		}
+		if s.proxy != nil {
+			err = s.proxy.Shutdown(ctx)
+		}
+		if s.admin != nil {
+			_ = s.admin.Shutdown(ctx)
+		}
+		if cerr := s.closeSt(); cerr != nil && err == nil {
+			err = cerr
+		}
+		s.log.Info("levee stopped", "error", errString(err))
+	})
+	return err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,90 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	awsdynamodb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/jackc/pgx/v5/pgxpool"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/store/dynamodb"
+	"github.com/leveehq/levee/store/memory"
+	"github.com/leveehq/levee/store/postgres"
+	"github.com/leveehq/levee/store/redis"
+	"github.com/leveehq/levee/store/sqlite"
+)
+
+// OpenStore opens the idempotency store a config names, checks that it
+// answers within 10 s, and returns it with its close function.
+func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() error, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	nop := func() error { return nil }
+	switch c.Type {
+	case "memory":
+		return memory.New(memory.Options{MaxEntries: c.Memory.MaxEntries}), nop, nil
+	case "sqlite":
+		st, err := sqlite.Open(c.SQLite.Path, sqlite.Options{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: store sqlite %s: %w", c.SQLite.Path, err)
+		}
+		return st, st.Close, nil
+	case "redis":
+		client := goredis.NewClient(&goredis.Options{
+			Addr: c.Redis.Addr, Username: c.Redis.Username, Password: c.Redis.Password, DB: c.Redis.DB,
+			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			PoolSize: 256, MinIdleConns: 8,
+		})
+		st := redis.New(client, redis.Options{Prefix: c.Redis.Prefix})
+		if err := st.Load(ctx); err != nil {
+			_ = client.Close()
+			return nil, nil, fmt.Errorf("gateway: store redis %s: %w", c.Redis.Addr, err)
+		}
+		return st, client.Close, nil
+	case "postgres":
+		pool, err := pgxpool.New(ctx, c.Postgres.URL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+		}
+		st, err := postgres.New(pool, postgres.Options{Schema: c.Postgres.Schema})
+		if err == nil {
+			err = st.Migrate(ctx)
+		}
+		if err != nil {
+			pool.Close()
+			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+		}
+		return st, func() error { pool.Close(); return nil }, nil
+	case "dynamodb":
+		var optFns []func(*awsconfig.LoadOptions) error
+		if c.DynamoDB.Region != "" {
+			optFns = append(optFns, awsconfig.WithRegion(c.DynamoDB.Region))
+		}
+		awsCfg, err := awsconfig.LoadDefaultConfig(ctx, optFns...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+		}
+		client := awsdynamodb.NewFromConfig(awsCfg, func(o *awsdynamodb.Options) {
+			if c.DynamoDB.Endpoint != "" {
+				o.BaseEndpoint = aws.String(c.DynamoDB.Endpoint)
+			}
+		})
+		opts := dynamodb.Options{Table: c.DynamoDB.Table}
+		if c.DynamoDB.CreateTable {
+			if err := dynamodb.CreateTable(ctx, client, opts); err != nil {
+				return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+			}
+		}
+		st, err := dynamodb.New(client, opts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+		}
+		return st, nop, nil
+	}
+	return nil, nil, fmt.Errorf("gateway: unknown store type %q", c.Type)
+}
