@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/leveehq/levee/ratelimit"
 )
 
 // Config is the whole levee.yaml. Every field's default is stated in its
@@ -34,6 +36,9 @@ type Config struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Log configures the structured JSON log.
 	Log LogConfig `yaml:"log"`
+	// RateLimit holds the rate-limit store and the policies applied to
+	// every route.
+	RateLimit RateLimitConfig `yaml:"rate_limit"`
 	// Routes map requests to upstreams. First the exact `path` matches,
 	// then the longest `path_prefix`; ties go to the earlier route.
 	Routes []RouteConfig `yaml:"routes"`
@@ -147,8 +152,61 @@ type RouteConfig struct {
 	Timeout Duration `yaml:"timeout"`
 	// Idempotency, when present, applies the idempotency contract.
 	Idempotency *IdempotencyConfig `yaml:"idempotency"`
+	// RateLimit lists policies applied to this route only, after the
+	// global rate_limit.policies. Default none.
+	RateLimit []PolicyConfig `yaml:"rate_limit"`
 
 	upstream *url.URL
+}
+
+// RateLimitConfig configures rate limiting.
+type RateLimitConfig struct {
+	// Store is memory (default: limits per replica) or redis (shared by
+	// every replica, exact).
+	Store string `yaml:"store"`
+	// Redis is the connection when Store is redis. Default: store.redis's
+	// address and credentials, with prefix "levee:rl:".
+	Redis RedisConfig `yaml:"redis"`
+	// Timeout bounds each store decision; past it the policy's
+	// on_store_error applies. Default 50ms.
+	Timeout Duration `yaml:"timeout"`
+	// StoreBackoff skips the store for this long after a failure, so an
+	// outage does not add Timeout to every request. Default 1s.
+	StoreBackoff Duration `yaml:"store_backoff"`
+	// UnavailableRetryAfter is the Retry-After of fail_closed 503s.
+	// Default 1s.
+	UnavailableRetryAfter Duration `yaml:"unavailable_retry_after"`
+	// ConcurrencyLease bounds how long a concurrency slot of a crashed
+	// replica counts (Redis). Default 1m.
+	ConcurrencyLease Duration `yaml:"concurrency_lease"`
+	// Policies apply to every route.
+	Policies []PolicyConfig `yaml:"policies"`
+}
+
+// PolicyConfig is one rate-limit policy.
+type PolicyConfig struct {
+	// Name identifies the policy in headers, problems and metrics, and
+	// keys its state: unique across the whole file. Required.
+	Name string `yaml:"name"`
+	// Limit: "100/s burst 200", "1000/hour", "5000/day", "concurrency 50".
+	// Required.
+	Limit string `yaml:"limit"`
+	// Key: ip, header:NAME, route, const, or a + combination. Default ip.
+	Key string `yaml:"key"`
+	// Cost is the units each request consumes. Default 1.
+	Cost int64 `yaml:"cost"`
+	// Shadow decides and counts but never denies. Default false.
+	Shadow bool `yaml:"shadow"`
+	// OnStoreError is fail_open (default: an in-process limit takes over)
+	// or fail_closed (503).
+	OnStoreError string `yaml:"on_store_error"`
+	// Fallback is the per-replica limit used under fail_open. Default:
+	// the policy itself.
+	Fallback string `yaml:"fallback"`
+
+	policy   ratelimit.Policy
+	fallback ratelimit.Policy
+	mode     ratelimit.FailureMode
 }
 
 // MatchConfig selects requests for a route. Path and PathPrefix are
@@ -595,6 +653,23 @@ func (c *Config) setDefaults() {
 		r := &c.Routes[i]
 		def(&r.Timeout, 30*time.Second)
 	}
+	rl := &c.RateLimit
+	if rl.Store == "" {
+		rl.Store = "memory"
+	}
+	if rl.Redis.Addr == "" {
+		rl.Redis.Addr = c.Store.Redis.Addr
+		if rl.Redis.Username == "" && rl.Redis.Password == "" {
+			rl.Redis.Username, rl.Redis.Password = c.Store.Redis.Username, c.Store.Redis.Password
+		}
+	}
+	if rl.Redis.Prefix == "" {
+		rl.Redis.Prefix = "levee:rl:"
+	}
+	def(&rl.Timeout, 50*time.Millisecond)
+	def(&rl.StoreBackoff, time.Second)
+	def(&rl.UnavailableRetryAfter, time.Second)
+	def(&rl.ConcurrencyLease, time.Minute)
 }
 
 var validMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -644,6 +719,15 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 	if len(c.Routes) == 0 {
 		bad("routes", "at least one route is required")
 	}
+	switch c.RateLimit.Store {
+	case "memory", "redis":
+	default:
+		bad("rate_limit.store", "unknown rate-limit store %q (want memory or redis)", c.RateLimit.Store)
+	}
+	policyNames := map[string]string{}
+	for i := range c.RateLimit.Policies {
+		c.validatePolicy(&c.RateLimit.Policies[i], fmt.Sprintf("rate_limit.policies[%d]", i), "", policyNames, bad)
+	}
 	names := map[string]int{}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -683,6 +767,9 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 		default:
 			r.upstream = u
 		}
+		for j := range r.RateLimit {
+			c.validatePolicy(&r.RateLimit[j], fmt.Sprintf("%s.rate_limit[%d]", p, j), r.Name, policyNames, bad)
+		}
 		if idc := r.Idempotency; idc != nil {
 			for j, meth := range idc.Methods {
 				up := strings.ToUpper(meth)
@@ -696,6 +783,53 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 			if idc.Lease > 0 && idc.Retention > 0 && idc.Retention < idc.Lease {
 				bad(p+".idempotency.retention", "must be at least the lease (%v)", idc.Lease.D())
 			}
+		}
+	}
+}
+
+// validatePolicy parses one policy, recording problems with bad. Names
+// are unique across the file because state is keyed by name.
+func (c *Config) validatePolicy(pc *PolicyConfig, path, route string, seen map[string]string, bad func(string, string, ...any)) {
+	if pc.Name == "" {
+		bad(path+".name", "required")
+	} else if prev, dup := seen[pc.Name]; dup {
+		bad(path+".name", "duplicate policy name %q (also %s): names key the limit's state and must be unique", pc.Name, prev)
+	} else {
+		seen[pc.Name] = path
+	}
+	if pc.Limit == "" {
+		bad(path+".limit", "required, e.g. \"100/s burst 200\", \"1000/hour\" or \"concurrency 50\"")
+	} else if pol, err := ratelimit.ParsePolicy(pc.Limit); err != nil {
+		bad(path+".limit", "%v", err)
+	} else {
+		pol.Name = pc.Name
+		pc.policy = pol
+	}
+	if pc.Key == "" {
+		pc.Key = "ip"
+	}
+	if _, err := ratelimit.ParseKey(pc.Key, ratelimit.KeyEnv{Route: "x"}); err != nil {
+		bad(path+".key", "%v", err)
+	}
+	if pc.Cost < 0 {
+		bad(path+".cost", "must not be negative")
+	}
+	mode := pc.OnStoreError
+	if mode == "" {
+		mode = "fail_open"
+	}
+	if m, err := ratelimit.ParseFailureMode(mode); err != nil {
+		bad(path+".on_store_error", "%v", err)
+	} else {
+		pc.mode = m
+	}
+	if pc.Fallback != "" {
+		if fb, err := ratelimit.ParsePolicy(pc.Fallback); err != nil {
+			bad(path+".fallback", "%v", err)
+		} else if pc.policy.Name != "" && fb.Kind != pc.policy.Kind {
+			bad(path+".fallback", "must be the same kind of limit as %q", pc.Limit)
+		} else {
+			pc.fallback = fb
 		}
 	}
 }
@@ -718,6 +852,9 @@ func (c *Config) Redacted() Config {
 	out := *c
 	if out.Store.Redis.Password != "" {
 		out.Store.Redis.Password = "REDACTED"
+	}
+	if out.RateLimit.Redis.Password != "" {
+		out.RateLimit.Redis.Password = "REDACTED"
 	}
 	if u, err := url.Parse(out.Store.Postgres.URL); err == nil {
 		if u.User != nil {

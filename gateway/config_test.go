@@ -185,3 +185,5 @@ func FuzzParseByteSize(f *testing.F) {
 		}
 	})
 }
+
+func parseString(y string) (*gateway.Config, error) { return gateway.Parse("x.yaml", []byte(y), noEnv) }

@@ -26,12 +26,15 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/problem"
+	"github.com/leveehq/levee/ratelimit"
 )
 
 // Gateway is the proxy handler. Its routes are swapped atomically by
 // Apply; each request runs entirely on the routes it started with.
 type Gateway struct {
 	store     idempotency.Store
+	limits    ratelimit.Store  // shared by every route and every reload
+	fallback  *ratelimit.Local // fail_open limits while limits is down
 	metrics   *Metrics
 	log       *slog.Logger
 	transport http.RoundTripper
@@ -51,6 +54,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Transport defaults to a tuned *http.Transport (see NewTransport).
 	Transport http.RoundTripper
+	// RateLimits decides rate-limit policies. Default: an in-process
+	// ratelimit.Local (limits per replica). It is kept across Apply, so a
+	// reload keeps every policy's state.
+	RateLimits ratelimit.Store
 }
 
 // New builds a Gateway for cfg.
@@ -64,7 +71,11 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Transport == nil {
 		opts.Transport = NewTransport()
 	}
-	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, transport: opts.Transport}
+	if opts.RateLimits == nil {
+		opts.RateLimits = ratelimit.NewLocal(ratelimit.LocalOptions{})
+	}
+	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, transport: opts.Transport,
+		limits: opts.RateLimits, fallback: ratelimit.NewLocal(ratelimit.LocalOptions{})}
 	if opts.Store != nil {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
 	}
@@ -197,6 +208,7 @@ func cleanPath(p string) string {
 type reqInfo struct {
 	route       string
 	idem        idempotency.Outcome
+	limited     string // policies that denied the request
 	upstreamDur time.Duration
 	upstreamErr string
 }
@@ -292,6 +304,9 @@ func (g *Gateway) finish(r *http.Request, sw *statusWriter, ri *reqInfo, id stri
 		if ri.upstreamErr != "" {
 			attrs = append(attrs, slog.String("upstream_error", ri.upstreamErr))
 		}
+		if ri.limited != "" {
+			attrs = append(attrs, slog.String("rate_limited_by", ri.limited))
+		}
 		g.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}
 }
@@ -374,8 +389,68 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 		}
 		h = eng.Middleware(hopts)(h)
 	}
+	rules := make([]ratelimit.Rule, 0, len(cfg.RateLimit.Policies)+len(rc.RateLimit))
+	for _, list := range [][]PolicyConfig{cfg.RateLimit.Policies, rc.RateLimit} {
+		for i := range list {
+			rule, err := list[i].rule(cfg.trusted, rc.Name)
+			if err != nil {
+				return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
+			}
+			rules = append(rules, rule)
+		}
+	}
+	if len(rules) > 0 {
+		rl := cfg.RateLimit
+		mw, err := ratelimit.Middleware(ratelimit.Options{
+			Rules:                 rules,
+			Store:                 g.limits,
+			Fallback:              g.fallback,
+			Timeout:               rl.Timeout.D(),
+			StoreBackoff:          rl.StoreBackoff.D(),
+			UnavailableRetryAfter: rl.UnavailableRetryAfter.D(),
+			OnDecision:            g.rateLimitEvent,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
+		}
+		h = mw(h)
+	}
 	rt.handler = h
 	return rt, nil
+}
+
+// rule turns a validated policy into a ratelimit.Rule for one route.
+func (pc *PolicyConfig) rule(trusted []netip.Prefix, route string) (ratelimit.Rule, error) {
+	key, err := ratelimit.ParseKey(pc.Key, ratelimit.KeyEnv{TrustedProxies: trusted, Route: route})
+	if err != nil {
+		return ratelimit.Rule{}, err
+	}
+	r := ratelimit.Rule{Policy: pc.policy, Key: key, Shadow: pc.Shadow, OnStoreError: pc.mode, Fallback: pc.fallback}
+	if pc.Cost > 0 {
+		cost := pc.Cost
+		r.Cost = func(*http.Request) int64 { return cost }
+	}
+	return r, nil
+}
+
+func (g *Gateway) rateLimitEvent(ev ratelimit.Event) {
+	m := g.metrics
+	m.rlDecisions.WithLabelValues(ev.Policy, ev.Outcome.String()).Inc()
+	m.rlLatency.Observe(ev.Latency.Seconds())
+	if ev.Err != nil {
+		m.rlStoreErrors.WithLabelValues(ev.Policy).Inc()
+	}
+	if ev.Fallback {
+		m.rlFallbacks.WithLabelValues(ev.Policy).Inc()
+	}
+	if ev.Outcome == ratelimit.OutcomeDenied && ev.Request != nil {
+		if ri := infoFrom(ev.Request.Context()); ri != nil {
+			if ri.limited != "" {
+				ri.limited += ","
+			}
+			ri.limited += ev.Policy
+		}
+	}
 }
 
 func (g *Gateway) idempotencyEvent(route string) func(context.Context, idempotency.Event) {

@@ -25,6 +25,10 @@ type Metrics struct {
 	configReloads   *prometheus.CounterVec
 	upstreamErrors  *prometheus.CounterVec
 	configTimestamp prometheus.Gauge
+	rlDecisions     *prometheus.CounterVec
+	rlStoreErrors   *prometheus.CounterVec
+	rlFallbacks     *prometheus.CounterVec
+	rlLatency       prometheus.Histogram
 }
 
 // latency buckets from 0.5 ms to 30 s.
@@ -68,6 +72,19 @@ func NewMetrics(version string) *Metrics {
 			Name: "levee_config_last_reload_success_timestamp_seconds", Help: "When the running config was loaded.",
 		}),
 	}
+	m.rlDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levee_ratelimit_decisions_total", Help: "Rate-limit decisions by policy and result (allowed, denied, shadow_denied, error).",
+	}, []string{"policy", "result"})
+	m.rlStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levee_ratelimit_store_errors_total", Help: "Rate-limit decisions where the store failed or was skipped after a failure, by policy.",
+	}, []string{"policy"})
+	m.rlFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levee_ratelimit_fallbacks_total", Help: "Rate-limit decisions made by the in-process fallback (fail_open) because the store failed, by policy.",
+	}, []string{"policy"})
+	m.rlLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "levee_ratelimit_decision_duration_seconds", Help: "Time to decide a request's rate limits, store call included (observed once per applied policy).", Buckets: latencyBuckets,
+	})
+	reg.MustRegister(m.rlDecisions, m.rlStoreErrors, m.rlFallbacks, m.rlLatency)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.storeOps, m.storeErrors,

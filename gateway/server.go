@@ -30,6 +30,7 @@ type Server struct {
 	gw      *Gateway
 	store   idempotency.Store
 	closeSt func() error
+	closeRL func() error
 
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
@@ -83,9 +84,16 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		return nil, err
 	}
 	s.store, s.closeSt = st, closer
-	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log})
+	limits, closeRL, err := OpenRateLimitStore(ctx, cfg.RateLimit)
 	if err != nil {
 		_ = closer()
+		return nil, err
+	}
+	s.closeRL = closeRL
+	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, RateLimits: limits})
+	if err != nil {
+		_ = closer()
+		_ = closeRL()
 		return nil, err
 	}
 	s.metrics.configTimestamp.SetToCurrentTime()
@@ -238,6 +246,9 @@ func (s *Server) reloadLocked() error {
 	if !reflect.DeepEqual(cfg.Store, s.cfg.Store) {
 		return fmt.Errorf("gateway: %s: the store section cannot change on reload; restart levee", s.path)
 	}
+	if cfg.RateLimit.Store != s.cfg.RateLimit.Store || cfg.RateLimit.Redis != s.cfg.RateLimit.Redis || cfg.RateLimit.ConcurrencyLease != s.cfg.RateLimit.ConcurrencyLease {
+		return fmt.Errorf("gateway: %s: rate_limit.store, rate_limit.redis and rate_limit.concurrency_lease cannot change on reload; restart levee", s.path)
+	}
 	if err := s.gw.Apply(cfg); err != nil {
 		return err
 	}
@@ -310,6 +321,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = s.admin.Shutdown(ctx)
 		}
 		if cerr := s.closeSt(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if cerr := s.closeRL(); cerr != nil && err == nil {
 			err = cerr
 		}
 		s.log.Info("levee stopped", "error", errString(err))

@@ -12,6 +12,8 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/ratelimit"
+	rlredis "github.com/leveehq/levee/ratelimit/redis"
 	"github.com/leveehq/levee/store/dynamodb"
 	"github.com/leveehq/levee/store/memory"
 	"github.com/leveehq/levee/store/postgres"
@@ -87,4 +89,29 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 		return st, nop, nil
 	}
 	return nil, nil, fmt.Errorf("gateway: unknown store type %q", c.Type)
+}
+
+// OpenRateLimitStore opens the rate-limit store a config names: an
+// in-process ratelimit.Local (memory) or Redis, checked within 10 s.
+func OpenRateLimitStore(ctx context.Context, c RateLimitConfig) (ratelimit.Store, func() error, error) {
+	if c.Store != "redis" {
+		return ratelimit.NewLocal(ratelimit.LocalOptions{}), func() error { return nil }, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client := goredis.NewClient(&goredis.Options{
+		Addr: c.Redis.Addr, Username: c.Redis.Username, Password: c.Redis.Password, DB: c.Redis.DB,
+		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		ContextTimeoutEnabled: true, // decisions are bounded by rate_limit.timeout
+		PoolSize:              256, MinIdleConns: 8,
+	})
+	st, err := rlredis.New(client, rlredis.Options{Prefix: c.Redis.Prefix, ConcurrencyLease: c.ConcurrencyLease.D()})
+	if err == nil {
+		err = st.Load(ctx)
+	}
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("gateway: rate-limit store redis %s: %w", c.Redis.Addr, err)
+	}
+	return st, client.Close, nil
 }

@@ -1,5 +1,7 @@
 package ratelimit
 
+import "math"
+
 // GCRA (the generic cell rate algorithm) keeps one number per key: the
 // theoretical arrival time (TAT), the moment at which the key would be
 // back to a full burst if nothing else arrived. With emission interval I
@@ -19,6 +21,24 @@ package ratelimit
 // The arithmetic is integer-only, in one time unit throughout: nanoseconds
 // in the in-process Local, microseconds in the Redis script (which mirrors
 // this function line for line).
+
+// rescale converts a stored TAT charged at emission interval from into
+// one at interval to, keeping the units owed: (tat-now)/from units become
+// (tat-now)/from·to of time. A reload that changes a policy's rate thus
+// carries over what was spent, counted in requests — lowering 100/hour to
+// 10/hour after 50 requests denies at once, and raising it keeps the 50
+// counted — instead of converting a time debt that would hand out part
+// of a fresh burst. Rounded up, so it never grants more than was owed.
+func rescale(now, tat, from, to int64) int64 {
+	if from <= 0 || to <= 0 || from == to || tat <= now {
+		return tat
+	}
+	d := math.Ceil(float64(tat-now) / float64(from) * float64(to))
+	if d > 1<<62 {
+		d = 1 << 62
+	}
+	return now + int64(d)
+}
 
 // gcraStep is one decision for one key.
 type gcraStep struct {

@@ -48,12 +48,17 @@ type Local struct {
 
 type localShard struct {
 	mu       sync.Mutex
-	tat      map[uint64]int64 // hash -> TAT, Unix nanoseconds
-	inflight map[uint64]int64 // hash -> requests in flight
-	sweepAt  int              // sweep when len(tat) reaches this
-	peak     int              // most keys held since the map was built
-	_        [24]byte         // keep shards on separate cache lines
+	tat      map[uint64]tatState // hash -> TAT and the interval it was charged at
+	inflight map[uint64]int64    // hash -> requests in flight
+	sweepAt  int                 // sweep when len(tat) reaches this
+	peak     int                 // most keys held since the map was built
+	_        [24]byte            // keep shards on separate cache lines
 }
+
+// tatState is one rate key's state: its TAT (Unix nanoseconds) and the
+// emission interval it was charged at, so that a policy whose rate
+// changes on reload carries the units owed over (see rescale).
+type tatState struct{ tat, iv int64 }
 
 // minSweep is the smallest shard size that triggers a sweep.
 const minSweep = 1024
@@ -75,7 +80,7 @@ func NewLocal(opts LocalOptions) *Local {
 		shards:   make([]localShard, 1<<b),
 	}
 	for i := range l.shards {
-		l.shards[i].tat = make(map[uint64]int64)
+		l.shards[i].tat = make(map[uint64]tatState)
 		l.shards[i].inflight = make(map[uint64]int64)
 		l.shards[i].sweepAt = minSweep
 	}
@@ -128,10 +133,15 @@ func (l *Local) AllowN(now time.Time, p Policy, key string, n int64) Result {
 	}
 	b := p.burst()
 	s.mu.Lock()
-	tat, existed := s.tat[h]
-	st := gcra(t, tat, iv, iv*b, n)
+	old, existed := s.tat[h]
+	cur := rescale(t, old.tat, old.iv, iv)
+	st := gcra(t, cur, iv, iv*b, n)
 	if st.allowed {
-		s.setTAT(h, st.newTAT, existed, t)
+		s.setTAT(h, tatState{st.newTAT, iv}, existed, t)
+	} else if cur != old.tat {
+		// The policy's rate changed: store the converted state so the
+		// debt drains at the new rate from now on (nothing is charged).
+		s.setTAT(h, tatState{cur, iv}, existed, t)
 	}
 	s.mu.Unlock()
 	r := st.result(st.allowed)
@@ -169,7 +179,7 @@ func (st gcraStep) result(charged bool) Result {
 	return r
 }
 
-func (s *localShard) setTAT(h uint64, tat int64, existed bool, now int64) {
+func (s *localShard) setTAT(h uint64, tat tatState, existed bool, now int64) {
 	if !existed && len(s.tat) >= s.sweepAt {
 		s.sweep(now)
 	}
@@ -181,13 +191,13 @@ func (s *localShard) setTAT(h uint64, tat int64, existed bool, now int64) {
 // rebuilds the map so that its memory is returned.
 func (s *localShard) sweep(now int64) {
 	for k, v := range s.tat {
-		if v <= now {
+		if v.tat <= now {
 			delete(s.tat, k)
 		}
 	}
 	live := len(s.tat)
 	if s.peak >= minSweep && live < s.peak/4 {
-		m := make(map[uint64]int64, live)
+		m := make(map[uint64]tatState, live)
 		maps.Copy(m, s.tat)
 		s.tat = m
 		s.peak = live
@@ -270,7 +280,15 @@ func (l *Local) Decide(_ context.Context, now time.Time, demands []Demand, resul
 			}
 		} else {
 			iv := d.Policy.intervalMicros() * int64(time.Microsecond)
-			st = gcra(t, s.tat[hs[i]], iv, iv*d.Policy.burst(), d.Cost)
+			old := s.tat[hs[i]]
+			cur := rescale(t, old.tat, old.iv, iv)
+			st = gcra(t, cur, iv, iv*d.Policy.burst(), d.Cost)
+			if cur != old.tat {
+				// The rate changed (reload): keep the converted state
+				// whatever is decided, so the debt drains at the new
+				// rate; this charges nothing.
+				s.tat[hs[i]] = tatState{cur, iv}
+			}
 		}
 		steps = append(steps, st)
 		if !st.allowed && !d.Shadow {
@@ -287,7 +305,8 @@ func (l *Local) Decide(_ context.Context, now time.Time, demands []Demand, resul
 				tk.Held |= 1 << i
 			} else {
 				_, existed := s.tat[hs[i]]
-				s.setTAT(hs[i], steps[i].newTAT, existed, t)
+				iv := demands[i].Policy.intervalMicros() * int64(time.Microsecond)
+				s.setTAT(hs[i], tatState{steps[i].newTAT, iv}, existed, t)
 			}
 		}
 		results[i] = steps[i].result(charged)

@@ -320,15 +320,19 @@ func TestMiddlewareReloadKeepsState(t *testing.T) {
 		serve(before)
 	}
 	after := build("10/s")
-	// The burst of 100 at 100/s left a debt of 1 s: a whole burst at
-	// 10/s, so the next unit comes back after 100 ms. A store keyed by the
-	// numbers would have started 10/s afresh, with 10 units.
+	// 100 units spent; at 10/s burst 10 the next one is admitted once 91
+	// have drained: 9.1 s. A store keyed by the numbers would have
+	// started 10/s afresh, with 10 units.
+	if w := serve(after); w.Code != 429 || w.Header().Get("Retry-After") != "10" {
+		t.Fatalf("after tightening: %d Retry-After=%q, want 429 and 10", w.Code, w.Header().Get("Retry-After"))
+	}
+	clock.Advance(9 * time.Second)
 	if w := serve(after); w.Code != 429 {
-		t.Fatalf("after tightening: %d, want 429", w.Code)
+		t.Fatalf("9 s later: %d, want still 429", w.Code)
 	}
 	clock.Advance(100 * time.Millisecond)
 	if w := serve(after); w.Code != 200 || w.Header().Get("RateLimit") != `"api";r=0;t=1` {
-		t.Fatalf("100 ms later: %d %q", w.Code, w.Header().Get("RateLimit"))
+		t.Fatalf("9.1 s later: %d %q", w.Code, w.Header().Get("RateLimit"))
 	}
 }
 

@@ -396,3 +396,72 @@ func get(t *testing.T, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+func TestThreeReplicasShareARedisRateLimit(t *testing.T) {
+	t.Parallel()
+	addrRedis := os.Getenv("LEVEE_REDIS_ADDR")
+	if addrRedis == "" {
+		addrRedis = "127.0.0.1:6379"
+	}
+	need(t, "Redis", addrRedis)
+	up := newCharges(t)
+	runID := randID() // a fresh key prefix per run
+	var reps []*replica
+	for i := 0; i < 3; i++ {
+		addr, admin := freePort(t), freePort(t)
+		path := filepath.Join(t.TempDir(), "levee.yaml")
+		cfg := fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {level: warn, access_log: false}
+store: {type: memory}
+rate_limit:
+  store: redis
+  redis: {addr: %q, prefix: "levee:rltest:%s:"}
+  timeout: 2s
+  policies:
+    - {name: everyone, limit: 100/hour burst 100, key: const, on_store_error: fail_closed}
+routes:
+  - name: api
+    match: {path_prefix: /}
+    upstream: %s
+`, addr, admin, addrRedis, runID, up.url)
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		reps = append(reps, startReplica(t, path, addr, admin))
+	}
+	const n = 1000
+	var ok, limited, other atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 200) // 200 connections at a time
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			resp, err := http.Get("http://" + reps[i%3].addr + "/x")
+			if err != nil {
+				other.Add(1)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case 201:
+				ok.Add(1)
+			case 429:
+				limited.Add(1)
+			default:
+				other.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 100 || limited.Load() != 900 || other.Load() != 0 {
+		t.Fatalf("3 replicas, limit 100, 1000 requests: %d admitted, %d limited, %d other; want exactly 100 / 900 / 0", ok.Load(), limited.Load(), other.Load())
+	}
+	if up.n.Load() != 100 {
+		t.Fatalf("upstream saw %d requests, want 100", up.n.Load())
+	}
+}

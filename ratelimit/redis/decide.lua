@@ -2,7 +2,8 @@
 -- Redis clock, charging all of them or none. The arithmetic mirrors
 -- ratelimit/gcra.go, in integer microseconds (exact in Lua doubles).
 --
--- KEYS[i]  state of demand i: a string holding the GCRA TAT (rate), or a
+-- KEYS[i]  state of demand i: a string "TAT:interval" (rate; a bare TAT
+--          from older versions is read as well), or a
 --          sorted set of in-flight decision ids scored by lease expiry
 --          (concurrency).
 -- ARGV[1]  id of this decision, the member added to concurrency sets.
@@ -27,10 +28,24 @@ for i = 1, n do
   b[i] = tonumber(ARGV[o + 3])
   if kind[i] == 'r' then
     local cost = tonumber(ARGV[o + 4])
-    local raw, tat = redis.call('GET', KEYS[i]), 0
+    local raw, tat, siv = redis.call('GET', KEYS[i]), 0, nil
     if raw then
-      tat = tonumber(raw)
+      local sep = string.find(raw, ':', 1, true)
+      if sep then
+        tat = tonumber(string.sub(raw, 1, sep - 1))
+        siv = tonumber(string.sub(raw, sep + 1))
+        if not siv then return redis.error_reply('ERR levee ratelimit: corrupt state at ' .. KEYS[i]) end
+      else
+        tat = tonumber(raw)
+      end
       if not tat then return redis.error_reply('ERR levee ratelimit: corrupt state at ' .. KEYS[i]) end
+    end
+    -- A policy whose rate changed (reload) keeps the units owed (rescale in gcra.go).
+    if siv and siv > 0 and siv ~= a[i] and tat > now then
+      tat = now + math.ceil((tat - now) / siv * a[i])
+      -- Store the converted state whatever is decided, so the debt drains
+      -- at the new rate from now on; this charges nothing.
+      redis.call('SET', KEYS[i], string.format('%d:%d', tat, a[i]), 'PX', math.ceil((tat - now) / 1000))
     end
     if tat < now then tat = now end
     newtat[i] = tat + a[i] * cost
@@ -66,7 +81,7 @@ for i = 1, n do
     if kind[i] == 'r' then
       local ttl = newtat[i] - now
       if ttl > 0 then
-        redis.call('SET', KEYS[i], string.format('%d', newtat[i]), 'PX', math.ceil(ttl / 1000))
+        redis.call('SET', KEYS[i], string.format('%d:%d', newtat[i], a[i]), 'PX', math.ceil(ttl / 1000))
       end
     else
       redis.call('ZADD', KEYS[i], string.format('%d', now + b[i]), ARGV[1])
