@@ -536,9 +536,21 @@ func TestNewValidates(t *testing.T) {
 
 func BenchmarkStore(b *testing.B) {
 	schema := testSchema(b)
-	s := mustNew(b, newPool(b, pgx.QueryExecModeCacheStatement, 16, nil), postgres.Options{Schema: schema})
+	pool := newPool(b, pgx.QueryExecModeCacheStatement, 16, nil)
+	s := mustNew(b, pool, postgres.Options{Schema: schema})
 	if err := s.Migrate(context.Background()); err != nil {
 		b.Fatalf("Migrate: %v", err)
 	}
 	idemtest.Bench(b, s)
+	// The floor: one bare round trip on the same pool. A new request
+	// should cost about 2 of these, a replay about 1.
+	b.Run("RoundTripFloorSELECT1", func(b *testing.B) {
+		b.ReportAllocs()
+		var one int
+		for i := 0; i < b.N; i++ {
+			if err := pool.QueryRow(context.Background(), "SELECT 1").Scan(&one); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

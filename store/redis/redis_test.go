@@ -166,8 +166,18 @@ func BenchmarkStore(b *testing.B) {
 	opts := redisOptions(b)
 	prefix := newPrefix()
 	deletePrefix(b, opts, prefix)
-	s, _, _ := newStore(b, opts, prefix)
+	s, _, c := newStore(b, opts, prefix)
 	idemtest.Bench(b, s)
+	// The floor: one bare round trip on the same client. A new request
+	// should cost about 2 of these, a replay about 1.
+	b.Run("RoundTripFloorPING", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if err := c.Ping(context.Background()).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // TestTTL checks that records carry a physical TTL derived from the
