@@ -65,6 +65,8 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/leveehq/levee/internal/redisscript"
+
 	"github.com/leveehq/levee/ratelimit"
 )
 
@@ -98,12 +100,6 @@ var ErrNoContextTimeout = errors.New("ratelimit/redis: the go-redis client must 
 // *goredis.Ring and *goredis.ClusterClient implement it.
 type rediser interface {
 	goredis.Scripter // EVALSHA with EVAL fallback, SCRIPT LOAD
-}
-
-// shardedClient is implemented by *goredis.Ring and *goredis.ClusterClient;
-// Load uses it to load scripts on every shard.
-type shardedClient interface {
-	ForEachShard(ctx context.Context, fn func(ctx context.Context, client *goredis.Client) error) error
 }
 
 // Options configure a Store. The zero value is a sensible default.
@@ -178,21 +174,7 @@ func New(client rediser, opts Options) (*Store, error) {
 // of a Ring or Cluster), so that the first decisions cost one round trip
 // instead of two. It is optional and safe to call again at any time.
 func (s *Store) Load(ctx context.Context) error {
-	load := func(ctx context.Context, c goredis.Scripter) error {
-		for _, sc := range []*goredis.Script{s.decide, s.release} {
-			if err := sc.Load(ctx, c).Err(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var err error
-	if sh, ok := s.c.(shardedClient); ok {
-		err = sh.ForEachShard(ctx, func(ctx context.Context, c *goredis.Client) error { return load(ctx, c) })
-	} else {
-		err = load(ctx, s.c)
-	}
-	if err != nil {
+	if err := redisscript.Load(ctx, s.c, s.decide, s.release); err != nil {
 		return fmt.Errorf("ratelimit/redis: load scripts: %w", err)
 	}
 	return nil

@@ -67,6 +67,8 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/leveehq/levee/internal/redisscript"
+
 	"github.com/leveehq/levee/idempotency"
 )
 
@@ -83,12 +85,6 @@ const DefaultPrefix = "levee:idem:"
 type rediser interface {
 	goredis.Scripter // EVALSHA with EVAL fallback, SCRIPT LOAD
 	HMGet(ctx context.Context, key string, fields ...string) *goredis.SliceCmd
-}
-
-// shardedClient is implemented by *goredis.Ring and *goredis.ClusterClient;
-// Load uses it to load scripts on every shard.
-type shardedClient interface {
-	ForEachShard(ctx context.Context, fn func(ctx context.Context, client *goredis.Client) error) error
 }
 
 // Options configure a Store. The zero value is a sensible default.
@@ -133,22 +129,7 @@ func New(client rediser, opts Options) *Store {
 // operation costs one round trip instead of two. It is optional and safe to
 // call again at any time, for example after a server restart.
 func (s *Store) Load(ctx context.Context) error {
-	scripts := []*goredis.Script{s.claim, s.renew, s.complete, s.release}
-	load := func(ctx context.Context, c goredis.Scripter) error {
-		for _, sc := range scripts {
-			if err := sc.Load(ctx, c).Err(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var err error
-	if sh, ok := s.c.(shardedClient); ok {
-		err = sh.ForEachShard(ctx, func(ctx context.Context, c *goredis.Client) error { return load(ctx, c) })
-	} else {
-		err = load(ctx, s.c)
-	}
-	if err != nil {
+	if err := redisscript.Load(ctx, s.c, s.claim, s.renew, s.complete, s.release); err != nil {
 		return fmt.Errorf("redis: load scripts: %w", err)
 	}
 	return nil
