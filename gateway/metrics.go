@@ -122,9 +122,9 @@ func (s instrumentedStore) Claim(ctx context.Context, req idempotency.ClaimReque
 	return res, err
 }
 
-func (s instrumentedStore) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+func (s instrumentedStore) Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error {
 	start := time.Now()
-	err := s.Store.Renew(ctx, key, token, leaseUntil)
+	err := s.Store.Renew(ctx, key, token, now, leaseUntil, expiresAt)
 	s.observe("renew", start, err)
 	return err
 }

@@ -213,7 +213,7 @@ func (e *Engine) Begin(ctx context.Context, key string, fp Fingerprint) (*Lease,
 			return nil, nil, &StoreError{Op: "claim", Err: err}
 		}
 		if res.Claimed {
-			return e.newLease(key, token), nil, nil
+			return e.newLease(key, token, now.Add(e.opts.Retention)), nil, nil
 		}
 		rec := res.Existing
 		if rec == nil {
@@ -282,9 +282,10 @@ func (e *Engine) waitForCompletion(ctx context.Context, key string, fp Fingerpri
 // be called; until then the lease is renewed in the background. Methods are
 // safe for concurrent use.
 type Lease struct {
-	e     *Engine
-	key   string
-	token uint64
+	e         *Engine
+	key       string
+	token     uint64
+	expiresAt time.Time // retention of the in-progress record; renewal keeps it ≥ the lease
 
 	mu    sync.Mutex
 	timer *time.Timer
@@ -292,8 +293,8 @@ type Lease struct {
 	lost  error // set when renewal found the claim fenced
 }
 
-func (e *Engine) newLease(key string, token uint64) *Lease {
-	l := &Lease{e: e, key: key, token: token}
+func (e *Engine) newLease(key string, token uint64, expiresAt time.Time) *Lease {
+	l := &Lease{e: e, key: key, token: token, expiresAt: expiresAt}
 	if e.opts.RenewEvery > 0 {
 		l.timer = time.AfterFunc(e.opts.RenewEvery, l.renew)
 	}
@@ -309,9 +310,17 @@ func (l *Lease) renew() {
 		l.mu.Unlock()
 		return
 	}
+	now := l.e.opts.Now()
+	leaseUntil := now.Add(l.e.opts.Lease)
+	if leaseUntil.After(l.expiresAt) {
+		// A holder running past the retention period keeps its record:
+		// it must not expire, and be claimed again, under it.
+		l.expiresAt = leaseUntil
+	}
+	expiresAt := l.expiresAt
 	l.mu.Unlock()
 	ctx, cancel := l.e.storeCtx(context.Background())
-	err := l.e.store.Renew(ctx, l.key, l.token, l.e.opts.Now().Add(l.e.opts.Lease))
+	err := l.e.store.Renew(ctx, l.key, l.token, now, leaseUntil, expiresAt)
 	cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()

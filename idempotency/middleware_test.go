@@ -208,7 +208,9 @@ var errDown = errors.New("connection refused")
 func (failingStore) Claim(context.Context, idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
 	return idempotency.ClaimResult{}, errDown
 }
-func (failingStore) Renew(context.Context, string, uint64, time.Time) error { return errDown }
+func (failingStore) Renew(context.Context, string, uint64, time.Time, time.Time, time.Time) error {
+	return errDown
+}
 func (failingStore) Complete(context.Context, string, uint64, idempotency.Response, time.Time, time.Time) error {
 	return errDown
 }

@@ -137,9 +137,13 @@ type Store interface {
 	Claim(ctx context.Context, req ClaimRequest) (ClaimResult, error)
 
 	// Renew moves the lease of the in-progress record held by token to
-	// leaseUntil. It returns ErrFenced if the record is absent, completed,
-	// or held by another token.
-	Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error
+	// leaseUntil and its retention to expiresAt (the engine keeps
+	// expiresAt ≥ leaseUntil, so a record never expires under a holder
+	// that is still renewing; now is the engine's clock, for relative
+	// TTLs, which Renew may lengthen but never shorten). It returns
+	// ErrFenced if the record is absent, completed, or held by another
+	// token.
+	Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error
 
 	// Complete stores resp on the in-progress record held by token, marks it
 	// completed and sets its retention to expiresAt (now is the engine's

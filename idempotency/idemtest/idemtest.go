@@ -70,6 +70,7 @@ func Run(t *testing.T, h Harness) {
 		{"LeaseExpiryTakeoverFencesStaleHolder", testTakeover},
 		{"RenewExtendsLease", testRenew},
 		{"RenewAfterCompleteIsFenced", testRenewAfterComplete},
+		{"RenewExtendsRetention", testRenewExtendsRetention},
 		{"CompletedNotClaimableAfterLease", testCompletedStays},
 		{"RetentionIsLogical", testRetention},
 		{"Lookup", testLookup},
@@ -326,7 +327,7 @@ func testTakeover(t *testing.T, h Harness, k keys) {
 	// At the lease end it can be taken over.
 	fresh := claimReq(stale.Key, stale.Fingerprint, stale.LeaseUntil)
 	mustClaim(t, s, fresh)
-	if err := s.Renew(ctx, stale.Key, stale.Token, fresh.Now.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Renew(ctx, stale.Key, stale.Token, fresh.Now, fresh.Now.Add(time.Hour), fresh.Now.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("stale Renew = %v, want ErrFenced", err)
 	}
 	if err := s.Complete(ctx, stale.Key, stale.Token, idempotency.Response{Status: 299}, t0, t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
@@ -351,7 +352,7 @@ func testRenew(t *testing.T, h Harness, k keys) {
 	req := claimReq(k.key("a"), fpOf("x"), t0)
 	mustClaim(t, s, req)
 	newLease := req.LeaseUntil.Add(time.Minute)
-	if err := s.Renew(ctx, req.Key, req.Token, newLease); err != nil {
+	if err := s.Renew(ctx, req.Key, req.Token, t0, newLease, req.ExpiresAt); err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
 	ex := mustBlock(t, s, claimReq(req.Key, req.Fingerprint, req.LeaseUntil.Add(time.Second)))
@@ -359,8 +360,31 @@ func testRenew(t *testing.T, h Harness, k keys) {
 		t.Fatalf("LeaseUntil = %v, want %v", ex.LeaseUntil, newLease)
 	}
 	mustClaim(t, s, claimReq(req.Key, req.Fingerprint, newLease))
-	if err := s.Renew(ctx, k.key("missing"), 1, newLease); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Renew(ctx, k.key("missing"), 1, t0, newLease, newLease); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("Renew of a missing key = %v, want ErrFenced", err)
+	}
+}
+
+// A holder that keeps renewing past the original retention keeps its
+// record: it must not expire (and be claimed by a duplicate) mid-run.
+func testRenewExtendsRetention(t *testing.T, h Harness, k keys) {
+	s := h.NewStore(t)
+	ctx := context.Background()
+	req := claimReq(k.key("a"), fpOf("x"), t0) // lease 30s, retention 24h
+	req.ExpiresAt = t0.Add(time.Hour)
+	mustClaim(t, s, req)
+	now := t0.Add(50 * time.Minute)
+	if err := s.Renew(ctx, req.Key, req.Token, now, t0.Add(2*time.Hour), t0.Add(2*time.Hour)); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	later := t0.Add(90 * time.Minute) // past the original retention
+	rec, err := s.Lookup(ctx, req.Key, later)
+	if err != nil || rec.Token != req.Token || !rec.ExpiresAt.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("Lookup past the original retention: %+v, %v; want the renewed record", rec, err)
+	}
+	mustBlock(t, s, claimReq(req.Key, req.Fingerprint, later))
+	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), later, later.Add(time.Hour)); err != nil {
+		t.Fatalf("Complete after the renewal: %v", err)
 	}
 }
 
@@ -372,7 +396,7 @@ func testRenewAfterComplete(t *testing.T, h Harness, k keys) {
 	if err := s.Complete(ctx, req.Key, req.Token, sampleResponse(), t0, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Renew(ctx, req.Key, req.Token, t0.Add(time.Minute)); !errors.Is(err, idempotency.ErrFenced) {
+	if err := s.Renew(ctx, req.Key, req.Token, t0, t0.Add(time.Minute), t0.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
 		t.Fatalf("Renew after Complete = %v, want ErrFenced", err)
 	}
 	if err := s.Release(ctx, req.Key, req.Token); !errors.Is(err, idempotency.ErrFenced) {
@@ -794,7 +818,9 @@ func testHTTPFailurePolicy(t *testing.T, h Harness, k keys) {
 func testHTTPRenewal(t *testing.T, h Harness, k keys) {
 	s := h.NewStore(t)
 	clk := fakeclock.New(time.Now())
-	o := idempotency.Options{Lease: time.Minute, RenewEvery: 5 * time.Millisecond}
+	// Retention equal to the lease: without renewal extending retention
+	// too, the record would expire under its running holder.
+	o := idempotency.Options{Lease: time.Minute, Retention: time.Minute, RenewEvery: 5 * time.Millisecond}
 	key := idempotency.ScopedKey("charges", "", k.key("k"))
 	var leaseSeen time.Time
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

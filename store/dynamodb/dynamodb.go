@@ -196,7 +196,7 @@ const (
 	claimUpdate    = "SET #fp = :fp, #st = :inprog, #tok = :tok, #lease = :lease, #exp = :exp, #ttl = :ttl, #resp = :none"
 	claimCond      = "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)"
 	fenceCond      = "#tok = :tok AND #st = :inprog"
-	renewUpdate    = "SET #lease = :lease"
+	renewUpdate    = "SET #lease = :lease, #exp = :exp, #ttl = :ttl"
 	completeUpdate = "SET #st = :done, #exp = :exp, #ttl = :ttl, #resp = :resp, #renc = :renc"
 )
 
@@ -216,7 +216,7 @@ func New(client API, opts Options) (*Store, error) {
 			"#pk": opts.PartitionKey, "#fp": attrFP, "#st": attrState, "#tok": attrToken,
 			"#lease": attrLease, "#exp": attrExp, "#ttl": opts.TTLAttribute, "#resp": attrResp,
 		},
-		renewNames: map[string]string{"#tok": attrToken, "#st": attrState, "#lease": attrLease},
+		renewNames: map[string]string{"#tok": attrToken, "#st": attrState, "#lease": attrLease, "#exp": attrExp, "#ttl": opts.TTLAttribute},
 		completeNames: map[string]string{
 			"#tok": attrToken, "#st": attrState, "#exp": attrExp, "#ttl": opts.TTLAttribute,
 			"#resp": attrResp, "#renc": attrEnc,
@@ -321,7 +321,7 @@ func blocked(rec *idempotency.Record, req idempotency.ClaimRequest) idempotency.
 }
 
 // Renew implements idempotency.Store with one conditional UpdateItem.
-func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+func (s *Store) Renew(ctx context.Context, key string, token uint64, _, leaseUntil, expiresAt time.Time) error {
 	_, err := s.api.UpdateItem(ctx, &ddb.UpdateItemInput{
 		TableName:                aws.String(s.opts.Table),
 		Key:                      s.key(key),
@@ -330,6 +330,7 @@ func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil 
 		ExpressionAttributeNames: s.renewNames,
 		ExpressionAttributeValues: map[string]types.AttributeValue{
 			":tok": tokenValue(token), ":inprog": inProgress(), ":lease": millis(leaseUntil),
+			":exp": millis(expiresAt), ":ttl": ttlValue(expiresAt),
 		},
 	})
 	return fenced("renew", err)

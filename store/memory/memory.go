@@ -158,7 +158,7 @@ func (sh *shard) held(key string, token uint64) *entry {
 }
 
 // Renew implements idempotency.Store.
-func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
+func (s *Store) Renew(ctx context.Context, key string, token uint64, _, leaseUntil, expiresAt time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -171,6 +171,7 @@ func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil 
 		return idempotency.ErrFenced
 	}
 	e.rec.LeaseUntil = leaseUntil
+	e.rec.ExpiresAt = expiresAt
 	return nil
 }
 

@@ -189,7 +189,7 @@ func buildStatements(table string) statements {
 SELECT true, * FROM ins
 UNION ALL
 SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c"),
-		renew:    `UPDATE ` + table + ` SET lease_until = $3 WHERE key = $1 AND token = $2 AND state = 1`,
+		renew:    `UPDATE ` + table + ` SET lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		complete: `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		release:  `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:   `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
@@ -234,8 +234,8 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 }
 
 // Renew implements idempotency.Store with one conditional UPDATE.
-func (s *Store) Renew(ctx context.Context, key string, tok uint64, leaseUntil time.Time) error {
-	return s.fenced(ctx, "renew", s.sql.renew, key, token(tok), leaseUntil)
+func (s *Store) Renew(ctx context.Context, key string, tok uint64, _, leaseUntil, expiresAt time.Time) error {
+	return s.fenced(ctx, "renew", s.sql.renew, key, token(tok), leaseUntil, expiresAt)
 }
 
 // Complete implements idempotency.Store with one conditional UPDATE that

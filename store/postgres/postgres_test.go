@@ -172,7 +172,7 @@ func warmUp(t testing.TB, s *postgres.Store) {
 	}
 	errs := []error{}
 	_, err := s.Claim(ctx, req)
-	errs = append(errs, err, s.Renew(ctx, req.Key, req.Token, req.LeaseUntil))
+	errs = append(errs, err, s.Renew(ctx, req.Key, req.Token, req.Now, req.LeaseUntil, req.ExpiresAt))
 	_, err = s.Lookup(ctx, req.Key, now)
 	errs = append(errs, err, s.Release(ctx, req.Key, req.Token))
 	req.Key = prefix + "b"
@@ -337,7 +337,7 @@ func TestRoundTripsPerCall(t *testing.T) {
 	req.Key = "b"
 	cost("Claim", 1, claim)
 	warmUp(t, s)
-	cost("Renew", 1, func() error { return s.Renew(ctx, "b", req.Token, now.Add(time.Minute)) })
+	cost("Renew", 1, func() error { return s.Renew(ctx, "b", req.Token, now, now.Add(time.Minute), req.ExpiresAt) })
 	cost("Lookup", 1, func() error { _, err := s.Lookup(ctx, "b", now); return err })
 	cost("Complete", 1, func() error {
 		return s.Complete(ctx, "b", req.Token, idempotency.Response{Status: 201}, now, now.Add(time.Hour))

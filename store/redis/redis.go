@@ -166,11 +166,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 1
 `
 
-// renewLua: KEYS[1] record; ARGV token, lease. Returns 1 or 0 (fenced).
+// renewLua: KEYS[1] record; ARGV token, lease, exp, ttl (ms). Returns 1
+// or 0 (fenced). The TTL is lengthened, never shortened.
 const renewLua = `
 local r = redis.call('HMGET', KEYS[1], 'state', 'token')
 if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'exp', ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 return 1
 `
 
@@ -261,8 +265,9 @@ func (s *Store) fenced(ctx context.Context, op string, sc *goredis.Script, key s
 
 // Renew implements idempotency.Store in one script call. It does not
 // change the record's Redis TTL.
-func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
-	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), leaseUntil.UnixMilli())
+func (s *Store) Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error {
+	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), leaseUntil.UnixMilli(),
+		expiresAt.UnixMilli(), ttlMillis(now, expiresAt))
 }
 
 // Complete implements idempotency.Store in one script call. The Redis TTL

@@ -218,7 +218,7 @@ func TestTTL(t *testing.T) {
 	if d <= retention {
 		t.Fatalf("claimed: PTTL %v, want above the retention %v (slack)", d, retention)
 	}
-	if err := s.Renew(ctx, claimed, req.Token, now.Add(time.Minute)); err != nil {
+	if err := s.Renew(ctx, claimed, req.Token, now, now.Add(time.Minute), req.ExpiresAt); err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
 	if after := pttl(claimed); after < d-10*time.Second {
@@ -327,7 +327,7 @@ func TestUnreachable(t *testing.T) {
 		t.Fatalf("Claim = %v, want a wrapped connection error", err)
 	}
 	for name, err := range map[string]error{
-		"Renew":    s.Renew(ctx, "k", 1, now),
+		"Renew":    s.Renew(ctx, "k", 1, now, now, now),
 		"Complete": s.Complete(ctx, "k", 1, idempotency.Response{}, now, now),
 		"Release":  s.Release(ctx, "k", 1),
 	} {

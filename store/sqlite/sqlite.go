@@ -129,7 +129,7 @@ WHERE ` + t + `.expires_at <= ?6 OR (` + t + `.state = 1 AND ` + t + `.lease_unt
 RETURNING token`,
 		get:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
 		lookup:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND expires_at > ?2`,
-		renew:    `UPDATE ` + t + ` SET lease_until = ?3 WHERE key = ?1 AND token = ?2 AND state = 1`,
+		renew:    `UPDATE ` + t + ` SET lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
 		complete: `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
 		release:  `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state = 1`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
@@ -363,8 +363,8 @@ func (s *Store) fenced(ctx context.Context, op, query string, args ...any) error
 }
 
 // Renew implements idempotency.Store.
-func (s *Store) Renew(ctx context.Context, key string, token uint64, leaseUntil time.Time) error {
-	return s.fenced(ctx, "renew", s.q.renew, key, int64(token), ms(leaseUntil))
+func (s *Store) Renew(ctx context.Context, key string, token uint64, _, leaseUntil, expiresAt time.Time) error {
+	return s.fenced(ctx, "renew", s.q.renew, key, int64(token), ms(leaseUntil), ms(expiresAt))
 }
 
 // Complete implements idempotency.Store. The response is stored in the

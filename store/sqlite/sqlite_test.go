@@ -173,7 +173,7 @@ func TestMixedLoadTwoStoresNoBusy(t *testing.T) {
 				res, err := s.Claim(ctx, req)
 				report("Claim", err)
 				if err == nil && res.Claimed {
-					report("Renew", other.Renew(ctx, key, req.Token, now.Add(2*time.Minute)))
+					report("Renew", other.Renew(ctx, key, req.Token, now, now.Add(2*time.Minute), req.ExpiresAt))
 					if i%3 == 0 {
 						report("Release", s.Release(ctx, key, req.Token))
 					} else {
