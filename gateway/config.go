@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -126,7 +127,10 @@ type ServerConfig struct {
 	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
 	// MaxBodyBytes bounds request bodies (413 above). Default 10MiB.
 	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
-	// ShutdownTimeout bounds draining on SIGTERM. Default 30s.
+	// ShutdownTimeout bounds draining on SIGTERM. Default: the longest
+	// route timeout + in_flight_wait + store_timeout, plus 5s, and at
+	// least 30s. A smaller value is refused: a request cut off mid-flight
+	// could leave its claim unrecorded, and its retry would run again.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 }
 
@@ -635,7 +639,6 @@ func (c *Config) setDefaults() {
 	def(&s.ReadTimeout, 60*time.Second)
 	def(&s.WriteTimeout, 120*time.Second)
 	def(&s.IdleTimeout, 120*time.Second)
-	def(&s.ShutdownTimeout, 30*time.Second)
 	if s.MaxHeaderBytes == 0 {
 		s.MaxHeaderBytes = 64 << 10
 	}
@@ -652,6 +655,9 @@ func (c *Config) setDefaults() {
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		def(&r.Timeout, 30*time.Second)
+	}
+	if s.ShutdownTimeout == 0 {
+		s.ShutdownTimeout = Duration(max(c.drainNeeded()+5*time.Second, 30*time.Second))
 	}
 	rl := &c.RateLimit
 	if rl.Store == "" {
@@ -719,6 +725,9 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 	if len(c.Routes) == 0 {
 		bad("routes", "at least one route is required")
 	}
+	if need := c.drainNeeded(); c.Server.ShutdownTimeout.D() < need {
+		bad("server.shutdown_timeout", "%v is shorter than the longest request can take (%v: route timeout + in_flight_wait + store_timeout); a request cut off at shutdown could run again on retry", c.Server.ShutdownTimeout.D(), need)
+	}
 	switch c.RateLimit.Store {
 	case "memory", "redis":
 	default:
@@ -749,6 +758,13 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 			bad(p+".match.path", "must start with /, got %q", m.Path)
 		case m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/"):
 			bad(p+".match.path_prefix", "must start with /, got %q", m.PathPrefix)
+		case m.Path != "" && cleanPath(m.Path) != m.Path:
+			bad(p+".match.path", "%q is not a clean path (requests are matched after removing dot segments and duplicate slashes): use %q", m.Path, cleanPath(m.Path))
+		case m.PathPrefix != "" && cleanPath(m.PathPrefix) != m.PathPrefix:
+			bad(p+".match.path_prefix", "%q is not a clean path (requests are matched after removing dot segments and duplicate slashes): use %q", m.PathPrefix, cleanPath(m.PathPrefix))
+		}
+		if strings.Contains(m.Host, ":") {
+			bad(p+".match.host", "%q: give the host without a port (the request's port is ignored when matching)", m.Host)
 		}
 		for j, meth := range m.Methods {
 			if !slices.Contains(validMethods, strings.ToUpper(meth)) {
@@ -764,6 +780,8 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 			bad(p+".upstream", "must be an absolute http or https URL, got %q", r.Upstream)
 		case u.RawQuery != "" || u.Fragment != "":
 			bad(p+".upstream", "must not have a query or fragment, got %q", r.Upstream)
+		case u.User != nil:
+			bad(p+".upstream", "must not carry credentials (user:password@): they would not be sent; set an Authorization header upstream-side instead")
 		default:
 			r.upstream = u
 		}
@@ -785,6 +803,25 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 			}
 		}
 	}
+}
+
+// drainNeeded is the longest a request can take once accepted: its route
+// timeout, the in-flight wait, and a store call to record its outcome.
+func (c *Config) drainNeeded() time.Duration {
+	var need time.Duration
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		d := r.Timeout.D()
+		if idc := r.Idempotency; idc.enabled() {
+			st := idc.StoreTimeout.D()
+			if st == 0 {
+				st = 5 * time.Second
+			}
+			d += idc.InFlightWait.D() + st
+		}
+		need = max(need, d)
+	}
+	return need
 }
 
 // validatePolicy parses one policy, recording problems with bad. Names
@@ -846,6 +883,33 @@ func splitHostPort(addr string) (string, int, error) {
 	return addr[:i], port, nil
 }
 
+// redactDSN masks the password of a PostgreSQL URL (user:pass@ and
+// ?password=) or keyword/value DSN (password=...).
+func redactDSN(dsn string) string {
+	if dsn == "" {
+		return ""
+	}
+	if !strings.Contains(dsn, "://") {
+		return dsnPassword.ReplaceAllString(dsn, "${1}REDACTED")
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "REDACTED (unparseable URL)"
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "REDACTED")
+		}
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "REDACTED")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
 // Redacted returns a copy of c safe to show: secrets are replaced by
 // "REDACTED" and passwords in URLs are masked.
 func (c *Config) Redacted() Config {
@@ -856,19 +920,6 @@ func (c *Config) Redacted() Config {
 	if out.RateLimit.Redis.Password != "" {
 		out.RateLimit.Redis.Password = "REDACTED"
 	}
-	if u, err := url.Parse(out.Store.Postgres.URL); err == nil {
-		if u.User != nil {
-			if _, has := u.User.Password(); has {
-				u.User = url.UserPassword(u.User.Username(), "REDACTED")
-			}
-		}
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "REDACTED")
-			u.RawQuery = q.Encode()
-		}
-		out.Store.Postgres.URL = u.String()
-	} else if out.Store.Postgres.URL != "" {
-		out.Store.Postgres.URL = "REDACTED (unparseable URL)"
-	}
+	out.Store.Postgres.URL = redactDSN(out.Store.Postgres.URL)
 	return out
 }

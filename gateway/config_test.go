@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 	if cfg.Listen != ":8080" || cfg.Admin.Listen != "127.0.0.1:9090" || cfg.Store.Type != "sqlite" || cfg.Store.SQLite.Path != "levee.db" {
 		t.Fatalf("defaults: %+v", cfg)
 	}
-	if cfg.Routes[0].Timeout.D() != 30*time.Second || cfg.Server.ShutdownTimeout.D() != 30*time.Second || !*cfg.Log.AccessLog {
+	if cfg.Routes[0].Timeout.D() != 30*time.Second || cfg.Server.ShutdownTimeout.D() != 35*time.Second || !*cfg.Log.AccessLog {
 		t.Fatalf("defaults: %+v", cfg.Routes[0])
 	}
 }
@@ -74,6 +74,10 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 			[]string{"routes[0].idempotency.methods[0]: GET is safe"}},
 		{"missing env", "store:\n  redis:\n    password: ${NOPE}\nroutes: []\n", []string{"x.yaml:3:", "environment variable NOPE is not set"}},
 		{"bad proxy cidr", "trusted_proxies: [10.0.0.0/33]\nroutes: []\n", []string{"trusted_proxies[0]: invalid CIDR"}},
+		{"host with port", "routes:\n  - name: a\n    match: {path: /a, host: \"api.example.com:8443\"}\n    upstream: http://h\n", []string{"routes[0].match.host:", "without a port"}},
+		{"unclean path", "routes:\n  - name: a\n    match: {path: /v1/./pay}\n    upstream: http://h\n", []string{"routes[0].match.path:", "use \"/v1/pay\""}},
+		{"upstream credentials", "routes:\n  - name: a\n    match: {path: /a}\n    upstream: http://u:secret@h\n", []string{"routes[0].upstream: must not carry credentials"}},
+		{"shutdown too short", "server: {shutdown_timeout: 10s}\nroutes:\n  - name: a\n    match: {path: /a}\n    upstream: http://h\n    timeout: 20s\n", []string{"x.yaml:1: server.shutdown_timeout: 10s is shorter"}},
 		{"prefix and path", "routes:\n  - name: a\n    match: {path: /a, path_prefix: /b}\n    upstream: http://h\n", []string{"routes[0].match: path and path_prefix are exclusive"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,6 +124,14 @@ func TestRedactedPostgresURL(t *testing.T) {
 	}
 	if u := cfg.Redacted().Store.Postgres.URL; strings.Contains(u, "hunter2") {
 		t.Fatalf("redacted URL still has the password: %s", u)
+	}
+	cfg.Store.Postgres.URL = "host=db user=u password=hunter2 dbname=levee"
+	if u := cfg.Redacted().Store.Postgres.URL; u != "host=db user=u password=REDACTED dbname=levee" {
+		t.Fatalf("redacted keyword DSN: %s", u)
+	}
+	cfg.Store.Postgres.URL = "host=db password='hun ter2' user=u"
+	if u := cfg.Redacted().Store.Postgres.URL; strings.Contains(u, "hun") {
+		t.Fatalf("redacted quoted keyword DSN: %s", u)
 	}
 }
 

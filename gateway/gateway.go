@@ -261,7 +261,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
 		}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, ri))
-		rt.handler.ServeHTTP(sw, r)
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					// http.ErrAbortHandler (client gone, upstream body
+					// failed): log and count the request, then let
+					// net/http abort the connection.
+					sw.aborted = sw.status == 0
+					g.finish(r, sw, ri, id, start, t.cfg)
+					panic(p)
+				}
+			}()
+			rt.handler.ServeHTTP(sw, r)
+		}()
 	}
 	g.finish(r, sw, ri, id, start, t.cfg)
 }
@@ -481,6 +493,11 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 				}
 			}
 			pr.SetXForwarded()
+			if !keep { // headers frameworks read as "the client IP", forged by the client
+				for _, h := range spoofableIPHeaders {
+					pr.Out.Header.Del(h)
+				}
+			}
 			if keep { // a trusted proxy's view of host and scheme wins
 				for _, h := range []string{"X-Forwarded-Host", "X-Forwarded-Proto"} {
 					if v := pr.In.Header.Get(h); v != "" {
@@ -504,6 +521,10 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 }
 
 var errUpstreamTimeout = errors.New("route timeout exceeded")
+
+// spoofableIPHeaders are removed from requests of untrusted senders: many
+// frameworks take them as the client's address.
+var spoofableIPHeaders = []string{"X-Real-Ip", "True-Client-Ip", "Cf-Connecting-Ip", "X-Client-Ip", "X-Cluster-Client-Ip", "Fastly-Client-Ip"}
 
 func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
 	if len(trusted) == 0 {

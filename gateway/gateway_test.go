@@ -183,6 +183,11 @@ func TestProxyBasics(t *testing.T) {
 	if r, _ := u.lastRequest(); r.Header.Get("X-Forwarded-For") != "127.0.0.1" {
 		t.Fatalf("spoofed X-Forwarded-For passed: %q", r.Header.Get("X-Forwarded-For"))
 	}
+	// Client-address headers from an untrusted sender are dropped.
+	send(t, "GET", g.base+"/v1/x", "", "X-Real-IP", "6.6.6.6", "True-Client-IP", "6.6.6.6")
+	if r, _ := u.lastRequest(); r.Header.Get("X-Real-Ip") != "" || r.Header.Get("True-Client-Ip") != "" {
+		t.Fatalf("spoofable client-IP headers passed: %v", r.Header)
+	}
 	// Request ids: generated, echoed, propagated; a bad one is replaced.
 	resp, _ = send(t, "GET", g.base+"/v1/x", "")
 	id := resp.Header.Get("X-Request-Id")
@@ -383,8 +388,13 @@ func TestReload(t *testing.T) {
 	if err := g.srv.Reload(); err == nil || !strings.Contains(err.Error(), "restart") {
 		t.Fatalf("store change on reload = %v", err)
 	}
+	// Server timeouts need a restart too.
+	os.WriteFile(g.path, []byte(strings.Replace(baseConfig(u.srv.URL, ""), "server: {max_body_bytes: 1KiB}", "server: {max_body_bytes: 1KiB, read_timeout: 5s}", 1)), 0o600)
+	if err := g.srv.Reload(); err == nil || !strings.Contains(err.Error(), "server timeouts") {
+		t.Fatalf("server timeout change on reload = %v", err)
+	}
 	m := get(t, "http://"+g.srv.AdminAddr()+"/metrics")
-	if !strings.Contains(m, `levee_config_reloads_total{result="success"} 1`) || !strings.Contains(m, `levee_config_reloads_total{result="failure"} 2`) {
+	if !strings.Contains(m, `levee_config_reloads_total{result="success"} 1`) || !strings.Contains(m, `levee_config_reloads_total{result="failure"} 3`) {
 		t.Fatalf("reload metrics:\n%s", grep(m, "reloads"))
 	}
 }

@@ -26,6 +26,7 @@ type Server struct {
 	path    string
 	version string
 	log     *slog.Logger
+	level   *slog.LevelVar // set when the server built its logger: log.level reloads
 	metrics *Metrics
 	gw      *Gateway
 	store   idempotency.Store
@@ -74,10 +75,13 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	var level *slog.LevelVar
 	if opts.Logger == nil {
-		opts.Logger = NewLogger(os.Stderr, cfg.Log.Level)
+		level = new(slog.LevelVar)
+		_ = level.UnmarshalText([]byte(cfg.Log.Level))
+		opts.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
-	s := &Server{path: path, version: opts.Version, log: opts.Logger, cfg: cfg, done: make(chan struct{})}
+	s := &Server{path: path, version: opts.Version, log: opts.Logger, level: level, cfg: cfg, done: make(chan struct{})}
 	s.metrics = NewMetrics(opts.Version)
 	st, closer, err := OpenStore(ctx, cfg.Store)
 	if err != nil {
@@ -103,13 +107,6 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		}
 	}
 	return s, nil
-}
-
-// NewLogger returns levee's JSON logger at level (debug, info, warn, error).
-func NewLogger(w *os.File, level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
 // Gateway returns the running gateway handler.
@@ -246,11 +243,20 @@ func (s *Server) reloadLocked() error {
 	if !reflect.DeepEqual(cfg.Store, s.cfg.Store) {
 		return fmt.Errorf("gateway: %s: the store section cannot change on reload; restart levee", s.path)
 	}
+	old, cur := s.cfg.Server, cfg.Server
+	old.MaxBodyBytes, cur.MaxBodyBytes = 0, 0
+	old.ShutdownTimeout, cur.ShutdownTimeout = 0, 0
+	if old != cur {
+		return fmt.Errorf("gateway: %s: server timeouts and max_header_bytes cannot change on reload (max_body_bytes and shutdown_timeout can); restart levee", s.path)
+	}
 	if cfg.RateLimit.Store != s.cfg.RateLimit.Store || cfg.RateLimit.Redis != s.cfg.RateLimit.Redis || cfg.RateLimit.ConcurrencyLease != s.cfg.RateLimit.ConcurrencyLease {
 		return fmt.Errorf("gateway: %s: rate_limit.store, rate_limit.redis and rate_limit.concurrency_lease cannot change on reload; restart levee", s.path)
 	}
 	if err := s.gw.Apply(cfg); err != nil {
 		return err
+	}
+	if s.level != nil {
+		_ = s.level.UnmarshalText([]byte(cfg.Log.Level))
 	}
 	s.cfg = cfg
 	return nil

@@ -40,7 +40,8 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 		client := goredis.NewClient(&goredis.Options{
 			Addr: c.Redis.Addr, Username: c.Redis.Username, Password: c.Redis.Password, DB: c.Redis.DB,
 			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			PoolSize: 256, MinIdleConns: 8,
+			ContextTimeoutEnabled: true, // idempotency.store_timeout bounds every call
+			PoolSize:              256, MinIdleConns: 8,
 		})
 		st := redis.New(client, redis.Options{Prefix: c.Redis.Prefix})
 		if err := st.Load(ctx); err != nil {

@@ -157,7 +157,8 @@ func New(store Store, opts Options) *Engine {
 
 // inProcess is implemented by stores that never wait on I/O (the memory
 // store). The engine skips the per-call StoreTimeout for them, which
-// would only cost allocations, and detaches them from cancellation.
+// would only cost allocations, and runs their Complete and Release
+// detached from the caller's cancellation without allocating a context.
 type inProcess interface{ InProcess() bool }
 
 // Options returns the engine's options with defaults applied.
@@ -210,6 +211,9 @@ func (e *Engine) Begin(ctx context.Context, key string, fp Fingerprint) (*Lease,
 		})
 		cancel()
 		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, nil, cerr // the caller gave up: not a store failure
+			}
 			return nil, nil, &StoreError{Op: "claim", Err: err}
 		}
 		if res.Claimed {
@@ -266,8 +270,13 @@ func (e *Engine) waitForCompletion(ctx context.Context, key string, fp Fingerpri
 		switch {
 		case errors.Is(err, ErrNotFound):
 			return nil, nil
+		case err != nil && ctx.Err() != nil:
+			return nil, ctx.Err()
 		case err != nil:
-			return nil, &StoreError{Op: "lookup", Err: err}
+			// The store already said the key is in flight; a failed poll
+			// must not turn into a store failure (which FailOpen would
+			// answer by executing a duplicate).
+			return nil, &InFlightError{RetryAfter: e.opts.RetryAfter}
 		case rec.Fingerprint != fp:
 			return nil, ErrMismatch
 		case rec.State == StateCompleted:
@@ -426,14 +435,21 @@ func (e *Engine) Do(ctx context.Context, key string, fp Fingerprint, fn func(con
 	}
 	var v []byte
 	func() {
+		finished := false
 		defer func() {
-			if p := recover(); p != nil {
-				_ = lease.Release(ctx)
-				e.emit(ctx, OutcomeReleased, fmt.Errorf("panic: %v", p))
+			if finished {
+				return
+			}
+			// fn panicked or called runtime.Goexit: release the claim.
+			p := recover()
+			_ = lease.Release(ctx)
+			e.emit(ctx, OutcomeReleased, fmt.Errorf("function did not return normally: %v", p))
+			if p != nil {
 				panic(p)
 			}
 		}()
 		v, err = fn(ctx)
+		finished = true
 	}()
 	if err != nil {
 		if rerr := lease.Release(ctx); rerr != nil {

@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -249,6 +250,10 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	}
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) { // an outer limit (http.MaxBytesReader) is smaller
+			return nil, errBodyTooLarge
+		}
 		return nil, fmt.Errorf("idempotency: reading request body: %w", err)
 	}
 	if n > limit {
@@ -274,7 +279,7 @@ func writeReplay(w http.ResponseWriter, resp *Response) {
 		return
 	}
 	for k, vs := range resp.Header {
-		h[k] = vs
+		h[k] = slices.Clone(vs) // the store's copy must stay untouched
 	}
 	h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
 	w.WriteHeader(resp.Status)
@@ -284,18 +289,32 @@ func writeReplay(w http.ResponseWriter, resp *Response) {
 // execute runs the handler holding lease, records or releases, then sends
 // the response (recording first, so a client that sees the response and
 // retries gets the replay).
+//
+// The handler runs with a context that the client's disconnect does not
+// cancel: once a mutating request has started, it finishes and its outcome
+// is recorded, so the client's retry gets the replay rather than a second
+// execution of work that may already have taken effect. Handlers should
+// bound their own time (the gateway applies the route timeout).
 func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handler, o *HTTPOptions, stored []string, lease *Lease, body []byte) {
 	ctx := r.Context()
 	setBody(r, body)
+	r = r.WithContext(context.WithoutCancel(ctx))
 	rec := &recorder{w: w, max: o.MaxStoredBody}
+	finished := false
 	defer func() {
-		if p := recover(); p != nil {
-			_ = lease.Release(ctx)
-			e.emit(ctx, OutcomeReleased, fmt.Errorf("handler panic: %v", p))
+		if finished {
+			return
+		}
+		// The handler panicked (http.ErrAbortHandler included) or called
+		// runtime.Goexit: never leave the claim held until its lease ends.
+		p := recover()
+		e.abandon(ctx, w, o, stored, lease, rec, fmt.Errorf("handler did not return normally: %v", p))
+		if p != nil {
 			panic(p)
 		}
 	}()
 	next.ServeHTTP(rec, r)
+	finished = true
 	status := rec.statusCode()
 	if !o.Store(status) {
 		err := lease.Release(ctx)
@@ -313,6 +332,27 @@ func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handl
 		e.emit(ctx, OutcomeExecuted, nil)
 	}
 	rec.flush()
+}
+
+// abandon settles the claim of a handler that did not return normally. If
+// it had already produced a status the failure policy stores, the request
+// took effect (typically a proxied upstream answered, then the body copy
+// failed or the client went away mid-stream): the status and headers are
+// recorded without the body, so a retry learns it ran (409
+// response-not-stored) instead of running it again. Otherwise the claim is
+// released so a retry executes.
+func (e *Engine) abandon(ctx context.Context, w http.ResponseWriter, o *HTTPOptions, stored []string, lease *Lease, rec *recorder, cause error) {
+	if rec.status != 0 && o.Store(rec.status) {
+		err := lease.Complete(ctx, Response{Status: rec.status, Header: pick(w.Header(), stored), BodyOmitted: true})
+		if err != nil {
+			e.emit(ctx, OutcomeNotRecorded, errors.Join(cause, err))
+			return
+		}
+		e.emit(ctx, OutcomeExecuted, cause)
+		return
+	}
+	err := lease.Release(ctx)
+	e.emit(ctx, OutcomeReleased, errors.Join(cause, err))
 }
 
 func pick(h http.Header, names []string) http.Header {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -327,5 +328,147 @@ func TestMemoryStoreCapacity(t *testing.T) {
 	// Expired records are reclaimed to make room.
 	if n := s.Sweep(time.Now().Add(2 * time.Minute)); n == 0 || s.Len() != 0 {
 		t.Fatalf("Sweep removed %d, %d left", n, s.Len())
+	}
+}
+
+// A client that hangs up mid-request does not cancel the handler: the work
+// finishes and is recorded, and the retry gets the replay.
+func TestMiddlewareClientDisconnectStillRecords(t *testing.T) {
+	t.Parallel()
+	var runs atomic.Int64
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	ctx, hangUp := context.WithCancel(context.Background())
+	h := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		hangUp() // the client goes away while the charge runs
+		if err := r.Context().Err(); err != nil {
+			t.Errorf("the handler's context was canceled by the client: %v", err)
+		}
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, `{"charged":true}`)
+	}))
+	req := httptest.NewRequest("POST", "/x", strings.NewReader("{}")).WithContext(ctx)
+	req.Header.Set("Idempotency-Key", "k")
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	if w.Code != 201 || w.Body.String() != `{"charged":true}` || w.Header().Get("Idempotent-Replayed") != "true" || runs.Load() != 1 {
+		t.Fatalf("retry after a disconnect: %d %q replayed=%q runs=%d", w.Code, w.Body, w.Header().Get("Idempotent-Replayed"), runs.Load())
+	}
+}
+
+// A handler that produced a status and then aborted (a proxied upstream
+// answered 201, then the body copy failed) took effect: the retry learns
+// it ran instead of running it again.
+func TestMiddlewareAbortAfterStatusIsRecorded(t *testing.T) {
+	t.Parallel()
+	var runs atomic.Int64
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	h := e.Middleware(idempotency.HTTPOptions{MaxStoredBody: 4})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "a large body that streams") // over MaxStoredBody: streaming
+		panic(http.ErrAbortHandler)
+	}))
+	func() {
+		defer func() { recover() }()
+		do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	}()
+	w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	if runs.Load() != 1 || w.Code != 409 || problemType(t, w) != "idempotency-response-not-stored" {
+		t.Fatalf("retry after an aborted 201: %d %s runs=%d", w.Code, w.Body, runs.Load())
+	}
+}
+
+// A handler that calls runtime.Goexit (t.FailNow in a handler, say) must
+// not leave the key claimed until the lease ends.
+func TestMiddlewareGoexitReleases(t *testing.T) {
+	t.Parallel()
+	var runs atomic.Int64
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	h := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if runs.Add(1) == 1 {
+			runtime.Goexit()
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	}()
+	<-done
+	if w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k"); w.Code != 201 || runs.Load() != 2 {
+		t.Fatalf("retry after Goexit: %d runs=%d, want a fresh 201", w.Code, runs.Load())
+	}
+}
+
+// lookupFails answers claims but fails every lookup.
+type lookupFails struct{ idempotency.Store }
+
+func (lookupFails) Lookup(context.Context, string, time.Time) (*idempotency.Record, error) {
+	return nil, errDown
+}
+
+// FailOpen applies to a failed claim only: a failed poll while waiting for
+// an in-flight duplicate must not run the duplicate.
+func TestFailOpenNeverRunsAnInFlightDuplicate(t *testing.T) {
+	t.Parallel()
+	e := idempotency.New(lookupFails{memory.New(memory.Options{})}, idempotency.Options{
+		FailOpen: true, InFlightWait: time.Second, PollInterval: time.Millisecond})
+	var runs atomic.Int64
+	entered, release := make(chan struct{}), make(chan struct{})
+	h := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if runs.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	done := make(chan struct{})
+	go func() { defer close(done); do(h, "POST", "/x", "{}", "Idempotency-Key", "k") }()
+	<-entered
+	w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	close(release)
+	<-done
+	if w.Code != 409 || runs.Load() != 1 {
+		t.Fatalf("duplicate while the store's lookups fail: %d runs=%d, want 409 and one run", w.Code, runs.Load())
+	}
+}
+
+// A caller that gave up is not a store failure: no store_error outcome, and
+// FailOpen does not run the function.
+func TestCanceledCallerIsNotAStoreFailure(t *testing.T) {
+	t.Parallel()
+	var outcomes []idempotency.Outcome
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{FailOpen: true,
+		OnEvent: func(_ context.Context, ev idempotency.Event) { outcomes = append(outcomes, ev.Outcome) }})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ran := false
+	_, err := e.Do(ctx, "k", idempotency.Fingerprint{}, func(context.Context) ([]byte, error) { ran = true; return nil, nil })
+	if !errors.Is(err, context.Canceled) || errors.Is(err, idempotency.ErrStoreUnavailable) || ran {
+		t.Fatalf("Do with a canceled context: err=%v ran=%v", err, ran)
+	}
+	if len(outcomes) == 1 && outcomes[0] == idempotency.OutcomeStoreError {
+		t.Fatal("a canceled caller was counted as a store error")
+	}
+}
+
+// An outer body limit smaller than MaxRequestBody still answers 413.
+func TestOuterBodyLimitIs413(t *testing.T) {
+	t.Parallel()
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	inner := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, 10)
+		inner.ServeHTTP(w, r)
+	})
+	req := httptest.NewRequest("POST", "/x", io.MultiReader(strings.NewReader(strings.Repeat("x", 100))))
+	req.ContentLength = -1
+	req.Header.Set("Idempotency-Key", "k")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != 413 {
+		t.Fatalf("chunked body over an outer limit: %d %s", w.Code, w.Body)
 	}
 }
