@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -50,7 +51,14 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 		}
 		return st, client.Close, nil
 	case "postgres":
-		pool, err := pgxpool.New(ctx, c.Postgres.URL)
+		pcfg, err := pgxpool.ParseConfig(c.Postgres.URL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+		}
+		if !strings.Contains(c.Postgres.URL, "pool_max_conns") {
+			pcfg.MaxConns = 32 // pgxpool's default (4 on small machines) starves a gateway
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 		if err != nil {
 			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
 		}
