@@ -313,6 +313,16 @@ func (e *Engine) newLease(key string, token uint64, expiresAt time.Time) *Lease 
 // Token returns the lease's fencing token.
 func (l *Lease) Token() uint64 { return l.token }
 
+// Lost reports whether a renewal found the claim no longer held by this
+// lease (it lapsed and another caller took the key over). Complete will
+// then return ErrFenced; a long-running holder may check Lost to stop
+// early.
+func (l *Lease) Lost() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lost != nil
+}
+
 func (l *Lease) renew() {
 	l.mu.Lock()
 	if l.done {
