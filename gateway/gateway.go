@@ -6,11 +6,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,6 +39,7 @@ type Gateway struct {
 	fallback  *ratelimit.Local // fail_open limits while limits is down
 	metrics   *Metrics
 	log       *slog.Logger
+	access    *slog.Logger
 	transport http.RoundTripper
 	buffers   bufferPool
 
@@ -52,6 +55,8 @@ type Options struct {
 	Metrics *Metrics
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// AccessLog receives one record per request. Default: Logger.
+	AccessLog *slog.Logger
 	// Transport defaults to a tuned *http.Transport (see NewTransport).
 	Transport http.RoundTripper
 	// RateLimits decides rate-limit policies. Default: an in-process
@@ -71,10 +76,13 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Transport == nil {
 		opts.Transport = NewTransport()
 	}
+	if opts.AccessLog == nil {
+		opts.AccessLog = opts.Logger
+	}
 	if opts.RateLimits == nil {
 		opts.RateLimits = ratelimit.NewLocal(ratelimit.LocalOptions{})
 	}
-	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, transport: opts.Transport,
+	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, access: opts.AccessLog, transport: opts.Transport,
 		limits: opts.RateLimits, fallback: ratelimit.NewLocal(ratelimit.LocalOptions{})}
 	if opts.Store != nil {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
@@ -100,8 +108,6 @@ func NewTransport() *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
 	}
 }
 
@@ -319,7 +325,7 @@ func (g *Gateway) finish(r *http.Request, sw *statusWriter, ri *reqInfo, id stri
 		if ri.limited != "" {
 			attrs = append(attrs, slog.String("rate_limited_by", ri.limited))
 		}
-		g.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+		g.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}
 }
 
@@ -548,6 +554,7 @@ func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, route, upstream string) {
 	ri := infoFrom(r.Context())
 	var mbe *http.MaxBytesError
+	var cbe *clientBodyError
 	switch {
 	case errors.As(err, &mbe):
 		problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
@@ -560,6 +567,9 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 		problem.Write(w, problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream),
 			Extra: map[string]any{"route": route, "upstream": upstream}})
+	case errors.As(err, &cbe) && r.Context().Err() == nil:
+		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
+			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; there is nobody to answer.
 		if sw, ok := w.(*statusWriter); ok {
@@ -612,6 +622,20 @@ func upstreamCause(err error) string {
 type timedTransport struct{ rt http.RoundTripper }
 
 func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.ContentLength > 0 && r.ContentLength <= smallBody && r.Body != nil && r.Body != http.NoBody {
+		// ReverseProxy hides every body behind a wrapper, so the transport
+		// would write the headers and the body in two writes; a small body
+		// read into memory goes out with the headers in one.
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			r.Body.Close()
+			return nil, &clientBodyError{err}
+		}
+		r.Body.Close()
+		r2 := *r
+		r2.Body = io.NopCloser(bytes.NewReader(buf))
+		r = &r2
+	}
 	start := time.Now()
 	resp, err := t.rt.RoundTrip(r)
 	if ri := infoFrom(r.Context()); ri != nil {
@@ -620,14 +644,27 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// bufferPool recycles the 32 KiB copy buffers of the reverse proxy.
+// clientBodyError is a failure to read the client's request body: the
+// client's fault or departure, not the upstream's.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+// smallBody is the largest request body sent upstream in the same write
+// as the headers.
+const smallBody = 64 << 10
+
+// bufferPool recycles the 8 KiB copy buffers of the reverse proxy (nginx's
+// proxy buffers are 4–8 KiB; at a thousand connections 32 KiB each cost
+// tens of MiB).
 type bufferPool struct{ p sync.Pool }
 
 func (b *bufferPool) Get() []byte {
 	if v, ok := b.p.Get().(*[]byte); ok {
 		return *v
 	}
-	return make([]byte, 32<<10)
+	return make([]byte, 8<<10)
 }
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }

@@ -27,6 +27,7 @@ type Server struct {
 	version string
 	log     *slog.Logger
 	level   *slog.LevelVar // set when the server built its logger: log.level reloads
+	accessW *lineBuffer    // buffered access log, flushed at shutdown
 	metrics *Metrics
 	gw      *Gateway
 	store   idempotency.Store
@@ -82,6 +83,11 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		opts.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 	s := &Server{path: path, version: opts.Version, log: opts.Logger, level: level, cfg: cfg, done: make(chan struct{})}
+	access := opts.Logger
+	if level != nil { // our own logger: batch access-log lines (see lineBuffer)
+		s.accessW = newLineBuffer(os.Stderr)
+		access = slog.New(slog.NewJSONHandler(s.accessW, nil))
+	}
 	s.metrics = NewMetrics(opts.Version)
 	st, closer, err := OpenStore(ctx, cfg.Store)
 	if err != nil {
@@ -94,7 +100,7 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		return nil, err
 	}
 	s.closeRL = closeRL
-	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, RateLimits: limits})
+	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, AccessLog: access, RateLimits: limits})
 	if err != nil {
 		_ = closer()
 		_ = closeRL()
@@ -331,6 +337,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if cerr := s.closeRL(); cerr != nil && err == nil {
 			err = cerr
+		}
+		if s.accessW != nil {
+			_ = s.accessW.Close()
 		}
 		s.log.Info("levee stopped", "error", errString(err))
 	})

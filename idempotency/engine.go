@@ -67,6 +67,7 @@ const (
 	OutcomeFailOpen    Outcome = "fail_open"   // the store failed; ran without protection (Options.FailOpen)
 	OutcomeNotRecorded Outcome = "not_recorded"
 	OutcomeInvalid     Outcome = "invalid"     // malformed or missing key, body too large (HTTP only)
+	OutcomeCanceled    Outcome = "canceled"    // the caller went away before anything ran (context canceled, body unreadable)
 	OutcomePassthrough Outcome = "passthrough" // not covered: method not configured, or optional key absent
 )
 
@@ -486,6 +487,8 @@ func outcomeOf(err error) Outcome {
 		return OutcomeConflict
 	case errors.Is(err, ErrStoreUnavailable):
 		return OutcomeStoreError
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return OutcomeCanceled
 	}
 	return OutcomeInvalid
 }

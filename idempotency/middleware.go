@@ -179,12 +179,13 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	}
 	body, err := readBody(r, o.MaxRequestBody)
 	if err != nil {
-		e.emit(ctx, OutcomeInvalid, err)
 		if errors.Is(err, errBodyTooLarge) {
+			e.emit(ctx, OutcomeInvalid, err)
 			problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 				Title: "Request body too large", Detail: fmt.Sprintf("idempotent requests are limited to %d bytes", o.MaxRequestBody)})
 			return
 		}
+		e.emit(ctx, OutcomeCanceled, err)
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 			Title: "Request body could not be read", Detail: err.Error()})
 		return
@@ -227,8 +228,8 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		e.emit(ctx, OutcomeStoreError, err)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyStoreDown, Status: http.StatusServiceUnavailable, RetryAfter: e.opts.RetryAfter,
 			Title: "Idempotency store unavailable", Detail: "the request was not executed; retry with the same key"})
-	default: // ctx ended while waiting for the first request
-		e.emit(ctx, OutcomeInvalid, err)
+	default: // the caller went away (ctx ended) before anything ran
+		e.emit(ctx, OutcomeCanceled, err)
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusServiceUnavailable, RetryAfter: e.opts.RetryAfter,
 			Title: "Request canceled", Detail: err.Error()})
 	}
