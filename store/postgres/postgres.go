@@ -172,9 +172,18 @@ func buildStatements(table string) statements {
 		// engine resolves by claiming again. The final claimable filter,
 		// applied to the locked version, is a guard: the store never
 		// returns a record the engine could have taken over.
-		claim: `WITH ins AS (
+		//
+		// done comes first: a live completed record never changes until it
+		// expires, so a snapshot read of it is exact, and a replay then
+		// inserts nothing, locks nothing and writes no WAL — the statement
+		// commits as a read-only one instead of waiting for a WAL flush.
+		claim: `WITH done AS (
+	SELECT t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
+	FROM ` + table + ` AS t
+	WHERE t.key = $1 AND t.state = 2 AND t.expires_at > $6
+), ins AS (
 	INSERT INTO ` + table + ` AS t (key, fingerprint, state, token, lease_until, expires_at, response)
-	VALUES ($1, $2, 1, $3, $4, $5, NULL)
+	SELECT $1, $2, 1, $3, $4, $5, NULL WHERE NOT EXISTS (SELECT 1 FROM done)
 	ON CONFLICT (key) DO UPDATE SET
 		fingerprint = EXCLUDED.fingerprint, state = 1, token = EXCLUDED.token,
 		lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at, response = NULL
@@ -183,12 +192,14 @@ func buildStatements(table string) statements {
 ), cur AS (
 	SELECT t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
 	FROM ` + table + ` AS t
-	WHERE t.key = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+	WHERE t.key = $1 AND NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM done)
 	FOR SHARE OF t
 )
 SELECT true, * FROM ins
 UNION ALL
-SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c"),
+SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c") + `
+UNION ALL
+SELECT false, d.* FROM done AS d`,
 		renew:    `UPDATE ` + table + ` SET lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		complete: `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		release:  `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state = 1`,
