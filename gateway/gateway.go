@@ -57,7 +57,10 @@ type Options struct {
 	Logger *slog.Logger
 	// AccessLog receives one record per request. Default: Logger.
 	AccessLog *slog.Logger
-	// Transport defaults to a tuned *http.Transport (see NewTransport).
+	// Transport defaults to levee's HTTP/1.1 transport for http://
+	// upstreams (one goroutine per request, never resends a request with
+	// a body), falling back to a tuned *http.Transport (NewTransport) for
+	// https, Upgrade and Expect: 100-continue.
 	Transport http.RoundTripper
 	// RateLimits decides rate-limit policies. Default: an in-process
 	// ratelimit.Local (limits per replica). It is kept across Apply, so a
@@ -74,7 +77,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Transport == nil {
-		opts.Transport = NewTransport()
+		opts.Transport = newH1Transport(NewTransport(), 1024)
 	}
 	if opts.AccessLog == nil {
 		opts.AccessLog = opts.Logger
@@ -622,6 +625,16 @@ func upstreamCause(err error) string {
 type timedTransport struct{ rt http.RoundTripper }
 
 func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.GetBody != nil {
+		// net/http's Transport replays a request that has GetBody and an
+		// Idempotency-Key header after some failures on a reused
+		// connection, trusting the upstream to dedupe by the key. levee is
+		// the deduplication in front of upstreams that may not: without
+		// GetBody nothing with a body is ever sent twice.
+		r2 := *r
+		r2.GetBody = nil
+		r = &r2
+	}
 	if r.ContentLength > 0 && r.ContentLength <= smallBody && r.Body != nil && r.Body != http.NoBody {
 		// ReverseProxy hides every body behind a wrapper, so the transport
 		// would write the headers and the body in two writes; a small body
@@ -636,8 +649,23 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r2.Body = io.NopCloser(bytes.NewReader(buf))
 		r = &r2
 	}
+	var body *bodyErrors
+	if r.Body != nil && r.Body != http.NoBody {
+		// A streamed body: remember why reading it failed, so that a client
+		// that sends too much or hangs up is not reported as an upstream
+		// failure.
+		body = &bodyErrors{rc: r.Body}
+		r2 := *r
+		r2.Body = body
+		r = &r2
+	}
 	start := time.Now()
 	resp, err := t.rt.RoundTrip(r)
+	if err != nil && body != nil {
+		if berr := body.failure(); berr != nil {
+			err = &clientBodyError{berr}
+		}
+	}
 	if ri := infoFrom(r.Context()); ri != nil {
 		ri.upstreamDur = time.Since(start)
 	}
@@ -650,6 +678,34 @@ type clientBodyError struct{ err error }
 
 func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *clientBodyError) Unwrap() error { return e.err }
+
+// bodyErrors records the first error reading a request body. The
+// transport may read the body on another goroutine, hence the lock.
+type bodyErrors struct {
+	rc  io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *bodyErrors) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *bodyErrors) Close() error { return b.rc.Close() }
+
+func (b *bodyErrors) failure() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
 
 // smallBody is the largest request body sent upstream in the same write
 // as the headers.

@@ -1,0 +1,568 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Transport is an HTTP/1.1 upstream client that sends plain-HTTP
+// requests on pooled keep-alive connections in the caller's goroutine: the
+// request is written with one flush (headers and a small in-memory body in
+// one write) and the response is read by the same goroutine, with no
+// per-connection reader/writer goroutines and no channels (http.Transport
+// hands every request to two goroutines per connection; see
+// docs/benchmarks.md, "Why the stock proxy is at 0.17–0.4×").
+//
+// It handles requests whose URL scheme is "http" and delegates everything
+// else to its fallback: other schemes (TLS, HTTP/2), CONNECT, requests
+// with an Upgrade header, "Expect: 100-continue", req.Close or a
+// "Connection: close"/"Connection: upgrade" request header.
+//
+// Retry rule — the reason levee exists is that a duplicated POST must
+// never reach the upstream twice, so:
+//
+//  1. Before an idle connection is reused it is checked without blocking
+//     (a MSG_PEEK recv on the socket): end of stream, a reset or any
+//     unexpected byte discards it, and another idle connection is tried or
+//     a new one dialed. Nothing has been sent on a discarded connection.
+//  2. A dial failure is returned as-is: nothing was sent.
+//  3. Once writing of the request has started on a connection (reused or
+//     fresh), any failure to write it or to read the response is returned
+//     as an error (the proxy answers 502) and the request is NOT sent
+//     again — the upstream may have received and processed it. levee's
+//     idempotency layer, not the transport, decides about retries.
+//  4. The single exception: a request whose method is GET, HEAD, OPTIONS
+//     or TRACE and which has no body (Body nil or http.NoBody), whose
+//     failure happened on a reused connection, while its context is still
+//     live, is sent once more on a freshly dialed connection. Never more
+//     than once, never for any other method, never with a body.
+//
+// An idle connection closed by the upstream after the check in 1 (a
+// keep-alive timeout racing the request) therefore costs a 502 for a POST,
+// never a duplicate.
+//
+// The idle pool keeps at most maxIdlePerHost connections per host:port
+// (most recently used first); a connection idle for more than 90 s is
+// closed when it would be reused (no background goroutine). The number of
+// connections in use is not bounded. The request context's deadline is
+// applied with conn.SetDeadline and its cancellation closes the
+// connection, until the response body is read to EOF or closed. Unlike
+// http.Transport it does not add "Accept-Encoding: gzip" nor decompress,
+// takes no proxy from the environment, and writes the whole request before
+// reading the response (an upstream that answers early and stops reading a
+// large streamed body makes the write fail or time out).
+type h1Transport struct {
+	fallback http.RoundTripper
+	maxIdle  int
+	dialer   net.Dialer
+
+	mu   sync.Mutex
+	idle map[string][]*h1Conn // by host:port, most recently used last
+}
+
+const (
+	// h1DefaultMaxIdlePerHost is used when newH1Transport gets maxIdlePerHost <= 0
+	// (the figure of NewTransport).
+	h1DefaultMaxIdlePerHost = 1024
+	// h1IdleTimeout is how long a pooled connection may stay unused.
+	h1IdleTimeout = 90 * time.Second
+	// h1MaxHeaderBytes bounds the bytes read from the upstream while
+	// parsing one response's status line and headers.
+	h1MaxHeaderBytes = 1 << 20
+	// h1Max1xx bounds the informational responses skipped before the final one
+	// (http.Transport allows 5).
+	h1Max1xx = 5
+	// h1BufSize is the size of each connection's read and write buffers.
+	h1BufSize = 4 << 10
+	// h1MsgPeek is MSG_PEEK, 0x2 on every platform with BSD sockets; the
+	// syscall package does not define it everywhere (Windows).
+	h1MsgPeek = 0x2
+)
+
+var (
+	errH1ClosedBody    = errors.New("http: read on closed response body")
+	errH1Unexpected101 = errors.New("unexpected 101 Switching Protocols to a request without Upgrade")
+	errH1TooMany1xx    = errors.New("too many 1xx informational responses")
+	errH1HeaderTooLong = errors.New("response headers exceed 1 MiB")
+)
+
+// newH1Transport returns an h1Transport that delegates the requests it
+// does not handle to fallback (NewTransport() when nil) and keeps up to
+// maxIdlePerHost idle connections per upstream (1024 when <= 0).
+func newH1Transport(fallback http.RoundTripper, maxIdlePerHost int) *h1Transport {
+	if fallback == nil {
+		fallback = NewTransport()
+	}
+	if maxIdlePerHost <= 0 {
+		maxIdlePerHost = h1DefaultMaxIdlePerHost
+	}
+	return &h1Transport{
+		fallback: fallback,
+		maxIdle:  maxIdlePerHost,
+		dialer:   net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+		idle:     make(map[string][]*h1Conn),
+	}
+}
+
+// RoundTrip implements http.RoundTripper; see h1Transport for what it
+// handles and when it sends a request again.
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !h1Handles(req) {
+		return t.fallback.RoundTrip(req)
+	}
+	if err := h1Validate(req); err != nil {
+		h1CloseBody(req)
+		return nil, err
+	}
+	ctx := req.Context()
+	addr := h1Addr(req)
+	replayable := h1Replayable(req)
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			h1CloseBody(req)
+			return nil, fmt.Errorf("upstream %s: %w", addr, err)
+		}
+		pc, reused, err := t.getConn(ctx, addr, attempt > 0)
+		if err != nil {
+			h1CloseBody(req) // nothing was sent
+			return nil, err
+		}
+		resp, err := t.exchange(ctx, pc, req) // req.Write closes the body
+		if err == nil {
+			return resp, nil
+		}
+		if attempt == 0 && reused && replayable && ctx.Err() == nil {
+			continue // rule 4: bodyless GET/HEAD/OPTIONS/TRACE, once, on a new connection
+		}
+		return nil, err
+	}
+}
+
+// CloseIdleConnections closes the pooled connections, and the fallback's.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = make(map[string][]*h1Conn)
+	t.mu.Unlock()
+	for _, list := range idle {
+		for _, pc := range list {
+			pc.c.Close()
+		}
+	}
+	if ci, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// exchange writes req on pc and reads the final response. On error pc is
+// closed. On success pc belongs to the response body (or is back in the
+// pool when the response has no body).
+func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = pc.c.SetDeadline(dl)
+		pc.deadline = true
+	}
+	stop := h1NoStop
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, pc.close)
+	}
+	fail := func(op string, err error) (*http.Response, error) {
+		stop()
+		pc.close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("upstream %s: %s: %w (%w)", pc.addr, op, cerr, err)
+		}
+		return nil, fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
+	}
+	if err := req.Write(pc.bw); err != nil {
+		return fail("write", err)
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return fail("write", err)
+	}
+	trace := httptrace.ContextClientTrace(ctx)
+	for n1xx := 0; ; {
+		pc.lr.n = h1MaxHeaderBytes
+		resp, err := http.ReadResponse(pc.br, req)
+		pc.lr.n = -1
+		if err != nil {
+			return fail("read", err)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return fail("read", errH1Unexpected101)
+		}
+		if resp.StatusCode < 200 { // 1xx: informational, the final response follows
+			if n1xx++; n1xx > h1Max1xx {
+				return fail("read", errH1TooMany1xx)
+			}
+			if trace != nil && trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+					return fail("read", err)
+				}
+			}
+			continue
+		}
+		keep := !resp.Close
+		if resp.Body == http.NoBody { // HEAD, 204, 304, Content-Length: 0
+			t.release(pc, stop, keep)
+			return resp, nil
+		}
+		resp.Body = &h1Body{t: t, pc: pc, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+		return resp, nil
+	}
+}
+
+// h1NoStop stands for context.AfterFunc's stop when the context is never
+// done.
+func h1NoStop() bool { return true }
+
+// release ends pc's exchange: it goes back to the pool when both sides
+// keep it alive, the context did not close it and nothing unread is
+// buffered; otherwise it is closed.
+func (t *h1Transport) release(pc *h1Conn, stop func() bool, keep bool) {
+	if !stop() || !keep || pc.br.Buffered() > 0 {
+		pc.close()
+		return
+	}
+	if pc.deadline {
+		_ = pc.c.SetDeadline(time.Time{})
+		pc.deadline = false
+	}
+	t.mu.Lock()
+	list := t.idle[pc.addr]
+	if len(list) >= t.maxIdle {
+		t.mu.Unlock()
+		pc.close()
+		return
+	}
+	pc.idleSince = time.Now()
+	t.idle[pc.addr] = append(list, pc)
+	t.mu.Unlock()
+}
+
+// getConn returns a live idle connection to addr (reused true) or dials
+// one. fresh skips the pool.
+func (t *h1Transport) getConn(ctx context.Context, addr string, fresh bool) (pc *h1Conn, reused bool, err error) {
+	for !fresh {
+		pc := t.popIdle(addr)
+		if pc == nil {
+			break
+		}
+		if pc.alive() {
+			return pc, true, nil
+		}
+		pc.close()
+	}
+	c, err := t.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return newH1Conn(c, addr), false, nil
+}
+
+// popIdle takes the most recently used idle connection to addr, closing
+// the ones idle for longer than h1IdleTimeout.
+func (t *h1Transport) popIdle(addr string) *h1Conn {
+	t.mu.Lock()
+	list := t.idle[addr]
+	n := len(list)
+	if n == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	pc := list[n-1]
+	list[n-1] = nil
+	if time.Since(pc.idleSince) > h1IdleTimeout {
+		// The rest of the list is older still.
+		stale := append([]*h1Conn{pc}, list[:n-1]...)
+		clear(list)
+		t.idle[addr] = list[:0]
+		t.mu.Unlock()
+		for _, s := range stale {
+			s.close()
+		}
+		return nil
+	}
+	t.idle[addr] = list[:n-1]
+	t.mu.Unlock()
+	return pc
+}
+
+// h1Conn is one upstream connection with its buffers.
+type h1Conn struct {
+	c         net.Conn
+	addr      string
+	lr        h1LimitReader
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	raw       syscall.RawConn // nil when c has no file descriptor
+	peekFn    func(fd uintptr) bool
+	peekN     int
+	peekErr   error
+	peekBuf   [1]byte
+	idleSince time.Time
+	deadline  bool // a deadline is set on c
+}
+
+// newH1Conn wraps a dialed connection.
+func newH1Conn(c net.Conn, addr string) *h1Conn {
+	pc := &h1Conn{c: c, addr: addr}
+	pc.lr = h1LimitReader{r: c, n: -1}
+	pc.br = bufio.NewReaderSize(&pc.lr, h1BufSize)
+	pc.bw = bufio.NewWriterSize(c, h1BufSize)
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			pc.raw = raw
+			pc.peekFn = pc.peekFD // bound once: no allocation per check
+		}
+	}
+	return pc
+}
+
+// close closes the connection (safe to call more than once and
+// concurrently).
+func (pc *h1Conn) close() { _ = pc.c.Close() }
+
+// peekFD is the RawConn.Read callback of alive: one non-blocking
+// MSG_PEEK recv (Go's sockets are non-blocking), never waiting.
+func (pc *h1Conn) peekFD(fd uintptr) bool {
+	pc.peekN, pc.peekErr = h1Recv(syscall.Recvfrom, fd, pc.peekBuf[:], h1MsgPeek)
+	return true
+}
+
+// h1Recv calls recvfrom whatever the platform's descriptor type
+// (int on Unix, Handle on Windows, where it reports EWINDOWS).
+func h1Recv[FD ~int | ~uintptr](recvfrom func(FD, []byte, int) (int, syscall.Sockaddr, error), fd uintptr, p []byte, flags int) (int, error) {
+	n, _, err := recvfrom(FD(fd), p, flags)
+	return n, err
+}
+
+// alive reports, without blocking, whether an idle connection can carry
+// a request: the upstream has not closed or reset it and sent nothing
+// unrequested.
+func (pc *h1Conn) alive() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	if pc.raw != nil {
+		if err := pc.raw.Read(pc.peekFn); err != nil {
+			return false
+		}
+		switch err := pc.peekErr; {
+		case err == nil:
+			return false // EOF (n == 0) or an unexpected byte (n == 1)
+		case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK):
+			return true
+		case !errors.Is(err, errors.ErrUnsupported):
+			return false // ECONNRESET and the like
+		}
+	}
+	// No MSG_PEEK here (Windows, non-socket connections): best effort. A
+	// deadline already in the past would fail the read before it reaches
+	// the socket, so it is set just ahead; a FIN that has arrived is then
+	// seen as EOF. A dead connection missed here costs an error, never a
+	// duplicate (see the rules on h1Transport).
+	_ = pc.c.SetReadDeadline(time.Now().Add(time.Microsecond))
+	_, err := pc.br.Peek(1)
+	_ = pc.c.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// h1LimitReader bounds the bytes read from the connection while a
+// response's headers are parsed (n >= 0); n < 0 means no limit.
+type h1LimitReader struct {
+	r io.Reader
+	n int64
+}
+
+// Read implements io.Reader.
+func (l *h1LimitReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errH1HeaderTooLong
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// h1Body is a response body read from a pooled connection: read to EOF
+// with keep-alive on both sides, the connection goes back to the pool;
+// closed early or failed, it is closed.
+type h1Body struct {
+	t    *h1Transport
+	pc   *h1Conn
+	ctx  context.Context
+	rc   io.ReadCloser // http.ReadResponse's body (never closed: it would drain)
+	stop func() bool   // stops the context's AfterFunc
+	keep bool          // neither side asked to close
+
+	mu   sync.Mutex
+	done bool
+	err  error // returned by Read once done
+}
+
+// Read implements io.Reader.
+func (b *h1Body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.done {
+		err := b.err
+		b.mu.Unlock()
+		return 0, err
+	}
+	b.mu.Unlock()
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		b.finish(true, io.EOF)
+	case err != nil:
+		if cerr := b.ctx.Err(); cerr != nil {
+			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, cerr, err)
+		}
+		b.finish(false, err)
+	}
+	return n, err
+}
+
+// Close implements io.Closer: before EOF it closes the connection rather
+// than draining it. It may be called concurrently with Read to abort it.
+func (b *h1Body) Close() error {
+	b.finish(false, errH1ClosedBody)
+	return nil
+}
+
+// finish ends the exchange once: the connection is released (eof) or
+// closed.
+func (b *h1Body) finish(eof bool, err error) {
+	b.mu.Lock()
+	if b.done {
+		b.mu.Unlock()
+		return
+	}
+	b.done, b.err = true, err
+	b.mu.Unlock()
+	if eof {
+		b.t.release(b.pc, b.stop, b.keep)
+		return
+	}
+	b.stop()
+	b.pc.close()
+}
+
+// h1Handles reports whether req is for h1Transport rather than its
+// fallback.
+func h1Handles(req *http.Request) bool {
+	if req.URL == nil || req.URL.Scheme != "http" || req.Close || req.Method == http.MethodConnect {
+		return false
+	}
+	h := req.Header
+	if len(h["Upgrade"]) > 0 {
+		return false
+	}
+	for _, v := range h["Expect"] {
+		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
+			return false
+		}
+	}
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if strings.EqualFold(tok, "close") || strings.EqualFold(tok, "upgrade") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// h1Replayable reports whether req may be sent again after a failure on a
+// reused connection: a safe method and no body.
+func h1Replayable(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return req.Body == nil || req.Body == http.NoBody
+	}
+	return false
+}
+
+// h1Addr is the host:port to dial for req (port 80 by default).
+func h1Addr(req *http.Request) string {
+	if req.URL.Port() != "" {
+		return req.URL.Host
+	}
+	return net.JoinHostPort(req.URL.Hostname(), "80")
+}
+
+// h1Validate rejects what http.Transport rejects before sending: no host,
+// an invalid method, header names or values that could split the request.
+func h1Validate(req *http.Request) error {
+	if req.URL.Host == "" {
+		return errors.New("http: no Host in request URL")
+	}
+	if req.Method != "" && !h1Token(req.Method) {
+		return fmt.Errorf("net/http: invalid method %q", req.Method)
+	}
+	for k, vs := range req.Header {
+		if !h1Token(k) {
+			return fmt.Errorf("net/http: invalid header field name %q", k)
+		}
+		for _, v := range vs {
+			if !h1FieldValue(v) {
+				return fmt.Errorf("net/http: invalid header field value for %q", k)
+			}
+		}
+	}
+	return nil
+}
+
+// h1Token reports whether s is a non-empty RFC 9110 token.
+func h1Token(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// h1FieldValue reports whether s holds no control character but HTAB.
+func h1FieldValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// h1CloseBody closes the request body, as a RoundTripper must even when
+// it fails.
+func h1CloseBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}

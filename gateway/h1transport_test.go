@@ -1,0 +1,837 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/textproto"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// h1Upstream is a loopback upstream that counts the connections it
+// accepted and closed.
+type h1Upstream struct {
+	*httptest.Server
+	accepted atomic.Int64
+	closed   atomic.Int64
+}
+
+// newH1Upstream starts an upstream serving h, closed at the end of the test.
+func newH1Upstream(t testing.TB, h http.Handler) *h1Upstream {
+	t.Helper()
+	u := &h1Upstream{Server: httptest.NewUnstartedServer(h)}
+	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			u.accepted.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			u.closed.Add(1)
+		}
+	}
+	u.Start()
+	t.Cleanup(u.Close)
+	return u
+}
+
+// waitClosed waits (bounded) until the upstream has seen n connections end.
+func (u *h1Upstream) waitClosed(t *testing.T, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); u.closed.Load() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("upstream closed %d connections, want %d", u.closed.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// h1CountingRT counts the requests handed to a fallback.
+type h1CountingRT struct {
+	n  atomic.Int64
+	rt http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper.
+func (c *h1CountingRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+// h1NoFallback fails the test if a request is delegated.
+type h1NoFallback struct{ t testing.TB }
+
+// RoundTrip implements http.RoundTripper.
+func (f h1NoFallback) RoundTrip(r *http.Request) (*http.Response, error) {
+	f.t.Errorf("unexpected fallback for %s %s", r.Method, r.URL)
+	return nil, errors.New("no fallback")
+}
+
+// newTestH1 returns a transport without fallback whose idle connections
+// are closed at the end of the test.
+func newTestH1(t testing.TB) *h1Transport {
+	tr := newH1Transport(h1NoFallback{t}, 4)
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+// h1Do sends one request through rt with a 5 s bound and reads the body.
+func h1Do(t *testing.T, rt http.RoundTripper, method, url, body string) (*http.Response, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, string(b), err
+}
+
+// mustDo is h1Do failing the test on any error.
+func mustDo(t *testing.T, rt http.RoundTripper, method, url, body string) (*http.Response, string) {
+	t.Helper()
+	resp, b, err := h1Do(t, rt, method, url, body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return resp, b
+}
+
+// idleCount is the number of pooled connections to u.
+func (t *h1Transport) idleCount(u *h1Upstream) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.idle[u.Listener.Addr().String()])
+}
+
+func TestH1ConnectionReuse(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write([]byte(r.Method + ":" + string(b)))
+	}))
+	tr := newTestH1(t)
+	for i := range 50 {
+		method, body := http.MethodGet, ""
+		if i%2 == 1 {
+			method, body = http.MethodPost, `{"n":1}`
+		}
+		_, got := mustDo(t, tr, method, u.URL+"/x", body)
+		if want := method + ":" + body; got != want {
+			t.Fatalf("request %d: body %q, want %q", i, got, want)
+		}
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("50 sequential requests used %d connections, want 1", n)
+	}
+	if n := tr.idleCount(u); n != 1 {
+		t.Fatalf("%d idle connections, want 1", n)
+	}
+}
+
+func TestH1ChunkedResponseWithTrailers(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum")
+		for _, s := range []string{"one,", "two,", "three"} {
+			w.Write([]byte(s))
+			w.(http.Flusher).Flush()
+		}
+		w.Header().Set("X-Sum", "42")
+	}))
+	tr := newTestH1(t)
+	for range 2 {
+		resp, body := mustDo(t, tr, http.MethodGet, u.URL, "")
+		if body != "one,two,three" || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
+			t.Fatalf("body %q, transfer encoding %v", body, resp.TransferEncoding)
+		}
+		if got := resp.Trailer.Get("X-Sum"); got != "42" {
+			t.Fatalf("trailer X-Sum = %q, want 42", got)
+		}
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+}
+
+func TestH1ContentLengthResponse(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "11")
+		w.Write([]byte("hello world"))
+	}))
+	tr := newTestH1(t)
+	resp, body := mustDo(t, tr, http.MethodGet, u.URL, "")
+	if resp.ContentLength != 11 || body != "hello world" || len(resp.TransferEncoding) != 0 {
+		t.Fatalf("content length %d, body %q, transfer encoding %v", resp.ContentLength, body, resp.TransferEncoding)
+	}
+	if n := tr.idleCount(u); n != 1 {
+		t.Fatalf("%d idle connections after the body, want 1", n)
+	}
+}
+
+func TestH1ConnectionCloseResponse(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		w.Write([]byte("bye"))
+	}))
+	tr := newTestH1(t)
+	for i := range 2 {
+		resp, body := mustDo(t, tr, http.MethodGet, u.URL, "")
+		if !resp.Close || body != "bye" {
+			t.Fatalf("request %d: Close %v, body %q", i, resp.Close, body)
+		}
+		if n := tr.idleCount(u); n != 0 {
+			t.Fatalf("a Connection: close connection was pooled (%d idle)", n)
+		}
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the second request dials)", n)
+	}
+}
+
+// TestH1UpstreamClosedIdleConnection: the upstream closes an idle
+// connection between requests; the pre-reuse check discards it, so the
+// POST is sent once, on a new connection, and succeeds.
+func TestH1UpstreamClosedIdleConnection(t *testing.T) {
+	t.Parallel()
+	var posts atomic.Int64
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		w.Write([]byte("ok"))
+	}))
+	tr := newTestH1(t)
+	mustDo(t, tr, http.MethodGet, u.URL, "")
+	if tr.idleCount(u) != 1 {
+		t.Fatal("no idle connection after the first request")
+	}
+	u.CloseClientConnections()
+	u.waitClosed(t, 1)
+	time.Sleep(20 * time.Millisecond) // let the FIN reach the client socket
+	_, body, err := h1Do(t, tr, http.MethodPost, u.URL+"/pay", `{"amount":100}`)
+	if err != nil || body != "ok" {
+		t.Fatalf("POST after the upstream closed the idle connection: %v (body %q)", err, body)
+	}
+	if n := posts.Load(); n != 1 {
+		t.Fatalf("upstream received %d POSTs, want exactly 1", n)
+	}
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+// TestH1AliveCheck exercises the pre-reuse check on raw connections.
+func TestH1AliveCheck(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dial := func() (*h1Conn, net.Conn) {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); s.Close() })
+		return newH1Conn(c, ln.Addr().String()), s
+	}
+	// eventually waits (bounded) for the peer's action to reach the socket.
+	eventuallyDead := func(pc *h1Conn, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); pc.alive(); {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: connection still reported alive", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	pc, _ := dial()
+	for range 3 { // the check consumes nothing and never blocks
+		start := time.Now()
+		if !pc.alive() {
+			t.Fatal("open idle connection reported dead")
+		}
+		if d := time.Since(start); d > 100*time.Millisecond {
+			t.Fatalf("the check blocked for %v", d)
+		}
+	}
+	pc, s := dial()
+	s.Close()
+	eventuallyDead(pc, "closed by the peer")
+	pc, s = dial()
+	s.Write([]byte("H")) // an unrequested byte: the stream is out of step
+	eventuallyDead(pc, "unexpected byte")
+	if n, err := pc.c.Read(make([]byte, 4)); n != 1 || err != nil { // the peek consumed nothing
+		t.Fatalf("read after the check: %d, %v", n, err)
+	}
+}
+
+// h1DropUpstream counts requests per method; a request to /drop is read
+// in full and its connection closed without an answer.
+func h1DropUpstream(t *testing.T, posts, gets *atomic.Int64) *h1Upstream {
+	return newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		switch r.Method {
+		case http.MethodPost:
+			posts.Add(1)
+		case http.MethodGet:
+			gets.Add(1)
+		}
+		if r.URL.Path == "/drop" {
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+}
+
+// TestH1PostNeverResent: the upstream reads the POST then closes the
+// connection without answering: the transport returns an error and the
+// POST reached the upstream exactly once, on a reused and on a fresh
+// connection alike (even with an Idempotency-Key, which http.Transport
+// takes as permission to resend).
+func TestH1PostNeverResent(t *testing.T) {
+	t.Parallel()
+	for _, reused := range []bool{true, false} {
+		var posts, gets atomic.Int64
+		u := h1DropUpstream(t, &posts, &gets)
+		tr := newTestH1(t)
+		if reused {
+			mustDo(t, tr, http.MethodGet, u.URL+"/ok", "")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u.URL+"/drop", strings.NewReader(`{"amount":100}`))
+		req.Header.Set("Idempotency-Key", "k1")
+		resp, err := tr.RoundTrip(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("reused=%v: got %s, want an error", reused, resp.Status)
+		}
+		if n := posts.Load(); n != 1 {
+			t.Fatalf("reused=%v: upstream received the POST %d times, want exactly 1 (err %v)", reused, n, err)
+		}
+		t.Logf("reused=%v: %v", reused, err)
+		// The transport is still usable.
+		if _, body := mustDo(t, tr, http.MethodGet, u.URL+"/ok", ""); body != "ok" {
+			t.Fatalf("next request: body %q", body)
+		}
+	}
+}
+
+// TestH1PostResentByHTTPTransport is the control of TestH1PostNeverResent:
+// the same scenario does detect a resend, since http.Transport sends a
+// POST carrying an Idempotency-Key (and a GetBody) twice.
+func TestH1PostResentByHTTPTransport(t *testing.T) {
+	t.Parallel()
+	var posts, gets atomic.Int64
+	u := h1DropUpstream(t, &posts, &gets)
+	ht := &http.Transport{}
+	defer ht.CloseIdleConnections()
+	mustDo(t, ht, http.MethodGet, u.URL+"/ok", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u.URL+"/drop", strings.NewReader(`{"amount":100}`))
+	req.Header.Set("Idempotency-Key", "k1")
+	if resp, err := ht.RoundTrip(req); err == nil {
+		resp.Body.Close()
+	}
+	if n := posts.Load(); n < 2 {
+		t.Fatalf("http.Transport sent the POST %d times; the control expects a resend", n)
+	}
+}
+
+// TestH1GetRetriedOnReusedConnection: a bodyless GET that fails on a
+// reused connection is sent once more on a new connection; a GET failing
+// on a fresh connection, or failing twice, is not retried further.
+func TestH1GetRetriedOnReusedConnection(t *testing.T) {
+	t.Parallel()
+	var gets atomic.Int64
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gets.Add(1) == 2 { // the second request, on the reused connection
+			c, _, _ := w.(http.Hijacker).Hijack()
+			c.Close()
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	tr := newTestH1(t)
+	mustDo(t, tr, http.MethodGet, u.URL, "")
+	if _, body := mustDo(t, tr, http.MethodGet, u.URL, ""); body != "ok" {
+		t.Fatalf("body %q", body)
+	}
+	if n, c := gets.Load(), u.accepted.Load(); n != 3 || c != 2 {
+		t.Fatalf("%d GETs on %d connections, want 3 on 2 (one retry on a new connection)", n, c)
+	}
+
+	var posts, drops atomic.Int64
+	d := h1DropUpstream(t, &posts, &drops)
+	tr = newTestH1(t)
+	mustDo(t, tr, http.MethodGet, d.URL+"/ok", "")
+	if _, _, err := h1Do(t, tr, http.MethodGet, d.URL+"/drop", ""); err == nil {
+		t.Fatal("GET on an upstream that always drops: no error")
+	}
+	if n := drops.Load(); n != 3 { // /ok, /drop, /drop retried once
+		t.Fatalf("%d GETs, want 3 (one retry, never more)", n)
+	}
+}
+
+func TestH1ContextDeadline(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/body" {
+			w.Write([]byte("partial"))
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer close(release)
+	tr := newTestH1(t)
+	for _, path := range []string{"/headers", "/body"} {
+		const limit = 150 * time.Millisecond
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+path, nil)
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		took := time.Since(start)
+		cancel()
+		if err == nil || !isTimeout(err) {
+			t.Fatalf("%s: error %v, want a timeout", path, err)
+		}
+		if took > limit+500*time.Millisecond {
+			t.Fatalf("%s: returned after %v, deadline %v", path, took, limit)
+		}
+		if n := tr.idleCount(u); n != 0 {
+			t.Fatalf("%s: a timed-out connection was pooled", path)
+		}
+	}
+
+	// Cancellation closes the connection too.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/headers", nil)
+	if _, err := tr.RoundTrip(req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled request: %v, want context.Canceled", err)
+	}
+}
+
+func TestH1EarlyBodyCloseNotReused(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(big)
+	}))
+	tr := newTestH1(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp.Body.Close()
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("Close took %v (drained the body?)", d)
+	}
+	if _, err := resp.Body.Read(make([]byte, 1)); err == nil {
+		t.Fatal("Read after Close succeeded")
+	}
+	if n := tr.idleCount(u); n != 0 {
+		t.Fatal("a connection closed mid-body was pooled")
+	}
+	mustDo(t, tr, http.MethodGet, u.URL, "")
+	if n := u.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+func TestH1HeadAnd204(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set("Content-Length", "5")
+			w.Write([]byte("hello"))
+		}
+	}))
+	tr := newTestH1(t)
+	for _, c := range []struct{ method, path string }{{"HEAD", "/"}, {"GET", "/204"}, {"GET", "/304"}, {"HEAD", "/"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, c.method, u.URL+c.path, nil)
+		resp, err := tr.RoundTrip(req)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The connection is back in the pool before the body is touched.
+		if n := tr.idleCount(u); n != 1 {
+			t.Fatalf("%s %s: %d idle connections before reading the body, want 1", c.method, c.path, n)
+		}
+		if b, _ := io.ReadAll(resp.Body); len(b) != 0 {
+			t.Fatalf("%s %s: body %q", c.method, c.path, b)
+		}
+		resp.Body.Close()
+		if c.method == "HEAD" && resp.ContentLength != 5 {
+			t.Fatalf("HEAD: Content-Length %d, want 5", resp.ContentLength)
+		}
+	}
+	if _, body := mustDo(t, tr, http.MethodGet, u.URL, ""); body != "hello" {
+		t.Fatalf("GET after the bodyless responses: %q", body)
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+}
+
+func TestH1EarlyHints(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte("final"))
+	}))
+	tr := newTestH1(t)
+	var got []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		got = append(got, code)
+		return nil
+	}}
+	for range 2 {
+		got = nil
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, u.URL, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode != 200 || string(body) != "final" {
+			t.Fatalf("got %d %q, want 200 final", resp.StatusCode, body)
+		}
+		if len(got) != 1 || got[0] != 103 {
+			t.Fatalf("informational responses %v, want [103]", got)
+		}
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+}
+
+func TestH1LargeStreamedBodies(t *testing.T) {
+	t.Parallel()
+	big := make([]byte, 4<<20)
+	for i := range big {
+		big[i] = byte(i*7 + i>>13)
+	}
+	sum := sha256.Sum256(big)
+	want := hex.EncodeToString(sum[:])
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			h := sha256.New()
+			n, _ := io.Copy(h, r.Body)
+			if n != int64(len(big)) {
+				w.WriteHeader(http.StatusBadRequest)
+			}
+			w.Write([]byte(hex.EncodeToString(h.Sum(nil))))
+			return
+		}
+		w.Write(big) // chunked: larger than the server's buffer
+	}))
+	tr := newTestH1(t)
+	_, body := mustDo(t, tr, http.MethodGet, u.URL, "")
+	if got := sha256.Sum256([]byte(body)); len(body) != len(big) || hex.EncodeToString(got[:]) != want {
+		t.Fatalf("downloaded %d bytes, hash mismatch", len(body))
+	}
+	// Upload of unknown length (sent chunked), streamed from a reader.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u.URL, io.MultiReader(bytes.NewReader(big)))
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(got) != want {
+		t.Fatalf("upload: %d %q", resp.StatusCode, got)
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+}
+
+func TestH1Fallback(t *testing.T) {
+	t.Parallel()
+	tlsUp := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("tls"))
+	}))
+	defer tlsUp.Close()
+	fb := &h1CountingRT{rt: tlsUp.Client().Transport}
+	tr := newH1Transport(fb, 4)
+	defer tr.CloseIdleConnections()
+	if _, body := mustDo(t, tr, http.MethodGet, tlsUp.URL, ""); body != "tls" || fb.n.Load() != 1 {
+		t.Fatalf("https: body %q, fallback used %d times", body, fb.n.Load())
+	}
+
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("plain")) }))
+	fb = &h1CountingRT{rt: &http.Transport{}}
+	defer fb.rt.(*http.Transport).CloseIdleConnections()
+	tr = newH1Transport(fb, 4)
+	defer tr.CloseIdleConnections()
+	for i, mod := range []func(*http.Request){
+		func(r *http.Request) { r.Header.Set("Upgrade", "websocket"); r.Header.Set("Connection", "Upgrade") },
+		func(r *http.Request) { r.Header.Set("Expect", "100-continue") },
+		func(r *http.Request) { r.Close = true },
+		func(r *http.Request) { r.Header.Set("Connection", "close") },
+	} {
+		req, _ := http.NewRequest(http.MethodPost, u.URL, strings.NewReader("x"))
+		mod(req)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if n := fb.n.Load(); n != int64(i+1) {
+			t.Fatalf("case %d: fallback used %d times, want %d", i, n, i+1)
+		}
+	}
+	mustDo(t, tr, http.MethodGet, u.URL, "")
+	if n := fb.n.Load(); n != 4 {
+		t.Fatal("a plain request went to the fallback")
+	}
+}
+
+// TestH1RejectsInvalidHeaders: nothing is sent for a request that could
+// split into two on the wire.
+func TestH1RejectsInvalidHeaders(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	tr := newTestH1(t)
+	for _, h := range []http.Header{
+		{"X-A": {"v\r\nX-Injected: 1"}},
+		{"X A": {"v"}},
+		{"": {"v"}},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, u.URL, strings.NewReader("x"))
+		req.Header = h
+		if _, err := tr.RoundTrip(req); err == nil {
+			t.Fatalf("header %q accepted", h)
+		}
+	}
+	if n := u.accepted.Load(); n != 0 {
+		t.Fatalf("%d connections opened for invalid requests", n)
+	}
+}
+
+func TestH1IdleTimeoutAndPoolBound(t *testing.T) {
+	t.Parallel()
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	tr := newH1Transport(h1NoFallback{t}, 2)
+	defer tr.CloseIdleConnections()
+	var resps []*http.Response
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodGet, u.URL, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resps = append(resps, resp) // bodyless: already released
+	}
+	if n := tr.idleCount(u); n != 1 {
+		t.Fatalf("%d idle, want 1 (sequential bodyless requests share one)", n)
+	}
+	for _, r := range resps {
+		r.Body.Close()
+	}
+	// Hold three connections at once with streamed bodies.
+	slow := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("abc"))
+		w.(http.Flusher).Flush()
+	}))
+	var bodies []io.ReadCloser
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodGet, slow.URL, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, resp.Body)
+	}
+	for _, b := range bodies {
+		io.ReadAll(b)
+		b.Close()
+	}
+	if n := tr.idleCount(slow); n != 2 {
+		t.Fatalf("%d idle connections, want the bound 2", n)
+	}
+	// An idle connection older than the timeout is closed, not reused.
+	tr.mu.Lock()
+	for _, pc := range tr.idle[slow.Listener.Addr().String()] {
+		pc.idleSince = time.Now().Add(-h1IdleTimeout - time.Second)
+	}
+	tr.mu.Unlock()
+	mustDo(t, tr, http.MethodGet, slow.URL, "")
+	if n := slow.accepted.Load(); n != 4 {
+		t.Fatalf("%d connections, want 4 (stale idle connections not reused)", n)
+	}
+}
+
+// TestH1ReverseProxy uses the transport as httputil.ReverseProxy's, end
+// to end over loopback.
+func TestH1ReverseProxy(t *testing.T) {
+	t.Parallel()
+	var posts atomic.Int64
+	var drop atomic.Bool
+	up := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		if drop.Load() { // read the request, close without an answer
+			c, _, _ := w.(http.Hijacker).Hijack()
+			c.Close()
+			return
+		}
+		w.Header().Set("Trailer", "X-Len")
+		w.Header().Set("X-Forwarded-For-Seen", r.Header.Get("X-Forwarded-For"))
+		w.Write([]byte(r.Method + " " + r.URL.Path + " " + string(b)))
+		w.Header().Set("X-Len", "ok")
+	}))
+	target, _ := http.NewRequest(http.MethodGet, up.URL, nil)
+	tr := newTestH1(t)
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target.URL)
+			pr.SetXForwarded()
+		},
+		Transport: timedTransport{tr},
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+	client := front.Client()
+	for i := range 20 {
+		resp, err := client.Post(front.URL+"/charge", "application/json", strings.NewReader(`{"i":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != `POST /charge {"i":1}` {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		if resp.Trailer.Get("X-Len") != "ok" || resp.Header.Get("X-Forwarded-For-Seen") != "127.0.0.1" {
+			t.Fatalf("request %d: trailer %q, X-Forwarded-For %q", i, resp.Trailer.Get("X-Len"), resp.Header.Get("X-Forwarded-For-Seen"))
+		}
+	}
+	if n, c := posts.Load(), up.accepted.Load(); n != 20 || c != 1 {
+		t.Fatalf("%d POSTs on %d upstream connections, want 20 on 1", n, c)
+	}
+	// An upstream that drops the request: 502, sent once.
+	before := posts.Load()
+	drop.Store(true)
+	resp, err := client.Post(front.URL+"/charge", "application/json", strings.NewReader(`{"i":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || posts.Load()-before != 1 {
+		t.Fatalf("dropped POST: status %d, sent %d times", resp.StatusCode, posts.Load()-before)
+	}
+}
+
+// BenchmarkH1Transport compares h1Transport with a tuned http.Transport
+// for a small POST through httputil.ReverseProxy (in process, as levee
+// wraps it: timedTransport, 8 KiB copy buffers) to a real loopback
+// upstream, 8 requests in flight per CPU. The upstream runs in the same
+// process and shares the CPUs.
+func BenchmarkH1Transport(b *testing.B) {
+	up := newH1Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	target, _ := http.NewRequest(http.MethodGet, up.URL, nil)
+	ht := &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second}
+	for _, c := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{
+		{"h1", newH1Transport(h1NoFallback{b}, 1024)},
+		{"http.Transport", ht},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			proxy := &httputil.ReverseProxy{
+				Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target.URL) },
+				Transport:  timedTransport{c.rt},
+				BufferPool: &bufferPool{},
+			}
+			const body = `{"amount":100,"currency":"EUR"}`
+			b.ReportAllocs()
+			b.SetParallelism(8) // concurrent requests beyond GOMAXPROCS, as under load
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req := httptest.NewRequest(http.MethodPost, "http://levee/pay", strings.NewReader(body))
+					rec := httptest.NewRecorder()
+					proxy.ServeHTTP(rec, req)
+					if rec.Code != 200 {
+						b.Errorf("status %d: %s", rec.Code, rec.Body)
+						return
+					}
+				}
+			})
+			c.rt.(interface{ CloseIdleConnections() }).CloseIdleConnections()
+		})
+	}
+}
