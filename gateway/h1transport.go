@@ -466,10 +466,19 @@ func (b *h1Body) finish(eof bool, err error) {
 	b.pc.close()
 }
 
+// h1MaxBody is the largest request body h1Transport sends. Larger or
+// unknown-length (streamed) uploads go to the fallback, which reads an
+// upstream's early answer (a 413, say) while it is still sending; h1
+// writes the whole request before reading.
+const h1MaxBody = smallBody
+
 // h1Handles reports whether req is for h1Transport rather than its
 // fallback.
 func h1Handles(req *http.Request) bool {
 	if req.URL == nil || req.URL.Scheme != "http" || req.Close || req.Method == http.MethodConnect {
+		return false
+	}
+	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength <= 0 || req.ContentLength > h1MaxBody) {
 		return false
 	}
 	h := req.Header

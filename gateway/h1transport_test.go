@@ -594,21 +594,37 @@ func TestH1LargeStreamedBodies(t *testing.T) {
 	if got := sha256.Sum256([]byte(body)); len(body) != len(big) || hex.EncodeToString(got[:]) != want {
 		t.Fatalf("downloaded %d bytes, hash mismatch", len(body))
 	}
-	// Upload of unknown length (sent chunked), streamed from a reader.
+	if n := u.accepted.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+	// An upload of unknown length (streamed) goes to the fallback, which
+	// reads an early answer while sending; it arrives intact.
+	fb := &h1CountingRT{rt: NewTransport()}
+	tr2 := newH1Transport(fb, 0)
+	defer tr2.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u.URL, io.MultiReader(bytes.NewReader(big)))
-	resp, err := tr.RoundTrip(req)
+	resp, err := tr2.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || string(got) != want {
-		t.Fatalf("upload: %d %q", resp.StatusCode, got)
+	if resp.StatusCode != 200 || string(got) != want || fb.n.Load() != 1 {
+		t.Fatalf("streamed upload: %d %q, fallback used %d times (want 1)", resp.StatusCode, got, fb.n.Load())
 	}
-	if n := u.accepted.Load(); n != 1 {
-		t.Fatalf("%d connections, want 1", n)
+	// A body of known length up to 64 KiB is sent by h1 itself.
+	small := bytes.Repeat([]byte("s"), 64<<10)
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPost, u.URL, bytes.NewReader(small))
+	resp, err = tr2.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if fb.n.Load() != 1 {
+		t.Fatalf("a 64 KiB body went to the fallback")
 	}
 }
 
