@@ -60,7 +60,9 @@ type Options struct {
 	// Transport defaults to levee's HTTP/1.1 transport for http://
 	// upstreams (one goroutine per request, never resends a request with
 	// a body), falling back to a tuned *http.Transport (NewTransport) for
-	// https, Upgrade and Expect: 100-continue.
+	// https, Upgrade, Expect: 100-continue and large or streamed uploads,
+	// made unable to replay a request. A custom Transport must itself
+	// never send a non-idempotent request twice.
 	Transport http.RoundTripper
 	// RateLimits decides rate-limit policies. Default: an in-process
 	// ratelimit.Local (limits per replica). It is kept across Apply, so a
@@ -133,6 +135,14 @@ func (g *Gateway) Apply(cfg *Config) error {
 	sort.SliceStable(t.prefixes, func(i, j int) bool { return len(t.prefixes[i].prefix) > len(t.prefixes[j].prefix) })
 	g.state.Store(t)
 	return nil
+}
+
+// CloseIdleConnections closes the idle upstream connections (after a
+// reload that may have dropped upstreams, and at shutdown).
+func (g *Gateway) CloseIdleConnections() {
+	if ci, ok := g.transport.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 }
 
 // Config returns the running config.
@@ -562,6 +572,17 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 	case errors.As(err, &mbe):
 		problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", mbe.Limit)})
+	case errors.As(err, &cbe):
+		// The client's body failed (too slow, hung up): not the upstream's
+		// fault, never counted as an upstream error.
+		if r.Context().Err() != nil {
+			if sw := findStatusWriter(w); sw != nil {
+				sw.aborted = true
+			}
+			return
+		}
+		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
+			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
 		g.metrics.upstreamErrors.WithLabelValues(route, "timeout").Inc()
 		if ri != nil {
@@ -570,9 +591,6 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 		problem.Write(w, problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream),
 			Extra: map[string]any{"route": route, "upstream": upstream}})
-	case errors.As(err, &cbe) && r.Context().Err() == nil:
-		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
-			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; there is nobody to answer.
 		if sw, ok := w.(*statusWriter); ok {
@@ -625,17 +643,9 @@ func upstreamCause(err error) string {
 type timedTransport struct{ rt http.RoundTripper }
 
 func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.GetBody != nil {
-		// net/http's Transport replays a request that has GetBody and an
-		// Idempotency-Key header after some failures on a reused
-		// connection, trusting the upstream to dedupe by the key. levee is
-		// the deduplication in front of upstreams that may not: without
-		// GetBody nothing with a body is ever sent twice.
-		r2 := *r
-		r2.GetBody = nil
-		r = &r2
-	}
-	if r.ContentLength > 0 && r.ContentLength <= smallBody && r.Body != nil && r.Body != http.NoBody {
+	var body *bodyErrors
+	switch {
+	case r.ContentLength > 0 && r.ContentLength <= smallBody && r.Body != nil && r.Body != http.NoBody:
 		// ReverseProxy hides every body behind a wrapper, so the transport
 		// would write the headers and the body in two writes; a small body
 		// read into memory goes out with the headers in one.
@@ -648,12 +658,10 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r2 := *r
 		r2.Body = io.NopCloser(bytes.NewReader(buf))
 		r = &r2
-	}
-	var body *bodyErrors
-	if r.Body != nil && r.Body != http.NoBody {
+	case r.Body != nil && r.Body != http.NoBody:
 		// A streamed body: remember why reading it failed, so that a client
-		// that sends too much or hangs up is not reported as an upstream
-		// failure.
+		// that sends too much, too slowly or hangs up is not reported as an
+		// upstream failure.
 		body = &bodyErrors{rc: r.Body}
 		r2 := *r
 		r2.Body = body

@@ -119,7 +119,7 @@ func newH1Transport(fallback http.RoundTripper, maxIdlePerHost int) *h1Transport
 // handles and when it sends a request again.
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !h1Handles(req) {
-		return t.fallback.RoundTrip(req)
+		return t.fallback.RoundTrip(notReplayable(req))
 	}
 	if err := h1Validate(req); err != nil {
 		h1CloseBody(req)
@@ -239,16 +239,34 @@ func (t *h1Transport) release(pc *h1Conn, stop func() bool, keep bool) {
 		_ = pc.c.SetDeadline(time.Time{})
 		pc.deadline = false
 	}
+	now := time.Now()
 	t.mu.Lock()
 	list := t.idle[pc.addr]
+	// The list is oldest first: drop connections idle too long from the
+	// bottom, which steady traffic reusing the top would never reach.
+	var stale []*h1Conn
+	for len(list) > 0 && now.Sub(list[0].idleSince) > h1IdleTimeout {
+		stale = append(stale, list[0])
+		list[0] = nil
+		list = list[1:]
+	}
 	if len(list) >= t.maxIdle {
+		t.idle[pc.addr] = list
 		t.mu.Unlock()
 		pc.close()
+		closeAll(stale)
 		return
 	}
-	pc.idleSince = time.Now()
+	pc.idleSince = now
 	t.idle[pc.addr] = append(list, pc)
 	t.mu.Unlock()
+	closeAll(stale)
+}
+
+func closeAll(conns []*h1Conn) {
+	for _, c := range conns {
+		c.close()
+	}
 }
 
 // getConn returns a live idle connection to addr (reused true) or dials
@@ -466,6 +484,34 @@ func (b *h1Body) finish(eof bool, err error) {
 	b.pc.close()
 }
 
+// notReplayable makes sure net/http's Transport cannot send req twice. It
+// resends, after some failures on a reused connection, any request it
+// deems replayable: a bodiless one whose method is safe or which carries
+// an Idempotency-Key header, or one with GetBody. levee is the
+// deduplication in front of upstreams that may not be, so an unsafe
+// bodiless request gets an empty non-NoBody body (sent as an empty chunked
+// body) and no request keeps GetBody.
+func notReplayable(req *http.Request) *http.Request {
+	unsafeBodiless := (req.Body == nil || req.Body == http.NoBody) && !h1SafeMethod(req.Method)
+	if req.GetBody == nil && !unsafeBodiless {
+		return req
+	}
+	r2 := *req
+	r2.GetBody = nil
+	if unsafeBodiless {
+		r2.Body = emptyBody{}
+		r2.ContentLength = 0
+	}
+	return &r2
+}
+
+// emptyBody is an empty request body that net/http does not recognise as
+// NoBody.
+type emptyBody struct{}
+
+func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (emptyBody) Close() error             { return nil }
+
 // h1MaxBody is the largest request body h1Transport sends. Larger or
 // unknown-length (streamed) uploads go to the fallback, which reads an
 // upstream's early answer (a 413, say) while it is still sending; h1
@@ -504,9 +550,14 @@ func h1Handles(req *http.Request) bool {
 // h1Replayable reports whether req may be sent again after a failure on a
 // reused connection: a safe method and no body.
 func h1Replayable(req *http.Request) bool {
-	switch req.Method {
+	return h1SafeMethod(req.Method) && (req.Body == nil || req.Body == http.NoBody)
+}
+
+// h1SafeMethod reports whether method is GET, HEAD, OPTIONS or TRACE.
+func h1SafeMethod(method string) bool {
+	switch method {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return req.Body == nil || req.Body == http.NoBody
+		return true
 	}
 	return false
 }

@@ -851,3 +851,85 @@ func BenchmarkH1Transport(b *testing.B) {
 		})
 	}
 }
+
+// Requests h1 delegates (here: an https upstream) must not be replayable
+// by net/http either: a bodiless POST carrying an Idempotency-Key that the
+// upstream reads and then drops is sent exactly once.
+func TestH1FallbackNeverResendsBodilessPost(t *testing.T) {
+	t.Parallel()
+	var posts atomic.Int64
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				c.Close() // read the request, answer nothing
+			}
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer up.Close()
+	fallback := up.Client().Transport.(*http.Transport).Clone()
+	tr := newH1Transport(fallback, 0)
+	defer tr.CloseIdleConnections()
+	mustDo(t, tr, http.MethodGet, up.URL, "") // warm: the POST goes on a reused connection
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, up.URL, nil)
+	req.Header.Set("Idempotency-Key", "k1")
+	if resp, err := tr.RoundTrip(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("POST to a dropping upstream succeeded: %d", resp.StatusCode)
+	}
+	if n := posts.Load(); n != 1 {
+		t.Fatalf("the upstream received the POST %d times, want 1", n)
+	}
+}
+
+// Idle connections below the top of the pool expire too, even while
+// steady traffic keeps reusing the newest one.
+func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var inFlight atomic.Int64
+	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			inFlight.Add(1)
+			<-gate
+		}
+		w.Write([]byte("ok"))
+	}))
+	tr := newTestH1(t)
+	done := make(chan struct{})
+	for i := 0; i < 4; i++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			h1Do(t, tr, http.MethodGet, u.URL+"/hold", "")
+		}()
+	}
+	for inFlight.Load() < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	for i := 0; i < 4; i++ {
+		<-done
+	}
+	addr := strings.TrimPrefix(u.URL, "http://")
+	tr.mu.Lock()
+	pooled := len(tr.idle[addr])
+	for _, pc := range tr.idle[addr][:pooled-1] {
+		pc.idleSince = time.Now().Add(-time.Hour)
+	}
+	tr.mu.Unlock()
+	if pooled != 4 {
+		t.Fatalf("%d pooled connections, want 4", pooled)
+	}
+	mustDo(t, tr, http.MethodGet, u.URL, "") // reuses the newest, then releases it
+	tr.mu.Lock()
+	left := len(tr.idle[addr])
+	tr.mu.Unlock()
+	if left != 1 {
+		t.Fatalf("%d idle connections left, want 1 (the 3 stale ones closed)", left)
+	}
+}

@@ -261,6 +261,7 @@ func (s *Server) reloadLocked() error {
 	if err := s.gw.Apply(cfg); err != nil {
 		return err
 	}
+	s.gw.CloseIdleConnections() // upstreams may have been dropped
 	if s.level != nil {
 		_ = s.level.UnmarshalText([]byte(cfg.Log.Level))
 	}
@@ -332,6 +333,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.admin != nil {
 			_ = s.admin.Shutdown(ctx)
 		}
+		s.gw.CloseIdleConnections()
 		if cerr := s.closeSt(); cerr != nil && err == nil {
 			err = cerr
 		}
