@@ -112,7 +112,7 @@ type Store struct {
 
 // queries holds the SQL text, built once with the table name.
 type queries struct {
-	claim, get, lookup, renew, complete, release, deleteExpired string
+	claim, get, replay, lookup, renew, complete, release, deleteExpired string
 }
 
 func newQueries(table string) queries {
@@ -128,6 +128,7 @@ ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 1, to
 WHERE ` + t + `.expires_at <= ?6 OR (` + t + `.state = 1 AND ` + t + `.lease_until <= ?6)
 RETURNING token`,
 		get:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
+		replay:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND state = 2 AND expires_at > ?2`,
 		lookup:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND expires_at > ?2`,
 		renew:    `UPDATE ` + t + ` SET lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
 		complete: `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
@@ -282,6 +283,60 @@ func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 
 // Claim implements idempotency.Store.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	if res, ok := s.claimDeferred(ctx, req); ok {
+		return res, nil
+	}
+	return s.claimImmediate(ctx, req)
+}
+
+// claimDeferred is the fast path: a deferred transaction reads the key
+// first, so a replay (a live completed record, which cannot change until
+// it expires) takes no write lock and never queues behind writers. When a
+// write is needed the same transaction upgrades to a writer; if SQLite
+// refuses the upgrade (another connection wrote since the read, or holds
+// the lock) ok is false and the caller runs the claim in an immediate
+// transaction. Either way one transaction does the work when there is no
+// contention. (modernc begins a ReadOnly transaction as a plain deferred
+// BEGIN; SQLite does not enforce read-only, so the write is allowed.)
+func (s *Store) claimDeferred(ctx context.Context, req idempotency.ClaimRequest) (res idempotency.ClaimResult, ok bool) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return res, false
+	}
+	defer func() { _ = tx.Rollback() }()
+	rec, err := scanRecord(req.Key, tx.QueryRowContext(ctx, s.q.replay, req.Key, ms(req.Now)))
+	switch {
+	case err == nil:
+		if tx.Commit() != nil {
+			return res, false
+		}
+		return idempotency.ClaimResult{Existing: rec}, true
+	case !errors.Is(err, idempotency.ErrNotFound):
+		return res, false
+	}
+	var token int64
+	err = tx.QueryRowContext(ctx, s.q.claim, req.Key, req.Fingerprint[:], int64(req.Token),
+		ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
+	switch {
+	case err == nil:
+		res.Claimed = true
+	case errors.Is(err, sql.ErrNoRows):
+		rec, err := scanRecord(req.Key, tx.QueryRowContext(ctx, s.q.get, req.Key))
+		if err != nil && !errors.Is(err, idempotency.ErrNotFound) {
+			return res, false
+		}
+		res.Existing = rec
+	default:
+		return res, false // typically SQLITE_BUSY(_SNAPSHOT) on the upgrade
+	}
+	if tx.Commit() != nil {
+		return idempotency.ClaimResult{}, false
+	}
+	return res, true
+}
+
+// claimImmediate claims in a transaction that takes the write lock first.
+func (s *Store) claimImmediate(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
