@@ -52,6 +52,9 @@ type AdminConfig struct {
 	// Listen is the admin address. Default "127.0.0.1:9090" (loopback
 	// only); "off" disables the admin listener.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the admin
+	// listener. Default false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // StoreConfig selects and configures the idempotency store.

@@ -354,6 +354,14 @@ func TestAdminEndpoints(t *testing.T) {
 	if !strings.Contains(cfg, `"Name": "pay"`) {
 		t.Fatalf("/config: %s", cfg)
 	}
+	// The profiler is off unless admin.pprof is set.
+	if resp, err := http.Get(admin + "/debug/pprof/"); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("pprof without admin.pprof: %v %v", resp.StatusCode, err)
+	}
+	g2 := startGateway(t, strings.Replace(baseConfig(u.srv.URL, ""), "admin: {listen: 127.0.0.1:0}", "admin: {listen: 127.0.0.1:0, pprof: true}", 1))
+	if !strings.Contains(get(t, "http://"+g2.srv.AdminAddr()+"/debug/pprof/"), "goroutine") {
+		t.Fatal("admin.pprof: true does not serve /debug/pprof/")
+	}
 }
 
 func TestReload(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -192,6 +193,13 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	if s.cfg.Admin.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		red := s.cfg.Redacted()
@@ -243,8 +251,8 @@ func (s *Server) reloadLocked() error {
 	if err != nil {
 		return err
 	}
-	if cfg.Listen != s.cfg.Listen || cfg.Admin.Listen != s.cfg.Admin.Listen {
-		return fmt.Errorf("gateway: %s: listen and admin.listen cannot change on reload; restart levee", s.path)
+	if cfg.Listen != s.cfg.Listen || cfg.Admin != s.cfg.Admin {
+		return fmt.Errorf("gateway: %s: listen and admin cannot change on reload; restart levee", s.path)
 	}
 	if !reflect.DeepEqual(cfg.Store, s.cfg.Store) {
 		return fmt.Errorf("gateway: %s: the store section cannot change on reload; restart levee", s.path)
