@@ -576,48 +576,45 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 		// The client's body failed (too slow, hung up): not the upstream's
 		// fault, never counted as an upstream error.
 		if r.Context().Err() != nil {
-			if sw := findStatusWriter(w); sw != nil {
-				sw.aborted = true
-			}
+			markAborted(w)
 			return
 		}
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
-		g.metrics.upstreamErrors.WithLabelValues(route, "timeout").Inc()
-		if ri != nil {
-			ri.upstreamErr = err.Error()
-		}
-		problem.Write(w, problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
-			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream),
-			Extra: map[string]any{"route": route, "upstream": upstream}})
+		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
+			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream)}, route, upstream)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		// The client went away; there is nobody to answer.
-		if sw, ok := w.(*statusWriter); ok {
-			sw.aborted = true
-		} else if sw := findStatusWriter(w); sw != nil {
-			sw.aborted = true
-		}
+		markAborted(w) // the client went away; there is nobody to answer
 	default:
-		g.metrics.upstreamErrors.WithLabelValues(route, "unavailable").Inc()
-		if ri != nil {
-			ri.upstreamErr = err.Error()
-		}
-		problem.Write(w, problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusBadGateway,
-			Title: "Upstream unavailable", Detail: fmt.Sprintf("route %s: upstream %s: %s", route, upstream, upstreamCause(err)),
-			Extra: map[string]any{"route": route, "upstream": upstream}})
+		g.upstreamFailed(w, ri, err, "unavailable", problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusBadGateway,
+			Title: "Upstream unavailable", Detail: fmt.Sprintf("route %s: upstream %s: %s", route, upstream, upstreamCause(err))}, route, upstream)
 	}
 }
 
-func findStatusWriter(w http.ResponseWriter) *statusWriter {
+// upstreamFailed counts, notes for the access log and answers an upstream
+// failure of the given kind.
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, ri *reqInfo, err error, kind string, p problem.Problem, route, upstream string) {
+	g.metrics.upstreamErrors.WithLabelValues(route, kind).Inc()
+	if ri != nil {
+		ri.upstreamErr = err.Error()
+	}
+	p.Extra = map[string]any{"route": route, "upstream": upstream}
+	problem.Write(w, p)
+}
+
+// markAborted records, on the gateway's statusWriter under w, that the
+// client left before any response (logged and counted as 499).
+func markAborted(w http.ResponseWriter) {
 	for {
 		switch v := w.(type) {
 		case *statusWriter:
-			return v
+			v.aborted = true
+			return
 		case interface{ Unwrap() http.ResponseWriter }:
 			w = v.Unwrap()
 		default:
-			return nil
+			return
 		}
 	}
 }

@@ -495,3 +495,34 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// From a trusted proxy the forwarded chain and its view of scheme and
+// client-address headers are kept, and levee appends the proxy's address.
+func TestTrustedProxyKeepsForwardedChain(t *testing.T) {
+	t.Parallel()
+	u := newUpstream(t)
+	g := startGateway(t, strings.Replace(baseConfig(u.srv.URL, ""), "trusted_proxies: [10.9.0.0/16]", "trusted_proxies: [127.0.0.1/32]", 1))
+	send(t, "GET", g.base+"/v1/x", "", "X-Forwarded-For", "203.0.113.7", "X-Forwarded-Proto", "https", "X-Real-IP", "203.0.113.7")
+	r, _ := u.lastRequest()
+	if got := r.Header.Get("X-Forwarded-For"); got != "203.0.113.7, 127.0.0.1" {
+		t.Fatalf("X-Forwarded-For from a trusted proxy = %q, want the chain extended", got)
+	}
+	if r.Header.Get("X-Forwarded-Proto") != "https" || r.Header.Get("X-Real-Ip") != "203.0.113.7" {
+		t.Fatalf("trusted proxy's headers dropped: %v", r.Header)
+	}
+}
+
+// An unreachable store is refused at start with an error naming it, rather
+// than discovered on the first request.
+func TestUnreachableStoreRefusedAtStart(t *testing.T) {
+	t.Parallel()
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := dead.Addr().String()
+	dead.Close()
+	path := filepath.Join(t.TempDir(), "levee.yaml")
+	os.WriteFile(path, []byte(strings.Replace(baseConfig("http://127.0.0.1:1", ""), "store: {type: memory}", "store: {type: redis, redis: {addr: \""+addr+"\"}}", 1)), 0o600)
+	_, err := gateway.NewServer(context.Background(), path, gateway.ServerOptions{Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "store redis "+addr) {
+		t.Fatalf("start with an unreachable Redis = %v, want an error naming the store", err)
+	}
+}
