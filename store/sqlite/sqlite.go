@@ -177,11 +177,29 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.BusyTimeout+5*time.Second)
 	defer cancel()
-	if err := s.migrate(ctx, opts.Table); err != nil {
-		_ = s.db.Close()
-		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := s.migrate(ctx, opts.Table)
+		if err == nil {
+			return s, nil
+		}
+		// Processes opening a brand-new file at once race to switch it to
+		// WAL; SQLite answers SQLITE_BUSY without waiting for its busy
+		// handler. Retry within the open's time bound.
+		if !isBusy(err) || ctx.Err() != nil {
+			_ = s.db.Close()
+			return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
 	}
-	return s, nil
+}
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY (any extended code).
+func isBusy(err error) bool {
+	var se *sqlitedrv.Error
+	return errors.As(err, &se) && se.Code()&0xff == 5
 }
 
 // dataSource builds the driver DSN for path.
