@@ -532,11 +532,15 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 			g.proxyError(w, r, err, name, target.Host)
 		},
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
-		defer cancel()
-		p.ServeHTTP(w, r.WithContext(ctx))
-	})
+	rp := &routeProxy{g: g, name: name, target: target, timeout: timeout, trusted: trusted, rp: p}
+	if h1, ok := g.transport.(*h1Transport); ok && target.Scheme == "http" && target.User == nil {
+		rp.h1 = h1
+		rp.addr = target.Host
+		if target.Port() == "" {
+			rp.addr = net.JoinHostPort(target.Hostname(), "80")
+		}
+	}
+	return rp
 }
 
 var errUpstreamTimeout = errors.New("route timeout exceeded")
@@ -575,7 +579,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 	case errors.As(err, &cbe):
 		// The client's body failed (too slow, hung up): not the upstream's
 		// fault, never counted as an upstream error.
-		if r.Context().Err() != nil {
+		if clientGone(cbe.err) || r.Context().Err() != nil {
 			markAborted(w)
 			return
 		}

@@ -126,23 +126,38 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	ctx := req.Context()
-	addr := h1Addr(req)
-	replayable := h1Replayable(req)
+	var deadline time.Time
+	if dl, ok := ctx.Deadline(); ok {
+		deadline = dl
+	}
+	resp, err := t.send(ctx, h1Addr(req), deadline, h1Replayable(req), req, func(bw *bufio.Writer) error {
+		return req.Write(bw) // closes the body
+	})
+	if err != nil {
+		h1CloseBody(req) // a no-op when req.Write already closed it
+	}
+	return resp, err
+}
+
+// send runs one exchange with the retry rules of h1Transport: write is
+// called with the connection's buffered writer (flushed by send) and the
+// final response to readReq (only its Method is read) is returned. A
+// non-zero deadline bounds the whole exchange, reading the body included;
+// ctx's cancellation closes the connection.
+func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time, replayable bool, readReq *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			h1CloseBody(req)
 			return nil, fmt.Errorf("upstream %s: %w", addr, err)
 		}
-		pc, reused, err := t.getConn(ctx, addr, attempt > 0)
+		pc, reused, err := t.getConn(ctx, addr, deadline, attempt > 0)
 		if err != nil {
-			h1CloseBody(req) // nothing was sent
-			return nil, err
+			return nil, err // nothing was sent
 		}
-		resp, err := t.exchange(ctx, pc, req) // req.Write closes the body
+		resp, err := t.exchange(ctx, pc, deadline, readReq, write)
 		if err == nil {
 			return resp, nil
 		}
-		if attempt == 0 && reused && replayable && ctx.Err() == nil {
+		if attempt == 0 && reused && replayable && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
 			continue // rule 4: bodyless GET/HEAD/OPTIONS/TRACE, once, on a new connection
 		}
 		return nil, err
@@ -168,9 +183,9 @@ func (t *h1Transport) CloseIdleConnections() {
 // exchange writes req on pc and reads the final response. On error pc is
 // closed. On success pc belongs to the response body (or is back in the
 // pool when the response has no body).
-func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = pc.c.SetDeadline(dl)
+func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, req *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
+	if !deadline.IsZero() {
+		_ = pc.c.SetDeadline(deadline)
 		pc.deadline = true
 	}
 	stop := h1NoStop
@@ -185,7 +200,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, req *http.Reques
 		}
 		return nil, fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
 	}
-	if err := req.Write(pc.bw); err != nil {
+	if err := write(pc.bw); err != nil {
 		return fail("write", err)
 	}
 	if err := pc.bw.Flush(); err != nil {
@@ -271,7 +286,7 @@ func closeAll(conns []*h1Conn) {
 
 // getConn returns a live idle connection to addr (reused true) or dials
 // one. fresh skips the pool.
-func (t *h1Transport) getConn(ctx context.Context, addr string, fresh bool) (pc *h1Conn, reused bool, err error) {
+func (t *h1Transport) getConn(ctx context.Context, addr string, deadline time.Time, fresh bool) (pc *h1Conn, reused bool, err error) {
 	for !fresh {
 		pc := t.popIdle(addr)
 		if pc == nil {
@@ -282,7 +297,13 @@ func (t *h1Transport) getConn(ctx context.Context, addr string, fresh bool) (pc 
 		}
 		pc.close()
 	}
-	c, err := t.dialer.DialContext(ctx, "tcp", addr)
+	d := &t.dialer
+	if !deadline.IsZero() {
+		d2 := t.dialer
+		d2.Deadline = deadline
+		d = &d2
+	}
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}

@@ -141,6 +141,10 @@ port_free() { # port_free PORT: wait up to 5 s for nobody to listen there
   die "127.0.0.1:$1 is still in use"
 }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { # user+system CPU of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat, after the command name)
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
+}
+HZ=$(getconf CLK_TCK)
 upstream_stats() { # "accepted requests" (this query's own connection included)
   curl -s --max-time 2 "http://127.0.0.1:$P_UP/__stats" | sed -n 's/.*"accepted":\([0-9]*\),"requests":\([0-9]*\).*/\1 \2/p'
 }
@@ -293,7 +297,7 @@ stop_server() {
 }
 
 # ---- one measurement ------------------------------------------------------------
-declare -A R_RPS=() R_P50=() R_P99=() R_ERR=() R_CONN=() R_UPREQ=() R_RSS=() R_REQS=()
+declare -A R_RPS=() R_P50=() R_P99=() R_ERR=() R_CONN=() R_UPREQ=() R_RSS=() R_REQS=() R_CPU=() R_UPCPU=()
 order=()
 
 wrk_run() { # wrk_run CONNS SECONDS URL MODE TAG -> LEVEEBENCH line
@@ -302,7 +306,7 @@ wrk_run() { # wrk_run CONNS SECONDS URL MODE TAG -> LEVEEBENCH line
 }
 
 measure() { # measure NAME CONNS URL MODE
-  local name=$1 conns=$2 url=$3 mode=$4 tag line a0 q0 a1 q1
+  local name=$1 conns=$2 url=$3 mode=$4 tag line a0 q0 a1 q1 s0 s1 u0 u1 spid
   tag="$runid-$name"
   if [ "$mode" = replay ]; then
     tag="$runid-$name-replay"
@@ -313,8 +317,11 @@ measure() { # measure NAME CONNS URL MODE
     if [ "$mode" = replay ]; then wrk_run "$conns" "$warm_s" "$url" replay "$tag" >/dev/null
     else wrk_run "$conns" "$warm_s" "$url" unique "$tag-warm" >/dev/null; fi
   fi
+  spid=${server_pid:-$up_pid}
   read -r a0 q0 < <(upstream_stats)
+  s0=$(cpu_ticks "$spid"); u0=$(cpu_ticks "$up_pid")
   line=$(wrk_run "$conns" "$dur_s" "$url" "$mode" "$tag")
+  s1=$(cpu_ticks "$spid"); u1=$(cpu_ticks "$up_pid")
   read -r a1 q1 < <(upstream_stats)
   [ -n "$line" ] || die "$name: wrk produced no result"
   local kv; declare -A v=()
@@ -327,9 +334,12 @@ measure() { # measure NAME CONNS URL MODE
   R_ERR[$name]=$(( v[non2xx] + v[err_connect] + v[err_read] + v[err_write] + v[err_timeout] ))
   R_CONN[$name]=$(( a1 - a0 - 1 ))   # minus the second stats query's own connection
   R_UPREQ[$name]=$(( q1 - q0 ))
+  R_CPU[$name]=$(awk -v t=$(( s1 - s0 )) -v hz="$HZ" -v n="${v[requests]}" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+  R_UPCPU[$name]=$(awk -v t=$(( u1 - u0 )) -v hz="$HZ" -v n="${v[requests]}" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+  [ "$spid" != "$up_pid" ] || R_UPCPU[$name]=-
   R_RSS[$name]=$(awk -v k="$(hwm_kib "${server_pid:-$up_pid}")" 'BEGIN { printf "%.1f", k / 1024 }')
-  printf '  %-22s %8s req/s  p50 %6s ms  p99 %6s ms  errors %s  upstream conns +%s  peak RSS %s MiB\n' \
-    "$name" "${R_RPS[$name]}" "${R_P50[$name]}" "${R_P99[$name]}" "${R_ERR[$name]}" "${R_CONN[$name]}" "${R_RSS[$name]}" >&2
+  printf '  %-22s %8s req/s  p50 %6s ms  p99 %6s ms  errors %s  upstream conns +%s  peak RSS %s MiB  CPU %s µs/req (upstream %s)\n' \
+    "$name" "${R_RPS[$name]}" "${R_P50[$name]}" "${R_P99[$name]}" "${R_ERR[$name]}" "${R_CONN[$name]}" "${R_RSS[$name]}" "${R_CPU[$name]}" "${R_UPCPU[$name]}" >&2
 }
 
 levee_outcomes() { # the idempotency outcome counters, from the admin listener
@@ -409,13 +419,13 @@ report() {
   echo "- load: wrk, ${DURATION} per scenario after a ${WARMUP} warm-up (discarded), ${CONNS} connections $([ "$CONNS_HIGH" -gt 0 ] && echo "(rows named -c${CONNS_HIGH}: ${CONNS_HIGH})"); every request is the same 87-byte JSON POST with an Idempotency-Key header, new per request (\`unique\`) or one key throughout (\`replay\`, sent once before the run); the upstream answers 201 with 76 bytes of JSON."
   echo "- nginx: generated config, keepalive 1024 to the upstream (HTTP/1.1, Connection \"\"), X-Forwarded-* and X-Request-Id set, access log on (combined, unbuffered). levee: access log on (its default) unless -nolog; idempotency routes cover POST with the key required. Redis prefix and Postgres schema are unique to the run and removed at the end."
   echo
-  echo "| scenario | conns | req/s | p50 ms | p99 ms | errors | ratio to nginx | ratio to levee plain | upstream conns opened | upstream reqs | server peak RSS MiB |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | conns | req/s | p50 ms | p99 ms | errors | ratio to nginx | ratio to levee plain | upstream conns opened | upstream reqs | server peak RSS MiB | server CPU µs/req | upstream CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   local n conns ng lp
   for n in "${order[@]}"; do
     conns=$CONNS; ng=nginx; lp=levee-plain
     if [[ $n == *-c$CONNS_HIGH ]]; then conns=$CONNS_HIGH; ng=nginx-c$CONNS_HIGH; lp=levee-plain-c$CONNS_HIGH; fi
-    echo "| $n | $conns | ${R_RPS[$n]} | ${R_P50[$n]} | ${R_P99[$n]} | ${R_ERR[$n]} | $(ratio "${R_RPS[$n]}" "${R_RPS[$ng]:-}") | $(ratio "${R_RPS[$n]}" "${R_RPS[$lp]:-}") | ${R_CONN[$n]} | ${R_UPREQ[$n]} | ${R_RSS[$n]} |"
+    echo "| $n | $conns | ${R_RPS[$n]} | ${R_P50[$n]} | ${R_P99[$n]} | ${R_ERR[$n]} | $(ratio "${R_RPS[$n]}" "${R_RPS[$ng]:-}") | $(ratio "${R_RPS[$n]}" "${R_RPS[$lp]:-}") | ${R_CONN[$n]} | ${R_UPREQ[$n]} | ${R_RSS[$n]} | ${R_CPU[$n]} | ${R_UPCPU[$n]} |"
   done
   echo
   echo -n "Goals: levee-plain / nginx ≥ 0.80 → **$(ratio "${R_RPS[levee-plain]:-}" "${R_RPS[nginx]:-}")**;" \
@@ -426,7 +436,7 @@ report() {
   echo
   echo "go-stock-proxy = httputil.NewSingleHostReverseProxy with http.DefaultTransport; -tuned: the same with MaxIdleConnsPerHost 1024. proto-proxy = bench/gateway/protoproxy, a measurement prototype (net/http server + an HTTP/1.1 upstream client in the handler goroutine, access log per line), not levee."
   echo
-  echo "errors = non-2xx answers + socket errors seen by wrk. upstream conns opened = TCP connections the upstream accepted during the measured run (0 = the proxy reused its pool). server peak RSS = VmHWM of the server process (levee / Go proxy / the nginx worker / the upstream for the direct row) at the end of its run; each proxy scenario starts a fresh process."
+  echo "errors = non-2xx answers + socket errors seen by wrk. upstream conns opened = TCP connections the upstream accepted during the measured run (0 = the proxy reused its pool). server peak RSS = VmHWM of the server process (levee / Go proxy / the nginx worker / the upstream for the direct row) at the end of its run; each proxy scenario starts a fresh process. CPU µs/req = user+system CPU time of that process (and of the upstream) during the measured run, divided by the requests wrk completed (clock-tick resolution)."
   if [ ${#OUTCOMES[@]} -gt 0 ]; then
     echo
     echo "Idempotency outcomes counted by levee (warm-up included):"
