@@ -135,7 +135,19 @@ type ServerConfig struct {
 	// least 30s. A smaller value is refused: a request cut off mid-flight
 	// could leave its claim unrecorded, and its retry would run again.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// Engine serves the proxy listener: "levee" (default) is levee's own
+	// HTTP/1.1 server, which serves common requests itself and hands any
+	// connection it does not (HTTP/1.0, chunked or 100-continue uploads,
+	// WebSocket upgrades, heads over 4 KiB, malformed requests) to Go's
+	// net/http server; "net/http" serves every connection with net/http.
+	Engine string `yaml:"engine"`
 }
+
+// The values of server.engine.
+const (
+	EngineLevee   = "levee"
+	EngineNetHTTP = "net/http"
+)
 
 // LogConfig configures logging.
 type LogConfig struct {
@@ -648,6 +660,9 @@ func (c *Config) setDefaults() {
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = 10 << 20
 	}
+	if s.Engine == "" {
+		s.Engine = EngineLevee
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -719,6 +734,9 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 			}
 		}
 		c.trusted = append(c.trusted, p.Masked())
+	}
+	if e := c.Server.Engine; e != EngineLevee && e != EngineNetHTTP {
+		bad("server.engine", "unknown engine %q (want %s or %s)", e, EngineLevee, EngineNetHTTP)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -37,7 +37,8 @@ type Server struct {
 
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
-	proxy    *http.Server
+	proxy    *http.Server // serves every connection, or those front hands off
+	front    *frontServer // levee's HTTP/1.1 server (server.engine levee)
 	admin    *http.Server
 	proxyLn  net.Listener
 	adminLn  net.Listener
@@ -140,7 +141,16 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    int(sc.MaxHeaderBytes),
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	go s.serve(s.proxy, s.proxyLn, "proxy")
+	if sc.Engine == EngineNetHTTP {
+		go s.serve(s.proxy, s.proxyLn, "proxy")
+	} else {
+		s.front = newFrontServer(s.proxy, s.log)
+		go func() {
+			if err := s.front.Serve(s.proxyLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("listener failed", "listener", "proxy", "error", err)
+			}
+		}()
+	}
 	if cfg.Admin.Listen != "off" {
 		s.adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -335,7 +345,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.watcher != nil {
 			_ = s.watcher.Close()
 		}
-		if s.proxy != nil {
+		switch {
+		case s.front != nil:
+			err = s.front.Shutdown(ctx)
+		case s.proxy != nil:
 			err = s.proxy.Shutdown(ctx)
 		}
 		if s.admin != nil {
