@@ -40,6 +40,7 @@ type Gateway struct {
 	metrics   *Metrics
 	log       *slog.Logger
 	access    *slog.Logger
+	accessW   io.Writer // when set, lines are encoded by writeAccessLine
 	transport http.RoundTripper
 	buffers   bufferPool
 
@@ -57,6 +58,11 @@ type Options struct {
 	Logger *slog.Logger
 	// AccessLog receives one record per request. Default: Logger.
 	AccessLog *slog.Logger
+	// AccessLogWriter, when set, receives the access log instead of
+	// AccessLog: one JSON line per Write, with the fields and formats
+	// slog's JSONHandler would write, encoded by levee (about 8 times
+	// cheaper than going through slog).
+	AccessLogWriter io.Writer
 	// Transport defaults to levee's HTTP/1.1 transport for http://
 	// upstreams (one goroutine per request, never resends a request with
 	// a body), falling back to a tuned *http.Transport (NewTransport) for
@@ -87,7 +93,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.RateLimits == nil {
 		opts.RateLimits = ratelimit.NewLocal(ratelimit.LocalOptions{})
 	}
-	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, access: opts.AccessLog, transport: opts.Transport,
+	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, access: opts.AccessLog, accessW: opts.AccessLogWriter, transport: opts.Transport,
 		limits: opts.RateLimits, fallback: ratelimit.NewLocal(ratelimit.LocalOptions{})}
 	if opts.Store != nil {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
@@ -320,26 +326,38 @@ func (g *Gateway) finish(r *http.Request, sw *statusWriter, ri *reqInfo, id stri
 		g.metrics.upstream.WithLabelValues(ri.route).Observe(ri.upstreamDur.Seconds())
 	}
 	if cfg.Log.AccessLog != nil && *cfg.Log.AccessLog {
-		attrs := []slog.Attr{
-			slog.String("request_id", id),
-			slog.String("route", ri.route),
-			slog.String("method", r.Method),
-			slog.String("path", r.URL.Path),
-			slog.Int("status", status),
-			slog.Float64("duration_ms", float64(dur.Microseconds())/1000),
-			slog.Float64("upstream_ms", float64(ri.upstreamDur.Microseconds())/1000),
-			slog.Int64("bytes", sw.bytes),
-			slog.String("idempotency", idem),
-			slog.String("remote", remoteIP(r)),
+		rec := accessRecord{time: start.Add(dur), requestID: id, route: ri.route, method: r.Method, path: r.URL.Path,
+			status: status, duration: dur, upstreamDur: ri.upstreamDur, bytes: sw.bytes, idempotency: idem,
+			remote: remoteIP(r), upstreamErr: ri.upstreamErr, limitedBy: ri.limited}
+		if g.accessW != nil {
+			writeAccessLine(g.accessW, &rec)
+		} else {
+			g.logAccess(r.Context(), &rec)
 		}
-		if ri.upstreamErr != "" {
-			attrs = append(attrs, slog.String("upstream_error", ri.upstreamErr))
-		}
-		if ri.limited != "" {
-			attrs = append(attrs, slog.String("rate_limited_by", ri.limited))
-		}
-		g.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}
+}
+
+// logAccess writes rec through the AccessLog logger.
+func (g *Gateway) logAccess(ctx context.Context, rec *accessRecord) {
+	attrs := []slog.Attr{
+		slog.String("request_id", rec.requestID),
+		slog.String("route", rec.route),
+		slog.String("method", rec.method),
+		slog.String("path", rec.path),
+		slog.Int("status", rec.status),
+		slog.Float64("duration_ms", float64(rec.duration.Microseconds())/1000),
+		slog.Float64("upstream_ms", float64(rec.upstreamDur.Microseconds())/1000),
+		slog.Int64("bytes", rec.bytes),
+		slog.String("idempotency", rec.idempotency),
+		slog.String("remote", rec.remote),
+	}
+	if rec.upstreamErr != "" {
+		attrs = append(attrs, slog.String("upstream_error", rec.upstreamErr))
+	}
+	if rec.limitedBy != "" {
+		attrs = append(attrs, slog.String("rate_limited_by", rec.limitedBy))
+	}
+	g.access.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 }
 
 func isStandardMethod(m string) bool {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -86,9 +87,10 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 	}
 	s := &Server{path: path, version: opts.Version, log: opts.Logger, level: level, cfg: cfg, done: make(chan struct{})}
 	access := opts.Logger
+	var accessW io.Writer
 	if level != nil { // our own logger: batch access-log lines (see lineBuffer)
 		s.accessW = newLineBuffer(os.Stderr)
-		access = slog.New(slog.NewJSONHandler(s.accessW, nil))
+		accessW = s.accessW
 	}
 	s.metrics = NewMetrics(opts.Version)
 	st, closer, err := OpenStore(ctx, cfg.Store)
@@ -102,7 +104,7 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		return nil, err
 	}
 	s.closeRL = closeRL
-	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, AccessLog: access, RateLimits: limits})
+	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, AccessLog: access, AccessLogWriter: accessW, RateLimits: limits})
 	if err != nil {
 		_ = closer()
 		_ = closeRL()
