@@ -326,10 +326,11 @@ func (fc *frontConn) handOff() bool {
 	pre, _ := fc.br.Peek(n)
 	hc := &handoffConn{Conn: fc.c, pre: bytes.Clone(pre)}
 	_ = fc.c.SetDeadline(time.Time{})
+	fc.s.handed.Add(1) // before: net/http may answer before give returns
 	if !fc.s.handoff.give(hc) {
+		fc.s.handed.Add(-1)
 		return false
 	}
-	fc.s.handed.Add(1)
 	return true
 }
 
