@@ -43,6 +43,7 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			ContextTimeoutEnabled: true, // idempotency.store_timeout bounds every call
 			PoolSize:              256, MinIdleConns: 8,
+			Protocol: redisProtocol,
 		})
 		st := redis.New(client, redis.Options{Prefix: c.Redis.Prefix})
 		if err := st.Load(ctx); err != nil {
@@ -102,6 +103,11 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 
 // OpenRateLimitStore opens the rate-limit store a config names: an
 // in-process ratelimit.Local (memory) or Redis, checked within 10 s.
+// Both Redis clients speak RESP2 (Protocol: 2): levee uses no push
+// notifications, and with RESP3 go-redis looks for pending pushes on the
+// connection before every command — 6% of an idempotent request's CPU.
+const redisProtocol = 2
+
 func OpenRateLimitStore(ctx context.Context, c RateLimitConfig) (ratelimit.Store, func() error, error) {
 	if c.Store != "redis" {
 		return ratelimit.NewLocal(ratelimit.LocalOptions{}), func() error { return nil }, nil
@@ -113,6 +119,7 @@ func OpenRateLimitStore(ctx context.Context, c RateLimitConfig) (ratelimit.Store
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
 		ContextTimeoutEnabled: true, // decisions are bounded by rate_limit.timeout
 		PoolSize:              256, MinIdleConns: 8,
+		Protocol: redisProtocol,
 	})
 	st, err := rlredis.New(client, rlredis.Options{Prefix: c.Redis.Prefix, ConcurrencyLease: c.ConcurrencyLease.D()})
 	if err == nil {

@@ -8,7 +8,10 @@
 #
 # Usage: bench/gateway/profile.sh
 # Env: DURATION [20s] CONNS [100] ACCESS_LOG [true] LOAD_CPU [0] SERVER_CPU [1]
-#      PORT_BASE [18180]
+#      PORT_BASE [18180] IDEMPOTENCY [off|redis|postgres|sqlite|memory]
+#      (a store other than off turns idempotency on for POST, a new key per
+#      request; Redis at LEVEE_REDIS_ADDR [127.0.0.1:6379], keys under a
+#      unique prefix removed at exit)
 # Writes bench/out/gateway-profile-<date>/{summary.md,cpu.prof,allocs.prof,leveepprof}
 # and prints summary.md. Installs nothing; stops everything it started.
 set -Eeuo pipefail
@@ -18,6 +21,10 @@ root=$(pwd)
 DURATION=${DURATION:-20s}; dur=${DURATION%s}
 CONNS=${CONNS:-100}
 ACCESS_LOG=${ACCESS_LOG:-true}
+IDEMPOTENCY=${IDEMPOTENCY:-off}
+REDIS_ADDR=${LEVEE_REDIS_ADDR:-127.0.0.1:6379}
+PG_URL=${LEVEE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
+runid=prof$(date -u +%s)$$
 LOAD_CPU=${LOAD_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
 PORT_BASE=${PORT_BASE:-18180}
 [[ $dur =~ ^[0-9]+$ && $dur -ge 5 && $dur -le 120 ]] || { echo "DURATION must be 5s..120s" >&2; exit 1; }
@@ -34,6 +41,13 @@ cleanup() {
   local rc=$? p
   trap - EXIT
   for p in "${!live[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ "$IDEMPOTENCY" = redis ]; then
+    redis-cli -h "${REDIS_ADDR%:*}" -p "${REDIS_ADDR##*:}" --scan --pattern "levee:$runid:*" 2>/dev/null |
+      xargs -r -n 500 redis-cli -h "${REDIS_ADDR%:*}" -p "${REDIS_ADDR##*:}" UNLINK >/dev/null 2>&1 || true
+  fi
+  if [ "$IDEMPOTENCY" = postgres ]; then
+    psql "${PG_URL%%\?*}" -qc "DROP SCHEMA IF EXISTS $runid CASCADE" >/dev/null 2>&1 || true
+  fi
   rm -rf "$tmp"
   exit "$rc"
 }
@@ -53,7 +67,10 @@ listen: "127.0.0.1:$P_LEVEE"
 admin:
   listen: "off"
 store:
-  type: memory
+  type: $([ "$IDEMPOTENCY" = off ] && echo memory || echo "$IDEMPOTENCY")
+  sqlite: {path: $tmp/levee.db}
+  redis: {addr: "$REDIS_ADDR", prefix: "levee:$runid:"}
+  postgres: {url: "$PG_URL", schema: $runid}
 log:
   level: info
   access_log: $ACCESS_LOG
@@ -63,6 +80,9 @@ routes:
       path_prefix: /
     upstream: http://127.0.0.1:$P_UP
 EOF
+if [ "$IDEMPOTENCY" != off ]; then
+  printf '    idempotency: {enabled: true, methods: [POST], required: true}\n' >>"$tmp/levee.yaml"
+fi
 taskset -c "$SERVER_CPU" "$tmp/upstream" -listen "127.0.0.1:$P_UP" >"$tmp/upstream.log" 2>&1 &
 live[$!]=1; wait_port "$P_UP"
 taskset -c "$SERVER_CPU" "$out/leveepprof" -config "$tmp/levee.yaml" -pprof "127.0.0.1:$P_PPROF" >"$tmp/levee.log" 2>&1 &
@@ -102,7 +122,7 @@ row() { # row FUNCTION DESCRIPTION
   echo "| $2 | \`$1\` | $(per "$cum") |"
 }
 {
-  echo "# levee plain-proxy profile — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "# levee profile (idempotency: $IDEMPOTENCY) — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- $CONNS connections, access_log: $ACCESS_LOG, ${dur}s window; wrk on CPU $LOAD_CPU, levee and upstream on CPU $SERVER_CPU (GOMAXPROCS=1)"
   echo "- requests in the window: $n ($((n / dur)) req/s); levee CPU: $total = **$(per "$total") µs per request**"
@@ -110,10 +130,12 @@ row() { # row FUNCTION DESCRIPTION
   echo
   echo "| part | function (cumulative) | µs/request |"
   echo "|---|---|---:|"
-  row 'net/http.(*conn).serve' 'whole server path (excludes transport goroutines)'
-  row 'net/http.(*conn).readRequest' 'server: read + parse request'
-  row 'net/http.(*response).finishRequest' 'server: flush response (write syscall)'
-  row 'net/http.(*connReader).backgroundRead' 'server: background 1-byte read per request'
+  row 'github.com/leveehq/levee/gateway.(*frontConn).serve' 'front server, all of it'
+  row 'github.com/leveehq/levee/gateway.parseFrontHead' 'front server: parse the request head'
+  row 'github.com/leveehq/levee/gateway.(*frontResponse).commit' 'front server: status line and headers'
+  row 'github.com/leveehq/levee/gateway.(*routeProxy).direct' 'direct proxy path (upstream write + read)'
+  row 'github.com/redis/go-redis/v9.(*Script).EvalSha' 'Redis EVALSHA (go-redis)'
+  row 'net/http.(*conn).serve' 'net/http server (engine net/http or handed-off connections)'
   row 'github.com/leveehq/levee/gateway.(*Gateway).ServeHTTP' 'gateway handler, all of it'
   row 'net/http/httputil.(*ReverseProxy).ServeHTTP' 'ReverseProxy.ServeHTTP'
   row 'net/http.Header.Clone' 'ReverseProxy: header clone'
@@ -122,7 +144,7 @@ row() { # row FUNCTION DESCRIPTION
   row 'net/http.(*transferWriter).writeBody' 'writeLoop: body written after a separate header flush'
   row 'net/http.(*persistConn).readLoop' 'transport readLoop goroutine (response read + peek)'
   row 'github.com/leveehq/levee/gateway.(*Gateway).finish' 'gateway.finish (metrics + access log)'
-  row 'log/slog.(*Logger).LogAttrs' 'access log (slog JSON + write)'
+  row 'github.com/leveehq/levee/gateway.writeAccessLine' 'access log line'
   row 'context.WithTimeoutCause' 'route timeout context'
   row 'github.com/leveehq/levee/gateway.newRequestID' 'X-Request-Id (crypto/rand)'
   row 'runtime.mallocgc' 'allocation'
