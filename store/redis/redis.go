@@ -1,7 +1,11 @@
 // Package redis is an idempotency.Store on Redis, for idempotency shared by
-// many replicas. It works with a single server, a Ring or a Cluster: New
-// takes any go-redis client (*goredis.Client, *goredis.Ring,
-// *goredis.ClusterClient).
+// many replicas. It works with a single server, a Ring or a Cluster, on
+// either client library: New takes any go-redis client (*goredis.Client,
+// *goredis.Ring, *goredis.ClusterClient) and NewRueidis a rueidis.Client.
+// Both keep the same records and can share them. rueidis pipelines the
+// commands of concurrent callers on shared connections, which halves the
+// client CPU per operation under load (docs/benchmarks.md); the levee
+// gateway uses it.
 //
 // # Guarantees
 //
@@ -66,8 +70,7 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-
-	"github.com/leveehq/levee/internal/redisscript"
+	"github.com/redis/rueidis"
 
 	"github.com/leveehq/levee/idempotency"
 )
@@ -98,12 +101,12 @@ type Options struct {
 // Store is an idempotency.Store on Redis. It is safe for concurrent use and
 // holds no connections of its own: the client passed to New does.
 type Store struct {
-	c        rediser
+	c        backend
 	prefix   string
-	claim    *goredis.Script
-	renew    *goredis.Script
-	complete *goredis.Script
-	release  *goredis.Script
+	claim    *script
+	renew    *script
+	complete *script
+	release  *script
 }
 
 var _ idempotency.Store = (*Store)(nil)
@@ -111,17 +114,29 @@ var _ idempotency.Store = (*Store)(nil)
 // New returns a Store that keeps its records in Redis through client. It
 // does no I/O; see Load.
 func New(client rediser, opts Options) *Store {
+	return newStore(goredisBackend{client}, opts)
+}
+
+// NewRueidis returns a Store that keeps its records in Redis through a
+// rueidis client (a single server or a cluster). It does no I/O; see Load.
+func NewRueidis(client rueidis.Client, opts Options) *Store {
+	return newStore(rueidisBackend{client}, opts)
+}
+
+// The scripts, shared by every Store.
+var (
+	claimScript    = newScript(claimLua)
+	renewScript    = newScript(renewLua)
+	completeScript = newScript(completeLua)
+	releaseScript  = newScript(releaseLua)
+)
+
+func newStore(b backend, opts Options) *Store {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
-	return &Store{
-		c:        client,
-		prefix:   opts.Prefix,
-		claim:    goredis.NewScript(claimLua),
-		renew:    goredis.NewScript(renewLua),
-		complete: goredis.NewScript(completeLua),
-		release:  goredis.NewScript(releaseLua),
-	}
+	return &Store{c: b, prefix: opts.Prefix, claim: claimScript, renew: renewScript,
+		complete: completeScript, release: releaseScript}
 }
 
 // Load loads the store's Lua scripts into the script cache of the server
@@ -129,7 +144,7 @@ func New(client rediser, opts Options) *Store {
 // operation costs one round trip instead of two. It is optional and safe to
 // call again at any time, for example after a server restart.
 func (s *Store) Load(ctx context.Context) error {
-	if err := redisscript.Load(ctx, s.c, s.claim, s.renew, s.complete, s.release); err != nil {
+	if err := s.c.load(ctx, []*script{s.claim, s.renew, s.complete, s.release}); err != nil {
 		return fmt.Errorf("redis: load scripts: %w", err)
 	}
 	return nil
@@ -226,38 +241,41 @@ func tokenString(t uint64) string { return strconv.FormatUint(t, 10) }
 
 // Claim implements idempotency.Store in one script call.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	v, err := s.claim.Run(ctx, s.c, []string{s.redisKey(req.Key)},
-		req.Key, req.Fingerprint[:], tokenString(req.Token), req.Now.UnixMilli(),
-		req.LeaseUntil.UnixMilli(), req.ExpiresAt.UnixMilli(), ttlMillis(req.Now, req.ExpiresAt),
-	).Result()
+	v, err := s.c.eval(ctx, s.claim, s.redisKey(req.Key), []string{
+		req.Key, string(req.Fingerprint[:]), tokenString(req.Token), millis(req.Now),
+		millis(req.LeaseUntil), millis(req.ExpiresAt), strconv.FormatInt(ttlMillis(req.Now, req.ExpiresAt), 10),
+	})
 	if err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: %w", err)
 	}
-	switch v := v.(type) {
-	case int64:
-		if v == 1 {
+	if v.isInt {
+		if v.n == 1 {
 			return idempotency.ClaimResult{Claimed: true}, nil
 		}
-	case []any:
-		rec, err := decodeRecord(req.Key, v)
-		if err != nil {
-			return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: %w", err)
-		}
-		if rec == nil {
-			return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: script returned an empty record")
-		}
-		return idempotency.ClaimResult{Existing: rec}, nil
+		return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: unexpected script reply %d", v.n)
 	}
-	return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: unexpected script reply %T", v)
+	rec, err := decodeRecord(req.Key, v.arr)
+	if err != nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: %w", err)
+	}
+	if rec == nil {
+		return idempotency.ClaimResult{}, fmt.Errorf("redis: claim: script returned an empty record")
+	}
+	return idempotency.ClaimResult{Existing: rec}, nil
 }
 
+func millis(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+
 // fenced runs a token-checked script and maps its 0/1 reply.
-func (s *Store) fenced(ctx context.Context, op string, sc *goredis.Script, key string, args ...any) error {
-	n, err := sc.Run(ctx, s.c, []string{s.redisKey(key)}, args...).Int64()
+func (s *Store) fenced(ctx context.Context, op string, sc *script, key string, args ...string) error {
+	v, err := s.c.eval(ctx, sc, s.redisKey(key), args)
 	if err != nil {
 		return fmt.Errorf("redis: %s: %w", op, err)
 	}
-	if n != 1 {
+	if !v.isInt {
+		return fmt.Errorf("redis: %s: unexpected script reply", op)
+	}
+	if v.n != 1 {
 		return idempotency.ErrFenced
 	}
 	return nil
@@ -266,15 +284,15 @@ func (s *Store) fenced(ctx context.Context, op string, sc *goredis.Script, key s
 // Renew implements idempotency.Store in one script call. It does not
 // change the record's Redis TTL.
 func (s *Store) Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error {
-	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), leaseUntil.UnixMilli(),
-		expiresAt.UnixMilli(), ttlMillis(now, expiresAt))
+	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), millis(leaseUntil),
+		millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
 }
 
 // Complete implements idempotency.Store in one script call. The Redis TTL
 // becomes expiresAt-now+TTLSlack.
 func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, now, expiresAt time.Time) error {
 	return s.fenced(ctx, "complete", s.complete, key, tokenString(token),
-		idempotency.MarshalResponse(resp), expiresAt.UnixMilli(), ttlMillis(now, expiresAt))
+		string(idempotency.MarshalResponse(resp)), millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
 }
 
 // Release implements idempotency.Store in one script call.
@@ -284,7 +302,7 @@ func (s *Store) Release(ctx context.Context, key string, token uint64) error {
 
 // Lookup implements idempotency.Store with one HMGET.
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
-	v, err := s.c.HMGet(ctx, s.redisKey(key), recordFields[:]...).Result()
+	v, err := s.c.hmget(ctx, s.redisKey(key), recordFields[:])
 	if err != nil {
 		return nil, fmt.Errorf("redis: lookup: %w", err)
 	}
@@ -302,23 +320,16 @@ var errCorrupt = errors.New("corrupt idempotency record")
 
 // decodeRecord parses the recordFields values of key's hash. It returns
 // nil, nil when the record does not exist (no state field).
-func decodeRecord(key string, v []any) (*idempotency.Record, error) {
+func decodeRecord(key string, v []field) (*idempotency.Record, error) {
 	if len(v) != len(recordFields) {
 		return nil, fmt.Errorf("%w: %d fields, want %d", errCorrupt, len(v), len(recordFields))
 	}
-	if v[0] == nil {
+	if !v[0].ok {
 		return nil, nil
 	}
 	var f [len(recordFields)]string
 	for i, x := range v {
-		if x == nil {
-			continue
-		}
-		str, ok := x.(string)
-		if !ok {
-			return nil, fmt.Errorf("%w: field %s has type %T", errCorrupt, recordFields[i], x)
-		}
-		f[i] = str
+		f[i] = x.s
 	}
 	rec := &idempotency.Record{Key: key}
 	switch f[0] {
@@ -348,7 +359,7 @@ func decodeRecord(key string, v []any) (*idempotency.Record, error) {
 	}
 	copy(rec.Fingerprint[:], f[4])
 	if rec.State == idempotency.StateCompleted {
-		if v[5] == nil {
+		if !v[5].ok {
 			return nil, fmt.Errorf("%w: completed without a response", errCorrupt)
 		}
 		resp, err := idempotency.UnmarshalResponse([]byte(f[5]))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/idempotency/idemtest"
@@ -162,12 +163,107 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// countingClient counts the commands a rueidis client sends: the
+// round-trip count the suite checks.
+type countingClient struct {
+	rueidis.Client
+	n *atomic.Int64
+}
+
+func (c countingClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	c.n.Add(1)
+	return c.Client.Do(ctx, cmd)
+}
+
+// newRueidisStore returns a loaded store under prefix on its own rueidis
+// client, and its command counter.
+func newRueidisStore(t testing.TB, opts *goredis.Options, prefix string) (*redis.Store, *atomic.Int64) {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{opts.Addr}, SelectDB: opts.DB, DisableCache: true})
+	if err != nil {
+		t.Fatalf("rueidis: %v", err)
+	}
+	t.Cleanup(c.Close)
+	n := new(atomic.Int64)
+	s := redis.NewRueidis(countingClient{c, n}, redis.Options{Prefix: prefix})
+	if err := s.Load(context.Background()); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	return s, n
+}
+
+// The whole suite again on rueidis, the client the gateway uses.
+func TestConformanceRueidis(t *testing.T) {
+	opts := redisOptions(t)
+	type inst struct {
+		prefix string
+		n      *atomic.Int64
+	}
+	var instances sync.Map // *redis.Store -> inst
+	idemtest.Run(t, idemtest.Harness{
+		NewStore: func(t testing.TB) idempotency.Store {
+			prefix := newPrefix()
+			deletePrefix(t, opts, prefix)
+			s, n := newRueidisStore(t, opts, prefix)
+			instances.Store(s, inst{prefix, n})
+			return s
+		},
+		Replica: func(t testing.TB, s idempotency.Store) idempotency.Store {
+			v, _ := instances.Load(s)
+			r, n := newRueidisStore(t, opts, v.(inst).prefix)
+			instances.Store(r, inst{v.(inst).prefix, n})
+			return r
+		},
+		RoundTrips: func(s idempotency.Store) int64 {
+			v, _ := instances.Load(s)
+			return v.(inst).n.Load()
+		},
+	})
+}
+
+// Replicas on either client library share the same records.
+func TestGoRedisAndRueidisShareRecords(t *testing.T) {
+	opts := redisOptions(t)
+	prefix := newPrefix()
+	deletePrefix(t, opts, prefix)
+	gr, _, _ := newStore(t, opts, prefix)
+	ru, _ := newRueidisStore(t, opts, prefix)
+	ctx := context.Background()
+	now := time.Now()
+	for i, pair := range [][2]*redis.Store{{gr, ru}, {ru, gr}} {
+		key := idempotency.ScopedKey("mix", "", strconv.Itoa(i))
+		req := idempotency.ClaimRequest{Key: key, Token: idempotency.NewToken(), Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+		req.Fingerprint[0], req.Fingerprint[31] = 0xff, 0x00 // binary bytes survive both clients
+		if res, err := pair[0].Claim(ctx, req); err != nil || !res.Claimed {
+			t.Fatalf("Claim: %+v, %v", res, err)
+		}
+		if err := pair[0].Complete(ctx, key, req.Token, idempotency.Response{Status: 201, Body: []byte("charged\x00\xff")}, now, now.Add(time.Hour)); err != nil {
+			t.Fatalf("Complete: %v", err)
+		}
+		req2 := req
+		req2.Token = idempotency.NewToken()
+		res, err := pair[1].Claim(ctx, req2)
+		if err != nil || res.Claimed || res.Existing == nil || res.Existing.Fingerprint != req.Fingerprint ||
+			string(res.Existing.Response.Body) != "charged\x00\xff" || res.Existing.Token != req.Token {
+			t.Fatalf("replay on the other client: %+v, %v", res, err)
+		}
+		if rec, err := pair[1].Lookup(ctx, key, now); err != nil || rec.State != idempotency.StateCompleted {
+			t.Fatalf("Lookup on the other client: %+v, %v", rec, err)
+		}
+	}
+}
+
 func BenchmarkStore(b *testing.B) {
 	opts := redisOptions(b)
 	prefix := newPrefix()
 	deletePrefix(b, opts, prefix)
 	s, _, c := newStore(b, opts, prefix)
 	idemtest.Bench(b, s)
+	b.Run("rueidis", func(b *testing.B) {
+		rs, _ := newRueidisStore(b, opts, prefix)
+		idemtest.Bench(b, rs)
+	})
 	// The floor: one bare round trip on the same client. A new request
 	// should cost about 2 of these, a replay about 1.
 	b.Run("RoundTripFloorPING", func(b *testing.B) {
