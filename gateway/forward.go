@@ -69,11 +69,21 @@ func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// route timeout.
 		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), p.timeout, errUpstreamTimeout)
 		defer cancel()
+		if ctx.Value(http.ServerContextKey) == nil {
+			// ReverseProxy aborts the response (http.ErrAbortHandler) on a
+			// failed body copy only under a server it can see; without
+			// this, levee's front server would end a cut body cleanly.
+			ctx = context.WithValue(ctx, http.ServerContextKey, abortingServer)
+		}
 		p.rp.ServeHTTP(w, r.WithContext(ctx))
 		return
 	}
 	p.direct(w, r)
 }
+
+// abortingServer marks, for httputil.ReverseProxy, a request served by a
+// server that handles http.ErrAbortHandler.
+var abortingServer = new(http.Server)
 
 // directEligible reports whether r can take the direct path.
 func directEligible(r *http.Request) bool {
@@ -297,23 +307,62 @@ func headerHasToken(vs []string, tok string) bool {
 // joined with the request's, and both queries, as httputil.ProxyRequest.SetURL.
 func (p *routeProxy) appendTarget(b []byte, u *url.URL) []byte {
 	t := p.target
+	query := cleanQueryParams(u.RawQuery)
 	if t.Path == "" && t.RawQuery == "" {
 		b = append(b, u.EscapedPath()...)
-		if u.RawQuery != "" || u.ForceQuery {
+		if query != "" || u.ForceQuery {
 			b = append(b, '?')
-			b = append(b, u.RawQuery...)
+			b = append(b, query...)
 		}
 		return b
 	}
 	out := *u
+	out.RawQuery = query
 	out.Path, out.RawPath = joinURLPath(t, u)
-	if t.RawQuery == "" || u.RawQuery == "" {
-		out.RawQuery = t.RawQuery + u.RawQuery
+	if t.RawQuery == "" || query == "" {
+		out.RawQuery = t.RawQuery + query
 	} else {
-		out.RawQuery = t.RawQuery + "&" + u.RawQuery
+		out.RawQuery = t.RawQuery + "&" + query
 	}
 	out.Scheme, out.Host, out.Opaque = "", "", ""
 	return append(b, out.RequestURI()...)
+}
+
+// cleanQueryParams is httputil.ReverseProxy's: a query with a semicolon, a
+// bad percent-escape or more than 10,000 parameters is re-encoded from
+// what url.ParseQuery keeps, so that the upstream cannot read parameters
+// levee (or a WAF before it) did not (Go 1.17's parameter-smuggling fix).
+// (ReverseProxy also re-encodes every query under a non-default
+// GODEBUG=urlmaxqueryparams; levee does not look at GODEBUG.)
+func cleanQueryParams(s string) string {
+	reencode := func(s string) string {
+		v, _ := url.ParseQuery(s)
+		return v.Encode()
+	}
+	if s == "" {
+		return s
+	}
+	if strings.Count(s, "&")+1 > 10000 {
+		return reencode(s)
+	}
+	for i := 0; i < len(s); {
+		switch s[i] {
+		case ';':
+			return reencode(s)
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return reencode(s)
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return s
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // joinURLPath is httputil's: the target's path, then the request's, with

@@ -124,6 +124,8 @@ routes:
 			{"PUT", "/b", "x", []string{"Upgrade-Insecure-Requests", "1", "Te", "gzip"}},
 			{"HEAD", "/v1/head", "", nil},
 			{"GET", "/chunked", "", nil},
+			{"GET", "/v1/q?a=1;b=2&c=%zz&d=4", "", nil}, // re-encoded: no parameter smuggling
+			{"GET", "/b/q?" + strings.Repeat("p=1&", 10000) + "p=2", "", nil},
 		}
 		for _, c := range cases {
 			var got [2]*http.Request
@@ -151,9 +153,10 @@ routes:
 				}
 			}
 			d, s := got[0], got[1]
+			short := func(s string) string { return s[:min(len(s), 120)] }
 			if d.Method != s.Method || d.RequestURI != s.RequestURI || d.Host != s.Host || bodies[0] != bodies[1] {
-				t.Errorf("trusted %s, %s %s: direct sent %s %s Host %s body %q; ReverseProxy %s %s Host %s body %q", trusted, c.method, c.path,
-					d.Method, d.RequestURI, d.Host, bodies[0], s.Method, s.RequestURI, s.Host, bodies[1])
+				t.Errorf("trusted %s, %s %s: direct sent %s %s Host %s body %q; ReverseProxy %s %s Host %s body %q", trusted, c.method, short(c.path),
+					d.Method, short(d.RequestURI), d.Host, bodies[0], s.Method, short(s.RequestURI), s.Host, bodies[1])
 			}
 			dh, sh := d.Header.Clone(), s.Header.Clone()
 			for i, h := range []http.Header{dh, sh} {
@@ -186,6 +189,49 @@ routes:
 			if c.path == "/chunked" && (answers[0] != "abcde" || resps[0].Trailer.Get("X-Sum") != "5" || rd.Get("X-Hop") != "") {
 				t.Errorf("chunked response: body %q trailer %v headers %v", answers[0], resps[0].Trailer, rd)
 			}
+		}
+	}
+}
+
+// A response body cut by the upstream reaches the client as a cut
+// connection, never as a complete-looking response — on the
+// ReverseProxy path under levee's front server too.
+func TestCutUpstreamBodyAbortsTheClient(t *testing.T) {
+	t.Parallel()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				http.ReadRequest(bufio.NewReader(c))
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+			}()
+		}
+	}()
+	cfg, err := Parse("t.yaml", []byte(fmt.Sprintf("listen: 127.0.0.1:0\nroutes:\n  - name: cut\n    match: {path_prefix: /}\n    upstream: http://%s\n", ln.Addr())), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tr := range []http.RoundTripper{nil, NewTransport()} { // direct path, ReverseProxy
+		g, err := New(cfg, Options{Logger: quiet, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := startFront(t, g, nil)
+		resp, err := http.Get("http://" + f.addr + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("transport %T: the client read %q and a clean end, want an error", tr, b)
 		}
 	}
 }

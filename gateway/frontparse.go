@@ -88,6 +88,12 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 			if rest != "" || hosts != 1 {
 				return h, false
 			}
+			// As net/http: "Pragma: no-cache" implies Cache-Control.
+			if p := h.header["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
+				if _, ok := h.header["Cache-Control"]; !ok {
+					h.header["Cache-Control"] = []string{"no-cache"}
+				}
+			}
 			break
 		}
 		colon := strings.IndexByte(line, ':')

@@ -111,9 +111,8 @@ func (s *frontServer) Serve(ln net.Listener) error {
 		return http.ErrServerClosed
 	}
 	s.mu.Unlock()
-	fbDone := make(chan struct{})
+	defer s.handoff.Close() // the fallback stops accepting with us
 	go func() {
-		defer close(fbDone)
 		if err := s.fallback.Serve(s.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("fallback server failed", "error", err)
 		}
@@ -248,21 +247,36 @@ func (fc *frontConn) serve() {
 		frontWriters.Put(fc.bw)
 		s.forget(fc)
 	}()
+	lastPOST := false
 	for first := true; ; first = false {
-		if !first && s.idleTimeout > 0 {
-			_ = fc.c.SetReadDeadline(time.Now().Add(s.idleTimeout))
-		} else if first && s.readHeaderTimeout > 0 {
-			_ = fc.c.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+		if first {
+			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.readHeaderTimeout))
+		} else {
+			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.idleTimeout))
 		}
 		if _, err := fc.br.Peek(1); err != nil {
 			return
+		}
+		if lastPOST {
+			// Some clients send a CRLF after a POST body; net/http skips
+			// up to four such bytes.
+			for i := 0; i < 4; i++ {
+				b, err := fc.br.Peek(1)
+				if err != nil {
+					return
+				}
+				if b[0] != '\r' && b[0] != '\n' {
+					break
+				}
+				fc.br.Discard(1)
+			}
 		}
 		if !fc.state.CompareAndSwap(connIdle, connActive) {
 			return // closed by Shutdown
 		}
 		t0 := time.Now()
-		if !first && s.readHeaderTimeout > 0 {
-			_ = fc.c.SetReadDeadline(t0.Add(s.readHeaderTimeout))
+		if !first {
+			_ = fc.c.SetReadDeadline(deadline(t0, s.readHeaderTimeout))
 		}
 		head, err := fc.readHead()
 		if err != nil {
@@ -281,6 +295,7 @@ func (fc *frontConn) serve() {
 			return
 		}
 		fc.br.Discard(len(head))
+		lastPOST = h.method == http.MethodPost
 		keep := fc.serveRequest(&h, t0)
 		s.served.Add(1)
 		if !keep || s.closing.Load() {
@@ -293,13 +308,21 @@ func (fc *frontConn) serve() {
 }
 
 // readHead returns the buffered bytes of the next request head, through
-// the empty line, without consuming them; nil (and no error) when the
-// head does not fit in the buffer.
+// the empty line, without consuming them. When the head does not fit in
+// the buffer it returns nil; when it holds a bare LF (which net/http
+// accepts and the front parser does not) it returns what is buffered, at
+// once, for parseFrontHead to refuse. Either way the connection is then
+// handed off.
 func (fc *frontConn) readHead() ([]byte, error) {
 	searched := 0
 	for {
 		n := fc.br.Buffered()
 		buf, _ := fc.br.Peek(n)
+		for i := searched; i < n; i++ {
+			if buf[i] == '\n' && (i == 0 || buf[i-1] != '\r') {
+				return buf, nil
+			}
+		}
 		from := max(0, searched-3)
 		if i := bytes.Index(buf[from:], crlfcrlf); i >= 0 {
 			return buf[:from+i+4], nil
@@ -315,6 +338,14 @@ func (fc *frontConn) readHead() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// deadline is now+d, or no deadline when d is 0.
+func deadline(now time.Time, d time.Duration) time.Time {
+	if d <= 0 {
+		return time.Time{}
+	}
+	return now.Add(d)
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
@@ -380,6 +411,15 @@ func (fc *frontConn) serveRequest(h *frontHead, t0 time.Time) (keep bool) {
 	}
 	w := &frontResponse{fc: fc, req: req, header: make(http.Header, 8), contentLength: -1}
 	if !fc.runHandler(w, req) {
+		// Whatever the handler left behind must not touch the pooled
+		// buffers once the connection is gone.
+		if body != nil {
+			body.mu.Lock()
+			body.closed = true
+			body.mu.Unlock()
+		}
+		w.done = true
+		w.releasePend()
 		return false
 	}
 	var left int64
@@ -388,17 +428,22 @@ func (fc *frontConn) serveRequest(h *frontHead, t0 time.Time) (keep bool) {
 		left = body.left
 		if body.err != nil || left > frontMaxDrain {
 			w.closeAfter = true // said in the response if it is not sent yet
-			fc.linger = body.err == nil
+		}
+		if body.err != nil {
+			left = 0 // nothing more to read
 		}
 		body.closed = true
 		body.mu.Unlock()
 	}
 	w.finish()
 	keep = !h.close && !w.closeAfter && fc.werr == nil
-	if keep && left > 0 {
+	switch {
+	case keep && left > 0:
 		if _, err := fc.br.Discard(int(left)); err != nil {
 			keep = false
 		}
+	case !keep && left > 0 && fc.werr == nil:
+		fc.linger = true // let the client read the answer before the reset
 	}
 	if err := fc.bw.Flush(); err != nil {
 		return false
@@ -465,9 +510,14 @@ func (b *frontBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close implements io.Closer; the rest of the body is discarded (or the
-// connection closed) after the handler returns.
-func (b *frontBody) Close() error { return nil }
+// Close implements io.Closer: later reads fail; the rest of the body is
+// discarded (or the connection closed) after the handler returns.
+func (b *frontBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
 
 // frontResponse is the http.ResponseWriter of the front server.
 type frontResponse struct {
@@ -497,7 +547,7 @@ func (w *frontResponse) WriteHeader(code int) {
 		// Informational: sent at once, the final status follows.
 		bw := w.fc.bw
 		writeStatusLine(bw, code)
-		writeHeaderFields(bw, w.header, nil)
+		writeHeaderFields(bw, w.header, informational)
 		bw.WriteString("\r\n")
 		_ = bw.Flush()
 		return
@@ -536,7 +586,7 @@ func (w *frontResponse) Write(p []byte) (int, error) {
 	}
 	if !w.committed {
 		if w.contentLength >= 0 {
-			w.commit()
+			w.commit(p)
 		} else if len(w.pend)+len(p) <= frontBufSize {
 			if w.pend == nil {
 				w.pend = pendPool.Get().(*[frontBufSize]byte)[:0]
@@ -544,7 +594,7 @@ func (w *frontResponse) Write(p []byte) (int, error) {
 			w.pend = append(w.pend, p...)
 			return len(p), nil
 		} else {
-			w.commit() // chunked
+			w.commit(p) // chunked
 		}
 	}
 	if err := w.writeBody(p); err != nil {
@@ -588,7 +638,7 @@ func (w *frontResponse) writeBody(p []byte) error {
 
 // commit writes the status line and the headers: Content-Length when the
 // length is known, chunked encoding otherwise.
-func (w *frontResponse) commit() {
+func (w *frontResponse) commit(first []byte) {
 	if w.committed {
 		return
 	}
@@ -597,9 +647,17 @@ func (w *frontResponse) commit() {
 		w.status = http.StatusOK
 	}
 	h := w.header
+	head := w.req.Method == http.MethodHead
 	if w.contentLength < 0 && w.bodyAllowed() {
 		_, trailers := h["Trailer"]
-		if w.done && !trailers {
+		if head {
+			// No body follows: a length only when the handler finished
+			// (the bytes it wrote), never chunked framing.
+			if w.done && w.written > 0 {
+				w.contentLength = w.written
+				h["Content-Length"] = []string{strconv.FormatInt(w.written, 10)}
+			}
+		} else if w.done && !trailers {
 			w.contentLength = w.written
 			if w.req.Method != http.MethodHead || w.written > 0 {
 				h["Content-Length"] = []string{strconv.FormatInt(w.written, 10)}
@@ -608,8 +666,13 @@ func (w *frontResponse) commit() {
 			w.chunked = true
 		}
 	}
-	if _, ok := h["Content-Type"]; !ok && w.bodyAllowed() && len(w.pend) > 0 {
-		h["Content-Type"] = []string{http.DetectContentType(w.pend)}
+	if _, ok := h["Content-Type"]; !ok && w.bodyAllowed() {
+		// Sniffed from the first bytes, as net/http does.
+		if len(w.pend) > 0 {
+			h["Content-Type"] = []string{http.DetectContentType(w.pend)}
+		} else if len(first) > 0 {
+			h["Content-Type"] = []string{http.DetectContentType(first)}
+		}
 	}
 	if v, ok := h["Connection"]; ok && headerHasToken(v, "close") {
 		w.closeAfter = true
@@ -649,13 +712,20 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 	bw.WriteString("\r\n")
 }
 
+// informational stands for a 1xx response in writeHeaderFields.
+var informational = new(frontResponse)
+
 // writeHeaderFields writes the fields of h as net/http would: invalid
 // names skipped, CR and LF in values replaced by spaces, nil values and
 // trailer keys left out. With w (a final response) the framing fields
 // the server sets itself are left out too.
 func writeHeaderFields(bw *bufio.Writer, h http.Header, w *frontResponse) {
 	for k, vs := range h {
-		if w != nil {
+		if w == informational {
+			if k == "Content-Length" || k == "Transfer-Encoding" {
+				continue // as net/http: a 1xx has no body
+			}
+		} else if w != nil {
 			switch k {
 			case "Connection", "Transfer-Encoding", "Keep-Alive":
 				continue
@@ -700,7 +770,7 @@ func (w *frontResponse) finish() {
 		w.status = http.StatusOK
 	}
 	if !w.committed {
-		w.commit()
+		w.commit(nil)
 	}
 	if err := w.writeBody(nil); err != nil {
 		return
@@ -791,7 +861,7 @@ func (w *frontResponse) FlushError() error {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	w.commit()
+	w.commit(nil)
 	if err := w.writeBody(nil); err != nil {
 		return err
 	}

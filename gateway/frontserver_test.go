@@ -161,6 +161,8 @@ func TestFrontHandsOffToNetHTTP(t *testing.T) {
 		{"two lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "POST", 400, ""},
 		{"space before colon", "GET / HTTP/1.1\r\nHost: a\r\nX-A : 1\r\n\r\n", "GET", 400, ""},
 		{"absolute form", "GET http://h/abs HTTP/1.1\r\nHost: h\r\n\r\n", "GET", 200, "GET http://h/abs host=h"},
+		{"bare LF", "GET /lf HTTP/1.1\nHost: h\n\n", "GET", 200, "GET /lf host=h"},
+		{"bare LF at the end", "GET /lf2 HTTP/1.1\r\nHost: h\r\n\n", "GET", 200, "GET /lf2 host=h"},
 	}
 	for _, fresh := range []bool{true, false} {
 		for _, tc := range cases {
@@ -227,9 +229,16 @@ func TestFrontResponseFraming(t *testing.T) {
 	})
 	mux.HandleFunc("/hints", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.Header().Set("Content-Length", "5")
 		w.WriteHeader(103)
 		w.Header().Del("Link")
 		io.WriteString(w, "final")
+	})
+	mux.HandleFunc("/headflush", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-T")
+		io.WriteString(w, "body")
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-T", "1")
 	})
 	f := startFront(t, mux, nil)
 	c := f.dial(t)
@@ -267,12 +276,22 @@ func TestFrontResponseFraming(t *testing.T) {
 		t.Fatalf("/trailer: %q trailers %v", body, resp.Trailer)
 	}
 	resp, _ = get("/hints", "GET")
-	if resp.StatusCode != 103 || resp.Header.Get("Link") == "" {
+	if resp.StatusCode != 103 || resp.Header.Get("Link") == "" || resp.Header.Get("Content-Length") != "" {
 		t.Fatalf("/hints: %d %v, want 103 with the Link header first", resp.StatusCode, resp.Header)
 	}
 	resp, body = c.read("GET")
 	if resp.StatusCode != 200 || body != "final" || resp.Header.Get("Link") != "" {
 		t.Fatalf("/hints: %d %q %v ", resp.StatusCode, body, resp.Header)
+	}
+	// A HEAD whose handler flushes and announces trailers gets no chunked
+	// framing (there is no body), and the connection stays in sync.
+	resp, body = get("/headflush", "HEAD")
+	if len(resp.TransferEncoding) != 0 || body != "" {
+		t.Fatalf("HEAD /headflush: te %v body %q", resp.TransferEncoding, body)
+	}
+	resp, body = get("/small", "GET")
+	if body != "<html>hi</html>" {
+		t.Fatalf("after HEAD /headflush the connection is out of sync: %d %q", resp.StatusCode, body)
 	}
 	resp, body = get("/nodate", "GET")
 	if _, ok := resp.Header["Date"]; ok || resp.Header.Get("Content-Type") != "" || resp.Header.Get("Injected") != "" ||
@@ -310,6 +329,14 @@ func TestFrontRequestBodies(t *testing.T) {
 	c.send("POST /read HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
 	if _, body := c.read("POST"); body != "2 <nil>" {
 		t.Fatalf("after a skipped body: %q", body)
+	}
+	// A CRLF some clients send after a POST body is skipped, as net/http does.
+	c.send("POST /read HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx\r\nGET /read HTTP/1.1\r\nHost: h\r\n\r\n")
+	if _, body := c.read("POST"); body != "1 <nil>" {
+		t.Fatalf("POST before a CRLF: %q", body)
+	}
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "0 <nil>" {
+		t.Fatalf("GET after a POST and a stray CRLF: %d %q", resp.StatusCode, body)
 	}
 	// An unread body over 256 KiB closes the connection.
 	c = f.dial(t)
@@ -439,6 +466,8 @@ func FuzzFrontParse(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
 		"GET // HTTP/1.1\r\nHost: a\r\nX-\xff: y\r\nY: \xff\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\nCache-Control: max-age=0\r\n\r\n",
 	} {
 		f.Add(s)
 	}
