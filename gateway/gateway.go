@@ -282,7 +282,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", rt.maxBody)})
 	default:
 		ri.route = rt.name
-		if r.Body != nil && r.Body != http.NoBody {
+		if r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
+			// A body of unknown length (chunked) is cut at the limit; one
+			// with a Content-Length was checked above, and the server
+			// never reads past its length.
 			r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
 		}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, ri))

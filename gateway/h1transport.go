@@ -209,7 +209,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 	trace := httptrace.ContextClientTrace(ctx)
 	for n1xx := 0; ; {
 		pc.lr.n = h1MaxHeaderBytes
-		resp, err := http.ReadResponse(pc.br, req)
+		resp, err := readResponse(pc.br, req)
 		pc.lr.n = -1
 		if err != nil {
 			return fail("read", err)
