@@ -19,6 +19,9 @@
 #                      0: no pinning, nginx worker_processes auto, wrk -t2
 #   LOAD_CPU [0] SERVER_CPU [1]
 #   SCENARIOS [all]    space-separated subset of scenario names (see the table)
+#   REPEAT [1]         rounds over the scenario list (interleaved, so drift hits
+#                      all alike); the table gives medians (RSS: maximum), and
+#                      the per-round levee-plain/nginx ratios are listed
 #   LEVEE_REDIS_ADDR [127.0.0.1:6379]
 #   LEVEE_POSTGRES_URL [postgres://postgres@127.0.0.1:5432/test?sslmode=disable]
 #   PORT_BASE [18080]  uses PORT_BASE+1 .. PORT_BASE+6 on 127.0.0.1
@@ -36,6 +39,8 @@ PIN=${PIN:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 SCENARIOS=${SCENARIOS:-}
+REPEAT=${REPEAT:-1}
+[[ $REPEAT =~ ^[0-9]+$ && $REPEAT -ge 1 && $REPEAT -le 20 ]] || { echo "REPEAT must be 1..20" >&2; exit 1; }
 REDIS_ADDR=${LEVEE_REDIS_ADDR:-127.0.0.1:6379}
 PG_URL=${LEVEE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
 # psql rejects pgx's pool_* URL parameters (e.g. pool_max_conns): strip them for psql
@@ -298,6 +303,8 @@ stop_server() {
 
 # ---- one measurement ------------------------------------------------------------
 declare -A R_RPS=() R_P50=() R_P99=() R_ERR=() R_CONN=() R_UPREQ=() R_RSS=() R_REQS=() R_CPU=() R_UPCPU=()
+# every round's values, space-separated, for the medians
+declare -A L_RPS=() L_P50=() L_P99=() L_ERR=() L_RSS=() L_CPU=() L_UPCPU=()
 order=()
 
 wrk_run() { # wrk_run CONNS SECONDS URL MODE TAG -> LEVEEBENCH line
@@ -326,7 +333,7 @@ measure() { # measure NAME CONNS URL MODE
   [ -n "$line" ] || die "$name: wrk produced no result"
   local kv; declare -A v=()
   for kv in ${line#LEVEEBENCH }; do v[${kv%%=*}]=${kv#*=}; done
-  order+=("$name")
+  [[ " ${order[*]} " == *" $name "* ]] || order+=("$name")
   R_REQS[$name]=${v[requests]}
   R_RPS[$name]=$(awk -v n="${v[requests]}" -v us="${v[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
   R_P50[$name]=$(awk -v u="${v[p50_us]}" 'BEGIN { printf "%.2f", u / 1000 }')
@@ -338,6 +345,8 @@ measure() { # measure NAME CONNS URL MODE
   R_UPCPU[$name]=$(awk -v t=$(( u1 - u0 )) -v hz="$HZ" -v n="${v[requests]}" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
   [ "$spid" != "$up_pid" ] || R_UPCPU[$name]=-
   R_RSS[$name]=$(awk -v k="$(hwm_kib "${server_pid:-$up_pid}")" 'BEGIN { printf "%.1f", k / 1024 }')
+  L_RPS[$name]+=" ${R_RPS[$name]}"; L_P50[$name]+=" ${R_P50[$name]}"; L_P99[$name]+=" ${R_P99[$name]}"
+  L_ERR[$name]+=" ${R_ERR[$name]}"; L_RSS[$name]+=" ${R_RSS[$name]}"; L_CPU[$name]+=" ${R_CPU[$name]}"; L_UPCPU[$name]+=" ${R_UPCPU[$name]}"
   printf '  %-22s %8s req/s  p50 %6s ms  p99 %6s ms  errors %s  upstream conns +%s  peak RSS %s MiB  CPU %s µs/req (upstream %s)\n' \
     "$name" "${R_RPS[$name]}" "${R_P50[$name]}" "${R_P99[$name]}" "${R_ERR[$name]}" "${R_CONN[$name]}" "${R_RSS[$name]}" "${R_CPU[$name]}" "${R_UPCPU[$name]}" >&2
 }
@@ -379,6 +388,9 @@ echo "method: $pin_desc" >&2
 echo "each scenario: ${WARMUP} warm-up (discarded), then ${DURATION} measured; ${CONNS} connections (and ${CONNS_HIGH} for the *-c$CONNS_HIGH rows)" >&2
 
 c=$CONNS
+declare -a ROUND_RATIOS=()
+for round in $(seq "$REPEAT"); do
+[ "$REPEAT" = 1 ] || echo "round $round of $REPEAT" >&2
 scenario upstream-direct        "$c" upstream
 scenario nginx                  "$c" nginx
 scenario go-stock-proxy         "$c" stock default
@@ -398,6 +410,28 @@ if [ "$CONNS_HIGH" -gt 0 ]; then
   scenario "proto-proxy-c$h"      "$h" proto
   scenario "levee-plain-c$h"      "$h" levee memory 0 true unique
   scenario "levee-idem-redis-c$h" "$h" levee redis 1 true unique
+fi
+if [ -n "${R_RPS[nginx]:-}" ] && [ -n "${R_RPS[levee-plain]:-}" ]; then
+  ROUND_RATIOS+=("$(awk -v a="${R_RPS[levee-plain]}" -v b="${R_RPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')")
+fi
+done
+
+# ---- medians over the rounds ------------------------------------------------------
+median() { # median of the numbers in $1 ("-" when not numeric)
+  echo "$1" | tr ' ' '\n' | awk 'NF && $1 != "-" { v[n++] = $1 } END {
+    if (n == 0) { print "-"; exit }
+    for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+    m = (n % 2) ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
+    if (m > 100) printf "%.0f\n", m; else printf "%.2f\n", m }'
+}
+maxof() { echo "$1" | tr ' ' '\n' | awk 'NF { if ($1 + 0 > m) m = $1 + 0 } END { printf "%.1f\n", m }'; }
+sumof() { echo "$1" | tr ' ' '\n' | awk 'NF { s += $1 } END { print s + 0 }'; }
+if [ "$REPEAT" -gt 1 ]; then
+  for n in "${order[@]}"; do
+    R_RPS[$n]=$(median "${L_RPS[$n]}"); R_P50[$n]=$(median "${L_P50[$n]}"); R_P99[$n]=$(median "${L_P99[$n]}")
+    R_CPU[$n]=$(median "${L_CPU[$n]}"); R_UPCPU[$n]=$(median "${L_UPCPU[$n]}")
+    R_RSS[$n]=$(maxof "${L_RSS[$n]}"); R_ERR[$n]=$(sumof "${L_ERR[$n]}")
+  done
 fi
 
 # ---- report ---------------------------------------------------------------------
@@ -428,6 +462,10 @@ report() {
     echo "| $n | $conns | ${R_RPS[$n]} | ${R_P50[$n]} | ${R_P99[$n]} | ${R_ERR[$n]} | $(ratio "${R_RPS[$n]}" "${R_RPS[$ng]:-}") | $(ratio "${R_RPS[$n]}" "${R_RPS[$lp]:-}") | ${R_CONN[$n]} | ${R_UPREQ[$n]} | ${R_RSS[$n]} | ${R_CPU[$n]} | ${R_UPCPU[$n]} |"
   done
   echo
+  if [ "$REPEAT" -gt 1 ]; then
+    echo "$REPEAT rounds, scenarios interleaved; the table gives each scenario's median (peak RSS: the maximum; errors: the sum; upstream conns and reqs: the last round). levee-plain / nginx per round: ${ROUND_RATIOS[*]:-n/a}."
+    echo
+  fi
   echo -n "Goals: levee-plain / nginx ≥ 0.80 → **$(ratio "${R_RPS[levee-plain]:-}" "${R_RPS[nginx]:-}")**;" \
     "levee-idem-redis / levee-plain ≥ 0.60 → **$(ratio "${R_RPS[levee-idem-redis]:-}" "${R_RPS[levee-plain]:-}")**"
   if [ "$CONNS_HIGH" -gt 0 ]; then
