@@ -48,11 +48,10 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 			SelectDB: c.Redis.DB, DisableCache: true,
 			Dialer:           net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second},
 			ConnWriteTimeout: 2 * time.Second, // idempotency.store_timeout bounds every call
-			// After each write, wait up to 20 µs for more commands, so that
-			// one write carries those of many concurrent requests: at 100
-			// callers on one core, 10.4 → 4.9 µs of CPU per call. A lone
-			// command is still written at once.
-			MaxFlushDelay: 20 * time.Microsecond,
+			// While other commands are outstanding, wait up to flush_delay
+			// for more, so that one write and one read carry those of many
+			// concurrent requests (a lone command is written at once).
+			MaxFlushDelay: c.Redis.flushDelay(),
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("gateway: store redis %s: %w", c.Redis.Addr, err)
@@ -115,6 +114,14 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 
 // OpenRateLimitStore opens the rate-limit store a config names: an
 // in-process ratelimit.Local (memory) or Redis, checked within 10 s.
+// flushDelay is flush_delay with its default.
+func (r RedisConfig) flushDelay() time.Duration {
+	if r.FlushDelay == nil {
+		return DefaultRedisFlushDelay
+	}
+	return r.FlushDelay.D()
+}
+
 // Both Redis clients speak RESP2 (Protocol: 2): levee uses no push
 // notifications, and with RESP3 go-redis looks for pending pushes on the
 // connection before every command — 6% of an idempotent request's CPU.

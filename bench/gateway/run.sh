@@ -314,9 +314,9 @@ wrk_run() { # wrk_run CONNS SECONDS URL MODE TAG -> LEVEEBENCH line
 
 measure() { # measure NAME CONNS URL MODE
   local name=$1 conns=$2 url=$3 mode=$4 tag line a0 q0 a1 q1 s0 s1 u0 u1 spid
-  tag="$runid-$name"
+  tag="$runid-r${round:-1}-$name"
   if [ "$mode" = replay ]; then
-    tag="$runid-$name-replay"
+    tag="$runid-r${round:-1}-$name-replay"
     curl -s -o /dev/null --max-time 5 -XPOST -H 'Content-Type: application/json' -H "Idempotency-Key: $tag" \
       --data '{"amount":1000,"currency":"eur","customer":"cus_0123456789","description":"levee bench"}' "$url" || true
   fi
