@@ -96,15 +96,17 @@ type RedisConfig struct {
 	// FlushDelay (store.redis only) is how long a Redis command may wait
 	// for those of concurrent requests, to share one write and one read
 	// with them. It applies only while other commands are outstanding (a
-	// lone request never waits). Default 250µs; 0 writes every command at
+	// lone request never waits). Default 500µs; 0 writes every command at
 	// once; at most 10ms.
 	FlushDelay *Duration `yaml:"flush_delay"`
 }
 
 // DefaultRedisFlushDelay is store.redis.flush_delay's default: at 100
-// concurrent requests on one core it took an idempotent request from 140
-// to about 95 µs of CPU (docs/benchmarks.md).
-const DefaultRedisFlushDelay = 250 * time.Microsecond
+// concurrent requests on one core, 0 → 200µs → 500µs took an idempotent
+// request from 139 to 107 to 92 µs of CPU (1ms: no better), at most
+// 0.5 ms more per Redis call, and only under concurrency
+// (docs/benchmarks.md).
+const DefaultRedisFlushDelay = 500 * time.Microsecond
 
 // PostgresConfig configures the PostgreSQL store.
 type PostgresConfig struct {
