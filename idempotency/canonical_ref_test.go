@@ -2,11 +2,18 @@ package idempotency
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"net/http"
+	"net/url"
 	"sort"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -162,4 +169,101 @@ func BenchmarkCanonicalJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The fingerprint and key functions as first written, hashing field by
+// field: recorded fingerprints and keys must not change.
+func refWriteLen(h hash.Hash, n int) {
+	var b [binary.MaxVarintLen64]byte
+	h.Write(b[:binary.PutUvarint(b[:], uint64(n))])
+}
+
+func refWriteField(h hash.Hash, s string) {
+	refWriteLen(h, len(s))
+	io.WriteString(h, s)
+}
+
+func refWriteBody(h hash.Hash, body []byte, tryJSON bool) {
+	if tryJSON {
+		if c, err := canonicalJSONReference(body); err == nil {
+			h.Write([]byte{'j'})
+			refWriteLen(h, len(c))
+			h.Write(c)
+			return
+		}
+	}
+	h.Write([]byte{'r'})
+	refWriteLen(h, len(body))
+	h.Write(body)
+}
+
+func refFingerprintRequest(r *http.Request, body []byte, headers []string) Fingerprint {
+	h := sha256.New()
+	refWriteField(h, r.Method)
+	refWriteField(h, r.URL.EscapedPath())
+	q := r.URL.RawQuery
+	if q != "" {
+		if v, err := url.ParseQuery(q); err == nil {
+			q = v.Encode()
+		}
+	}
+	refWriteField(h, q)
+	for _, name := range headers {
+		refWriteField(h, http.CanonicalHeaderKey(name))
+		vs := r.Header.Values(name)
+		refWriteLen(h, len(vs))
+		for _, v := range vs {
+			refWriteField(h, v)
+		}
+	}
+	refWriteBody(h, body, IsJSONContentType(r.Header.Get("Content-Type")))
+	var fp Fingerprint
+	h.Sum(fp[:0])
+	return fp
+}
+
+func FuzzFingerprintMatchesReference(f *testing.F) {
+	f.Add("POST", "/v1/pay?b=2&a=1", "application/json", "tenant-a", `{"b":1,"a":2}`, "k1")
+	f.Add("PUT", "/x/%2F", "text/plain", "", "raw body", "")
+	f.Add("POST", "/", "application/merchant+json; charset=utf-8", "t", `{"a":"\u0041"}`, strings.Repeat("k", 300))
+	f.Fuzz(func(t *testing.T, method, target, ctype, tenant, body, key string) {
+		r, err := http.NewRequest("GET", "http://h"+target, nil)
+		if err != nil || !h1ok(method) {
+			return
+		}
+		r.Method = method
+		r.Header.Set("Content-Type", ctype)
+		r.Header.Add("X-Tenant", tenant)
+		r.Header.Add("X-Tenant", key)
+		heads := []string{"x-tenant", "Content-Type", "Absent"}
+		if got, want := FingerprintRequest(r, []byte(body), heads), refFingerprintRequest(r, []byte(body), heads); got != want {
+			t.Fatalf("FingerprintRequest changed for %s %s %q", method, target, body)
+		}
+		h := sha256.New()
+		refWriteBody(h, []byte(body), true)
+		var want Fingerprint
+		h.Sum(want[:0])
+		if FingerprintOf([]byte(body)) != want {
+			t.Fatalf("FingerprintOf changed for %q", body)
+		}
+		h = sha256.New()
+		refWriteField(h, target)
+		refWriteField(h, tenant)
+		refWriteField(h, key)
+		if ScopedKey(target, tenant, key) != hex.EncodeToString(h.Sum(nil)) {
+			t.Fatalf("ScopedKey changed for %q %q %q", target, tenant, key)
+		}
+	})
+}
+
+func h1ok(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, c := range []byte(m) {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }

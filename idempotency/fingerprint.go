@@ -5,13 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"mime"
 	"net/http"
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -29,12 +28,18 @@ import (
 // one of the encoding/json-based version it replaced, which a fuzz test
 // keeps as the reference, so fingerprints recorded before stay valid.
 func CanonicalJSON(b []byte) ([]byte, error) {
+	return appendCanonicalJSON(make([]byte, 0, len(b)), b)
+}
+
+// appendCanonicalJSON appends the canonical form of b to dst; on error dst
+// may hold part of it.
+func appendCanonicalJSON(dst, b []byte) ([]byte, error) {
 	if !utf8.Valid(b) {
 		return nil, errors.New("idempotency: canonical JSON: invalid UTF-8")
 	}
 	p := canonParser{src: b}
 	p.skipSpace()
-	out, err := p.value(make([]byte, 0, len(b)), 0)
+	out, err := p.value(dst, 0)
 	if err != nil {
 		return nil, fmt.Errorf("idempotency: canonical JSON: %w", err)
 	}
@@ -371,10 +376,10 @@ func IsJSONContentType(ct string) bool {
 // FingerprintOf fingerprints an opaque payload for Engine.Do: the canonical
 // JSON form when payload is a JSON document, its raw bytes otherwise.
 func FingerprintOf(payload []byte) Fingerprint {
-	h := sha256.New()
-	writeBody(h, payload, true)
-	var fp Fingerprint
-	h.Sum(fp[:0])
+	bp := preimagePool.Get().(*[]byte)
+	b := appendBody((*bp)[:0], payload, true)
+	fp := Fingerprint(sha256.Sum256(b))
+	putPreimage(bp, b)
 	return fp
 }
 
@@ -383,51 +388,67 @@ func FingerprintOf(payload []byte) Fingerprint {
 // JSON and the body parses; raw bytes otherwise) and the values of the
 // named headers. Headers not named — X-Request-Id, Date, tracing headers —
 // do not count, so a retry that changes them is still "the same request".
+//
+// The fields are length-prefixed (uvarint) and hashed with SHA-256 in one
+// pass over a pooled buffer.
 func FingerprintRequest(r *http.Request, body []byte, headers []string) Fingerprint {
-	h := sha256.New()
-	writeField(h, r.Method)
-	writeField(h, r.URL.EscapedPath())
+	bp := preimagePool.Get().(*[]byte)
+	b := (*bp)[:0]
+	b = appendField(b, r.Method)
+	b = appendField(b, r.URL.EscapedPath())
 	q := r.URL.RawQuery
 	if q != "" {
 		if v, err := url.ParseQuery(q); err == nil {
 			q = v.Encode() // sorted by key, stable within a key
 		}
 	}
-	writeField(h, q)
+	b = appendField(b, q)
 	for _, name := range headers {
-		writeField(h, http.CanonicalHeaderKey(name))
+		b = appendField(b, http.CanonicalHeaderKey(name))
 		vs := r.Header.Values(name)
-		writeLen(h, len(vs))
+		b = binary.AppendUvarint(b, uint64(len(vs)))
 		for _, v := range vs {
-			writeField(h, v)
+			b = appendField(b, v)
 		}
 	}
-	writeBody(h, body, IsJSONContentType(r.Header.Get("Content-Type")))
-	var fp Fingerprint
-	h.Sum(fp[:0])
+	b = appendBody(b, body, IsJSONContentType(r.Header.Get("Content-Type")))
+	fp := Fingerprint(sha256.Sum256(b))
+	putPreimage(bp, b)
 	return fp
 }
 
-func writeBody(h hash.Hash, body []byte, tryJSON bool) {
-	if tryJSON {
-		if c, err := CanonicalJSON(body); err == nil {
-			h.Write([]byte{'j'})
-			writeLen(h, len(c))
-			h.Write(c)
-			return
-		}
+// preimagePool holds the buffers fingerprints are computed over.
+var preimagePool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func putPreimage(bp *[]byte, b []byte) {
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		preimagePool.Put(bp)
 	}
-	h.Write([]byte{'r'})
-	writeLen(h, len(body))
-	h.Write(body)
 }
 
-func writeLen(h hash.Hash, n int) {
-	var b [binary.MaxVarintLen64]byte
-	h.Write(b[:binary.PutUvarint(b[:], uint64(n))])
+// appendBody appends 'j', the length and the canonical JSON of body when
+// tryJSON and body is a JSON document, else 'r', the length and the raw
+// bytes.
+func appendBody(b, body []byte, tryJSON bool) []byte {
+	if tryJSON {
+		cp := preimagePool.Get().(*[]byte)
+		c, err := appendCanonicalJSON((*cp)[:0], body)
+		if err == nil {
+			b = append(b, 'j')
+			b = binary.AppendUvarint(b, uint64(len(c)))
+			b = append(b, c...)
+			putPreimage(cp, c)
+			return b
+		}
+		putPreimage(cp, (*cp)[:0])
+	}
+	b = append(b, 'r')
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...)
 }
 
-func writeField(h hash.Hash, s string) {
-	writeLen(h, len(s))
-	io.WriteString(h, s)
+func appendField(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }

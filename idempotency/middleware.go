@@ -101,12 +101,12 @@ func (o HTTPOptions) withDefaults() HTTPOptions {
 // tenant credential and the key never reach the store in clear, and every
 // store key has the same length and alphabet.
 func ScopedKey(scope, tenant, key string) string {
-	h := sha256.New()
-	writeField(h, scope)
-	writeField(h, tenant)
-	writeField(h, key)
-	var sum [32]byte
-	return hex.EncodeToString(h.Sum(sum[:0]))
+	var stack [256]byte
+	b := appendField(stack[:0], scope)
+	b = appendField(b, tenant)
+	b = appendField(b, key)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // Middleware returns net/http middleware that gives covered requests the
