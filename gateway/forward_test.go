@@ -193,26 +193,36 @@ routes:
 	}
 }
 
-// A response body cut by the upstream reaches the client as a cut
-// connection, never as a complete-looking response — on the
-// ReverseProxy path under levee's front server too.
-func TestCutUpstreamBodyAbortsTheClient(t *testing.T) {
-	t.Parallel()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
+// rawUpstream listens on loopback and runs serve on each connection, in
+// its own goroutine, until the test ends.
+func rawUpstream(t *testing.T, serve func(net.Conn)) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				http.ReadRequest(bufio.NewReader(c))
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-			}()
+			go serve(c)
 		}
 	}()
+	return ln
+}
+
+// A response body cut by the upstream reaches the client as a cut
+// connection, never as a complete-looking response — on the
+// ReverseProxy path under levee's front server too.
+func TestCutUpstreamBodyAbortsTheClient(t *testing.T) {
+	t.Parallel()
+	ln := rawUpstream(t, func(c net.Conn) {
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	})
 	cfg, err := Parse("t.yaml", []byte(fmt.Sprintf("listen: 127.0.0.1:0\nroutes:\n  - name: cut\n    match: {path_prefix: /}\n    upstream: http://%s\n", ln.Addr())), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -240,17 +250,7 @@ func TestCutUpstreamBodyAbortsTheClient(t *testing.T) {
 // refused connection a 502 naming the upstream.
 func TestDirectPathFailures(t *testing.T) {
 	t.Parallel()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { time.Sleep(2 * time.Second); c.Close() }()
-		}
-	}()
+	ln := rawUpstream(t, func(c net.Conn) { time.Sleep(2 * time.Second); c.Close() })
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
 	dead.Close()
