@@ -34,6 +34,9 @@ import (
 // -Host and -Proto set (kept from trusted proxies only), client-IP headers
 // of untrusted senders removed, TE kept only as "trailers".
 //
+// Informational upstream responses (103 Early Hints) are dropped on the
+// direct path, as nginx drops them; the ReverseProxy path forwards them.
+//
 // A client that disconnects does not abort the upstream exchange: it
 // runs until the upstream answers or the route timeout (HAProxy's default;
 // for an upstream that takes payments, finishing the request is what a
