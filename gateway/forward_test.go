@@ -125,6 +125,7 @@ routes:
 			{"HEAD", "/v1/head", "", nil},
 			{"GET", "/chunked", "", nil},
 			{"GET", "/v1/q?a=1;b=2&c=%zz&d=4", "", nil}, // re-encoded: no parameter smuggling
+			{"POST", "/v1/u", "abc", []string{"Content_Length", "999", "Transfer_encoding", "chunked", "X_Api_Key", "k"}},
 			{"GET", "/b/q?" + strings.Repeat("p=1&", 10000) + "p=2", "", nil},
 		}
 		for _, c := range cases {
@@ -173,6 +174,12 @@ routes:
 			}
 			if dh.Get("X-Secret") != "" || dh.Get("Proxy-Authorization") != "" || dh.Get("Keep-Alive") != "" {
 				t.Errorf("%s %s: hop-by-hop headers forwarded: %v", c.method, c.path, dh)
+			}
+			if dh.Get("Content_Length") != "" || dh.Get("Transfer_encoding") != "" {
+				t.Errorf("%s %s: framing look-alike headers forwarded: %v", c.method, c.path, dh)
+			}
+			if c.path == "/v1/u" && dh.Get("X_Api_Key") != "k" {
+				t.Errorf("other underscore headers must pass: %v", dh)
 			}
 			if resps[0].StatusCode != resps[1].StatusCode || answers[0] != answers[1] {
 				t.Errorf("%s %s: client got %d %q (direct) vs %d %q (stock)", c.method, c.path, resps[0].StatusCode, answers[0], resps[1].StatusCode, answers[1])

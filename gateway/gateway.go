@@ -254,6 +254,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.metrics.inFlight.Inc()
 	defer g.metrics.inFlight.Dec()
 
+	dropFramingLookalikes(r.Header)
 	id := r.Header.Get("X-Request-Id")
 	if !validRequestID(id) {
 		id = newRequestID()
@@ -361,6 +362,24 @@ func (g *Gateway) logAccess(ctx context.Context, rec *accessRecord) {
 		attrs = append(attrs, slog.String("rate_limited_by", rec.limitedBy))
 	}
 	g.access.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+}
+
+// dropFramingLookalikes removes request headers that some upstream stacks
+// (CGI and WSGI environ, older gunicorn) read as a framing or routing
+// header once '_' becomes '-': Content_Length, Transfer_Encoding and
+// Host-alikes would let a client smuggle a second length past levee.
+// Other names with underscores pass (nginx drops them all by default,
+// which breaks APIs that use them).
+func dropFramingLookalikes(h http.Header) {
+	for k := range h {
+		if strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		n := strings.ReplaceAll(k, "_", "-")
+		if strings.EqualFold(n, "Content-Length") || strings.EqualFold(n, "Transfer-Encoding") || strings.EqualFold(n, "Host") {
+			delete(h, k)
+		}
+	}
 }
 
 func isStandardMethod(m string) bool {
