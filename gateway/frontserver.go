@@ -64,6 +64,8 @@ type frontServer struct {
 	conns   map[*frontConn]struct{}
 	served  atomic.Int64 // requests served on the fast path (tests)
 	handed  atomic.Int64 // connections handed to fallback (tests)
+
+	onAccept func() // called for each accepted connection, when set
 }
 
 const (
@@ -134,6 +136,9 @@ func (s *frontServer) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		if s.onAccept != nil {
+			s.onAccept()
+		}
 		fc := &frontConn{s: s, c: c, remote: c.RemoteAddr().String()}
 		s.mu.Lock()
 		if s.closing.Load() {

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -353,6 +354,22 @@ func TestAdminEndpoints(t *testing.T) {
 	cfg := get(t, admin+"/config")
 	if !strings.Contains(cfg, `"Name": "pay"`) {
 		t.Fatalf("/config: %s", cfg)
+	}
+	// Connections are counted by the server that serves them: an HTTP/1.0
+	// request is outside the front server's subset and goes to net/http.
+	c, err := net.Dial("tcp", g.srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET /v1/x HTTP/1.0\r\nHost: h\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 201 {
+		t.Fatalf("HTTP/1.0 through the gateway: %v %v", resp, err)
+	}
+	c.Close()
+	metrics := get(t, admin+"/metrics")
+	if !strings.Contains(metrics, `levee_http_connections_total{server="net/http"} 1`) ||
+		!strings.Contains(metrics, `levee_http_connections_total{server="levee"}`) {
+		t.Fatalf("connection metrics:\n%s", grep(metrics, "levee_http_connections_total"))
 	}
 	// The profiler is off unless admin.pprof is set.
 	if resp, err := http.Get(admin + "/debug/pprof/"); err != nil || resp.StatusCode != 404 {

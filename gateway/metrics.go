@@ -29,6 +29,7 @@ type Metrics struct {
 	rlStoreErrors   *prometheus.CounterVec
 	rlFallbacks     *prometheus.CounterVec
 	rlLatency       prometheus.Histogram
+	connections     *prometheus.CounterVec
 }
 
 // latency buckets from 0.5 ms to 30 s.
@@ -85,6 +86,14 @@ func NewMetrics(version string) *Metrics {
 		Name: "levee_ratelimit_decision_duration_seconds", Help: "Time to decide a request's rate limits, store call included (observed once per applied policy).", Buckets: latencyBuckets,
 	})
 	reg.MustRegister(m.rlDecisions, m.rlStoreErrors, m.rlFallbacks, m.rlLatency)
+	m.connections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levee_http_connections_total",
+		Help: "Client connections on the proxy listener by server: levee (accepted by levee's HTTP/1.1 front server) and net/http (served by Go's server: every connection with server.engine net/http; with the levee engine, those the front server handed off because a request was outside its HTTP/1.1 subset).",
+	}, []string{"server"})
+	for _, s := range []string{EngineLevee, EngineNetHTTP} {
+		m.connections.WithLabelValues(s)
+	}
+	reg.MustRegister(m.connections)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.storeOps, m.storeErrors,

@@ -143,10 +143,17 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    int(sc.MaxHeaderBytes),
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	byNetHTTP := s.metrics.connections.WithLabelValues(EngineNetHTTP)
+	s.proxy.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			byNetHTTP.Inc()
+		}
+	}
 	if sc.Engine == EngineNetHTTP {
 		go s.serve(s.proxy, s.proxyLn, "proxy")
 	} else {
 		s.front = newFrontServer(s.proxy, s.log)
+		s.front.onAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
 		go func() {
 			if err := s.front.Serve(s.proxyLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("listener failed", "listener", "proxy", "error", err)
