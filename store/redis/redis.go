@@ -5,7 +5,9 @@
 // Both keep the same records and can share them. rueidis pipelines the
 // commands of concurrent callers on shared connections, which halves the
 // client CPU per operation under load (docs/benchmarks.md); the levee
-// gateway uses it.
+// gateway uses it, with rueidis.ClientOption.MaxFlushDelay set to 500µs so
+// that the claim and completion commands of concurrent requests share
+// writes (a lone command is never delayed), and DisableCache.
 //
 // # Guarantees
 //
