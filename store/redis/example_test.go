@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/store/redis"
@@ -35,4 +37,25 @@ func Example() {
 		}
 		fmt.Printf("%s replayed=%v\n", res.Value, res.Replayed)
 	}
+}
+
+// ExampleNewRueidis is the same on a rueidis client, the one the levee
+// gateway uses: concurrent callers' commands share connections and, with
+// MaxFlushDelay, writes.
+func ExampleNewRueidis() {
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:   []string{"127.0.0.1:6379"},
+		DisableCache:  true,
+		MaxFlushDelay: 500 * time.Microsecond,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	store := redis.NewRueidis(client, redis.Options{Prefix: "myapp:idem:"})
+	if err := store.Load(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	engine := idempotency.New(store, idempotency.Options{})
+	_ = engine
 }
