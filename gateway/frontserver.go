@@ -323,14 +323,18 @@ func (fc *frontConn) readHead() ([]byte, error) {
 	for {
 		n := fc.br.Buffered()
 		buf, _ := fc.br.Peek(n)
-		for i := searched; i < n; i++ {
+		from := max(0, searched-3)
+		end := n // the head so far: the body or a next request may follow it
+		if i := bytes.Index(buf[from:], crlfcrlf); i >= 0 {
+			end = from + i + 4
+		}
+		for i := searched; i < end; i++ {
 			if buf[i] == '\n' && (i == 0 || buf[i-1] != '\r') {
-				return buf, nil
+				return buf[:end], nil
 			}
 		}
-		from := max(0, searched-3)
-		if i := bytes.Index(buf[from:], crlfcrlf); i >= 0 {
-			return buf[:from+i+4], nil
+		if end < n || bytes.HasSuffix(buf, crlfcrlf) {
+			return buf[:end], nil
 		}
 		searched = n
 		if n >= frontBufSize {
