@@ -301,8 +301,8 @@ func (fc *frontConn) serve() {
 		}
 		fc.br.Discard(len(head))
 		lastPOST = h.method == http.MethodPost
+		s.served.Add(1) // before: the client may read the answer before serveRequest returns
 		keep := fc.serveRequest(&h, t0)
-		s.served.Add(1)
 		if !keep || s.closing.Load() {
 			return
 		}
