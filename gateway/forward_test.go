@@ -26,21 +26,8 @@ type headRecorder struct {
 }
 
 func newHeadRecorder(t *testing.T) *headRecorder {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &headRecorder{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go h.serve(c)
-		}
-	}()
+	h := &headRecorder{}
+	h.ln = rawUpstream(t, func(c net.Conn) { h.serve(c) })
 	return h
 }
 
