@@ -72,21 +72,11 @@ func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// route timeout.
 		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), p.timeout, errUpstreamTimeout)
 		defer cancel()
-		if ctx.Value(http.ServerContextKey) == nil {
-			// ReverseProxy aborts the response (http.ErrAbortHandler) on a
-			// failed body copy only under a server it can see; without
-			// this, levee's front server would end a cut body cleanly.
-			ctx = context.WithValue(ctx, http.ServerContextKey, abortingServer)
-		}
 		p.rp.ServeHTTP(w, r.WithContext(ctx))
 		return
 	}
 	p.direct(w, r)
 }
-
-// abortingServer marks, for httputil.ReverseProxy, a request served by a
-// server that handles http.ErrAbortHandler.
-var abortingServer = new(http.Server)
 
 // directEligible reports whether r can take the direct path.
 func directEligible(r *http.Request) bool {

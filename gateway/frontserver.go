@@ -139,7 +139,9 @@ func (s *frontServer) Serve(ln net.Listener) error {
 		if s.onAccept != nil {
 			s.onAccept()
 		}
-		fc := &frontConn{s: s, c: c, remote: c.RemoteAddr().String()}
+		fc := &frontConn{s: s, c: c}
+		ctx := context.WithValue(context.WithValue(context.Background(), http.ServerContextKey, s.fallback), http.LocalAddrContextKey, c.LocalAddr())
+		fc.tmpl = *(&http.Request{RemoteAddr: c.RemoteAddr().String(), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}).WithContext(ctx)
 		s.mu.Lock()
 		if s.closing.Load() {
 			s.mu.Unlock()
@@ -212,9 +214,14 @@ const (
 
 // frontConn is one client connection.
 type frontConn struct {
-	s      *frontServer
-	c      net.Conn
-	remote string
+	s *frontServer
+	c net.Conn
+	// tmpl carries what every request on the connection shares: the
+	// remote address and a context holding http.ServerContextKey and
+	// http.LocalAddrContextKey, as net/http's requests do (ReverseProxy
+	// aborts a cut response body only under a server it can see). A
+	// request is a copy of it: no allocation per request for the context.
+	tmpl http.Request
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  atomic.Int32
@@ -391,20 +398,10 @@ func (fc *frontConn) Write(p []byte) (int, error) {
 // response; it reports whether the connection stays open.
 func (fc *frontConn) serveRequest(h *frontHead, t0 time.Time) (keep bool) {
 	s := fc.s
-	req := &http.Request{
-		Method:        h.method,
-		URL:           h.url,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        h.header,
-		ContentLength: h.contentLength,
-		Host:          h.host,
-		RemoteAddr:    fc.remote,
-		RequestURI:    h.target,
-		Close:         h.close,
-		Body:          http.NoBody,
-	}
+	req := new(http.Request)
+	*req = fc.tmpl
+	req.Method, req.URL, req.Header, req.Host, req.RequestURI = h.method, h.url, h.header, h.host, h.target
+	req.ContentLength, req.Close, req.Body = h.contentLength, h.close, http.NoBody
 	var body *frontBody
 	if h.contentLength > 0 {
 		body = &frontBody{fc: fc, left: h.contentLength}
@@ -468,7 +465,7 @@ func (fc *frontConn) runHandler(w *frontResponse, req *http.Request) (ok bool) {
 			if p != http.ErrAbortHandler {
 				buf := make([]byte, 64<<10)
 				buf = buf[:runtime.Stack(buf, false)]
-				fc.s.log.Error("panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(p), "stack", string(buf))
+				fc.s.log.Error("panic serving a request", "remote", fc.tmpl.RemoteAddr, "panic", fmt.Sprint(p), "stack", string(buf))
 			}
 			_ = fc.bw.Flush() // what was already written
 			ok = false
