@@ -221,7 +221,7 @@ type frontConn struct {
 	// http.LocalAddrContextKey, as net/http's requests do (ReverseProxy
 	// aborts a cut response body only under a server it can see). A
 	// request is a copy of it: no allocation per request for the context.
-	tmpl http.Request
+	tmpl   http.Request
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  atomic.Int32
