@@ -45,27 +45,19 @@ func readResponseFast(br *bufio.Reader, req *http.Request) *http.Response {
 		}
 		n = len(b) + 1
 	}
-	resp := parseResponseHead(string(buf), req)
+	if !wellFormedLines(buf) {
+		return nil
+	}
+	resp, bodyLen := parseResponseHead(string(buf), req)
 	if resp == nil {
 		return nil
 	}
 	br.Discard(len(buf))
 	resp.Body = http.NoBody
-	if n := bodyLength(resp, req); n > 0 {
-		resp.Body = &clBody{br: br, left: n}
+	if bodyLen > 0 {
+		resp.Body = &clBody{br: br, left: bodyLen}
 	}
 	return resp
-}
-
-// bodyLength is the length of the body that follows resp's head: its
-// Content-Length, or 0 for a response that has none (to HEAD, 1xx, 204,
-// 304).
-func bodyLength(resp *http.Response, req *http.Request) int64 {
-	c := resp.StatusCode
-	if req.Method == http.MethodHead || c/100 == 1 || c == http.StatusNoContent || c == http.StatusNotModified {
-		return 0
-	}
-	return resp.ContentLength
 }
 
 // wellFormedLines reports whether every LF in b follows a CR and every CR
@@ -86,26 +78,26 @@ func wellFormedLines(b []byte) bool {
 	return true
 }
 
-// parseResponseHead parses a head ending in CRLFCRLF; nil when it is
-// outside the subset readResponseFast handles.
-func parseResponseHead(head string, req *http.Request) *http.Response {
-	if !wellFormedLines([]byte(head)) {
-		return nil
-	}
+// parseResponseHead parses a head ending in CRLFCRLF whose lines
+// wellFormedLines accepted; nil when it is outside the subset
+// readResponseFast handles. bodyLen is the length of the body that
+// follows: the Content-Length, or 0 when the response has none (to HEAD,
+// 1xx, 204, 304).
+func parseResponseHead(head string, req *http.Request) (resp *http.Response, bodyLen int64) {
 	i := strings.Index(head, "\r\n")
 	line, rest := head[:i], head[i+2:]
 	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
-		return nil
+		return nil, 0
 	}
 	code := 0
 	for _, c := range []byte(line[9:12]) {
 		if c < '0' || c > '9' {
-			return nil
+			return nil, 0
 		}
 		code = code*10 + int(c-'0')
 	}
 	if code < 100 {
-		return nil
+		return nil, 0
 	}
 	status := line[9:]
 	n := strings.Count(rest, "\n") - 1
@@ -122,30 +114,30 @@ func parseResponseHead(head string, req *http.Request) *http.Response {
 		}
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 {
-			return nil
+			return nil, 0
 		}
 		name := line[:colon]
 		if !h1Token(name) {
-			return nil
+			return nil, 0
 		}
 		value := strings.Trim(line[colon+1:], " \t")
 		if !h1FieldValue(value) {
-			return nil
+			return nil, 0
 		}
 		if !isCanonicalKey(name) {
 			name = textproto.CanonicalMIMEHeaderKey(name)
 		}
 		switch name {
 		case "Transfer-Encoding", "Trailer":
-			return nil
+			return nil, 0
 		case "Content-Length":
 			lengths++
 			if lengths > 1 || value == "" || len(value) > 18 {
-				return nil
+				return nil, 0
 			}
 			v, err := strconv.ParseInt(value, 10, 64)
 			if err != nil || v < 0 || value[0] == '+' {
-				return nil
+				return nil, 0
 			}
 			cl = v
 		case "Connection":
@@ -161,6 +153,9 @@ func parseResponseHead(head string, req *http.Request) *http.Response {
 		}
 	}
 	noBody := req.Method == http.MethodHead || code/100 == 1 || code == http.StatusNoContent || code == http.StatusNotModified
+	if !noBody {
+		bodyLen = cl // cl >= 0 past the switch below
+	}
 	switch {
 	case noBody:
 		if req.Method != http.MethodHead || cl < 0 {
@@ -172,10 +167,10 @@ func parseResponseHead(head string, req *http.Request) *http.Response {
 			}
 		}
 	case cl < 0:
-		return nil // read until close: http.ReadResponse
+		return nil, 0 // read until close: http.ReadResponse
 	}
 	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
-		return nil // http.ReadResponse rewrites it; rare in responses
+		return nil, 0 // http.ReadResponse rewrites it; rare in responses
 	}
 	if closeConn {
 		delete(h, "Connection") // as http.ReadResponse does
@@ -183,7 +178,7 @@ func parseResponseHead(head string, req *http.Request) *http.Response {
 	return &http.Response{
 		Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: cl, Close: closeConn, Request: req,
-	}
+	}, bodyLen
 }
 
 // clBody is a response body of known length read from the connection's
