@@ -225,6 +225,27 @@ func newMiddleware(opts Options) (*middleware, error) {
 	return m, nil
 }
 
+// overBurst handles a rate demand whose cost exceeds its policy's burst,
+// which no wait can ever admit: a shadow demand is reported and should be
+// dropped, any other is answered 429. It reports whether d was such a
+// demand.
+func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand, start time.Time) bool {
+	if d.Policy.Kind != KindRate || d.Cost <= d.Policy.burst() {
+		return false
+	}
+	if d.Shadow {
+		m.emit(Event{Request: r, Policy: d.Policy.Name, Outcome: OutcomeShadowDenied, Latency: time.Since(start)})
+		return true
+	}
+	m.emit(Event{Request: r, Policy: d.Policy.Name, Outcome: OutcomeDenied, Latency: time.Since(start)})
+	problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
+		Title: "Too many requests",
+		Detail: fmt.Sprintf("this request costs %d units, more than the burst of %d allowed by policy %q (%s): it can never be admitted",
+			d.Cost, d.Policy.burst(), d.Policy.Name, d.Policy),
+		Extra: map[string]any{"violated_policies": []string{d.Policy.Name}}})
+	return true
+}
+
 func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	start := time.Now()
 	demands := make([]Demand, 0, len(m.rules))
@@ -239,20 +260,14 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		if ru.Cost != nil {
 			cost = max(ru.Cost(r), 0)
 		}
-		if ru.Policy.Kind == KindRate && cost > ru.Policy.burst() {
-			if ru.Shadow {
-				m.emit(Event{Request: r, Policy: ru.Policy.Name, Outcome: OutcomeShadowDenied, Latency: time.Since(start)})
+		d := Demand{Policy: ru.Policy, Key: key, Cost: cost, Shadow: ru.Shadow}
+		if m.overBurst(w, r, d, start) {
+			if d.Shadow {
 				continue
 			}
-			m.emit(Event{Request: r, Policy: ru.Policy.Name, Outcome: OutcomeDenied, Latency: time.Since(start)})
-			problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
-				Title: "Too many requests",
-				Detail: fmt.Sprintf("this request costs %d units, more than the burst of %d allowed by policy %q (%s): it can never be admitted",
-					cost, ru.Policy.burst(), ru.Policy.Name, ru.Policy),
-				Extra: map[string]any{"violated_policies": []string{ru.Policy.Name}}})
 			return
 		}
-		demands = append(demands, Demand{Policy: ru.Policy, Key: key, Cost: cost, Shadow: ru.Shadow})
+		demands = append(demands, d)
 		ruleOf = append(ruleOf, i)
 	}
 	if len(demands) == 0 {
@@ -302,8 +317,24 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			return
 		}
 		fallback, cause = true, err
+		// The fallback's policies may have a smaller burst than a
+		// request's cost: the same check as for the store's policies.
+		kept, keptRules := demands[:0], ruleOf[:0]
 		for i := range demands {
-			demands[i].Policy = m.fallbackRules[ruleOf[i]]
+			d := demands[i]
+			d.Policy = m.fallbackRules[ruleOf[i]]
+			if m.overBurst(w, r, d, start) {
+				if d.Shadow {
+					continue
+				}
+				return
+			}
+			kept, keptRules = append(kept, d), append(keptRules, ruleOf[i])
+		}
+		demands, ruleOf, results = kept, keptRules, results[:len(kept)]
+		if len(demands) == 0 {
+			next.ServeHTTP(w, r)
+			return
 		}
 		store = m.fallback
 		if tk, err = m.fallback.Decide(r.Context(), now, demands, results); err != nil {

@@ -241,6 +241,31 @@ func (s failingStore) Release(context.Context, []ratelimit.Demand, ratelimit.Tic
 	return s.err
 }
 
+// A request whose cost fits the policy but not the fallback's burst is
+// refused with a 429 while the store is down (it used to panic), and a
+// shadow rule in that state only reports.
+func TestMiddlewareCostAboveFallbackBurst(t *testing.T) {
+	t.Parallel()
+	down := failingStore{errors.New("connection refused")}
+	costly := ratelimit.Rule{Policy: mustPolicy(t, "costly", "100/s"), Key: ratelimit.Constant(""),
+		Cost: func(*http.Request) int64 { return 20 }, Fallback: mustPolicy(t, "", "10/s")}
+	f := newFixture(t, ratelimit.Options{Rules: []ratelimit.Rule{costly}, Store: down})
+	if w := f.do(); w.Code != 429 || !strings.Contains(w.Body.String(), "more than the burst of 10") {
+		t.Fatalf("cost 20 over a fallback burst of 10: %d %s", w.Code, w.Body.String())
+	}
+	if evs := f.rec.take(); outcomes(evs) != "costly=denied" {
+		t.Fatalf("events %s", outcomes(evs))
+	}
+	costly.Shadow = true
+	f = newFixture(t, ratelimit.Options{Rules: []ratelimit.Rule{costly}, Store: down})
+	if w := f.do(); w.Code != 200 {
+		t.Fatalf("shadow rule over the fallback burst: %d, want the request through", w.Code)
+	}
+	if evs := f.rec.take(); outcomes(evs) != "costly=shadow_denied" {
+		t.Fatalf("events %s", outcomes(evs))
+	}
+}
+
 func TestMiddlewareStoreFailure(t *testing.T) {
 	t.Parallel()
 	down := failingStore{errors.New("connection refused")}
