@@ -472,3 +472,34 @@ func TestOuterBodyLimitIs413(t *testing.T) {
 		t.Fatalf("chunked body over an outer limit: %d %s", w.Code, w.Body)
 	}
 }
+
+// DESIGN.md: keys are scoped by route (two scopes never share a key); the
+// fingerprint covers method and path (same key and body elsewhere: 422);
+// GET/HEAD/OPTIONS are never stored even when listed in Methods.
+func TestMiddlewareScopeMethodAndSafeMethods(t *testing.T) {
+	t.Parallel()
+	eng := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	var c counter
+	charges := eng.Middleware(idempotency.HTTPOptions{Scope: "charges", Methods: []string{"GET", "POST", "PATCH"}})(c.handler(201, `{"ok":true}`))
+	refunds := eng.Middleware(idempotency.HTTPOptions{Scope: "refunds"})(c.handler(201, `{"ok":true}`))
+	key := []string{"Idempotency-Key", "k-1", "Content-Type", "application/json"}
+
+	do(charges, "POST", "/charges", `{"a":1}`, key...)
+	do(refunds, "POST", "/charges", `{"a":1}`, key...)
+	if n := c.n.Load(); n != 2 {
+		t.Fatalf("the same key under two scopes ran %d times, want 2 (scopes never share keys)", n)
+	}
+	for _, tc := range []struct{ method, target string }{{"PATCH", "/charges"}, {"POST", "/charges/other"}} {
+		if w := do(charges, tc.method, tc.target, `{"a":1}`, key...); w.Code != 422 {
+			t.Fatalf("same key and body, %s %s: %d, want 422 (method and path are fingerprinted)", tc.method, tc.target, w.Code)
+		}
+	}
+	for range 2 {
+		if w := do(charges, "GET", "/charges", "", "Idempotency-Key", "k-get"); w.Header().Get("Idempotent-Replayed") != "" {
+			t.Fatal("a GET was replayed")
+		}
+	}
+	if n := c.n.Load(); n != 4 {
+		t.Fatalf("handler ran %d times, want 4: two GETs with one key both run (never stored)", n)
+	}
+}
