@@ -8,7 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"unicode"
@@ -186,7 +186,7 @@ func (p *canonParser) object(out []byte, depth int) ([]byte, error) {
 		p.i++
 		p.skipSpace()
 	}
-	sort.SliceStable(ms, func(i, j int) bool { return ms[i].key < ms[j].key })
+	slices.SortStableFunc(ms, func(a, b member) int { return strings.Compare(a.key, b.key) })
 	out = append(out, '{')
 	for i, m := range ms {
 		if i > 0 {

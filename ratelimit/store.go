@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -170,22 +168,8 @@ type LimitedError struct {
 
 // Error reads like "ratelimit: limited by policy "per-ip"; retry after 1.5s".
 func (e *LimitedError) Error() string {
-	var b strings.Builder
-	b.WriteString("ratelimit: limited by ")
-	if len(e.Policies) == 1 {
-		b.WriteString("policy ")
-	} else {
-		b.WriteString("policies ")
-	}
-	for i, p := range e.Policies {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(strconv.Quote(p))
-	}
-	b.WriteString("; retry after ")
-	b.WriteString(e.RetryAfter.String())
-	return b.String()
+	return "ratelimit: limited by " + plural(len(e.Policies), "policy ", "policies ") + quoteList(e.Policies) +
+		"; retry after " + e.RetryAfter.String()
 }
 
 // Is matches ErrLimited.
