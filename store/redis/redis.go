@@ -103,12 +103,8 @@ type Options struct {
 // Store is an idempotency.Store on Redis. It is safe for concurrent use and
 // holds no connections of its own: the client passed to New does.
 type Store struct {
-	c        backend
-	prefix   string
-	claim    *script
-	renew    *script
-	complete *script
-	release  *script
+	c      backend
+	prefix string
 }
 
 var _ idempotency.Store = (*Store)(nil)
@@ -137,8 +133,7 @@ func newStore(b backend, opts Options) *Store {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
-	return &Store{c: b, prefix: opts.Prefix, claim: claimScript, renew: renewScript,
-		complete: completeScript, release: releaseScript}
+	return &Store{c: b, prefix: opts.Prefix}
 }
 
 // Load loads the store's Lua scripts into the script cache of the server
@@ -146,7 +141,7 @@ func newStore(b backend, opts Options) *Store {
 // operation costs one round trip instead of two. It is optional and safe to
 // call again at any time, for example after a server restart.
 func (s *Store) Load(ctx context.Context) error {
-	if err := s.c.load(ctx, []*script{s.claim, s.renew, s.complete, s.release}); err != nil {
+	if err := s.c.load(ctx, []*script{claimScript, renewScript, completeScript, releaseScript}); err != nil {
 		return fmt.Errorf("redis: load scripts: %w", err)
 	}
 	return nil
@@ -243,7 +238,7 @@ func tokenString(t uint64) string { return strconv.FormatUint(t, 10) }
 
 // Claim implements idempotency.Store in one script call.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	v, err := s.c.eval(ctx, s.claim, s.redisKey(req.Key), []string{
+	v, err := s.c.eval(ctx, claimScript, s.redisKey(req.Key), []string{
 		req.Key, string(req.Fingerprint[:]), tokenString(req.Token), millis(req.Now),
 		millis(req.LeaseUntil), millis(req.ExpiresAt), strconv.FormatInt(ttlMillis(req.Now, req.ExpiresAt), 10),
 	})
@@ -286,20 +281,20 @@ func (s *Store) fenced(ctx context.Context, op string, sc *script, key string, a
 // Renew implements idempotency.Store in one script call. It does not
 // change the record's Redis TTL.
 func (s *Store) Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error {
-	return s.fenced(ctx, "renew", s.renew, key, tokenString(token), millis(leaseUntil),
+	return s.fenced(ctx, "renew", renewScript, key, tokenString(token), millis(leaseUntil),
 		millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
 }
 
 // Complete implements idempotency.Store in one script call. The Redis TTL
 // becomes expiresAt-now+TTLSlack.
 func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, now, expiresAt time.Time) error {
-	return s.fenced(ctx, "complete", s.complete, key, tokenString(token),
+	return s.fenced(ctx, "complete", completeScript, key, tokenString(token),
 		string(idempotency.MarshalResponse(resp)), millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
 }
 
 // Release implements idempotency.Store in one script call.
 func (s *Store) Release(ctx context.Context, key string, token uint64) error {
-	return s.fenced(ctx, "release", s.release, key, tokenString(token))
+	return s.fenced(ctx, "release", releaseScript, key, tokenString(token))
 }
 
 // Lookup implements idempotency.Store with one HMGET.
@@ -329,42 +324,38 @@ func decodeRecord(key string, v []field) (*idempotency.Record, error) {
 	if !v[0].ok {
 		return nil, nil
 	}
-	var f [len(recordFields)]string
-	for i, x := range v {
-		f[i] = x.s
-	}
 	rec := &idempotency.Record{Key: key}
-	switch f[0] {
+	switch v[0].s {
 	case stateInProgress:
 		rec.State = idempotency.StateInProgress
 	case stateCompleted:
 		rec.State = idempotency.StateCompleted
 	default:
-		return nil, fmt.Errorf("%w: state %q", errCorrupt, f[0])
+		return nil, fmt.Errorf("%w: state %q", errCorrupt, v[0].s)
 	}
 	var err error
-	if rec.Token, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+	if rec.Token, err = strconv.ParseUint(v[1].s, 10, 64); err != nil {
 		return nil, fmt.Errorf("%w: token: %w", errCorrupt, err)
 	}
-	lease, err := strconv.ParseInt(f[2], 10, 64)
+	lease, err := strconv.ParseInt(v[2].s, 10, 64)
 	if err != nil {
 		return nil, fmt.Errorf("%w: lease: %w", errCorrupt, err)
 	}
-	exp, err := strconv.ParseInt(f[3], 10, 64)
+	exp, err := strconv.ParseInt(v[3].s, 10, 64)
 	if err != nil {
 		return nil, fmt.Errorf("%w: exp: %w", errCorrupt, err)
 	}
 	rec.LeaseUntil = time.UnixMilli(lease).UTC()
 	rec.ExpiresAt = time.UnixMilli(exp).UTC()
-	if len(f[4]) != len(rec.Fingerprint) {
-		return nil, fmt.Errorf("%w: fingerprint is %d bytes", errCorrupt, len(f[4]))
+	if len(v[4].s) != len(rec.Fingerprint) {
+		return nil, fmt.Errorf("%w: fingerprint is %d bytes", errCorrupt, len(v[4].s))
 	}
-	copy(rec.Fingerprint[:], f[4])
+	copy(rec.Fingerprint[:], v[4].s)
 	if rec.State == idempotency.StateCompleted {
 		if !v[5].ok {
 			return nil, fmt.Errorf("%w: completed without a response", errCorrupt)
 		}
-		resp, err := idempotency.UnmarshalResponse([]byte(f[5]))
+		resp, err := idempotency.UnmarshalResponse([]byte(v[5].s))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", errCorrupt, err)
 		}
