@@ -23,12 +23,13 @@ import (
 
 // upstream records what reached it.
 type upstream struct {
-	srv   *httptest.Server
-	calls atomic.Int64
-	mu    sync.Mutex
-	last  *http.Request
-	body  string
-	delay time.Duration
+	srv      *httptest.Server
+	calls    atomic.Int64
+	finished atomic.Int64 // calls whose delay ran out without being canceled
+	mu       sync.Mutex
+	last     *http.Request
+	body     string
+	delay    time.Duration
 }
 
 func newUpstream(t *testing.T) *upstream {
@@ -47,6 +48,7 @@ func newUpstream(t *testing.T) *upstream {
 				return
 			}
 		}
+		u.finished.Add(1)
 		if r.URL.Path == "/v1/big" {
 			w.Write([]byte(strings.Repeat("x", 5000)))
 			return
@@ -457,16 +459,51 @@ func TestReloadOnFileChange(t *testing.T) {
 	}
 }
 
+// inFlight sends GET /v1/x and returns once the upstream has it; the
+// channel gets the status.
+func inFlight(t *testing.T, g *running, u *upstream) <-chan int {
+	done := make(chan int, 1)
+	go func() { r, _ := send(t, "GET", g.base+"/v1/x", ""); done <- r.StatusCode }()
+	for u.calls.Load() == 0 {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return done
+}
+
+// A client that hangs up does not abort its upstream request, on either
+// engine: it runs to completion (docs/configuration.md).
+func TestClientDisconnectDoesNotAbortTheUpstream(t *testing.T) {
+	t.Parallel()
+	for _, engine := range []string{"levee", "net/http"} {
+		u := newUpstream(t)
+		u.delay = 300 * time.Millisecond
+		g := startGateway(t, strings.Replace(baseConfig(u.srv.URL, ""), "server: {max_body_bytes: 1KiB}",
+			"server: {max_body_bytes: 1KiB, engine: "+engine+"}", 1))
+		c, err := net.Dial("tcp", g.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST /v1/charge HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+		for u.calls.Load() == 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+		c.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for u.finished.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if u.finished.Load() != 1 {
+			t.Fatalf("engine %s: the upstream request was aborted when the client hung up", engine)
+		}
+	}
+}
+
 func TestInFlightRequestsFinishOnTheirConfig(t *testing.T) {
 	t.Parallel()
 	u := newUpstream(t)
 	u.delay = 300 * time.Millisecond
 	g := startGateway(t, baseConfig(u.srv.URL, ""))
-	done := make(chan int)
-	go func() { r, _ := send(t, "GET", g.base+"/v1/x", ""); done <- r.StatusCode }()
-	for u.calls.Load() == 0 {
-		time.Sleep(2 * time.Millisecond)
-	}
+	done := inFlight(t, g, u)
 	// Remove the route while the request is in flight.
 	os.WriteFile(g.path, []byte(strings.Replace(baseConfig(u.srv.URL, ""), "match: {path_prefix: /v1}", "match: {path_prefix: /v2}", 1)), 0o600)
 	if err := g.srv.Reload(); err != nil {
@@ -485,11 +522,7 @@ func TestGracefulShutdownDrains(t *testing.T) {
 	u := newUpstream(t)
 	u.delay = 300 * time.Millisecond
 	g := startGateway(t, baseConfig(u.srv.URL, ""))
-	done := make(chan int)
-	go func() { r, _ := send(t, "GET", g.base+"/v1/x", ""); done <- r.StatusCode }()
-	for u.calls.Load() == 0 {
-		time.Sleep(2 * time.Millisecond)
-	}
+	done := inFlight(t, g, u)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := g.srv.Shutdown(ctx); err != nil {
