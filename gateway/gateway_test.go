@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/gateway"
+	"github.com/leveehq/levee/internal/syncbuf"
 )
 
 // upstream records what reached it.
@@ -71,24 +72,7 @@ type running struct {
 	srv  *gateway.Server
 	base string
 	path string
-	logs *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *syncbuf.Buffer
 }
 
 func startGateway(t *testing.T, yaml string) *running {
@@ -98,7 +82,7 @@ func startGateway(t *testing.T, yaml string) *running {
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	srv, err := gateway.NewServer(context.Background(), path, gateway.ServerOptions{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ package main
 // replicas sharing a store, kill -9, signals.
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/leveehq/levee/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -67,7 +67,7 @@ type replica struct {
 	cmd   *exec.Cmd
 	addr  string
 	admin string
-	out   *lockedWriter
+	out   *syncbuf.Buffer
 	done  chan struct{} // closed when the process has exited
 	err   error         // its exit error, valid after done
 }
@@ -78,7 +78,7 @@ func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
 	cmd.Env = append(os.Environ(), "LEVEE_TEST_RUN_MAIN=1")
-	out := &lockedWriter{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -108,24 +108,6 @@ func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// lockedWriter collects a child's output; safe for concurrent use.
-type lockedWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // charges is an upstream that counts executions. While hold is set, each
