@@ -249,7 +249,8 @@ func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand,
 func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	start := time.Now()
 	demands := make([]Demand, 0, len(m.rules))
-	ruleOf := make([]int, 0, len(m.rules))
+	var ruleBuf [MaxDemands]int
+	ruleOf := ruleBuf[:0]
 	for i := range m.rules {
 		ru := &m.rules[i]
 		key, ok := ru.Key(r)

@@ -70,7 +70,7 @@ for i = 1, n do
     if held < a[i] then
       ok[i], remc[i], remk[i], retry[i] = 1, a[i] - held - 1, a[i] - held, 0
     else
-      ok[i], remk[i], retry[i] = 0, 0, 1000000
+      ok[i], remk[i], retry[i] = 0, 0, 0 -- the client sets ratelimit.ConcurrencyRetryAfter
     end
   end
   if ok[i] == 0 and string.len(k) == 1 then admit = 0 end

@@ -261,8 +261,12 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 			RetryAfter: time.Duration(v[o+2]) * time.Microsecond,
 			ResetAfter: time.Duration(v[o+3]) * time.Microsecond,
 		}
-		if admitted && results[i].Allowed && demands[i].Policy.Kind == ratelimit.KindConcurrency {
-			tk.Held |= 1 << i
+		if demands[i].Policy.Kind == ratelimit.KindConcurrency {
+			if !results[i].Allowed {
+				results[i].RetryAfter = ratelimit.ConcurrencyRetryAfter // as Local: one constant
+			} else if admitted {
+				tk.Held |= 1 << i
+			}
 		}
 	}
 	if tk.Held != 0 {
