@@ -377,8 +377,7 @@ func IsJSONContentType(ct string) bool {
 // JSON form when payload is a JSON document, its raw bytes otherwise.
 func FingerprintOf(payload []byte) Fingerprint {
 	bp := preimagePool.Get().(*[]byte)
-	b := appendBody((*bp)[:0], payload, true)
-	fp := Fingerprint(sha256.Sum256(b))
+	fp, b := sumWithBody((*bp)[:0], payload, true)
 	putPreimage(bp, b)
 	return fp
 }
@@ -411,8 +410,7 @@ func FingerprintRequest(r *http.Request, body []byte, headers []string) Fingerpr
 			b = appendField(b, v)
 		}
 	}
-	b = appendBody(b, body, IsJSONContentType(r.Header.Get("Content-Type")))
-	fp := Fingerprint(sha256.Sum256(b))
+	fp, b := sumWithBody(b, body, IsJSONContentType(r.Header.Get("Content-Type")))
 	putPreimage(bp, b)
 	return fp
 }
@@ -427,25 +425,40 @@ func putPreimage(bp *[]byte, b []byte) {
 	}
 }
 
-// appendBody appends 'j', the length and the canonical JSON of body when
-// tryJSON and body is a JSON document, else 'r', the length and the raw
-// bytes.
-func appendBody(b, body []byte, tryJSON bool) []byte {
+// sumWithBody appends the body's tag and length to the fields in b — 'j'
+// and the canonical JSON when tryJSON and body is a JSON document, else
+// 'r' and the raw bytes — and returns the SHA-256 of b followed by those
+// bytes, and b. A body up to 4 KiB is appended and hashed in one call; a
+// larger one is hashed where it is, not copied.
+func sumWithBody(b, body []byte, tryJSON bool) (Fingerprint, []byte) {
+	content, tag := body, byte('r')
+	var cp *[]byte
 	if tryJSON {
-		cp := preimagePool.Get().(*[]byte)
-		c, err := appendCanonicalJSON((*cp)[:0], body)
-		if err == nil {
-			b = append(b, 'j')
-			b = binary.AppendUvarint(b, uint64(len(c)))
-			b = append(b, c...)
-			putPreimage(cp, c)
-			return b
+		cp = preimagePool.Get().(*[]byte)
+		if c, err := appendCanonicalJSON((*cp)[:0], body); err == nil {
+			content, tag = c, 'j'
 		}
-		putPreimage(cp, (*cp)[:0])
 	}
-	b = append(b, 'r')
-	b = binary.AppendUvarint(b, uint64(len(body)))
-	return append(b, body...)
+	b = append(b, tag)
+	b = binary.AppendUvarint(b, uint64(len(content)))
+	var fp Fingerprint
+	if len(content) <= 4<<10 {
+		b = append(b, content...)
+		fp = sha256.Sum256(b)
+	} else {
+		h := sha256.New()
+		h.Write(b)
+		h.Write(content)
+		h.Sum(fp[:0])
+	}
+	if cp != nil {
+		if tag == 'j' {
+			putPreimage(cp, content)
+		} else {
+			putPreimage(cp, (*cp)[:0])
+		}
+	}
+	return fp, b
 }
 
 func appendField(b []byte, s string) []byte {
