@@ -181,18 +181,21 @@ func (s *Store) Load(ctx context.Context) error {
 }
 
 // Key returns the Redis key holding the state of d (see the package doc).
-func (s *Store) Key(d ratelimit.Demand) string {
-	h := sha256.New()
-	h.Write([]byte(d.Policy.Name))
-	h.Write([]byte{0}) // names are printable ASCII: the separator is unambiguous
-	h.Write([]byte(d.Key))
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
+func (s *Store) Key(d ratelimit.Demand) string { return s.key(d, s.tag(d.Key)) }
+
+// key is Key with the hash tag already computed (one per Decide: every
+// demand of a sharded store has the same key).
+func (s *Store) key(d ratelimit.Demand, tag string) string {
+	var stack [256]byte
+	b := append(stack[:0], d.Policy.Name...)
+	b = append(b, 0) // names are printable ASCII: the separator is unambiguous
+	b = append(b, d.Key...)
+	sum := sha256.Sum256(b)
 	kind := "r"
 	if d.Policy.Kind == ratelimit.KindConcurrency {
 		kind = "c"
 	}
-	return s.prefix + "{" + s.tag(d.Key) + "}:" + kind + ":" + hex.EncodeToString(sum[:16])
+	return s.prefix + "{" + tag + "}:" + kind + ":" + hex.EncodeToString(sum[:16])
 }
 
 func (s *Store) tag(key string) string {
@@ -225,9 +228,10 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 	keys := make([]string, len(demands))
 	args := make([]any, 1, 1+4*len(demands))
 	var id uint64
+	tag := s.tag(demands[0].Key) // the same for every demand (checked above when sharded)
 	for i := range demands {
 		d := &demands[i]
-		keys[i] = s.Key(*d)
+		keys[i] = s.key(*d, tag)
 		kind, a, b := "r", d.Policy.Interval().Microseconds(), int64(0)
 		if d.Policy.Kind == ratelimit.KindConcurrency {
 			kind, a, b = "c", d.Policy.Limit, s.leaseUS
