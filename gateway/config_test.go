@@ -202,3 +202,46 @@ func FuzzParseByteSize(f *testing.F) {
 }
 
 func parseString(y string) (*gateway.Config, error) { return gateway.Parse("x.yaml", []byte(y), noEnv) }
+
+func TestConfigReportsEveryProblemAtOnce(t *testing.T) {
+	t.Parallel()
+	y := "server:\n  read_timeout: 5 seconds\nroutes:\n  - name: a\n    match: {path: /a}\n    upstream: http://h\n    timeout: forever\n    idempotency: {lease: 1x, required: maybe}\n  - name: b\n    match: {path_prefix: b}\n    upstream: ftp://x\n"
+	_, err := parseString(y)
+	want := []string{
+		`x.yaml:2: server.read_timeout: invalid duration "5 seconds"`,
+		`x.yaml:7: routes[0].timeout: invalid duration "forever"`,
+		`x.yaml:8: routes[0].idempotency.lease: invalid duration "1x"`,
+		`x.yaml:8: routes[0].idempotency.required: want a boolean`,
+		`x.yaml:10: routes[1].match.path_prefix: must start with /`,
+		`x.yaml:11: routes[1].upstream: must be an absolute http or https URL`,
+	}
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%s", len(lines), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("problem %d = %q, want prefix %q", i, lines[i], w)
+		}
+	}
+}
+
+func TestReloadRestartOnlyFieldsAreNamed(t *testing.T) {
+	t.Parallel()
+	base := "store: {type: memory}\nrate_limit: {concurrency_lease: 1m}\nroutes:\n  - name: a\n    match: {path: /a}\n    upstream: http://h\n"
+	a, err := parseString(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := parseString(strings.Replace(strings.Replace(base, "1m", "2m", 1), "memory", "sqlite", 1) + "server: {max_body_bytes: 1KiB, idle_timeout: 1s}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(a.RestartChanges(b), ",")
+	if got != "store,server.idle_timeout,rate_limit.concurrency_lease" {
+		t.Fatalf("RestartChanges = %s", got)
+	}
+}

@@ -427,8 +427,10 @@ func remoteIP(r *http.Request) string {
 	return host
 }
 
-// buildRoute assembles a route's handler chain: idempotency (if enabled)
-// around the proxy. Later policies (rate limits) wrap outside it.
+// buildRoute assembles a route's handler chain. The order is the
+// gateway's: rate limits outermost (a denied request costs nothing else),
+// then idempotency, then the proxy. Each capability's section builds its
+// own middleware.
 func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, error) {
 	rt := &route{
 		name:    rc.Name,
@@ -437,113 +439,22 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 		host:    rc.Match.Host,
 		maxBody: int64(cfg.Server.MaxBodyBytes),
 	}
+	idem, err := rc.Idempotency.middleware(g, rc.Name)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
+	}
+	limits, err := g.rateLimitMiddleware(cfg, rc)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
+	}
 	var h http.Handler = g.newProxy(rc, cfg.trusted)
-	if idc := rc.Idempotency; idc.enabled() {
-		if g.store == nil {
-			return nil, fmt.Errorf("gateway: routes[%d] (%s) enables idempotency but no store is configured", idx, rc.Name)
+	for _, mw := range []func(http.Handler) http.Handler{idem, limits} { // innermost first
+		if mw != nil {
+			h = mw(h)
 		}
-		eng := idempotency.New(g.store, idempotency.Options{
-			Lease:        idc.Lease.D(),
-			Retention:    idc.Retention.D(),
-			InFlightWait: idc.InFlightWait.D(),
-			RetryAfter:   idc.RetryAfter.D(),
-			StoreTimeout: idc.StoreTimeout.D(),
-			FailOpen:     idc.FailOpen,
-			OnEvent:      g.idempotencyEvent(rc.Name),
-		})
-		hopts := idempotency.HTTPOptions{
-			Header:             idc.Header,
-			Methods:            idc.Methods,
-			Required:           idc.Required,
-			Scope:              rc.Name,
-			TenantHeader:       idc.TenantHeader,
-			FingerprintHeaders: idc.FingerprintHeaders,
-			MaxRequestBody:     int64(idc.MaxRequestBody),
-			MaxStoredBody:      int64(idc.MaxStoredBody),
-			StoredHeaders:      idc.StoredHeaders,
-		}
-		if idc.StoreServerErrors {
-			hopts.Store = func(status int) bool {
-				return idempotency.DefaultStore(status) || status >= 500
-			}
-		}
-		h = eng.Middleware(hopts)(h)
-	}
-	rules := make([]ratelimit.Rule, 0, len(cfg.RateLimit.Policies)+len(rc.RateLimit))
-	for _, list := range [][]PolicyConfig{cfg.RateLimit.Policies, rc.RateLimit} {
-		for i := range list {
-			rule, err := list[i].rule(cfg.trusted, rc.Name)
-			if err != nil {
-				return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
-			}
-			rules = append(rules, rule)
-		}
-	}
-	if len(rules) > 0 {
-		rl := cfg.RateLimit
-		mw, err := ratelimit.Middleware(ratelimit.Options{
-			Rules:                 rules,
-			Store:                 g.limits,
-			Fallback:              g.fallback,
-			Timeout:               rl.Timeout.D(),
-			StoreBackoff:          rl.StoreBackoff.D(),
-			UnavailableRetryAfter: rl.UnavailableRetryAfter.D(),
-			OnDecision:            g.rateLimitEvent,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
-		}
-		h = mw(h)
 	}
 	rt.handler = h
 	return rt, nil
-}
-
-// rule turns a validated policy into a ratelimit.Rule for one route.
-func (pc *PolicyConfig) rule(trusted []netip.Prefix, route string) (ratelimit.Rule, error) {
-	key, err := ratelimit.ParseKey(pc.Key, ratelimit.KeyEnv{TrustedProxies: trusted, Route: route})
-	if err != nil {
-		return ratelimit.Rule{}, err
-	}
-	r := ratelimit.Rule{Policy: pc.policy, Key: key, Shadow: pc.Shadow, OnStoreError: pc.mode, Fallback: pc.fallback}
-	if pc.Cost > 0 {
-		cost := pc.Cost
-		r.Cost = func(*http.Request) int64 { return cost }
-	}
-	return r, nil
-}
-
-func (g *Gateway) rateLimitEvent(ev ratelimit.Event) {
-	m := g.metrics
-	m.rlDecisions.WithLabelValues(ev.Policy, ev.Outcome.String()).Inc()
-	m.rlLatency.Observe(ev.Latency.Seconds())
-	if ev.Err != nil {
-		m.rlStoreErrors.WithLabelValues(ev.Policy).Inc()
-	}
-	if ev.Fallback {
-		m.rlFallbacks.WithLabelValues(ev.Policy).Inc()
-	}
-	if ev.Outcome == ratelimit.OutcomeDenied && ev.Request != nil {
-		if ri := infoFrom(ev.Request.Context()); ri != nil {
-			if ri.limited != "" {
-				ri.limited += ","
-			}
-			ri.limited += ev.Policy
-		}
-	}
-}
-
-func (g *Gateway) idempotencyEvent(route string) func(context.Context, idempotency.Event) {
-	return func(ctx context.Context, ev idempotency.Event) {
-		g.metrics.idempotency.WithLabelValues(route, string(ev.Outcome)).Inc()
-		if ri := infoFrom(ctx); ri != nil {
-			ri.idem = ev.Outcome
-		}
-		if ev.Err != nil && (ev.Outcome == idempotency.OutcomeStoreError || ev.Outcome == idempotency.OutcomeNotRecorded || ev.Outcome == idempotency.OutcomeFailOpen) {
-			g.log.LogAttrs(ctx, slog.LevelError, "idempotency store failure", slog.String("route", route),
-				slog.String("outcome", string(ev.Outcome)), slog.String("error", ev.Err.Error()))
-		}
-	}
 }
 
 // newProxy builds the reverse proxy for one route.

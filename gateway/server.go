@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,13 +11,14 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/leveehq/levee/idempotency"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.yaml.in/yaml/v3"
 )
 
 // Server runs a Gateway: the proxy listener, the admin listener, config
@@ -223,10 +223,13 @@ func (s *Server) adminHandler() http.Handler {
 		s.mu.Lock()
 		red := s.cfg.Redacted()
 		s.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(red)
+		out, err := yaml.Marshal(&red)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/yaml; charset=utf-8")
+		_, _ = w.Write(out)
 	})
 	return mux
 }
@@ -245,8 +248,9 @@ func (s *Server) Ready(ctx context.Context) error {
 
 // Reload re-reads the config file, validates it and swaps it in. An
 // invalid file is logged and counted, and the running config keeps
-// serving. Listener addresses and the store cannot change without a
-// restart: such a change fails the reload.
+// serving. Fields tagged reload:"restart" (listeners, the stores, the
+// server timeouts) cannot change without a restart: such a change fails
+// the reload, naming every such field.
 func (s *Server) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -270,20 +274,8 @@ func (s *Server) reloadLocked() error {
 	if err != nil {
 		return err
 	}
-	if cfg.Listen != s.cfg.Listen || cfg.Admin != s.cfg.Admin {
-		return fmt.Errorf("gateway: %s: listen and admin cannot change on reload; restart levee", s.path)
-	}
-	if !reflect.DeepEqual(cfg.Store, s.cfg.Store) {
-		return fmt.Errorf("gateway: %s: the store section cannot change on reload; restart levee", s.path)
-	}
-	old, cur := s.cfg.Server, cfg.Server
-	old.MaxBodyBytes, cur.MaxBodyBytes = 0, 0
-	old.ShutdownTimeout, cur.ShutdownTimeout = 0, 0
-	if old != cur {
-		return fmt.Errorf("gateway: %s: server timeouts and max_header_bytes cannot change on reload (max_body_bytes and shutdown_timeout can); restart levee", s.path)
-	}
-	if cfg.RateLimit.Store != s.cfg.RateLimit.Store || cfg.RateLimit.Redis != s.cfg.RateLimit.Redis || cfg.RateLimit.ConcurrencyLease != s.cfg.RateLimit.ConcurrencyLease {
-		return fmt.Errorf("gateway: %s: rate_limit.store, rate_limit.redis and rate_limit.concurrency_lease cannot change on reload; restart levee", s.path)
+	if changed := s.cfg.RestartChanges(cfg); len(changed) > 0 {
+		return fmt.Errorf("gateway: %s: %s cannot change on reload; restart levee", s.path, strings.Join(changed, ", "))
 	}
 	if err := s.gw.Apply(cfg); err != nil {
 		return err

@@ -116,22 +116,22 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.Lease <= 0 {
-		o.Lease = 30 * time.Second
+		o.Lease = DefaultLease
 	}
 	if o.RenewEvery == 0 {
 		o.RenewEvery = o.Lease / 3
 	}
 	if o.Retention <= 0 {
-		o.Retention = 24 * time.Hour
+		o.Retention = DefaultRetention
 	}
 	if o.PollInterval <= 0 {
-		o.PollInterval = 50 * time.Millisecond
+		o.PollInterval = DefaultPollInterval
 	}
 	if o.RetryAfter <= 0 {
-		o.RetryAfter = time.Second
+		o.RetryAfter = DefaultRetryAfter
 	}
 	if o.StoreTimeout == 0 {
-		o.StoreTimeout = 5 * time.Second
+		o.StoreTimeout = DefaultStoreTimeout
 	}
 	if o.Now == nil {
 		o.Now = time.Now

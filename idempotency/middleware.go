@@ -76,16 +76,16 @@ func DefaultStore(status int) bool {
 
 func (o HTTPOptions) withDefaults() HTTPOptions {
 	if o.Header == "" {
-		o.Header = "Idempotency-Key"
+		o.Header = DefaultHeader
 	}
 	if o.Methods == nil {
-		o.Methods = []string{http.MethodPost, http.MethodPatch}
+		o.Methods = DefaultMethods()
 	}
 	if o.MaxRequestBody <= 0 {
-		o.MaxRequestBody = 1 << 20
+		o.MaxRequestBody = DefaultMaxRequestBody
 	}
 	if o.MaxStoredBody <= 0 {
-		o.MaxStoredBody = 1 << 20
+		o.MaxStoredBody = DefaultMaxStoredBody
 	}
 	if o.StoredHeaders == nil {
 		o.StoredHeaders = DefaultStoredHeaders

@@ -51,7 +51,7 @@ type entry struct {
 // New returns an empty Store.
 func New(opts Options) *Store {
 	if opts.MaxEntries <= 0 {
-		opts.MaxEntries = 1_000_000
+		opts.MaxEntries = DefaultMaxEntries
 	}
 	s := &Store{seed: maphash.MakeSeed(), perShard: max(1, (opts.MaxEntries+shardCount-1)/shardCount)}
 	for i := range s.shards {
