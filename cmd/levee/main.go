@@ -1,6 +1,6 @@
-// Command levee is the levee gateway: idempotency (and, as they land,
-// rate limits and egress resilience) in front of any HTTP service,
-// configured by one YAML file. See `levee help`.
+// Command levee is the levee gateway: idempotency and rate limits in
+// front of any HTTP service, configured by one YAML file. It is a thin
+// main around package gateway. See `levee help`.
 package main
 
 import (
@@ -27,7 +27,7 @@ Usage:
                                       levee on the embedded SQLite store (no setup)
   levee serve --config levee.yaml     run the gateway
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
-  levee version                       print the version
+  levee version                       print the version, commit and build time
   levee help                          this text
 
 Signals (serve): SIGHUP reloads the config (so does editing the file);
@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return runDemo(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
-		fmt.Fprintf(stdout, "levee %s\n", version)
+		printVersion(stdout)
 		return 0
 	case "help", "--help", "-help", "-h":
 		fmt.Fprint(stdout, usage)
@@ -97,7 +97,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	ctx := context.Background()
-	srv, err := gateway.NewServer(ctx, path, gateway.ServerOptions{Version: version, Watch: true})
+	srv, err := gateway.NewServer(ctx, path, gateway.ServerOptions{Version: current().Version, Watch: true})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -137,7 +137,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	_, err := demo.Run(ctx, demo.Options{Out: stdout, Serve: !*tourOnly, Version: version})
+	_, err := demo.Run(ctx, demo.Options{Out: stdout, Serve: !*tourOnly, Version: current().Version})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(stderr, "levee demo: %v\n", err)
 		return 1

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -34,5 +35,21 @@ func TestCommandLine(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"validate", "--config", "/does/not/exist.yaml"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "no such file") {
 		t.Fatalf("validate missing: %d %q", code, errb.String())
+	}
+}
+
+func TestBuildVersion(t *testing.T) {
+	info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.2.3"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "abc123"}, {Key: "vcs.time", Value: "2026-12-01T10:00:00Z"}, {Key: "vcs.modified", Value: "true"}}}
+	got := readBuildVersion("dev", info, true).String()
+	want := "levee v1.2.3\ncommit abc123 (modified)\ncommit time 2026-12-01T10:00:00Z\ngo go1.26.8\n"
+	if got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if v := readBuildVersion("v9", info, true); v.Version != "v9" {
+		t.Fatalf("-ldflags override lost: %+v", v)
+	}
+	if v := readBuildVersion("dev", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, true); v.Version != "dev" || v.Commit != "unknown" {
+		t.Fatalf("checkout build: %+v", v)
 	}
 }
