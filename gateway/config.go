@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,11 +40,15 @@ type Config struct {
 	// RateLimit holds the rate-limit store and the policies applied to
 	// every route.
 	RateLimit RateLimitConfig `yaml:"rate_limit"`
+	// Errors is how levee renders the errors it produces: problem+json
+	// (default) or an API's own envelope. A route's errors block wins.
+	Errors ErrorsConfig `yaml:"errors"`
 	// Routes map requests to upstreams. First the exact `path` matches,
 	// then the longest `path_prefix`; ties go to the earlier route.
 	Routes []RouteConfig `yaml:"routes"`
 
 	trusted []netip.Prefix
+	file    string // the file Parse read, for paths relative to it
 }
 
 // Duration is a time.Duration written as "500ms", "30s", "5m", "24h".
@@ -143,6 +148,9 @@ type RouteConfig struct {
 	// RateLimit lists policies applied to this route only, after the
 	// global rate_limit.policies. Default none.
 	RateLimit PolicyList `yaml:"rate_limit"`
+	// Errors renders this route's errors in another format than the
+	// global errors block. Default: the global block.
+	Errors *ErrorsConfig `yaml:"errors"`
 
 	upstream *url.URL
 }
@@ -244,7 +252,7 @@ func LoadFile(path string) (*Config, error) {
 // config has every default filled in. The error is a *ConfigError listing
 // every problem of the file, each with its line and field path.
 func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
-	var cfg Config
+	cfg := Config{file: name}
 	if err := config.Load(name, data, lookupEnv, &cfg); err != nil {
 		return nil, err
 	}
@@ -258,6 +266,13 @@ func (c *Config) Defaults() {
 		c.Listen = ":8080"
 	}
 	c.RateLimit.inheritRedis(c.Store.Redis)
+	base := filepath.Dir(c.file)
+	c.Errors.base = base
+	for i := range c.Routes {
+		if e := c.Routes[i].Errors; e != nil {
+			e.base = base
+		}
+	}
 	if c.Server.ShutdownTimeout == 0 {
 		c.Server.ShutdownTimeout = Duration(max(c.drainNeeded()+5*time.Second, 30*time.Second))
 	}

@@ -18,7 +18,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := gateway.Parse("levee.yaml", data, noEnv)
+	cfg, err := gateway.Parse("../examples/levee.yaml", data, noEnv)
 	if err != nil {
 		t.Fatalf("examples/levee.yaml: %v", err)
 	}

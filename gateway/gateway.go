@@ -126,7 +126,7 @@ func NewTransport() *http.Transport {
 // Apply validates nothing (cfg must come from Parse) and swaps in cfg's
 // routes. Requests in flight finish on the routes they started with.
 func (g *Gateway) Apply(cfg *Config) error {
-	t := &routeTable{cfg: cfg, exact: map[string][]*route{}, trusted: cfg.trusted}
+	t := &routeTable{cfg: cfg, exact: map[string][]*route{}, trusted: cfg.trusted, render: cfg.Errors.renderer()}
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
 		rt, err := g.buildRoute(cfg, rc, i)
@@ -160,6 +160,7 @@ type routeTable struct {
 	exact    map[string][]*route
 	prefixes []*route // longest first
 	trusted  []netip.Prefix
+	render   *errorRenderer // errors: the global error format
 }
 
 type route struct {
@@ -169,6 +170,7 @@ type route struct {
 	host    string
 	maxBody int64
 	handler http.Handler
+	render  *errorRenderer // the route's own errors block, if any
 }
 
 func (rt *route) accepts(r *http.Request, host string) bool {
@@ -233,6 +235,7 @@ func cleanPath(p string) string {
 // the access log and metrics.
 type reqInfo struct {
 	route       string
+	sw          *statusWriter // renders the route's problems
 	idem        idempotency.Outcome
 	limited     string // policies that denied the request
 	upstreamDur time.Duration
@@ -266,7 +269,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ri := infoPool.Get().(*reqInfo)
 	*ri = reqInfo{}
 	defer infoPool.Put(ri)
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &statusWriter{ResponseWriter: w, requestID: id, render: t.render}
+	ri.sw = sw
 
 	p := cleanPath(r.URL.Path)
 	if p != r.URL.Path {
@@ -279,11 +283,18 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(sw, problem.Problem{Type: problem.RouteNotFound, Status: http.StatusNotFound,
 			Title: "No route matches this request", Detail: fmt.Sprintf("no route for %s %s", r.Method, p)})
 	case r.ContentLength > rt.maxBody:
-		ri.route = rt.name
+		ri.route, sw.route = rt.name, rt.name
+		if rt.render != nil {
+			sw.render = rt.render
+		}
 		problem.Write(sw, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", rt.maxBody)})
 	default:
 		ri.route = rt.name
+		sw.route = rt.name
+		if rt.render != nil {
+			sw.render = rt.render
+		}
 		if r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
 			// A body of unknown length (chunked) is cut at the limit; one
 			// with a Content-Length was checked above, and the server
@@ -438,6 +449,7 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 		methods: rc.Match.Methods,
 		host:    rc.Match.Host,
 		maxBody: int64(cfg.Server.MaxBodyBytes),
+		render:  rc.Errors.renderer(),
 	}
 	idem, err := rc.Idempotency.middleware(g, rc.Name)
 	if err != nil {
@@ -534,7 +546,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 	var cbe *clientBodyError
 	switch {
 	case errors.As(err, &mbe):
-		problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+		writeProblem(w, r, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", mbe.Limit)})
 	case errors.As(err, &cbe):
 		// The client's body failed (too slow, hung up): not the upstream's
@@ -543,7 +555,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 			markAborted(w)
 			return
 		}
-		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
+		writeProblem(w, r, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
 		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
@@ -564,7 +576,7 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, ri *reqInfo, err error, 
 		ri.upstreamErr = err.Error()
 	}
 	p.Extra = map[string]any{"route": route, "upstream": upstream}
-	problem.Write(w, p)
+	problem.WriteWith(w, p, ri.renderer())
 }
 
 // markAborted records, on the gateway's statusWriter under w, that the
@@ -700,6 +712,10 @@ type statusWriter struct {
 	status  int
 	bytes   int64
 	aborted bool
+
+	render    *errorRenderer // the route's error format; nil: problem+json
+	requestID string
+	route     string
 }
 
 func (w *statusWriter) WriteHeader(code int) {

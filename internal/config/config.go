@@ -92,6 +92,50 @@ func (r *Report) Bad(field, format string, args ...any) {
 	r.problems = append(r.problems, Problem{Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
+// Line returns the line of the field at path (0 when unknown).
+func (r *Report) Line(field string) int {
+	if r.doc == nil {
+		return 0
+	}
+	return LineOf(r.doc, field)
+}
+
+// Node returns the value node of the field at path, or nil.
+func (r *Report) Node(field string) *yaml.Node {
+	if r.doc == nil {
+		return nil
+	}
+	n := r.doc
+	for _, part := range strings.Split(field, ".") {
+		name, idx := part, -1
+		if j := strings.IndexByte(part, '['); j >= 0 {
+			name = part[:j]
+			idx, _ = strconv.Atoi(strings.TrimSuffix(part[j+1:], "]"))
+		}
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				next = n.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		n = next
+		if idx >= 0 {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return nil
+			}
+			n = n.Content[idx]
+		}
+	}
+	return n
+}
+
 // At records a problem at a known line.
 func (r *Report) At(line int, field, msg string) {
 	r.problems = append(r.problems, Problem{Line: line, Field: field, Msg: msg})

@@ -32,6 +32,14 @@ const (
 	RateLimitStoreUnavailable = "rate-limit-store-unavailable"
 )
 
+// Types lists every slug above, for tools that must handle them all
+// (the gateway checks an error template against each).
+var Types = []string{
+	IdempotencyKeyMissing, IdempotencyKeyInvalid, IdempotencyKeyMismatch, IdempotencyInFlight,
+	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
+	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
+}
+
 // Problem is one problem+json document.
 type Problem struct {
 	Type   string // a slug above; written as BaseURI+slug
@@ -95,12 +103,47 @@ func appendJSON(b []byte, s string) []byte {
 	return append(b, v...)
 }
 
-// Write sends p as the response. It sets Content-Type, Cache-Control:
+// Renderer renders a problem in another envelope than problem+json (an
+// API's own error shape). A ResponseWriter that implements it, or wraps
+// one that does (Unwrap), has every problem written through it rendered
+// that way.
+type Renderer interface {
+	RenderProblem(p Problem) (body []byte, contentType string)
+}
+
+// ContentType is the media type of Marshal's documents.
+const ContentType = "application/problem+json"
+
+func findRenderer(w http.ResponseWriter) Renderer {
+	for w != nil {
+		if r, ok := w.(Renderer); ok {
+			return r
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
+	return nil
+}
+
+// Write sends p as the response: problem+json, or what a Renderer on w
+// (see Renderer) makes of it. It sets Content-Type, Cache-Control:
 // no-store and, if set, Retry-After.
-func Write(w http.ResponseWriter, p Problem) {
-	body := Marshal(p)
+func Write(w http.ResponseWriter, p Problem) { WriteWith(w, p, findRenderer(w)) }
+
+// WriteWith is Write with an explicit renderer (nil: problem+json).
+func WriteWith(w http.ResponseWriter, p Problem, r Renderer) {
+	var body []byte
+	ctype := ContentType
+	if r != nil {
+		body, ctype = r.RenderProblem(p)
+	} else {
+		body = Marshal(p)
+	}
 	h := w.Header()
-	h.Set("Content-Type", "application/problem+json")
+	h.Set("Content-Type", ctype)
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Del("Content-Encoding")
