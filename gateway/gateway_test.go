@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/gateway"
+	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/internal/syncbuf"
 )
 
@@ -276,21 +277,14 @@ func TestIdempotencyThroughGateway(t *testing.T) {
 	u.mu.Lock()
 	u.delay = 500 * time.Millisecond
 	u.mu.Unlock()
-	done := make(chan int)
-	go func() {
-		r, _ := send(t, "POST", url, `{}`, "Idempotency-Key", "k2")
-		done <- r.StatusCode
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for u.calls.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	done := sendAsync("POST", url, `{}`, "Idempotency-Key", "k2")
+	poll.Until(t, 5*time.Second, func() bool { return u.calls.Load() >= 3 }, "the first of the in-flight pair never reached the upstream")
 	resp, body = send(t, "POST", url, `{}`, "Idempotency-Key", "k2")
 	if typ, _ := problemOf(t, resp, body); resp.StatusCode != 409 || typ != "idempotency-in-flight" || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("in flight: %d %s", resp.StatusCode, body)
 	}
-	if st := <-done; st != 201 {
-		t.Fatalf("first of the in-flight pair: %d", st)
+	if r := <-done; r.err != nil || r.status != 201 {
+		t.Fatalf("first of the in-flight pair: %d %v", r.status, r.err)
 	}
 	// Access log and metrics carry the outcome; keys and credentials never appear in logs.
 	logs := g.logs.String()
@@ -437,27 +431,50 @@ func TestReloadOnFileChange(t *testing.T) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, func() bool {
 		resp, _ := send(t, "GET", "http://"+srv.Addr()+"/extra", "")
-		if resp.StatusCode == 201 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("file change was not picked up within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return resp.StatusCode == 201
+	}, "file change was not picked up")
 }
 
 // inFlight sends GET /v1/x and returns once the upstream has it; the
 // channel gets the status.
-func inFlight(t *testing.T, g *running, u *upstream) <-chan int {
-	done := make(chan int, 1)
-	go func() { r, _ := send(t, "GET", g.base+"/v1/x", ""); done <- r.StatusCode }()
-	for u.calls.Load() == 0 {
-		time.Sleep(2 * time.Millisecond)
-	}
+func inFlight(t *testing.T, g *running, u *upstream) <-chan result {
+	done := sendAsync("GET", g.base+"/v1/x", "")
+	poll.Until(t, 5*time.Second, func() bool { return u.calls.Load() > 0 }, "the request never reached the upstream")
+	return done
+}
+
+// result is what sendAsync delivers.
+type result struct {
+	status int
+	body   string
+	err    error
+}
+
+// sendAsync is send in a goroutine of its own: it reports failures on the
+// channel instead of calling t.Fatal (which must not be called from a
+// goroutine other than the test's).
+func sendAsync(method, url, body string, hdr ...string) <-chan result {
+	done := make(chan result, 1)
+	go func() {
+		req, err := http.NewRequest(method, url, strings.NewReader(body))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{status: resp.StatusCode, body: string(b), err: err}
+	}()
 	return done
 }
 
@@ -475,17 +492,9 @@ func TestClientDisconnectDoesNotAbortTheUpstream(t *testing.T) {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(c, "POST /v1/charge HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
-		for u.calls.Load() == 0 {
-			time.Sleep(2 * time.Millisecond)
-		}
+		poll.Until(t, 5*time.Second, func() bool { return u.calls.Load() > 0 }, "engine %s: the request never reached the upstream", engine)
 		c.Close()
-		deadline := time.Now().Add(5 * time.Second)
-		for u.finished.Load() == 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if u.finished.Load() != 1 {
-			t.Fatalf("engine %s: the upstream request was aborted when the client hung up", engine)
-		}
+		poll.Until(t, 5*time.Second, func() bool { return u.finished.Load() == 1 }, "engine %s: the upstream request was aborted when the client hung up", engine)
 	}
 }
 
@@ -500,8 +509,8 @@ func TestInFlightRequestsFinishOnTheirConfig(t *testing.T) {
 	if err := g.srv.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if st := <-done; st != 201 {
-		t.Fatalf("in-flight request after reload: %d", st)
+	if r := <-done; r.err != nil || r.status != 201 {
+		t.Fatalf("in-flight request after reload: %d %v", r.status, r.err)
 	}
 	if resp, _ := send(t, "GET", g.base+"/v1/x", ""); resp.StatusCode != 404 {
 		t.Fatalf("new request on the removed route: %d", resp.StatusCode)
@@ -519,8 +528,14 @@ func TestGracefulShutdownDrains(t *testing.T) {
 	if err := g.srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st := <-done; st != 201 {
-		t.Fatalf("in-flight request during shutdown: %d", st)
+	// When Shutdown returns, the in-flight request has been answered: its
+	// access-log line (written after the response, before the connection
+	// goes idle) is there, and the upstream finished it.
+	if u.finished.Load() != 1 || !strings.Contains(g.logs.String(), `"path":"/v1/x","status":201`) {
+		t.Fatalf("Shutdown returned before the in-flight request finished (upstream finished %d); logs:\n%s", u.finished.Load(), g.logs)
+	}
+	if r := <-done; r.err != nil || r.status != 201 {
+		t.Fatalf("in-flight request during shutdown: %d %v", r.status, r.err)
 	}
 	if _, err := http.Get(g.base + "/v1/x"); err == nil {
 		t.Fatal("gateway still accepts connections after shutdown")

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/internal/syncbuf"
 )
 
@@ -89,25 +90,25 @@ func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
 		_ = cmd.Process.Kill()
 		<-r.done
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return r
-			}
-		}
+	exited := false
+	poll.Until(t, 20*time.Second, func() bool {
 		select {
 		case <-r.done:
-			t.Fatalf("levee exited before it was ready: %v\n%s", r.err, out)
+			exited = true
+			return true
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("levee not ready within 20s:\n%s", out)
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "levee not ready:\n%s", out)
+	if exited {
+		t.Fatalf("levee exited before it was ready: %v\n%s", r.err, out)
 	}
+	return r
 }
 
 // charges is an upstream that counts executions. While hold is set, each
@@ -267,13 +268,7 @@ func TestKill9InFlightThenRetryOnAnotherReplica(t *testing.T) {
 	b := startReplica(t, writeConfig(t, bAddr, bAdmin, store, up.url, idem), bAddr, bAdmin)
 
 	go post("http://"+a.addr+"/v1/charges", "order-9", `{"amount":9}`) // will never get its answer
-	deadline := time.Now().Add(10 * time.Second)
-	for up.n.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the first request never reached the upstream")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, func() bool { return up.n.Load() > 0 }, "the first request never reached the upstream")
 	reached := time.Now() // the claim was taken just before this
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -328,39 +323,28 @@ func TestSignals(t *testing.T) {
 	newCfg := string(data) + fmt.Sprintf("  - name: extra\n    match: {path: /extra}\n    upstream: %s\n", up.url)
 	os.WriteFile(cfg, []byte(newCfg), 0o600)
 	r.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, func() bool {
 		st, _, _, _ := post("http://"+addr+"/extra", "k", "{}")
-		if st == 201 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP reload not applied:\n%s", r.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return st == 201
+	}, "SIGHUP reload not applied:\n%s", r.out)
 	// SIGHUP with an invalid file: logged, old config keeps serving.
 	os.WriteFile(cfg, []byte("routes: [{name: broken}]\n"), 0o600)
 	r.cmd.Process.Signal(syscall.SIGHUP)
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, func() bool {
 		m := get(t, "http://"+admin+"/metrics")
-		if strings.Contains(m, `levee_config_reloads_total{result="failure"}`) && !strings.Contains(m, `levee_config_reloads_total{result="failure"} 0`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("failed reload not counted within 10s:\n%s", m)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return strings.Contains(m, `levee_config_reloads_total{result="failure"}`) && !strings.Contains(m, `levee_config_reloads_total{result="failure"} 0`)
+	}, "failed reload not counted")
 	if st, _, _, _ := post("http://"+addr+"/extra", "k2", "{}"); st != 201 {
 		t.Fatalf("after an invalid reload the old config stopped serving: %d", st)
 	}
 	// SIGTERM while a request is in flight: it completes, then levee exits 0.
 	up.delay.Store(int64(500 * time.Millisecond))
 	res := make(chan int)
+	before := up.n.Load()
 	go func() { st, _, _, _ := post("http://"+addr+"/v1/charges", "slow", "{}"); res <- st }()
-	time.Sleep(150 * time.Millisecond)
+	// SIGTERM once the request is in flight (at the upstream), not before
+	// it has even reached levee.
+	poll.Until(t, 10*time.Second, func() bool { return up.n.Load() > before }, "the slow request never reached the upstream")
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	if st := <-res; st != 201 {
 		t.Fatalf("in-flight request during SIGTERM: %d\n%s", st, r.out)
