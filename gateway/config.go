@@ -27,7 +27,7 @@ type Config struct {
 	// Listen is the address of the proxy listener. Default ":8080".
 	Listen string `yaml:"listen" reload:"restart"`
 	// Admin configures the admin listener (metrics, health, config).
-	Admin AdminConfig `yaml:"admin" reload:"restart"`
+	Admin AdminConfig `yaml:"admin"`
 	// Store is where idempotency records live. Default: sqlite, levee.db.
 	Store StoreConfig `yaml:"store" reload:"restart"`
 	// Server holds the limits that protect levee from slow or huge clients.
@@ -79,10 +79,15 @@ func ExpandEnv(s string, lookup func(string) (string, bool)) (string, error) {
 type AdminConfig struct {
 	// Listen is the admin address. Default "127.0.0.1:9090" (loopback
 	// only); "off" disables the admin listener.
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" reload:"restart"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin
 	// listener. Default false.
-	Pprof bool `yaml:"pprof"`
+	Pprof bool `yaml:"pprof" reload:"restart"`
+	// Token is the bearer token the admin endpoints that read records or
+	// change state (idempotency keys, the DLQ) require, compared in
+	// constant time; use ${ENV}. Default none: those endpoints are off.
+	// It may change on reload (rotation).
+	Token string `yaml:"token" redact:"secret"`
 }
 
 // Defaults implements config.Section.
@@ -98,6 +103,9 @@ func (a *AdminConfig) Validate(r *config.Report, path string) {
 		if _, _, err := splitHostPort(a.Listen); err != nil {
 			r.Bad(config.Join(path, "listen"), "%v (or \"off\")", err)
 		}
+	}
+	if a.Token != "" && len(a.Token) < 16 {
+		r.Bad(config.Join(path, "token"), "too short (%d characters): use at least 16 random characters, e.g. openssl rand -hex 32", len(a.Token))
 	}
 }
 

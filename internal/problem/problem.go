@@ -30,6 +30,8 @@ const (
 	RouteNotFound             = "route-not-found"
 	RateLimited               = "rate-limited"
 	RateLimitStoreUnavailable = "rate-limit-store-unavailable"
+	AdminEndpointDisabled     = "admin-endpoint-disabled"
+	AdminUnauthorized         = "admin-unauthorized"
 )
 
 // Types lists every slug above, for tools that must handle them all
@@ -38,6 +40,7 @@ var Types = []string{
 	IdempotencyKeyMissing, IdempotencyKeyInvalid, IdempotencyKeyMismatch, IdempotencyInFlight,
 	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
 	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
+	AdminEndpointDisabled, AdminUnauthorized,
 }
 
 // Problem is one problem+json document.
