@@ -18,7 +18,9 @@ func TestBreakerCycle(t *testing.T) {
 	clock := newFakeClock()
 	var changes []string
 	b, err := resilience.NewBreaker("crm", resilience.BreakerSettings{ConsecutiveFailures: 3, Cooldown: 10 * time.Second, HalfOpenProbes: 2,
-		OnStateChange: func(name string, from, to resilience.BreakerState) { changes = append(changes, name+":"+from.String()+">"+to.String()) }})
+		OnStateChange: func(name string, from, to resilience.BreakerState) {
+			changes = append(changes, name+":"+from.String()+">"+to.String())
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

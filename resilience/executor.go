@@ -49,6 +49,7 @@ type Call struct {
 	// upstream re-sends it), never modify it.
 	Request *http.Request
 
+	tc              *transportCall // set by Transport: its Send's state
 	attempt         int
 	deadline        time.Time // overall; zero: none
 	attemptDeadline time.Time // this attempt's; zero: none
@@ -186,7 +187,11 @@ func AttemptTimeout(d time.Duration) Policy {
 		return func(ctx context.Context, c *Call) (*http.Response, error) {
 			c.attemptDeadline = c.deadline
 			if d > 0 {
-				if ad := env.Clock.Now().Add(d); c.deadline.IsZero() || ad.Before(c.deadline) {
+				now := c.start // the first attempt starts with the call: spare a clock read
+				if c.attempt > 0 {
+					now = env.Clock.Now()
+				}
+				if ad := now.Add(d); c.deadline.IsZero() || ad.Before(c.deadline) {
 					c.attemptDeadline = ad
 				}
 			}

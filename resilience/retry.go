@@ -209,7 +209,7 @@ func (r *retryPolicy) Wrap(env Env, next Handler) Handler {
 			c.Key = r.s.NewKey()
 		}
 		if r.budget != nil {
-			r.budget.Call(env.Clock.Now())
+			r.budget.Call(c.start)
 		}
 		for n := 0; ; n++ {
 			c.attempt = n

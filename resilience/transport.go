@@ -49,7 +49,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	tc := &transportCall{base: base, keyHeader: t.Executor.keyHeader}
 	c := &tc.c
-	c.Method, c.Request, c.Send = req.Method, req, tc.send
+	c.Method, c.Request, c.Send, c.tc = req.Method, req, transportSend, tc
 	if t.Executor.needsTarget {
 		c.Target = req.URL.String()
 	}
@@ -105,7 +105,10 @@ type transportCall struct {
 	sent      bool
 }
 
-func (tc *transportCall) send(ctx context.Context, c *Call) (*http.Response, error) {
+// transportSend is the Send of a Transport call (a plain function, not
+// a method value, which would cost an allocation per call).
+func transportSend(ctx context.Context, c *Call) (*http.Response, error) {
+	tc := c.tc
 	r, err := tc.request(ctx, c)
 	if err != nil {
 		return nil, err
