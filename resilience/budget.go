@@ -190,10 +190,10 @@ func (t *Throttle) Record(now time.Time, o Outcome) {
 	t.mu.Unlock()
 }
 
-// Wrap makes Throttle a Policy: place it after the retry policy.
-// Cancelled attempts and local rejections by inner policies record no
-// outcome. uniform is read from RetrySettings.Rand's source when built by
-// New; here the package's random source.
+// Wrap makes Throttle a Policy: place it after the retry policy. It
+// draws from math/rand/v2 (New draws from RetrySettings.Rand instead, so
+// tests can inject it). Cancelled attempts and local rejections by inner
+// policies record no outcome; a rejection emits EventThrottled.
 func (t *Throttle) Wrap(env Env, next Handler) Handler {
 	return t.wrap(env, next, func() float64 { return rand.Float64() })
 }

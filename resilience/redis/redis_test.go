@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/leveehq/levee/ratelimit"
+	rlredis "github.com/leveehq/levee/ratelimit/redis"
 	"github.com/leveehq/levee/resilience"
 	"github.com/leveehq/levee/resilience/redis"
 )
@@ -248,5 +251,58 @@ func TestNewValidates(t *testing.T) {
 	defer c.Close()
 	if _, err := redis.New(c, redis.Options{}); !errors.Is(err, redis.ErrNoContextTimeout) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestSharedQuotaExactly: two replicas sharing one third-party quota of
+// 100 through ratelimit/redis send exactly 100 attempts between them.
+func TestSharedQuotaExactly(t *testing.T) {
+	t.Parallel()
+	addr := redisAddr(t)
+	c := newClient(t, addr)
+	pfx := prefix(t, c)
+	pol, err := ratelimit.ParsePolicy("100/h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol.Name = "partner-hourly"
+	var sent atomic.Int64
+	send := func(context.Context, *resilience.Call) (*http.Response, error) {
+		sent.Add(1)
+		return &http.Response{StatusCode: 200, Body: http.NoBody}, nil
+	}
+	var replicas []*resilience.Executor
+	for range 2 {
+		st, err := rlredis.New(newClient(t, addr), rlredis.Options{Prefix: pfx + "rl:"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := resilience.New(resilience.Settings{Name: "partner", Limit: &resilience.LimitSettings{Store: st, Policies: []ratelimit.Policy{pol}, MaxWait: -1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, e)
+	}
+	var wg sync.WaitGroup
+	var paced atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				resp, err := replicas[w%2].Do(context.Background(), &resilience.Call{Send: send})
+				if errors.Is(err, resilience.ErrPaced) {
+					paced.Add(1)
+				} else if err != nil {
+					t.Error(err)
+				} else {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if sent.Load() != 100 || paced.Load() != 60 {
+		t.Fatalf("%d sent, %d paced; want exactly 100 and 60", sent.Load(), paced.Load())
 	}
 }
