@@ -111,6 +111,7 @@ func BenchmarkBreakerOpen(b *testing.B) {
 		c := &resilience.Call{Method: "GET", Send: fail, EnforcesDeadline: true}
 		b.ReportAllocs()
 		for b.Loop() {
+			*c = resilience.Call{Method: "GET", Send: fail, EnforcesDeadline: true}
 			if _, err := e.Do(ctx, c); err == nil {
 				b.Fatal("admitted")
 			}

@@ -17,7 +17,9 @@ type AttemptFunc func(ctx context.Context, c *Call) (*http.Response, error)
 
 // Call describes one logical call: one or more attempts of the same
 // request. The caller fills the exported fields; the executor keeps the
-// rest. A Call must not be reused or shared by concurrent Do calls.
+// rest. A Call is never shared by concurrent Do calls; after Do returns
+// it may be reset (*c = Call{...}) and used for another call, never
+// reused as is (AutoKey's Key would go with it).
 type Call struct {
 	// Method is the request's method; "" means GET.
 	Method string
