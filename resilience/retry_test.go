@@ -131,7 +131,10 @@ func TestRetryAfterInvalidFallsBackToBackoff(t *testing.T) {
 	}
 }
 
-func TestRetryAfterAboveTheCapFailsFast(t *testing.T) {
+// TestRegressionRetryAfter3600MustNotSleepAnHour: a popular retry library
+// slept for an hour on Retry-After: 3600; above the cap the call fails
+// fast with the server's value in the error.
+func TestRegressionRetryAfter3600MustNotSleepAnHour(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
 	sc := &script{steps: []step{{status: 429, header: hdr("Retry-After", "3600")}}}
@@ -236,7 +239,9 @@ func TestCancelDuringBackoffReturnsAtOnce(t *testing.T) {
 	}
 }
 
-func TestBudgetCapsRetriesAtFullFailure(t *testing.T) {
+// TestRegressionRetriesMustNotAmplifyAnOutage: retries at several layers
+// turned one failure into 27; the budget keeps retries near 10%.
+func TestRegressionRetriesMustNotAmplifyAnOutage(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
 	sc := &script{steps: []step{{status: 503}}}
