@@ -64,7 +64,8 @@ func (c *Call) Attempt() int { return c.attempt }
 
 // Deadline returns the deadline of the attempt under way: the earlier of
 // the per-attempt timeout and the call's overall deadline (and the
-// caller's context's deadline). Zero means none.
+// caller's context's deadline), on the executor's Clock. Zero means
+// none.
 func (c *Call) Deadline() time.Time {
 	if c.attemptDeadline.IsZero() {
 		return c.deadline
@@ -170,8 +171,11 @@ func (e *Executor) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	if e.env.Timeout > 0 {
 		c.deadline = c.start.Add(e.env.Timeout)
 	}
-	if d, ok := ctx.Deadline(); ok && (c.deadline.IsZero() || d.Before(c.deadline)) {
-		c.deadline = d
+	if d, ok := ctx.Deadline(); ok {
+		// In the clock's time: an injected clock need not read wall time.
+		if d = c.start.Add(time.Until(d)); c.deadline.IsZero() || d.Before(c.deadline) {
+			c.deadline = d
+		}
 	}
 	c.attemptDeadline = time.Time{}
 	return e.h(ctx, c)
@@ -188,11 +192,11 @@ func AttemptTimeout(d time.Duration) Policy {
 	return PolicyFunc(func(env Env, next Handler) Handler {
 		return func(ctx context.Context, c *Call) (*http.Response, error) {
 			c.attemptDeadline = c.deadline
+			now := c.start // the first attempt starts with the call: spare a clock read
+			if c.attempt > 0 {
+				now = env.Clock.Now()
+			}
 			if d > 0 {
-				now := c.start // the first attempt starts with the call: spare a clock read
-				if c.attempt > 0 {
-					now = env.Clock.Now()
-				}
 				if ad := now.Add(d); c.deadline.IsZero() || ad.Before(c.deadline) {
 					c.attemptDeadline = ad
 				}
@@ -205,7 +209,9 @@ func AttemptTimeout(d time.Duration) Policy {
 				resp, err := next(ctx, c)
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
-			actx, cancel := context.WithDeadline(ctx, dl)
+			// A timeout, not a deadline: dl is in the clock's time, the
+			// context runs on wall time.
+			actx, cancel := context.WithTimeout(ctx, dl.Sub(now))
 			resp, err := next(actx, c)
 			if err != nil || resp == nil {
 				cancel()
