@@ -196,3 +196,20 @@ func RoundTripTo(rt http.RoundTripper, base *url.URL, keyHeader string) AttemptF
 		return rt.RoundTrip(r)
 	}
 }
+
+// CheckRedirect is an http.Client.CheckRedirect for clients using
+// Transport: it follows redirects of GET, HEAD, OPTIONS and TRACE (up to
+// 10, as the default does) and returns the redirect itself for every
+// other method (http.ErrUseLastResponse), so that a 307 or 308 answered
+// to a POST never re-sends it to another URL. The transport itself never
+// follows redirects.
+func CheckRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("resilience: stopped after 10 redirects")
+	}
+	switch via[0].Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return nil
+	}
+	return http.ErrUseLastResponse
+}

@@ -268,3 +268,21 @@ func TestCallerContextWinsOnTheWire(t *testing.T) {
 		t.Fatalf("err %v after %d attempts", err, len(f.seen()))
 	}
 }
+
+func TestUnsafeRedirectsAreNotFollowed(t *testing.T) {
+	t.Parallel()
+	target := newFlaky(t, false, status(200))
+	f := newFlaky(t, false, status(307, "Location", target.srv.URL))
+	c := client(t, resilience.Settings{}, nil)
+	c.CheckRedirect = resilience.CheckRedirect
+	resp, err := c.Post(f.srv.URL, "text/plain", strings.NewReader("pay"))
+	if err != nil || resp.StatusCode != 307 || len(f.seen()) != 1 || len(target.seen()) != 0 {
+		t.Fatalf("POST: %v %v; %d + %d requests", resp, err, len(f.seen()), len(target.seen()))
+	}
+	closeResp(resp)
+	resp, err = c.Get(f.srv.URL)
+	if err != nil || resp.StatusCode != 200 || len(target.seen()) != 1 {
+		t.Fatalf("GET: %v %v", resp, err)
+	}
+	closeResp(resp)
+}
