@@ -51,6 +51,7 @@ func outcomeOf(resp *http.Response, err error) Outcome {
 	return Outcome{StatusCode: resp.StatusCode, Header: resp.Header}
 }
 
+// String returns the error text, or "status N".
 func (o Outcome) String() string {
 	if o.Err != nil {
 		return o.Err.Error()
