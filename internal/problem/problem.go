@@ -23,6 +23,7 @@ const (
 	IdempotencyInFlight       = "idempotency-in-flight"
 	IdempotencyResponseLost   = "idempotency-response-not-stored"
 	IdempotencyStoreDown      = "idempotency-store-unavailable"
+	IdempotencyOutcomeUnknown = "idempotency-outcome-unknown"
 	RequestBodyTooLarge       = "request-body-too-large"
 	RequestCanceled           = "request-canceled"
 	UpstreamUnavailable       = "upstream-unavailable"

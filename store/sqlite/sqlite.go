@@ -14,9 +14,11 @@
 //     <claimable> RETURNING token either creates/takes over the record or
 //     changes nothing, and in the latter case a SELECT in the same
 //     transaction returns the record that blocked the claim.
-//   - Renew, Complete and Release are each a single UPDATE or DELETE
-//     guarded by key, token and state = in progress; when it touches no row
-//     the method returns idempotency.ErrFenced and nothing changed.
+//   - Renew, MarkUnknown, Complete and Release are each a single UPDATE or
+//     DELETE guarded by key, token and state (in progress; Complete and
+//     Release also accept unknown, which is how an operator resolves a
+//     held key); when it touches no row the method returns
+//     idempotency.ErrFenced and nothing changed.
 //   - Lookup is a single SELECT.
 //
 // Times are stored as Unix milliseconds. Expiry is logical: every read and
@@ -66,7 +68,13 @@ import (
 // schemaVersion is the layout of levee's tables, recorded in the database's
 // user_version pragma. It is per file: every table this package creates in
 // one file shares it. Open refuses a file whose version is newer.
-const schemaVersion = 1
+//
+//   - 1: the table and its expires_at index.
+//   - 2: the "<table>_open" partial index on (state, expires_at) over the
+//     records that are not completed (in progress or unknown), for List;
+//     records may be in state 3 (unknown), which version 1 readers would
+//     call corrupt.
+const schemaVersion = 2
 
 // Memory is the path that opens a private in-memory database instead of a
 // file: nothing is persisted and nothing is shared with other stores.
@@ -112,7 +120,7 @@ type Store struct {
 
 // queries holds the SQL text, built once with the table name.
 type queries struct {
-	claim, get, replay, lookup, renew, complete, release, deleteExpired string
+	claim, get, replay, lookup, renew, complete, release, markUnknown, deleteExpired string
 }
 
 func newQueries(table string) queries {
@@ -127,12 +135,14 @@ ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 1, to
   lease_until = excluded.lease_until, expires_at = excluded.expires_at, response = NULL
 WHERE ` + t + `.expires_at <= ?6 OR (` + t + `.state = 1 AND ` + t + `.lease_until <= ?6)
 RETURNING token`,
-		get:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
-		replay:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND state = 2 AND expires_at > ?2`,
-		lookup:   `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND expires_at > ?2`,
-		renew:    `UPDATE ` + t + ` SET lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
-		complete: `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
-		release:  `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state = 1`,
+		get: `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
+		// A completed or unknown record blocks every claim until it expires.
+		replay:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND state IN (2, 3) AND expires_at > ?2`,
+		lookup:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND expires_at > ?2`,
+		renew:       `UPDATE ` + t + ` SET lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
+		complete:    `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
+		release:     `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
+		markUnknown: `UPDATE ` + t + ` SET state = 3, lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
 			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)`,
 	}
@@ -261,6 +271,10 @@ func (s *Store) migrate(ctx context.Context, table string) error {
   response    BLOB
 ) STRICT`,
 		`CREATE INDEX IF NOT EXISTS "` + table + `_expires_at" ON ` + t + ` (expires_at)`,
+		// Version 2. On a version 1 file this is the whole upgrade; it
+		// reads the table once (inside this transaction, holding the write
+		// lock) to build an index over the few records not completed.
+		`CREATE INDEX IF NOT EXISTS "` + table + `_open" ON ` + t + ` (state, expires_at) WHERE state <> 2`,
 	} {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("create schema: %w", err)
@@ -406,7 +420,7 @@ func scanRecord(key string, row *sql.Row) (*idempotency.Record, error) {
 		return nil, fmt.Errorf("corrupt record %q: fingerprint is %d bytes", key, len(fp))
 	}
 	copy(rec.Fingerprint[:], fp)
-	if rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted {
+	if rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted && rec.State != idempotency.StateUnknown {
 		return nil, fmt.Errorf("corrupt record %q: state %d", key, state)
 	}
 	if rec.State == idempotency.StateCompleted {
@@ -450,6 +464,15 @@ func (s *Store) Complete(ctx context.Context, key string, token uint64, resp ide
 func (s *Store) Release(ctx context.Context, key string, token uint64) error {
 	return s.fenced(ctx, "release", s.q.release, key, int64(token))
 }
+
+// MarkUnknown implements idempotency.Store with one guarded UPDATE.
+func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error {
+	return s.fenced(ctx, "mark unknown", s.q.markUnknown, key, int64(token), ms(now), ms(expiresAt))
+}
+
+// Features implements idempotency.Store: SQLite runs in-process but waits
+// on file locks and disk, so the engine keeps its per-call timeouts.
+func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
 
 // Lookup implements idempotency.Store.
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {

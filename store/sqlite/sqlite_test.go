@@ -267,14 +267,70 @@ func TestSchemaAndPragmas(t *testing.T) {
 	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
 	}
-	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 1 {
-		t.Fatalf("user_version = %d, %v; want 1", version, err)
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version = %d, %v; want 2", version, err)
 	}
-	for _, name := range []string{"custom_keys", "idempotency_keys", "custom_keys_expires_at", "idempotency_keys_expires_at"} {
+	for _, name := range []string{"custom_keys", "idempotency_keys", "custom_keys_expires_at", "idempotency_keys_expires_at",
+		"custom_keys_open", "idempotency_keys_open"} {
 		var n int
 		if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = ?`, name).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("schema object %q: count %d, %v", name, n, err)
 		}
+	}
+}
+
+// TestUpgradeFromVersion1 opens a file written by schema version 1 (the
+// table and expires_at index only, user_version 1) holding an in-progress
+// and a completed record: Open upgrades it to version 2 (the open-records
+// index), keeps both records, and the in-progress one can then be held
+// with an unknown outcome.
+func TestUpgradeFromVersion1(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db := rawDB(t, path)
+	for _, stmt := range []string{
+		`CREATE TABLE "idempotency_keys" (
+  key         TEXT PRIMARY KEY NOT NULL,
+  fingerprint BLOB NOT NULL,
+  state       INTEGER NOT NULL,
+  token       INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  response    BLOB
+) STRICT`,
+		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
+		`PRAGMA user_version = 1`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	fp := make([]byte, 32)
+	resp := idempotency.MarshalResponse(idempotency.Response{Status: 201, Body: []byte("done")})
+	if _, err := db.Exec(`INSERT INTO "idempotency_keys" VALUES ('running', ?1, 1, 7, ?2, ?3, NULL), ('done', ?1, 2, 8, ?2, ?3, ?4)`,
+		fp, t0.Add(time.Minute).UnixMilli(), t0.Add(time.Hour).UnixMilli(), resp); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path, sqlite.Options{})
+	var version, n int
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version after upgrade = %d, %v; want 2", version, err)
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = 'idempotency_keys_open'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("open-records index after upgrade: %d, %v", n, err)
+	}
+	ctx := context.Background()
+	if rec, err := s.Lookup(ctx, "done", t0); err != nil || rec.State != idempotency.StateCompleted || string(rec.Response.Body) != "done" {
+		t.Fatalf("completed record after upgrade: %+v, %v", rec, err)
+	}
+	if err := s.MarkUnknown(ctx, "running", 7, t0, t0.Add(2*time.Hour)); err != nil {
+		t.Fatalf("MarkUnknown of a version 1 record: %v", err)
+	}
+	res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: "running", Token: 9, Now: t0.Add(time.Hour),
+		LeaseUntil: t0.Add(2 * time.Hour), ExpiresAt: t0.Add(3 * time.Hour)})
+	if err != nil || res.Claimed || res.Existing == nil || res.Existing.State != idempotency.StateUnknown {
+		t.Fatalf("claim of the held record past its lease: %+v, %v; want blocked by the unknown record", res, err)
 	}
 }
 
