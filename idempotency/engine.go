@@ -87,7 +87,7 @@ func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
 // StoreError is a store failure met by the engine. It matches both
 // ErrStoreUnavailable and the underlying error with errors.Is.
 type StoreError struct {
-	Op  string // claim, renew, complete, release, mark_unknown or lookup
+	Op  string // claim, renew, complete, release, mark_unknown, lookup or list
 	Err error
 }
 

@@ -110,3 +110,40 @@ func ExampleUnknownOutcome() {
 	// true false
 	// true true
 }
+
+// An operator finds the key a client's request was stored under, looks at
+// it, and resolves it with the outcome found at the provider: the client's
+// retry then gets that response instead of a second charge.
+func ExampleEngine_Resolve() {
+	engine := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	proxy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		idempotency.ReportUnknownOutcome(r.Context(), errors.New("upstream timeout"))
+		w.WriteHeader(http.StatusGatewayTimeout)
+	})
+	handler := engine.Middleware(idempotency.HTTPOptions{Scope: "charges", TenantHeader: "Authorization"})(proxy)
+	post := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/charges", strings.NewReader(`{"amount":100}`))
+		req.Header.Set("Idempotency-Key", "order-42")
+		req.Header.Set("Authorization", "Bearer sk_test_tenant_a")
+		w := httptest.NewRecorder()
+		handler.ServeHTTP(w, req)
+		return w
+	}
+	post() // 504: the key is now held
+
+	ctx := context.Background()
+	key, _ := idempotency.KeyFor("charges", "Bearer sk_test_tenant_a", "order-42")
+	rec, _ := engine.Inspect(ctx, key)
+	fmt.Println("state:", rec.State)
+
+	found := idempotency.Response{Status: http.StatusCreated, Body: []byte(`{"id":"ch_1"}`),
+		Header: http.Header{"Content-Type": {"application/json"}}}
+	if err := engine.Resolve(ctx, key, idempotency.Resolution{Token: rec.Token, Response: &found}); err != nil {
+		fmt.Println(err)
+	}
+	w := post()
+	fmt.Println(w.Code, w.Body.String(), "replayed:", w.Header().Get("Idempotent-Replayed"))
+	// Output:
+	// state: unknown
+	// 201 {"id":"ch_1"} replayed: true
+}

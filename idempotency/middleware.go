@@ -19,10 +19,12 @@ import (
 )
 
 // DefaultStoredHeaders are the response headers stored and replayed when
-// HTTPOptions.StoredHeaders is nil.
+// HTTPOptions.StoredHeaders is nil. Request-Id is the upstream's id for
+// the request that executed (Stripe's; clients such as stripe-go expose it
+// as LastResponse.RequestID), so a replay names the execution it replays.
 var DefaultStoredHeaders = []string{
 	"Content-Type", "Content-Encoding", "Content-Language", "Content-Location",
-	"Location", "ETag", "Last-Modified", "Link", "Cache-Control",
+	"Location", "ETag", "Last-Modified", "Link", "Cache-Control", "Request-Id",
 }
 
 // HTTPOptions configure Engine.Middleware. The zero value is a sensible

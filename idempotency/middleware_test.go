@@ -222,7 +222,10 @@ func (failingStore) MarkUnknown(context.Context, string, uint64, time.Time, time
 func (failingStore) Lookup(context.Context, string, time.Time) (*idempotency.Record, error) {
 	return nil, errDown
 }
-func (failingStore) Features() idempotency.Features { return idempotency.Features{} }
+func (failingStore) Features() idempotency.Features { return idempotency.Features{List: true} }
+func (failingStore) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
+	return nil, errDown
+}
 
 func TestMiddlewareStoreDown(t *testing.T) {
 	t.Parallel()
@@ -579,4 +582,54 @@ func TestReportUnknownOutcomeAfterReturnIsRefused(t *testing.T) {
 	if w.Code != 201 || w.Header().Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("retry = %d, want the stored 201 replayed", w.Code)
 	}
+}
+
+func TestOperatorCallsOnADownStore(t *testing.T) {
+	t.Parallel()
+	e := idempotency.New(failingStore{}, idempotency.Options{})
+	ctx := context.Background()
+	var se *idempotency.StoreError
+	if _, err := e.Inspect(ctx, "k"); !errors.As(err, &se) || se.Op != "lookup" || !errors.Is(err, errDown) {
+		t.Fatalf("Inspect = %v, want a *StoreError for lookup", err)
+	}
+	if err := e.Resolve(ctx, "k", idempotency.Resolution{}); !errors.As(err, &se) || !errors.Is(err, idempotency.ErrStoreUnavailable) {
+		t.Fatalf("Resolve = %v, want a *StoreError", err)
+	}
+	if _, err := e.List(ctx, idempotency.StateUnknown, "", 0); !errors.As(err, &se) || se.Op != "list" {
+		t.Fatalf("List = %v, want a *StoreError for list", err)
+	}
+}
+
+func TestStateStrings(t *testing.T) {
+	t.Parallel()
+	for _, s := range []idempotency.State{idempotency.StateInProgress, idempotency.StateCompleted, idempotency.StateUnknown} {
+		got, err := idempotency.ParseState(s.String())
+		if err != nil || got != s {
+			t.Fatalf("ParseState(%q) = %v, %v", s.String(), got, err)
+		}
+	}
+	if _, err := idempotency.ParseState("done"); !errors.Is(err, idempotency.ErrInvalidState) {
+		t.Fatalf("ParseState(done) = %v, want ErrInvalidState", err)
+	}
+	if got := idempotency.State(9).String(); got != "State(9)" {
+		t.Fatalf("State(9).String() = %q", got)
+	}
+}
+
+func FuzzParseState(f *testing.F) {
+	for _, s := range []string{"in_progress", "completed", "unknown", "", "Unknown", "State(3)"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		st, err := idempotency.ParseState(s)
+		if err != nil {
+			if !errors.Is(err, idempotency.ErrInvalidState) {
+				t.Fatalf("ParseState(%q) error %v does not wrap ErrInvalidState", s, err)
+			}
+			return
+		}
+		if st.String() != s {
+			t.Fatalf("ParseState(%q) = %v, whose String is %q", s, st, st.String())
+		}
+	})
 }

@@ -123,6 +123,29 @@ type Features struct {
 	// Complete and Release detached from cancellation without allocating
 	// a context.
 	InProcess bool
+	// List reports that Store.List works. A store without it returns an
+	// error matching ErrListUnsupported (and errors.ErrUnsupported) from
+	// List.
+	List bool
+}
+
+// ErrListUnsupported is returned (it matches errors.ErrUnsupported too) by
+// Store.List and Engine.List on a store whose Features().List is false.
+var ErrListUnsupported = fmt.Errorf("idempotency: this store cannot list records by state: %w", errors.ErrUnsupported)
+
+// ListRequest asks a Store for the live records in one state.
+type ListRequest struct {
+	// State is StateInProgress or StateUnknown (completed records are not
+	// listed: there are many, and nothing needs doing about them).
+	State State
+	// Now is the engine's clock: records expired at Now are left out.
+	Now time.Time
+	// After is the page cursor: only keys greater than After (byte-wise)
+	// are listed. "" starts at the beginning; pass the Key of the last
+	// record of a page to get the next one.
+	After string
+	// Limit is the most records returned, at least 1.
+	Limit int
 }
 
 // live reports whether r still counts at now (retention is checked
@@ -210,6 +233,13 @@ type Store interface {
 
 	// Lookup returns the record for key if it is live at now, or ErrNotFound.
 	Lookup(ctx context.Context, key string, now time.Time) (*Record, error)
+
+	// List returns up to req.Limit live records in req.State with keys
+	// greater than req.After, in ascending byte order of key, with their
+	// responses left out. Fewer than req.Limit records means the end.
+	// Records written while a listing pages through may or may not appear.
+	// A store whose Features().List is false returns ErrListUnsupported.
+	List(ctx context.Context, req ListRequest) ([]Record, error)
 
 	// Features declares the store's optional capabilities. It does no I/O
 	// and returns the same value on every call.

@@ -3,8 +3,10 @@
 // contract directly and then the engine's and middleware's guarantees on
 // top of the store: exactly-once under concurrency and across replicas,
 // takeover after a crashed holder's lease with fencing of its late write,
-// logical expiry, 422 before 409, tenant isolation, and the number of
-// backend round trips per request.
+// logical expiry, 422 before 409, tenant isolation, unknown outcomes held
+// past any lease, the operator's Inspect, Resolve and (where the store
+// declares Features.List) List, and the number of backend round trips per
+// request.
 package idemtest
 
 import (
@@ -112,6 +114,11 @@ func Run(t *testing.T, h Harness) {
 		{"HTTP/UnknownOutcomeRelease", testHTTPUnknownRelease},
 		{"HTTP/UnknownOutcomeAcrossReplicas", testHTTPUnknownReplicas},
 		{"Do/UnknownOutcomeHeld", testDoUnknown},
+		{"Operator/KeyForInspectAndRequestId", testOperatorKeyFor},
+		{"Operator/ResolveRelease", testOperatorResolveRelease},
+		{"Operator/ResolveWithResponse", testOperatorResolveResponse},
+		{"Operator/ResolveFencing", testOperatorResolveFencing},
+		{"Operator/ListByState", testOperatorList},
 		{"RoundTrips", testRoundTrips},
 	}
 	for _, tc := range tests {

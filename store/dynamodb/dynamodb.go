@@ -398,8 +398,21 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, 
 	return fenced("mark unknown", err)
 }
 
-// Features implements idempotency.Store.
+// Features implements idempotency.Store: the store cannot list (see List).
 func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+
+// List implements idempotency.Store by returning
+// idempotency.ErrListUnsupported. The table has one partition key and no
+// index by state: finding the held keys would be a Scan, which reads (and
+// bills read capacity for) every item in the table, completed ones
+// included, and competes with request traffic for the table's throughput;
+// a sparse global secondary index would add a second, eventually
+// consistent write to every claim and a table change to every deployment.
+// Held keys are announced by the unknown-outcome event and its WARN log,
+// which carry the scoped key for Inspect and Resolve.
+func (s *Store) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
+	return nil, idempotency.ErrListUnsupported
+}
 
 // fenced maps a failed fencing condition to idempotency.ErrFenced.
 func fenced(op string, err error) error {

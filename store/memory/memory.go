@@ -12,6 +12,8 @@ import (
 	"context"
 	"hash/maphash"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +69,7 @@ func (s *Store) shard(key string) *shard {
 // Features reports InProcess: the store never waits on I/O, so the engine
 // needs no per-call timeout for it.
 func (s *Store) Features() idempotency.Features {
-	return idempotency.Features{InProcess: true}
+	return idempotency.Features{InProcess: true, List: true}
 }
 
 // Ops returns how many store operations have been served: the memory
@@ -247,6 +249,34 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, 
 	e.rec.LeaseUntil = now
 	e.rec.ExpiresAt = expiresAt
 	return nil
+}
+
+// List implements idempotency.Store. It visits every record (the store
+// keeps no index by state), so it costs time proportional to the store's
+// size; it is meant for operators, not for request paths.
+func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.ops.Add(1)
+	var out []idempotency.Record
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if e.rec.State == req.State && k > req.After && req.Now.Before(e.rec.ExpiresAt) {
+				rec := e.rec
+				rec.Response = nil
+				out = append(out, rec)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b idempotency.Record) int { return strings.Compare(a.Key, b.Key) })
+	if len(out) > req.Limit {
+		out = out[:req.Limit]
+	}
+	return out, nil
 }
 
 // Lookup implements idempotency.Store. The returned record shares its

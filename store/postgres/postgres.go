@@ -132,7 +132,7 @@ type Store struct {
 
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
-	claim, renew, complete, release, markUnknown, lookup, deleteExpired string
+	claim, renew, complete, release, markUnknown, lookup, list, deleteExpired string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -209,6 +209,10 @@ SELECT false, d.* FROM done AS d`,
 		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
+		// "state <> 2" repeats the open index's predicate, so that the
+		// planner can use it with a parameter for the state.
+		list: `SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM ` + table +
+			` WHERE state = $1 AND state <> 2 AND key > $2 AND expires_at > $3 ORDER BY key LIMIT $4`,
 		// SKIP LOCKED leaves rows a concurrent claim is taking over alone;
 		// the outer re-check of expires_at is a guard for the same case.
 		deleteExpired: `DELETE FROM ` + table + ` WHERE key IN (
@@ -271,8 +275,34 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, tok uint64, now, ex
 	return s.fenced(ctx, "mark unknown", s.sql.markUnknown, key, token(tok), now, expiresAt)
 }
 
-// Features implements idempotency.Store.
-func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+// Features implements idempotency.Store: the store lists.
+func (s *Store) Features() idempotency.Features { return idempotency.Features{List: true} }
+
+// List implements idempotency.Store with one SELECT over the open-records
+// index (migration 0002).
+func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
+	rows, err := s.pool.Query(ctx, s.sql.list, int16(req.State), req.After, req.Now, int64(req.Limit))
+	if err != nil {
+		return nil, s.wrap("list", err)
+	}
+	defer rows.Close()
+	var out []idempotency.Record
+	for rows.Next() {
+		var rec idempotency.Record
+		sc := newScanner(&rec)
+		if err := rows.Scan(append([]any{&rec.Key}, sc.dest()...)...); err != nil {
+			return nil, s.wrap("list", err)
+		}
+		if err := sc.finish(); err != nil {
+			return nil, fmt.Errorf("postgres: list: %w", err)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("list", err)
+	}
+	return out, nil
+}
 
 // fenced runs a statement conditioned on the holder's token and maps "no
 // row matched" to idempotency.ErrFenced.

@@ -319,8 +319,21 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, 
 		millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
 }
 
-// Features implements idempotency.Store.
+// Features implements idempotency.Store: the store cannot list (see List).
 func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+
+// List implements idempotency.Store by returning
+// idempotency.ErrListUnsupported. Records are independent hashes spread
+// over the keyspace (and, on a Cluster, over every shard); listing them by
+// state would take a SCAN of every key on every node, or a secondary index
+// (a set per state) written by every claim and completion — one more
+// command per request, in another hash slot than the record, so no longer
+// atomic with it on a Cluster. Neither is worth it for an operator's
+// listing: held keys are announced by the unknown-outcome event and its
+// WARN log, which carry the scoped key for Inspect and Resolve.
+func (s *Store) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
+	return nil, idempotency.ErrListUnsupported
+}
 
 // Lookup implements idempotency.Store with one HMGET.
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {

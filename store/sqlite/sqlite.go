@@ -70,7 +70,7 @@ import (
 // one file shares it. Open refuses a file whose version is newer.
 //
 //   - 1: the table and its expires_at index.
-//   - 2: the "<table>_open" partial index on (state, expires_at) over the
+//   - 2: the "<table>_open" partial index on (state, key) over the
 //     records that are not completed (in progress or unknown), for List;
 //     records may be in state 3 (unknown), which version 1 readers would
 //     call corrupt.
@@ -120,7 +120,7 @@ type Store struct {
 
 // queries holds the SQL text, built once with the table name.
 type queries struct {
-	claim, get, replay, lookup, renew, complete, release, markUnknown, deleteExpired string
+	claim, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired string
 }
 
 func newQueries(table string) queries {
@@ -143,6 +143,10 @@ RETURNING token`,
 		complete:    `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
 		release:     `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + t + ` SET state = 3, lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
+		// "state <> 2" repeats the open index's WHERE, so that SQLite may
+		// use it with a bound state.
+		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t +
+			` WHERE state = ?1 AND state <> 2 AND key > ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
 			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)`,
 	}
@@ -274,7 +278,7 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 		// Version 2. On a version 1 file this is the whole upgrade; it
 		// reads the table once (inside this transaction, holding the write
 		// lock) to build an index over the few records not completed.
-		`CREATE INDEX IF NOT EXISTS "` + table + `_open" ON ` + t + ` (state, expires_at) WHERE state <> 2`,
+		`CREATE INDEX IF NOT EXISTS "` + table + `_open" ON ` + t + ` (state, key) WHERE state <> 2`,
 	} {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("create schema: %w", err)
@@ -470,9 +474,42 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, 
 	return s.fenced(ctx, "mark unknown", s.q.markUnknown, key, int64(token), ms(now), ms(expiresAt))
 }
 
-// Features implements idempotency.Store: SQLite runs in-process but waits
-// on file locks and disk, so the engine keeps its per-call timeouts.
-func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+// Features implements idempotency.Store: the store lists; SQLite runs
+// in-process but waits on file locks and disk, so it is not InProcess and
+// the engine keeps its per-call timeouts.
+func (s *Store) Features() idempotency.Features { return idempotency.Features{List: true} }
+
+// List implements idempotency.Store with one SELECT over the open-records
+// index.
+func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
+	rows, err := s.db.QueryContext(ctx, s.q.list, int64(req.State), req.After, ms(req.Now), req.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list: %w", err)
+	}
+	defer rows.Close()
+	var out []idempotency.Record
+	for rows.Next() {
+		var (
+			key                     string
+			fp                      []byte
+			state, token, lease, ex int64
+		)
+		if err := rows.Scan(&key, &fp, &state, &token, &lease, &ex); err != nil {
+			return nil, fmt.Errorf("sqlite: list: %w", err)
+		}
+		rec := idempotency.Record{Key: key, State: idempotency.State(state), Token: uint64(token),
+			LeaseUntil: fromMS(lease), ExpiresAt: fromMS(ex)}
+		if len(fp) != len(rec.Fingerprint) {
+			return nil, fmt.Errorf("sqlite: list: corrupt record %q: fingerprint is %d bytes", key, len(fp))
+		}
+		copy(rec.Fingerprint[:], fp)
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list: %w", err)
+	}
+	return out, nil
+}
 
 // Lookup implements idempotency.Store.
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {

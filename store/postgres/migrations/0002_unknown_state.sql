@@ -10,7 +10,8 @@
 ALTER TABLE {{table}} DROP CONSTRAINT IF EXISTS {{state_check}};
 ALTER TABLE {{table}} ADD CONSTRAINT {{state_check}} CHECK (state IN (1, 2, 3)) NOT VALID;
 
--- Records that are not completed (in progress or unknown), for Store.List.
+-- Records that are not completed (in progress or unknown), by state and key,
+-- for Store.List (its query repeats "state <> 2" so the planner uses it).
 -- Building it reads the table once while holding a lock that blocks writes
 -- to it; the index itself stays small (completed records are left out).
-CREATE INDEX IF NOT EXISTS {{open_index}} ON {{table}} (state, expires_at) WHERE state <> 2;
+CREATE INDEX IF NOT EXISTS {{open_index}} ON {{table}} (state, key) WHERE state <> 2;
