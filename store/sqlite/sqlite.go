@@ -5,29 +5,39 @@
 //
 // # Guarantees
 //
-// Every Store method is one SQLite transaction, atomic with respect to every
-// other call on the same file:
+// Every write is atomic with respect to every other call on the same file,
+// and every call sees every write that returned before it:
 //
-//   - Claim runs BEGIN IMMEDIATE (the DSN sets _txlock=immediate), so it takes
-//     the write lock before reading and can never deadlock upgrading a read
-//     lock; inside it one INSERT ... ON CONFLICT(key) DO UPDATE ... WHERE
-//     <claimable> RETURNING token either creates/takes over the record or
-//     changes nothing, and in the latter case a SELECT in the same
-//     transaction returns the record that blocked the claim.
+//   - Writes go through group commit (writer.go): one writer goroutine per
+//     Store runs whatever writes have queued as one BEGIN IMMEDIATE
+//     transaction (the DSN sets _txlock=immediate: the write lock is taken
+//     before reading, so no lock upgrade can deadlock), and hands each
+//     caller its own result after the commit. A lone write runs at once;
+//     under load, writes that arrive while a batch commits share the next
+//     commit. Within a batch, operations run one after the other with the
+//     semantics they have alone.
+//   - Claim first reads the key (a single SELECT on a reader connection):
+//     a live record that blocks the claim — completed, unknown, or in
+//     progress under a live lease — is returned without any write, so
+//     replays and duplicates in flight never wait for the writer.
+//     Otherwise the writer runs one INSERT ... ON CONFLICT(key) DO UPDATE
+//     ... WHERE <claimable> RETURNING token, which either creates or takes
+//     over the record or changes nothing, and in the latter case a SELECT
+//     in the same transaction returns the record that blocked the claim.
 //   - Renew, MarkUnknown, Complete and Release are each a single UPDATE or
-//     DELETE guarded by key, token and state (in progress; Complete and
-//     Release also accept unknown, which is how an operator resolves a
-//     held key); when it touches no row the method returns
-//     idempotency.ErrFenced and nothing changed.
-//   - Lookup is a single SELECT.
+//     DELETE in a writer batch, guarded by key, token and state (in
+//     progress; Complete and Release also accept unknown, which is how an
+//     operator resolves a held key); when it touches no row the method
+//     returns idempotency.ErrFenced and nothing changed.
+//   - Lookup and List are a single SELECT each.
 //
 // Times are stored as Unix milliseconds. Expiry is logical: every read and
 // every claim compares expires_at with the time the engine passes in, so an
 // expired record counts as absent whether or not it is still in the file.
-// The package starts no goroutines and runs no background clean-up; call
-// DeleteExpired periodically (for example from the gateway's own
-// maintenance loop) to reclaim space. There is no capacity limit: the store
-// never returns idempotency.ErrCapacity.
+// Each Store starts one goroutine, its writer, which Close stops; it runs
+// no background clean-up: call DeleteExpired periodically (for example
+// from the gateway's own maintenance loop) to reclaim space. There is no
+// capacity limit: the store never returns idempotency.ErrCapacity.
 //
 // # Failure behaviour
 //
@@ -35,14 +45,19 @@
 // transaction survives a crash of the process, and the database is never
 // corrupted by one; after an operating-system crash or power loss the most
 // recent commits may be rolled back, which for idempotency means a request
-// completed in that window may execute again. A writer that finds the
-// database locked by another connection or process waits up to
-// Options.BusyTimeout (the wait also ends with the call's context); past it
-// the method returns an error wrapping the driver's SQLITE_BUSY ("database
-// is locked"), which the engine treats like any store failure. Every other
-// driver or I/O error (disk full, read-only file, corrupt stored response)
-// is returned wrapped, prefixed "sqlite:"; the store never retries on its
-// own and never guesses an outcome.
+// completed in that window may execute again. The writer, finding the
+// database locked by another process, waits up to Options.BusyTimeout; past
+// it every write of the batch returns an error wrapping the driver's
+// SQLITE_BUSY ("database is locked"), which the engine treats like any
+// store failure. A caller whose context ends while its write is queued or
+// running gets the context's error; a write not yet started is then
+// skipped, one already in the batch may still commit (as with any store
+// whose answer is lost). Every other driver or I/O error (disk full,
+// read-only file, corrupt stored response) is returned wrapped, prefixed
+// "sqlite:". The only retry is internal to group commit: when a statement
+// fails with an SQL error mid-batch, the batch is rolled back and its
+// writes are run again one transaction each, so that each caller gets the
+// outcome of its own write; the store never guesses an outcome.
 //
 // WAL needs shared memory between the processes, so the file must be on a
 // local filesystem, not a network share.
@@ -117,6 +132,7 @@ type Store struct {
 	trips atomic.Int64
 	q     queries
 	st    statements
+	w     *writer
 }
 
 // statements are the queries prepared once through database/sql, which
@@ -225,6 +241,8 @@ func Open(path string, opts Options) (*Store, error) {
 				_ = s.db.Close()
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
+			s.w = newWriter()
+			go s.runWriter()
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
@@ -323,8 +341,11 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 	return tx.Commit()
 }
 
-// Close closes the database. Calls after Close fail.
+// Close stops the writer goroutine (after the batch it is running; writes
+// still queued fail) and closes the database. Calls after Close fail. It
+// is safe to call more than once.
 func (s *Store) Close() error {
+	s.w.stop()
 	for _, st := range []*sql.Stmt{s.st.claim, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
 		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway
@@ -343,98 +364,51 @@ func (s *Store) Close() error {
 // locks, reads one snapshot and, for a write, commits to the WAL. It is
 // counted at the database/sql driver connection, not by Store methods: one
 // per transaction begun plus one per statement run outside a transaction
-// (an autocommit statement). Claim is one transaction (two statements when
-// it returns the blocking record); Renew, Complete, Release and Lookup are
-// one autocommit statement each.
+// (an autocommit statement). A Claim that finds a blocking record (a
+// replay, a duplicate in flight) is one autocommit SELECT; a Claim that
+// writes is that SELECT plus a writer transaction; Renew, Complete,
+// Release and MarkUnknown are a writer transaction each; Lookup and List
+// one autocommit statement each. A writer transaction is shared by every
+// write in its batch, so under concurrency a new request costs one read
+// plus a fraction of two commits (the conformance suite runs requests one
+// at a time and counts 3).
 func (s *Store) RoundTrips() int64 { return s.trips.Load() }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
 func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 
-// Claim implements idempotency.Store.
+// Claim implements idempotency.Store. It first reads the key (one
+// autocommit SELECT on any pooled connection, in parallel with every other
+// reader): a live record that blocks the claim — completed, unknown, or in
+// progress under a live lease — is returned at once, so a replay or a
+// duplicate in flight takes no write lock and never queues behind writers.
+// Otherwise the claim goes to the writer (see writer.go), which runs the
+// INSERT ... ON CONFLICT DO UPDATE ... WHERE claimable under the write
+// lock, with concurrent writes in the same transaction, and returns the
+// blocking record read under that lock if the claim lost a race.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	if res, ok := s.claimDeferred(ctx, req); ok {
-		return res, nil
-	}
-	return s.claimImmediate(ctx, req)
-}
-
-// claimDeferred is the fast path: a deferred transaction reads the key
-// first, so a replay (a live completed record, which cannot change until
-// it expires) takes no write lock and never queues behind writers. When a
-// write is needed the same transaction upgrades to a writer; if SQLite
-// refuses the upgrade (another connection wrote since the read, or holds
-// the lock) ok is false and the caller runs the claim in an immediate
-// transaction. Either way one transaction does the work when there is no
-// contention. (modernc begins a ReadOnly transaction as a plain deferred
-// BEGIN; SQLite does not enforce read-only, so the write is allowed.)
-func (s *Store) claimDeferred(ctx context.Context, req idempotency.ClaimRequest) (res idempotency.ClaimResult, ok bool) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		return res, false
-	}
-	defer func() { _ = tx.Rollback() }()
-	rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.replay).QueryRowContext(ctx, req.Key, ms(req.Now)))
+	rec, err := scanRecord(req.Key, s.st.get.QueryRowContext(ctx, req.Key))
 	switch {
-	case err == nil:
-		if tx.Commit() != nil {
-			return res, false
-		}
-		return idempotency.ClaimResult{Existing: rec}, true
-	case !errors.Is(err, idempotency.ErrNotFound):
-		return res, false
-	}
-	var token int64
-	err = tx.StmtContext(ctx, s.st.claim).QueryRowContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
-		ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
-	switch {
-	case err == nil:
-		res.Claimed = true
-	case errors.Is(err, sql.ErrNoRows):
-		rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.get).QueryRowContext(ctx, req.Key))
-		if err != nil && !errors.Is(err, idempotency.ErrNotFound) {
-			return res, false
-		}
-		res.Existing = rec
-	default:
-		return res, false // typically SQLITE_BUSY(_SNAPSHOT) on the upgrade
-	}
-	if tx.Commit() != nil {
-		return idempotency.ClaimResult{}, false
-	}
-	return res, true
-}
-
-// claimImmediate claims in a transaction that takes the write lock first.
-func (s *Store) claimImmediate(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	case err == nil && !rec.Claimable(req.Now):
+		return idempotency.ClaimResult{Existing: rec}, nil
+	case err != nil && !errors.Is(err, idempotency.ErrNotFound):
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
-	defer func() { _ = tx.Rollback() }()
-	var token int64
-	err = tx.StmtContext(ctx, s.st.claim).QueryRowContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
-		ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
-	var res idempotency.ClaimResult
-	switch {
-	case err == nil:
-		res.Claimed = true
-	case errors.Is(err, sql.ErrNoRows):
-		// The key exists and is not claimable: read it under the same lock.
-		rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.get).QueryRowContext(ctx, req.Key))
-		if err != nil && !errors.Is(err, idempotency.ErrNotFound) {
-			return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
-		}
-		res.Existing = rec
-	default:
+	op := opPool.Get().(*writeOp)
+	*op = writeOp{kind: opClaim, req: req, ready: op.ready}
+	ok, err := s.write(ctx, op)
+	if !ok {
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
-	if err := tx.Commit(); err != nil {
-		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: commit: %w", err)
-	}
-	return res, nil
+	res, err := op.res, op.err
+	*op = writeOp{ready: op.ready}
+	opPool.Put(op)
+	return res, err
 }
+
+// errCorrupt is wrapped by scanRecord for a row it cannot decode.
+var errCorrupt = errors.New("corrupt record")
 
 // scanRecord reads one row of get or lookup; ErrNotFound when there is none.
 func scanRecord(key string, row *sql.Row) (*idempotency.Record, error) {
@@ -456,57 +430,42 @@ func scanRecord(key string, row *sql.Row) (*idempotency.Record, error) {
 		ExpiresAt:  fromMS(ex),
 	}
 	if len(fp) != len(rec.Fingerprint) {
-		return nil, fmt.Errorf("corrupt record %q: fingerprint is %d bytes", key, len(fp))
+		return nil, fmt.Errorf("%w %q: fingerprint is %d bytes", errCorrupt, key, len(fp))
 	}
 	copy(rec.Fingerprint[:], fp)
 	if rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted && rec.State != idempotency.StateUnknown {
-		return nil, fmt.Errorf("corrupt record %q: state %d", key, state)
+		return nil, fmt.Errorf("%w %q: state %d", errCorrupt, key, state)
 	}
 	if rec.State == idempotency.StateCompleted {
 		r, err := idempotency.UnmarshalResponse(resp)
 		if err != nil {
-			return nil, fmt.Errorf("record %q: %w", key, err)
+			return nil, fmt.Errorf("%w %q: %w", errCorrupt, key, err)
 		}
 		rec.Response = &r
 	}
 	return rec, nil
 }
 
-// fenced runs a guarded single-row write; no row touched means ErrFenced.
-func (s *Store) fenced(ctx context.Context, op string, st *sql.Stmt, args ...any) error {
-	r, err := st.ExecContext(ctx, args...)
-	if err != nil {
-		return fmt.Errorf("sqlite: %s: %w", op, err)
-	}
-	n, err := r.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("sqlite: %s: %w", op, err)
-	}
-	if n == 0 {
-		return idempotency.ErrFenced
-	}
-	return nil
-}
-
-// Renew implements idempotency.Store.
+// Renew implements idempotency.Store through the writer: one guarded
+// UPDATE, in a transaction shared with concurrent writes.
 func (s *Store) Renew(ctx context.Context, key string, token uint64, _, leaseUntil, expiresAt time.Time) error {
-	return s.fenced(ctx, "renew", s.st.renew, key, int64(token), ms(leaseUntil), ms(expiresAt))
+	return s.fencedWrite(ctx, opRenew, key, token, ms(leaseUntil), ms(expiresAt), nil)
 }
 
-// Complete implements idempotency.Store. The response is stored in the
-// encoding of idempotency.MarshalResponse.
+// Complete implements idempotency.Store through the writer. The response
+// is stored in the encoding of idempotency.MarshalResponse.
 func (s *Store) Complete(ctx context.Context, key string, token uint64, resp idempotency.Response, _, expiresAt time.Time) error {
-	return s.fenced(ctx, "complete", s.st.complete, key, int64(token), ms(expiresAt), idempotency.MarshalResponse(resp))
+	return s.fencedWrite(ctx, opComplete, key, token, ms(expiresAt), 0, idempotency.MarshalResponse(resp))
 }
 
-// Release implements idempotency.Store.
+// Release implements idempotency.Store through the writer.
 func (s *Store) Release(ctx context.Context, key string, token uint64) error {
-	return s.fenced(ctx, "release", s.st.release, key, int64(token))
+	return s.fencedWrite(ctx, opRelease, key, token, 0, 0, nil)
 }
 
-// MarkUnknown implements idempotency.Store with one guarded UPDATE.
+// MarkUnknown implements idempotency.Store through the writer.
 func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error {
-	return s.fenced(ctx, "mark unknown", s.st.markUnknown, key, int64(token), ms(now), ms(expiresAt))
+	return s.fencedWrite(ctx, opMarkUnknown, key, token, ms(now), ms(expiresAt), nil)
 }
 
 // Features implements idempotency.Store: the store lists; SQLite runs

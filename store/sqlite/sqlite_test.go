@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -57,6 +58,9 @@ func TestConformance(t *testing.T) {
 			return open(t, path.(string), sqlite.Options{})
 		},
 		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		// A snapshot read, then the claim's and the completion's write
+		// transactions, each shared with concurrent writes (group commit).
+		NewRequestRoundTrips: 3,
 	})
 }
 
@@ -64,8 +68,9 @@ func TestConformance(t *testing.T) {
 // replica: an in-memory database cannot be shared).
 func TestConformanceMemory(t *testing.T) {
 	idemtest.Run(t, idemtest.Harness{
-		NewStore:   func(t testing.TB) idempotency.Store { return open(t, sqlite.Memory, sqlite.Options{}) },
-		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		NewStore:             func(t testing.TB) idempotency.Store { return open(t, sqlite.Memory, sqlite.Options{}) },
+		RoundTrips:           func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		NewRequestRoundTrips: 3,
 	})
 }
 
@@ -482,5 +487,133 @@ func TestConcurrentOpenOfNewFile(t *testing.T) {
 		if err := stores[i].Close(); err != nil {
 			t.Errorf("Close %d: %v", i, err)
 		}
+	}
+}
+
+// TestGroupCommit runs 100 claims and then 100 completions at once: each
+// caller gets its own exact result, and the writes share transactions (far
+// fewer than one per write).
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	s := open(t, filepath.Join(t.TempDir(), "group.db"), sqlite.Options{})
+	ctx := context.Background()
+	now := time.Now()
+	const n = 100
+	reqs := make([]idempotency.ClaimRequest, n)
+	for i := range reqs {
+		reqs[i] = idempotency.ClaimRequest{Key: fmt.Sprint("k", i), Token: idempotency.NewToken(), Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+	}
+	before := s.RoundTrips()
+	run := func(f func(i int) error) {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				if err := f(i); err != nil {
+					t.Errorf("%d: %v", i, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+	run(func(i int) error {
+		res, err := s.Claim(ctx, reqs[i])
+		if err == nil && !res.Claimed {
+			err = fmt.Errorf("not claimed: %+v", res.Existing)
+		}
+		return err
+	})
+	run(func(i int) error {
+		// Every other completion uses a wrong token: fenced, alone in its batch or not.
+		tok := reqs[i].Token
+		if i%2 == 1 {
+			tok++
+		}
+		err := s.Complete(ctx, reqs[i].Key, tok, idempotency.Response{Status: 200 + i%2}, now, now.Add(time.Hour))
+		if i%2 == 1 {
+			if !errors.Is(err, idempotency.ErrFenced) {
+				return fmt.Errorf("wrong token: %v, want ErrFenced", err)
+			}
+			return nil
+		}
+		return err
+	})
+	trips := s.RoundTrips() - before
+	if trips >= 3*n {
+		t.Fatalf("%d round trips for %d claims (each a read and a write) and %d completions: no write shared a transaction", trips, n, n)
+	}
+	t.Logf("%d round trips for %d claims and %d completions", trips, n, n)
+	for i, req := range reqs {
+		rec, err := s.Lookup(ctx, req.Key, now)
+		want := idempotency.StateCompleted
+		if i%2 == 1 {
+			want = idempotency.StateInProgress
+		}
+		if err != nil || rec.State != want || rec.Token != req.Token {
+			t.Fatalf("record %d = %+v, %v; want %v with its own token", i, rec, err, want)
+		}
+	}
+}
+
+// TestGroupCommitStatementError poisons one key with a trigger: its claim
+// fails with an SQL error, which rolls its batch back; every other claim
+// of the batch is then run again on its own and succeeds.
+func TestGroupCommitStatementError(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "poison.db")
+	s := open(t, path, sqlite.Options{})
+	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER poison BEFORE INSERT ON idempotency_keys
+WHEN NEW.key = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned key'); END`); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now()
+	for round := range 5 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range 30 {
+			key := fmt.Sprintf("r%d/k%d", round, i)
+			if i == 15 {
+				key = "poison"
+			}
+			wg.Go(func() {
+				<-start
+				res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: idempotency.NewToken(), Now: now,
+					LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)})
+				switch {
+				case key == "poison" && (err == nil || !strings.Contains(err.Error(), "poisoned key")):
+					t.Errorf("poisoned claim = %+v, %v; want the trigger's error", res, err)
+				case key != "poison" && (err != nil || !res.Claimed):
+					t.Errorf("claim %s = %+v, %v; want claimed", key, res, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+}
+
+// TestClosedStore: calls after Close fail instead of hanging.
+func TestClosedStore(t *testing.T) {
+	t.Parallel()
+	s, err := sqlite.Open(filepath.Join(t.TempDir(), "closed.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	now := time.Now()
+	if err := s.Complete(context.Background(), "k", 1, idempotency.Response{}, now, now); err == nil {
+		t.Fatal("Complete after Close succeeded")
+	}
+	if _, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: "k", Token: 1, Now: now, ExpiresAt: now.Add(time.Hour)}); err == nil {
+		t.Fatal("Claim after Close succeeded")
 	}
 }
