@@ -16,8 +16,12 @@
 // claim, so a holder that lost its lease can never overwrite a newer
 // record. Duplicates get the stored response byte for byte, or 409 while
 // the first is in flight, or 422 if the request differs. Failures (5xx,
-// panics) release the claim so a retry executes again. Retention is
-// checked logically on every read.
+// panics) release the claim so a retry executes again. An unknown outcome
+// — the request reached the upstream and its answer was lost, reported
+// with ReportUnknownOutcome or UnknownOutcome — holds the key in
+// StateUnknown instead: retries are refused (ErrOutcomeUnknown, HTTP 409
+// idempotency-outcome-unknown) until an operator resolves the key or its
+// retention ends. Retention is checked logically on every read.
 //
 // Cost: a new request is two store round trips (claim, complete), a
 // replay one. Replicas must keep their clocks within a small fraction of

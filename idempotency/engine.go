@@ -22,7 +22,53 @@ var (
 	// error is a *StoreError naming the operation. HTTP: 503 (fail closed)
 	// unless Options.FailOpen is set.
 	ErrStoreUnavailable = errors.New("idempotency: store unavailable")
+
+	// ErrOutcomeUnknown means a request may or may not have taken effect.
+	// It has two uses, both matched with errors.Is:
+	//   - a function run by Engine.Do returns an error matching it (wrap
+	//     the cause with UnknownOutcome) to say that it does not know
+	//     whether its effect happened; the key is then held in
+	//     StateUnknown instead of released;
+	//   - Begin and Do return it, as an *OutcomeUnknownError, when the key
+	//     is held that way: nothing ran. HTTP: 409
+	//     idempotency-outcome-unknown.
+	ErrOutcomeUnknown = errors.New("idempotency: outcome unknown")
 )
+
+// UnknownOutcome returns an error that wraps cause and matches
+// ErrOutcomeUnknown: returned by a function run through Engine.Do, it
+// holds the key (see ErrOutcomeUnknown). A nil cause gives an error that
+// only matches ErrOutcomeUnknown.
+func UnknownOutcome(cause error) error {
+	if cause == nil {
+		return ErrOutcomeUnknown
+	}
+	return &unknownOutcome{cause}
+}
+
+type unknownOutcome struct{ cause error }
+
+func (e *unknownOutcome) Error() string   { return "idempotency: outcome unknown: " + e.cause.Error() }
+func (e *unknownOutcome) Unwrap() []error { return []error{ErrOutcomeUnknown, e.cause} }
+
+// OutcomeUnknownError is returned (matching ErrOutcomeUnknown) by Begin
+// and Do when the key is held in StateUnknown: an earlier request with it
+// may have taken effect, so nothing runs until an operator resolves the
+// key (Engine.Resolve) or its retention ends.
+type OutcomeUnknownError struct {
+	// Since is when the outcome became unknown (the record's LeaseUntil).
+	Since time.Time
+	// Until is when the retention ends and the key becomes new again.
+	Until time.Time
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	return fmt.Sprintf("%v: an earlier request with this key may have taken effect (held since %s until %s or an operator resolves it)",
+		ErrOutcomeUnknown, e.Since.UTC().Format(time.RFC3339), e.Until.UTC().Format(time.RFC3339))
+}
+
+// Is makes errors.Is(err, ErrOutcomeUnknown) true.
+func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
 
 // InFlightError is returned (wrapping ErrInFlight) when a duplicate arrives
 // while the first request still runs.
@@ -41,7 +87,7 @@ func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
 // StoreError is a store failure met by the engine. It matches both
 // ErrStoreUnavailable and the underlying error with errors.Is.
 type StoreError struct {
-	Op  string // claim, renew, complete, release or lookup
+	Op  string // claim, renew, complete, release, mark_unknown, lookup or list
 	Err error
 }
 
@@ -60,6 +106,8 @@ type Outcome string
 const (
 	OutcomeExecuted    Outcome = "executed"    // ran; the response was stored
 	OutcomeReleased    Outcome = "released"    // ran and failed; the claim was released so a retry runs again
+	OutcomeUnknown     Outcome = "unknown"     // ran, outcome unknown; the key is held (StateUnknown) and never re-executed automatically
+	OutcomeHeld        Outcome = "held"        // the key is held with an unknown outcome; nothing ran (409 idempotency-outcome-unknown)
 	OutcomeReplayed    Outcome = "replayed"    // a stored response was returned; nothing ran
 	OutcomeConflict    Outcome = "conflict"    // in flight elsewhere; nothing ran (409)
 	OutcomeMismatch    Outcome = "mismatch"    // key reused with another request; nothing ran (422)
@@ -72,10 +120,24 @@ const (
 )
 
 // Event is passed to Options.OnEvent once per request or Do call.
+//
+// An OutcomeUnknown event deserves a WARN log line carrying the request id
+// (which the hook's ctx holds): an operator must reconcile the key with
+// the upstream and resolve it. Its Err is the cause the handler or
+// function reported, joined with the store's error if the key could not
+// be held (the claim then lapses with its lease, and a retry after it
+// executes again). A handler that reports an unknown outcome on a route
+// with UnknownOutcomeRelease yields OutcomeReleased with an Err matching
+// ErrOutcomeUnknown.
 type Event struct {
 	Outcome Outcome
+	// Key is the scoped key (as stored; see ScopedKey), empty for
+	// outcomes decided before the key was known (invalid, passthrough).
+	// It is a hash, safe to log, and what Engine.Inspect and
+	// Engine.Resolve take.
+	Key string
 	// Err is the error behind store_error, fail_open, not_recorded,
-	// released or invalid outcomes, if any.
+	// released, unknown, held or invalid outcomes, if any.
 	Err error
 }
 
@@ -149,25 +211,15 @@ type Engine struct {
 
 // New returns an Engine over store.
 func New(store Store, opts Options) *Engine {
-	e := &Engine{store: store, opts: opts.withDefaults()}
-	if ip, ok := store.(inProcess); ok && ip.InProcess() {
-		e.local = true
-	}
-	return e
+	return &Engine{store: store, opts: opts.withDefaults(), local: store.Features().InProcess}
 }
-
-// inProcess is implemented by stores that never wait on I/O (the memory
-// store). The engine skips the per-call StoreTimeout for them, which
-// would only cost allocations, and runs their Complete and Release
-// detached from the caller's cancellation without allocating a context.
-type inProcess interface{ InProcess() bool }
 
 // Options returns the engine's options with defaults applied.
 func (e *Engine) Options() Options { return e.opts }
 
-func (e *Engine) emit(ctx context.Context, o Outcome, err error) {
+func (e *Engine) emit(ctx context.Context, o Outcome, key string, err error) {
 	if e.opts.OnEvent != nil {
-		e.opts.OnEvent(ctx, Event{Outcome: o, Err: err})
+		e.opts.OnEvent(ctx, Event{Outcome: o, Key: key, Err: err})
 	}
 }
 
@@ -195,11 +247,13 @@ func noop() {}
 //   - a non-nil *Lease: the caller must execute, then call Lease.Complete
 //     or Lease.Release (the lease is renewed in the background until then);
 //   - a non-nil *Record: the key completed earlier; replay Record.Response;
-//   - an error: ErrMismatch, ErrInFlight (an *InFlightError), a
-//     *StoreError (ErrStoreUnavailable), or ctx's error while waiting.
+//   - an error: ErrMismatch, ErrInFlight (an *InFlightError),
+//     ErrOutcomeUnknown (an *OutcomeUnknownError: the key is held after
+//     an unknown outcome), a *StoreError (ErrStoreUnavailable), or ctx's
+//     error while waiting.
 //
-// Fingerprint mismatch is checked before the in-flight state, so a reused
-// key with another body gets ErrMismatch even while the first is running.
+// Fingerprint mismatch is checked before any state, so a reused key with
+// another body gets ErrMismatch even while the first is running or held.
 func (e *Engine) Begin(ctx context.Context, key string, fp Fingerprint) (*Lease, *Record, error) {
 	var deadline time.Time
 	for attempt := 0; ; attempt++ {
@@ -234,6 +288,9 @@ func (e *Engine) Begin(ctx context.Context, key string, fp Fingerprint) (*Lease,
 		}
 		if rec.State == StateCompleted {
 			return nil, rec, nil
+		}
+		if rec.State == StateUnknown {
+			return nil, nil, heldError(rec)
 		}
 		if e.opts.InFlightWait <= 0 {
 			return nil, nil, &InFlightError{RetryAfter: e.opts.RetryAfter}
@@ -282,15 +339,21 @@ func (e *Engine) waitForCompletion(ctx context.Context, key string, fp Fingerpri
 			return nil, ErrMismatch
 		case rec.State == StateCompleted:
 			return rec, nil
+		case rec.State == StateUnknown:
+			return nil, heldError(rec)
 		case rec.Claimable(e.opts.Now()):
 			return nil, nil // holder died: take it over
 		}
 	}
 }
 
-// Lease is a held claim on a key. Exactly one of Complete or Release must
-// be called; until then the lease is renewed in the background. Methods are
-// safe for concurrent use.
+func heldError(rec *Record) error {
+	return &OutcomeUnknownError{Since: rec.LeaseUntil, Until: rec.ExpiresAt}
+}
+
+// Lease is a held claim on a key. Exactly one of Complete, Release or
+// MarkUnknown must be called; until then the lease is renewed in the
+// background. Methods are safe for concurrent use.
 type Lease struct {
 	e         *Engine
 	key       string
@@ -406,6 +469,27 @@ func (l *Lease) Release(ctx context.Context) error {
 	return err
 }
 
+// MarkUnknown records that the request's outcome is unknown (it may have
+// taken effect): the key moves to StateUnknown and is held — retries get
+// ErrOutcomeUnknown and never execute — until an operator resolves it
+// (Engine.Resolve) or Options.Retention, counted from now, ends. Like
+// Complete it returns ErrFenced if the lease was lost, a *StoreError if
+// the store failed (the claim then lapses with its lease), and ignores ctx
+// cancellation.
+func (l *Lease) MarkUnknown(ctx context.Context) error {
+	if err := l.finish(); err != nil {
+		return err
+	}
+	sctx, cancel := l.e.detachedCtx(ctx)
+	defer cancel()
+	now := l.e.opts.Now()
+	err := l.e.store.MarkUnknown(sctx, l.key, l.token, now, now.Add(l.e.opts.Retention))
+	if err != nil && !errors.Is(err, ErrFenced) {
+		return &StoreError{Op: "mark_unknown", Err: err}
+	}
+	return err
+}
+
 // Result is what Engine.Do returns.
 type Result struct {
 	// Value is fn's result, freshly computed or replayed.
@@ -421,6 +505,11 @@ type Result struct {
 //   - first call: fn runs; on success its result is stored and returned;
 //   - fn returns an error or panics: the claim is released (a retry runs
 //     fn again), and the error is returned or the panic re-raised;
+//   - fn returns an error matching ErrOutcomeUnknown (see UnknownOutcome):
+//     the key is held in StateUnknown (Lease.MarkUnknown) and fn's error
+//     is returned (joined with the store's error if the hold failed);
+//     later calls get an *OutcomeUnknownError and fn does not run, until
+//     Engine.Resolve or the retention ends;
 //   - duplicate after success: the stored result, Replayed true;
 //   - duplicate while the first runs: ErrInFlight, or with InFlightWait
 //     the stored result once the first finishes;
@@ -434,14 +523,14 @@ func (e *Engine) Do(ctx context.Context, key string, fp Fingerprint, fn func(con
 	lease, rec, err := e.Begin(ctx, key, fp)
 	switch {
 	case err != nil && e.opts.FailOpen && errors.Is(err, ErrStoreUnavailable):
-		e.emit(ctx, OutcomeFailOpen, err)
+		e.emit(ctx, OutcomeFailOpen, key, err)
 		v, ferr := fn(ctx)
 		return Result{Value: v}, ferr
 	case err != nil:
-		e.emit(ctx, outcomeOf(err), err)
+		e.emit(ctx, outcomeOf(err), key, err)
 		return Result{}, err
 	case rec != nil:
-		e.emit(ctx, OutcomeReplayed, nil)
+		e.emit(ctx, OutcomeReplayed, key, nil)
 		return Result{Value: rec.Response.Body, Replayed: true}, nil
 	}
 	var v []byte
@@ -454,7 +543,7 @@ func (e *Engine) Do(ctx context.Context, key string, fp Fingerprint, fn func(con
 			// fn panicked or called runtime.Goexit: release the claim.
 			p := recover()
 			_ = lease.Release(ctx)
-			e.emit(ctx, OutcomeReleased, fmt.Errorf("function did not return normally: %v", p))
+			e.emit(ctx, OutcomeReleased, key, fmt.Errorf("function did not return normally: %v", p))
 			if p != nil {
 				panic(p)
 			}
@@ -462,19 +551,26 @@ func (e *Engine) Do(ctx context.Context, key string, fp Fingerprint, fn func(con
 		v, err = fn(ctx)
 		finished = true
 	}()
+	if err != nil && errors.Is(err, ErrOutcomeUnknown) {
+		if herr := lease.MarkUnknown(ctx); herr != nil {
+			err = errors.Join(err, herr)
+		}
+		e.emit(ctx, OutcomeUnknown, key, err)
+		return Result{}, err
+	}
 	if err != nil {
 		if rerr := lease.Release(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		e.emit(ctx, OutcomeReleased, err)
+		e.emit(ctx, OutcomeReleased, key, err)
 		return Result{}, err
 	}
 	if cerr := lease.Complete(ctx, Response{Body: v}); cerr != nil {
 		cerr = fmt.Errorf("idempotency: executed but the result was not recorded: %w", cerr)
-		e.emit(ctx, OutcomeNotRecorded, cerr)
+		e.emit(ctx, OutcomeNotRecorded, key, cerr)
 		return Result{Value: v}, cerr
 	}
-	e.emit(ctx, OutcomeExecuted, nil)
+	e.emit(ctx, OutcomeExecuted, key, nil)
 	return Result{Value: v}, nil
 }
 
@@ -485,6 +581,8 @@ func outcomeOf(err error) Outcome {
 		return OutcomeMismatch
 	case errors.Is(err, ErrInFlight):
 		return OutcomeConflict
+	case errors.Is(err, ErrOutcomeUnknown):
+		return OutcomeHeld
 	case errors.Is(err, ErrStoreUnavailable):
 		return OutcomeStoreError
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

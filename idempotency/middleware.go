@@ -12,15 +12,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/leveehq/levee/internal/problem"
 )
 
 // DefaultStoredHeaders are the response headers stored and replayed when
-// HTTPOptions.StoredHeaders is nil.
+// HTTPOptions.StoredHeaders is nil. Request-Id is the upstream's id for
+// the request that executed (Stripe's; clients such as stripe-go expose it
+// as LastResponse.RequestID), so a replay names the execution it replays.
 var DefaultStoredHeaders = []string{
 	"Content-Type", "Content-Encoding", "Content-Language", "Content-Location",
-	"Location", "ETag", "Last-Modified", "Link", "Cache-Control",
+	"Location", "ETag", "Last-Modified", "Link", "Cache-Control", "Request-Id",
 }
 
 // HTTPOptions configure Engine.Middleware. The zero value is a sensible
@@ -61,7 +65,74 @@ type HTTPOptions struct {
 	// stored (true) or the claim released so a retry runs again (false).
 	// Default: DefaultStore.
 	Store func(status int) bool
+	// OnUnknownOutcome decides what happens to the key when the handler
+	// reports an unknown outcome (ReportUnknownOutcome). Default
+	// UnknownOutcomeHold.
+	OnUnknownOutcome UnknownOutcomePolicy
 }
+
+// UnknownOutcomePolicy is what the middleware does with a key whose
+// handler reported an unknown outcome (ReportUnknownOutcome).
+type UnknownOutcomePolicy uint8
+
+const (
+	// UnknownOutcomeHold (the default) moves the key to StateUnknown:
+	// retries get 409 idempotency-outcome-unknown and never reach the
+	// handler until an operator resolves the key or its retention ends.
+	UnknownOutcomeHold UnknownOutcomePolicy = iota
+	// UnknownOutcomeRelease releases the claim so that a retry executes
+	// again: for upstreams that deduplicate the forwarded Idempotency-Key
+	// themselves.
+	UnknownOutcomeRelease
+)
+
+// String returns "hold" or "release".
+func (p UnknownOutcomePolicy) String() string {
+	switch p {
+	case UnknownOutcomeHold:
+		return "hold"
+	case UnknownOutcomeRelease:
+		return "release"
+	}
+	return fmt.Sprintf("UnknownOutcomePolicy(%d)", uint8(p))
+}
+
+// ReportUnknownOutcome tells the middleware running the handler that owns
+// ctx that this request's outcome is unknown: the whole request reached
+// the upstream (or took effect in part) and then its answer was lost — a
+// timeout, a connection lost, a response cut. A proxy calls it before
+// returning its own error response. After the handler returns, the
+// middleware then holds the key in StateUnknown instead of releasing or
+// storing it (or releases it under UnknownOutcomeRelease), whatever status
+// the handler wrote, and reports OutcomeUnknown through Options.OnEvent
+// with cause as Event.Err.
+//
+// It returns true when ctx is the context of a request that the middleware
+// has claimed and not yet settled (the first report's cause is kept), and
+// false otherwise: no middleware, a request not covered or without a key,
+// one executed unprotected by FailOpen, or a report made after the handler
+// returned. It is safe to call from any goroutine.
+func ReportUnknownOutcome(ctx context.Context, cause error) bool {
+	rec, _ := ctx.Value(unknownReportKey{}).(*recorder)
+	if rec == nil {
+		return false
+	}
+	if cause == nil {
+		cause = ErrOutcomeUnknown
+	}
+	if rec.unknown.CompareAndSwap(nil, &unknownReport{cause: cause}) {
+		return true
+	}
+	return rec.unknown.Load() != settled
+}
+
+type unknownReportKey struct{}
+
+type unknownReport struct{ cause error }
+
+// settled marks a recorder whose claim the middleware has settled: later
+// reports are refused.
+var settled = &unknownReport{}
 
 // DefaultStore is the default failure policy: 2xx, 3xx and 4xx responses
 // are stored, except 408, 409, 425 and 429 (the request did not take
@@ -122,8 +193,13 @@ func ScopedKey(scope, tenant, key string) string {
 //   - same key after completion: the stored status, headers and body, byte
 //     for byte, plus Idempotent-Replayed: true;
 //   - store failure: 503 + Retry-After, or unprotected with FailOpen;
+//   - key held after an unknown outcome (same fingerprint): 409
+//     idempotency-outcome-unknown, the handler does not run;
 //   - handler panics or answers a status HTTPOptions.Store refuses: the
-//     claim is released and the response (or panic) passes through.
+//     claim is released and the response (or panic) passes through;
+//   - handler reported an unknown outcome (ReportUnknownOutcome): the key
+//     is held (or released, per HTTPOptions.OnUnknownOutcome) and the
+//     handler's response passes through unstored.
 //
 // Errors are application/problem+json documented in docs/problems.md.
 func (e *Engine) Middleware(opts HTTPOptions) func(http.Handler) http.Handler {
@@ -156,23 +232,23 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	values := r.Header.Values(o.Header)
 	switch {
 	case len(values) == 0 && o.Required:
-		e.emit(ctx, OutcomeInvalid, nil)
+		e.emit(ctx, OutcomeInvalid, "", nil)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMissing, Status: http.StatusBadRequest,
 			Title: "Idempotency key missing", Detail: fmt.Sprintf("%s %s requires the %s header", r.Method, r.URL.Path, o.Header)})
 		return
 	case len(values) == 0:
-		e.emit(ctx, OutcomePassthrough, nil)
+		e.emit(ctx, OutcomePassthrough, "", nil)
 		next.ServeHTTP(w, r)
 		return
 	case len(values) > 1:
-		e.emit(ctx, OutcomeInvalid, nil)
+		e.emit(ctx, OutcomeInvalid, "", nil)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
 			Title: "Invalid idempotency key", Detail: fmt.Sprintf("the %s header was sent %d times; send it once", o.Header, len(values))})
 		return
 	}
 	key, err := ParseKey(values[0])
 	if err != nil {
-		e.emit(ctx, OutcomeInvalid, err)
+		e.emit(ctx, OutcomeInvalid, "", err)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
 			Title: "Invalid idempotency key", Detail: fmt.Sprintf("%s header: %s (expected 1 to %d visible ASCII characters, optionally as a quoted string)", o.Header, strings.TrimPrefix(err.Error(), "idempotency: "), MaxKeyLen)})
 		return
@@ -180,12 +256,12 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	body, err := readBody(r, o.MaxRequestBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) {
-			e.emit(ctx, OutcomeInvalid, err)
+			e.emit(ctx, OutcomeInvalid, "", err)
 			problem.Write(w, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 				Title: "Request body too large", Detail: fmt.Sprintf("idempotent requests are limited to %d bytes", o.MaxRequestBody)})
 			return
 		}
-		e.emit(ctx, OutcomeCanceled, err)
+		e.emit(ctx, OutcomeCanceled, "", err)
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 			Title: "Request body could not be read", Detail: err.Error()})
 		return
@@ -200,19 +276,31 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	lease, rec, err := e.Begin(ctx, skey, fp)
 	switch {
 	case err == nil && rec != nil:
-		e.emit(ctx, OutcomeReplayed, nil)
+		e.emit(ctx, OutcomeReplayed, skey, nil)
 		writeReplay(w, rec.Response)
 		return
 	case err == nil:
-		e.execute(w, r, next, o, stored, lease, body)
+		e.execute(w, r, next, o, stored, lease, skey, body)
 		return
 	case errors.Is(err, ErrMismatch):
-		e.emit(ctx, OutcomeMismatch, nil)
+		e.emit(ctx, OutcomeMismatch, skey, nil)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMismatch, Status: http.StatusUnprocessableEntity,
 			Title:  "Idempotency key reused with a different request",
 			Detail: "this key was already used for a request with a different method, path, body or fingerprinted headers; use a new key for a new request"})
+	case errors.Is(err, ErrOutcomeUnknown):
+		e.emit(ctx, OutcomeHeld, skey, err)
+		var ue *OutcomeUnknownError
+		extra := map[string]any{}
+		if errors.As(err, &ue) {
+			extra["unknown_since"] = ue.Since.UTC().Format(time.RFC3339)
+			extra["held_until"] = ue.Until.UTC().Format(time.RFC3339)
+		}
+		problem.Write(w, problem.Problem{Type: problem.IdempotencyOutcomeUnknown, Status: http.StatusConflict,
+			Title:  "The outcome of the request with this idempotency key is unknown",
+			Detail: "an earlier request with this key reached the upstream and its answer was lost; it may have taken effect, so it is not executed again until an operator resolves the key",
+			Extra:  extra})
 	case errors.Is(err, ErrInFlight):
-		e.emit(ctx, OutcomeConflict, nil)
+		e.emit(ctx, OutcomeConflict, skey, nil)
 		var ife *InFlightError
 		retry := e.opts.RetryAfter
 		if errors.As(err, &ife) {
@@ -221,15 +309,15 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyInFlight, Status: http.StatusConflict, RetryAfter: retry,
 			Title: "A request with this idempotency key is in progress", Detail: "retry after the indicated delay to receive its response"})
 	case errors.Is(err, ErrStoreUnavailable) && e.opts.FailOpen:
-		e.emit(ctx, OutcomeFailOpen, err)
+		e.emit(ctx, OutcomeFailOpen, skey, err)
 		setBody(r, body)
 		next.ServeHTTP(w, r)
 	case errors.Is(err, ErrStoreUnavailable):
-		e.emit(ctx, OutcomeStoreError, err)
+		e.emit(ctx, OutcomeStoreError, skey, err)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyStoreDown, Status: http.StatusServiceUnavailable, RetryAfter: e.opts.RetryAfter,
 			Title: "Idempotency store unavailable", Detail: "the request was not executed; retry with the same key"})
 	default: // the caller went away (ctx ended) before anything ran
-		e.emit(ctx, OutcomeCanceled, err)
+		e.emit(ctx, OutcomeCanceled, skey, err)
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusServiceUnavailable, RetryAfter: e.opts.RetryAfter,
 			Title: "Request canceled", Detail: err.Error()})
 	}
@@ -295,12 +383,14 @@ func writeReplay(w http.ResponseWriter, resp *Response) {
 // cancel: once a mutating request has started, it finishes and its outcome
 // is recorded, so the client's retry gets the replay rather than a second
 // execution of work that may already have taken effect. Handlers should
-// bound their own time (the gateway applies the route timeout).
-func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handler, o *HTTPOptions, stored []string, lease *Lease, body []byte) {
+// bound their own time (the gateway applies the route timeout). The
+// context also carries the recorder, for ReportUnknownOutcome.
+func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handler, o *HTTPOptions, stored []string, lease *Lease, skey string, body []byte) {
 	ctx := r.Context()
 	setBody(r, body)
-	r = r.WithContext(context.WithoutCancel(ctx))
 	rec := &recorder{w: w, max: o.MaxStoredBody}
+	rec.ctx = execContext{Context: context.WithoutCancel(ctx), rec: rec}
+	r = r.WithContext(&rec.ctx)
 	finished := false
 	defer func() {
 		if finished {
@@ -309,17 +399,22 @@ func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handl
 		// The handler panicked (http.ErrAbortHandler included) or called
 		// runtime.Goexit: never leave the claim held until its lease ends.
 		p := recover()
-		e.abandon(ctx, w, o, stored, lease, rec, fmt.Errorf("handler did not return normally: %v", p))
+		e.abandon(ctx, w, o, stored, lease, skey, rec, fmt.Errorf("handler did not return normally: %v", p))
 		if p != nil {
 			panic(p)
 		}
 	}()
 	next.ServeHTTP(rec, r)
 	finished = true
+	if rep := rec.unknown.Swap(settled); rep != nil {
+		e.settleUnknown(ctx, o, lease, skey, rep.cause)
+		rec.flush()
+		return
+	}
 	status := rec.statusCode()
 	if !o.Store(status) {
 		err := lease.Release(ctx)
-		e.emit(ctx, OutcomeReleased, err)
+		e.emit(ctx, OutcomeReleased, skey, err)
 		rec.flush()
 		return
 	}
@@ -328,32 +423,71 @@ func (e *Engine) execute(w http.ResponseWriter, r *http.Request, next http.Handl
 		resp.Body = rec.buf.Bytes()
 	}
 	if err := lease.Complete(ctx, resp); err != nil {
-		e.emit(ctx, OutcomeNotRecorded, err)
+		e.emit(ctx, OutcomeNotRecorded, skey, err)
 	} else {
-		e.emit(ctx, OutcomeExecuted, nil)
+		e.emit(ctx, OutcomeExecuted, skey, nil)
 	}
 	rec.flush()
 }
 
+// settleUnknown holds (or, under UnknownOutcomeRelease, releases) the key
+// of a request whose handler reported an unknown outcome.
+func (e *Engine) settleUnknown(ctx context.Context, o *HTTPOptions, lease *Lease, skey string, cause error) {
+	if o.OnUnknownOutcome == UnknownOutcomeRelease {
+		err := UnknownOutcome(cause)
+		if rerr := lease.Release(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		e.emit(ctx, OutcomeReleased, skey, err)
+		return
+	}
+	if err := lease.MarkUnknown(ctx); err != nil {
+		cause = errors.Join(cause, err)
+	}
+	e.emit(ctx, OutcomeUnknown, skey, cause)
+}
+
 // abandon settles the claim of a handler that did not return normally. If
-// it had already produced a status the failure policy stores, the request
+// it reported an unknown outcome, the key is held (settleUnknown). If it
+// had already produced a status the failure policy stores, the request
 // took effect (typically a proxied upstream answered, then the body copy
 // failed or the client went away mid-stream): the status and headers are
 // recorded without the body, so a retry learns it ran (409
 // response-not-stored) instead of running it again. Otherwise the claim is
 // released so a retry executes.
-func (e *Engine) abandon(ctx context.Context, w http.ResponseWriter, o *HTTPOptions, stored []string, lease *Lease, rec *recorder, cause error) {
+func (e *Engine) abandon(ctx context.Context, w http.ResponseWriter, o *HTTPOptions, stored []string, lease *Lease, skey string, rec *recorder, cause error) {
+	if rep := rec.unknown.Swap(settled); rep != nil {
+		e.settleUnknown(ctx, o, lease, skey, errors.Join(rep.cause, cause))
+		return
+	}
 	if rec.status != 0 && o.Store(rec.status) {
 		err := lease.Complete(ctx, Response{Status: rec.status, Header: pick(w.Header(), stored), BodyOmitted: true})
 		if err != nil {
-			e.emit(ctx, OutcomeNotRecorded, errors.Join(cause, err))
+			e.emit(ctx, OutcomeNotRecorded, skey, errors.Join(cause, err))
 			return
 		}
-		e.emit(ctx, OutcomeExecuted, cause)
+		e.emit(ctx, OutcomeExecuted, skey, cause)
 		return
 	}
 	err := lease.Release(ctx)
-	e.emit(ctx, OutcomeReleased, errors.Join(cause, err))
+	e.emit(ctx, OutcomeReleased, skey, errors.Join(cause, err))
+}
+
+// execContext is the handler's context: the request's, without its
+// cancellation, and carrying the recorder for ReportUnknownOutcome. It
+// lives inside the recorder, so it costs no allocation of its own.
+type execContext struct {
+	context.Context
+	rec *recorder
+}
+
+// Value returns the recorder for unknownReportKey and defers to the
+// request's context otherwise.
+func (c *execContext) Value(key any) any {
+	if key == (unknownReportKey{}) {
+		return c.rec
+	}
+	return c.Context.Value(key)
 }
 
 func pick(h http.Header, names []string) http.Header {
@@ -377,6 +511,8 @@ type recorder struct {
 	status   int
 	buf      bytes.Buffer
 	overflow bool // streaming: header and buffered bytes already sent
+	ctx      execContext
+	unknown  atomic.Pointer[unknownReport] // set by ReportUnknownOutcome; settled once decided
 }
 
 func (rc *recorder) Header() http.Header { return rc.w.Header() }

@@ -216,7 +216,14 @@ func (failingStore) Complete(context.Context, string, uint64, idempotency.Respon
 	return errDown
 }
 func (failingStore) Release(context.Context, string, uint64) error { return errDown }
+func (failingStore) MarkUnknown(context.Context, string, uint64, time.Time, time.Time) error {
+	return errDown
+}
 func (failingStore) Lookup(context.Context, string, time.Time) (*idempotency.Record, error) {
+	return nil, errDown
+}
+func (failingStore) Features() idempotency.Features { return idempotency.Features{List: true} }
+func (failingStore) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
 	return nil, errDown
 }
 
@@ -502,4 +509,127 @@ func TestMiddlewareScopeMethodAndSafeMethods(t *testing.T) {
 	if n := c.n.Load(); n != 4 {
 		t.Fatalf("handler ran %d times, want 4: two GETs with one key both run (never stored)", n)
 	}
+}
+
+func TestReportUnknownOutcomeNeedsAClaim(t *testing.T) {
+	t.Parallel()
+	if idempotency.ReportUnknownOutcome(context.Background(), errors.New("x")) {
+		t.Fatal("ReportUnknownOutcome outside any middleware = true")
+	}
+	var got []bool
+	report := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, idempotency.ReportUnknownOutcome(r.Context(), nil))
+		w.WriteHeader(http.StatusGatewayTimeout)
+	})
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	h := e.Middleware(idempotency.HTTPOptions{})(report)
+	do(h, "POST", "/x", "{}")                      // no key: passes through
+	do(h, "GET", "/x", "", "Idempotency-Key", "k") // not covered
+	open := idempotency.New(failingStore{}, idempotency.Options{FailOpen: true})
+	do(open.Middleware(idempotency.HTTPOptions{})(report), "POST", "/x", "{}", "Idempotency-Key", "k") // unprotected
+	if len(got) != 3 || got[0] || got[1] || got[2] {
+		t.Fatalf("reports without a claim = %v, want three false", got)
+	}
+}
+
+// A proxy that reports the outcome unknown and then aborts (a response cut
+// after its head) holds the key: the recorded status does not turn it into
+// a stored response, and the retry never reaches the handler.
+func TestReportUnknownOutcomeThenAbortHolds(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	var outcomes []idempotency.Outcome
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{OnEvent: func(_ context.Context, ev idempotency.Event) {
+		outcomes = append(outcomes, ev.Outcome)
+	}})
+	h := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusCreated)
+		if !idempotency.ReportUnknownOutcome(r.Context(), errors.New("response body cut")) {
+			t.Error("report refused")
+		}
+		panic(http.ErrAbortHandler)
+	}))
+	func() {
+		defer func() { _ = recover() }()
+		do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	}()
+	w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	if w.Code != http.StatusConflict || problemType(t, w) != "idempotency-outcome-unknown" || calls.Load() != 1 {
+		t.Fatalf("retry = %d %s (calls %d), want 409 idempotency-outcome-unknown", w.Code, w.Body, calls.Load())
+	}
+	if len(outcomes) != 2 || outcomes[0] != idempotency.OutcomeUnknown || outcomes[1] != idempotency.OutcomeHeld {
+		t.Fatalf("outcomes = %v, want [unknown held]", outcomes)
+	}
+}
+
+// A report made after the handler returned (a goroutine it left behind)
+// is refused and changes nothing: the response was already settled.
+func TestReportUnknownOutcomeAfterReturnIsRefused(t *testing.T) {
+	t.Parallel()
+	late := make(chan context.Context, 1)
+	var c counter
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{})
+	h := e.Middleware(idempotency.HTTPOptions{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		late <- r.Context()
+		c.handler(201, "ok").ServeHTTP(w, r)
+	}))
+	do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	if idempotency.ReportUnknownOutcome(<-late, errors.New("too late")) {
+		t.Fatal("a report after the handler returned was accepted")
+	}
+	w := do(h, "POST", "/x", "{}", "Idempotency-Key", "k")
+	if w.Code != 201 || w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry = %d, want the stored 201 replayed", w.Code)
+	}
+}
+
+func TestOperatorCallsOnADownStore(t *testing.T) {
+	t.Parallel()
+	e := idempotency.New(failingStore{}, idempotency.Options{})
+	ctx := context.Background()
+	var se *idempotency.StoreError
+	if _, err := e.Inspect(ctx, "k"); !errors.As(err, &se) || se.Op != "lookup" || !errors.Is(err, errDown) {
+		t.Fatalf("Inspect = %v, want a *StoreError for lookup", err)
+	}
+	if err := e.Resolve(ctx, "k", idempotency.Resolution{}); !errors.As(err, &se) || !errors.Is(err, idempotency.ErrStoreUnavailable) {
+		t.Fatalf("Resolve = %v, want a *StoreError", err)
+	}
+	if _, err := e.List(ctx, idempotency.StateUnknown, "", 0); !errors.As(err, &se) || se.Op != "list" {
+		t.Fatalf("List = %v, want a *StoreError for list", err)
+	}
+}
+
+func TestStateStrings(t *testing.T) {
+	t.Parallel()
+	for _, s := range []idempotency.State{idempotency.StateInProgress, idempotency.StateCompleted, idempotency.StateUnknown} {
+		got, err := idempotency.ParseState(s.String())
+		if err != nil || got != s {
+			t.Fatalf("ParseState(%q) = %v, %v", s.String(), got, err)
+		}
+	}
+	if _, err := idempotency.ParseState("done"); !errors.Is(err, idempotency.ErrInvalidState) {
+		t.Fatalf("ParseState(done) = %v, want ErrInvalidState", err)
+	}
+	if got := idempotency.State(9).String(); got != "State(9)" {
+		t.Fatalf("State(9).String() = %q", got)
+	}
+}
+
+func FuzzParseState(f *testing.F) {
+	for _, s := range []string{"in_progress", "completed", "unknown", "", "Unknown", "State(3)"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		st, err := idempotency.ParseState(s)
+		if err != nil {
+			if !errors.Is(err, idempotency.ErrInvalidState) {
+				t.Fatalf("ParseState(%q) error %v does not wrap ErrInvalidState", s, err)
+			}
+			return
+		}
+		if st.String() != s {
+			t.Fatalf("ParseState(%q) = %v, whose String is %q", s, st, st.String())
+		}
+	})
 }

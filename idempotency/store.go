@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -35,18 +36,45 @@ const (
 	StateInProgress State = 1
 	// StateCompleted marks a key whose response is stored.
 	StateCompleted State = 2
+	// StateUnknown marks a key whose request may or may not have taken
+	// effect: the holder reported an unknown outcome (the whole request
+	// reached the upstream, then the answer was lost) with
+	// Store.MarkUnknown. A lapsed lease never makes it claimable; only the
+	// end of its retention, or an operator resolving it (Complete or
+	// Release with its token, see Engine.Resolve), does.
+	StateUnknown State = 3
 )
 
-// String returns "in_progress" or "completed".
+// String returns "in_progress", "completed" or "unknown" ("State(N)" for
+// any other value).
 func (s State) String() string {
 	switch s {
 	case StateInProgress:
 		return "in_progress"
 	case StateCompleted:
 		return "completed"
+	case StateUnknown:
+		return "unknown"
 	}
-	return "unknown"
+	return fmt.Sprintf("State(%d)", uint8(s))
 }
+
+// ParseState parses the String form of a State. It returns an error
+// wrapping ErrInvalidState for any other text.
+func ParseState(s string) (State, error) {
+	switch s {
+	case "in_progress":
+		return StateInProgress, nil
+	case "completed":
+		return StateCompleted, nil
+	case "unknown":
+		return StateUnknown, nil
+	}
+	return 0, fmt.Errorf("%w %q (want in_progress, completed or unknown)", ErrInvalidState, s)
+}
+
+// ErrInvalidState is wrapped by ParseState for text that names no State.
+var ErrInvalidState = errors.New("idempotency: invalid state")
 
 // Fingerprint is the SHA-256 digest of what makes two requests "the same":
 // method, path, query, canonical body and configured headers. Two requests
@@ -74,7 +102,9 @@ type Record struct {
 	State       State
 	// Token is the fencing token of the claim that created the record.
 	Token uint64
-	// LeaseUntil is when an in-progress claim may be taken over.
+	// LeaseUntil is when an in-progress claim may be taken over. For a
+	// record in StateUnknown it is when the holder reported the unknown
+	// outcome (the lease ended then, and no longer matters).
 	LeaseUntil time.Time
 	// ExpiresAt ends the retention period; after it the record counts as
 	// absent whatever the store's own TTL machinery has done.
@@ -83,13 +113,49 @@ type Record struct {
 	Response *Response
 }
 
+// Features declares what a Store offers beyond the methods every store
+// implements. The engine and the conformance suite (idemtest) read it;
+// a wrapper that embeds a Store forwards it without writing any code.
+// The zero value is a networked store with no optional capability.
+type Features struct {
+	// InProcess reports that the store never waits on I/O (the memory
+	// store): the engine then skips the per-call StoreTimeout and runs
+	// Complete and Release detached from cancellation without allocating
+	// a context.
+	InProcess bool
+	// List reports that Store.List works. A store without it returns an
+	// error matching ErrListUnsupported (and errors.ErrUnsupported) from
+	// List.
+	List bool
+}
+
+// ErrListUnsupported is returned (it matches errors.ErrUnsupported too) by
+// Store.List and Engine.List on a store whose Features().List is false.
+var ErrListUnsupported = fmt.Errorf("idempotency: this store cannot list records by state: %w", errors.ErrUnsupported)
+
+// ListRequest asks a Store for the live records in one state.
+type ListRequest struct {
+	// State is StateInProgress or StateUnknown (completed records are not
+	// listed: there are many, and nothing needs doing about them).
+	State State
+	// Now is the engine's clock: records expired at Now are left out.
+	Now time.Time
+	// After is the page cursor: only keys greater than After (byte-wise)
+	// are listed. "" starts at the beginning; pass the Key of the last
+	// record of a page to get the next one.
+	After string
+	// Limit is the most records returned, at least 1.
+	Limit int
+}
+
 // live reports whether r still counts at now (retention is checked
 // logically, never left to a store's lazy TTL).
 func (r *Record) live(now time.Time) bool { return now.Before(r.ExpiresAt) }
 
 // Claimable reports whether a claim made at now may replace r: r has
-// expired, or it is in progress and its lease has lapsed. Every Store
-// implements exactly this rule, atomically.
+// expired, or it is in progress and its lease has lapsed. A completed or
+// unknown record is claimable only once expired. Every Store implements
+// exactly this rule, atomically.
 func (r *Record) Claimable(now time.Time) bool {
 	if !r.live(now) {
 		return true
@@ -145,18 +211,39 @@ type Store interface {
 	// token.
 	Renew(ctx context.Context, key string, token uint64, now, leaseUntil, expiresAt time.Time) error
 
-	// Complete stores resp on the in-progress record held by token, marks it
-	// completed and sets its retention to expiresAt (now is the engine's
-	// clock, for stores whose physical TTL is relative). It returns
-	// ErrFenced if token no longer holds the record.
+	// Complete stores resp on the in-progress or unknown record held by
+	// token, marks it completed and sets its retention to expiresAt (now
+	// is the engine's clock, for stores whose physical TTL is relative).
+	// It returns ErrFenced if token no longer holds the record or the
+	// record is already completed.
 	Complete(ctx context.Context, key string, token uint64, resp Response, now, expiresAt time.Time) error
 
-	// Release deletes the in-progress record held by token so that a retry
-	// executes again. It returns ErrFenced if token no longer holds it.
+	// Release deletes the in-progress or unknown record held by token so
+	// that a retry executes again. It returns ErrFenced if token no longer
+	// holds it or the record is completed.
 	Release(ctx context.Context, key string, token uint64) error
+
+	// MarkUnknown moves the in-progress record held by token to
+	// StateUnknown, sets its LeaseUntil to now (when the outcome became
+	// unknown) and its retention to expiresAt. From then on no lease
+	// expiry makes the key claimable: only its retention ending, or a
+	// Complete or Release with the same token. It returns ErrFenced if
+	// the record is absent, not in progress, or held by another token.
+	MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error
 
 	// Lookup returns the record for key if it is live at now, or ErrNotFound.
 	Lookup(ctx context.Context, key string, now time.Time) (*Record, error)
+
+	// List returns up to req.Limit live records in req.State with keys
+	// greater than req.After, in ascending byte order of key, with their
+	// responses left out. Fewer than req.Limit records means the end.
+	// Records written while a listing pages through may or may not appear.
+	// A store whose Features().List is false returns ErrListUnsupported.
+	List(ctx context.Context, req ListRequest) ([]Record, error)
+
+	// Features declares the store's optional capabilities. It does no I/O
+	// and returns the same value on every call.
+	Features() Features
 }
 
 // NewToken returns a fresh fencing token: 63 random bits, never zero.

@@ -23,6 +23,7 @@ const (
 	IdempotencyInFlight       = "idempotency-in-flight"
 	IdempotencyResponseLost   = "idempotency-response-not-stored"
 	IdempotencyStoreDown      = "idempotency-store-unavailable"
+	IdempotencyOutcomeUnknown = "idempotency-outcome-unknown"
 	RequestBodyTooLarge       = "request-body-too-large"
 	RequestCanceled           = "request-canceled"
 	UpstreamUnavailable       = "upstream-unavailable"
@@ -40,7 +41,7 @@ var Types = []string{
 	IdempotencyKeyMissing, IdempotencyKeyInvalid, IdempotencyKeyMismatch, IdempotencyInFlight,
 	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
 	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
-	AdminEndpointDisabled, AdminUnauthorized,
+	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized,
 }
 
 // Problem is one problem+json document.

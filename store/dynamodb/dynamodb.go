@@ -8,9 +8,9 @@
 // S, default name "pk") is the key itself. The item's other attributes are
 //
 //	fp     B  the request fingerprint (32 bytes)
-//	st     N  1 in progress, 2 completed
+//	st     N  1 in progress, 2 completed, 3 unknown outcome (held)
 //	tok    S  the fencing token of the claim, in decimal
-//	lease  N  lease end, Unix milliseconds
+//	lease  N  lease end, Unix milliseconds (unknown: when it became unknown)
 //	exp    N  logical expiry, Unix milliseconds
 //	ttl    N  exp in Unix seconds plus one hour, for DynamoDB's TTL
 //	resp   B  completed: the response, idempotency.MarshalResponse bytes
@@ -39,9 +39,11 @@
 //     trip. A server that does not return the item (DynamoDB Local before
 //     2023, dynalite) costs a second, strongly consistent GetItem; this is
 //     detected per call, so nothing needs configuring.
-//   - Renew and Complete are UpdateItems and Release is a DeleteItem, each
-//     under the condition tok = :tok AND st = :inprog; a failed condition
-//     is idempotency.ErrFenced and leaves the item untouched.
+//   - Renew, MarkUnknown and Complete are UpdateItems and Release is a
+//     DeleteItem, each under the condition tok = :tok AND st = :inprog
+//     (Complete and Release: st <> :done, so that they also resolve an
+//     unknown item); a failed condition is idempotency.ErrFenced and
+//     leaves the item untouched.
 //   - Lookup is a strongly consistent GetItem; expiry is checked in code.
 //
 // The token is a string, not a number: DynamoDB's numbers would hold it
@@ -196,7 +198,9 @@ const (
 	claimUpdate    = "SET #fp = :fp, #st = :inprog, #tok = :tok, #lease = :lease, #exp = :exp, #ttl = :ttl, #resp = :none"
 	claimCond      = "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)"
 	fenceCond      = "#tok = :tok AND #st = :inprog"
+	openCond       = "#tok = :tok AND #st <> :done"
 	renewUpdate    = "SET #lease = :lease, #exp = :exp, #ttl = :ttl"
+	unknownUpdate  = "SET #st = :unknown, #lease = :lease, #exp = :exp, #ttl = :ttl"
 	completeUpdate = "SET #st = :done, #exp = :exp, #ttl = :ttl, #resp = :resp, #renc = :renc"
 )
 
@@ -252,6 +256,7 @@ func ttlValue(exp time.Time) types.AttributeValue {
 
 func inProgress() types.AttributeValue { return num(int64(idempotency.StateInProgress)) }
 func completed() types.AttributeValue  { return num(int64(idempotency.StateCompleted)) }
+func unknown() types.AttributeValue    { return num(int64(idempotency.StateUnknown)) }
 
 func isConditionFailed(err error) (*types.ConditionalCheckFailedException, bool) {
 	var ccf *types.ConditionalCheckFailedException
@@ -351,10 +356,10 @@ func (s *Store) Complete(ctx context.Context, key string, token uint64, resp ide
 		TableName:                aws.String(s.opts.Table),
 		Key:                      s.key(key),
 		UpdateExpression:         aws.String(completeUpdate),
-		ConditionExpression:      aws.String(fenceCond),
+		ConditionExpression:      aws.String(openCond),
 		ExpressionAttributeNames: s.completeNames,
 		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":tok": tokenValue(token), ":inprog": inProgress(), ":done": completed(),
+			":tok": tokenValue(token), ":done": completed(),
 			":exp": millis(expiresAt), ":ttl": ttlValue(expiresAt),
 			":resp": &types.AttributeValueMemberB{Value: b}, ":renc": enc,
 		},
@@ -367,13 +372,46 @@ func (s *Store) Release(ctx context.Context, key string, token uint64) error {
 	_, err := s.api.DeleteItem(ctx, &ddb.DeleteItemInput{
 		TableName:                aws.String(s.opts.Table),
 		Key:                      s.key(key),
-		ConditionExpression:      aws.String(fenceCond),
+		ConditionExpression:      aws.String(openCond),
 		ExpressionAttributeNames: s.fenceNames,
 		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":tok": tokenValue(token), ":inprog": inProgress(),
+			":tok": tokenValue(token), ":done": completed(),
 		},
 	})
 	return fenced("release", err)
+}
+
+// MarkUnknown implements idempotency.Store with one conditional
+// UpdateItem.
+func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error {
+	_, err := s.api.UpdateItem(ctx, &ddb.UpdateItemInput{
+		TableName:                aws.String(s.opts.Table),
+		Key:                      s.key(key),
+		UpdateExpression:         aws.String(unknownUpdate),
+		ConditionExpression:      aws.String(fenceCond),
+		ExpressionAttributeNames: s.renewNames,
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":tok": tokenValue(token), ":inprog": inProgress(), ":unknown": unknown(), ":lease": millis(now),
+			":exp": millis(expiresAt), ":ttl": ttlValue(expiresAt),
+		},
+	})
+	return fenced("mark unknown", err)
+}
+
+// Features implements idempotency.Store: the store cannot list (see List).
+func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+
+// List implements idempotency.Store by returning
+// idempotency.ErrListUnsupported. The table has one partition key and no
+// index by state: finding the held keys would be a Scan, which reads (and
+// bills read capacity for) every item in the table, completed ones
+// included, and competes with request traffic for the table's throughput;
+// a sparse global secondary index would add a second, eventually
+// consistent write to every claim and a table change to every deployment.
+// Held keys are announced by the unknown-outcome event and its WARN log,
+// which carry the scoped key for Inspect and Resolve.
+func (s *Store) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
+	return nil, idempotency.ErrListUnsupported
 }
 
 // fenced maps a failed fencing condition to idempotency.ErrFenced.
@@ -476,7 +514,7 @@ func (s *Store) decode(key string, item map[string]types.AttributeValue) (*idemp
 	rec.Token = d.token(attrToken)
 	rec.LeaseUntil = time.UnixMilli(d.int(attrLease)).UTC()
 	rec.ExpiresAt = time.UnixMilli(d.int(attrExp)).UTC()
-	if d.err == nil && rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted {
+	if d.err == nil && rec.State != idempotency.StateInProgress && rec.State != idempotency.StateCompleted && rec.State != idempotency.StateUnknown {
 		d.fail(attrState, fmt.Errorf("unknown state %d", rec.State))
 	}
 	if d.err == nil && rec.State == idempotency.StateCompleted {

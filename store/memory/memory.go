@@ -12,6 +12,8 @@ import (
 	"context"
 	"hash/maphash"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,9 +66,11 @@ func (s *Store) shard(key string) *shard {
 	return &s.shards[maphash.String(s.seed, key)%shardCount]
 }
 
-// InProcess reports true: the store never waits on I/O, so the engine
+// Features reports InProcess: the store never waits on I/O, so the engine
 // needs no per-call timeout for it.
-func (s *Store) InProcess() bool { return true }
+func (s *Store) Features() idempotency.Features {
+	return idempotency.Features{InProcess: true, List: true}
+}
 
 // Ops returns how many store operations have been served: the memory
 // store's equivalent of round trips, used by the conformance suite.
@@ -148,13 +152,17 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	return idempotency.ClaimResult{Claimed: true}, nil
 }
 
-// held returns the in-progress entry held by token, or nil.
-func (sh *shard) held(key string, token uint64) *entry {
+// held returns the in-progress entry held by token, or nil. With open set,
+// an entry in StateUnknown counts too (Complete and Release resolve it).
+func (sh *shard) held(key string, token uint64, open bool) *entry {
 	e, ok := sh.m[key]
-	if !ok || e.rec.Token != token || e.rec.State != idempotency.StateInProgress {
+	if !ok || e.rec.Token != token {
 		return nil
 	}
-	return e
+	if e.rec.State == idempotency.StateInProgress || (open && e.rec.State == idempotency.StateUnknown) {
+		return e
+	}
+	return nil
 }
 
 // Renew implements idempotency.Store.
@@ -166,7 +174,7 @@ func (s *Store) Renew(ctx context.Context, key string, token uint64, _, leaseUnt
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.held(key, token)
+	e := sh.held(key, token, false)
 	if e == nil {
 		return idempotency.ErrFenced
 	}
@@ -190,7 +198,7 @@ func (s *Store) Complete(ctx context.Context, key string, token uint64, resp ide
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.held(key, token)
+	e := sh.held(key, token, true)
 	if e == nil {
 		return idempotency.ErrFenced
 	}
@@ -217,11 +225,58 @@ func (s *Store) Release(ctx context.Context, key string, token uint64) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.held(key, token) == nil {
+	if sh.held(key, token, true) == nil {
 		return idempotency.ErrFenced
 	}
 	delete(sh.m, key)
 	return nil
+}
+
+// MarkUnknown implements idempotency.Store.
+func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.ops.Add(1)
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.held(key, token, false)
+	if e == nil {
+		return idempotency.ErrFenced
+	}
+	e.rec.State = idempotency.StateUnknown
+	e.rec.LeaseUntil = now
+	e.rec.ExpiresAt = expiresAt
+	return nil
+}
+
+// List implements idempotency.Store. It visits every record (the store
+// keeps no index by state), so it costs time proportional to the store's
+// size; it is meant for operators, not for request paths.
+func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.ops.Add(1)
+	var out []idempotency.Record
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if e.rec.State == req.State && k > req.After && req.Now.Before(e.rec.ExpiresAt) {
+				rec := e.rec
+				rec.Response = nil
+				out = append(out, rec)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b idempotency.Record) int { return strings.Compare(a.Key, b.Key) })
+	if len(out) > req.Limit {
+		out = out[:req.Limit]
+	}
+	return out, nil
 }
 
 // Lookup implements idempotency.Store. The returned record shares its

@@ -128,6 +128,8 @@ func (s *Store) migrate(ctx context.Context, tx pgx.Tx, ms []migration) error {
 	r := strings.NewReplacer(
 		"{{table}}", s.table,
 		"{{expires_at_index}}", pgx.Identifier{s.opts.Table + indexSuffix}.Sanitize(),
+		"{{state_check}}", pgx.Identifier{s.opts.Table + "_state_check"}.Sanitize(),
+		"{{open_index}}", pgx.Identifier{s.opts.Table + "_open_idx"}.Sanitize(),
 	)
 	for _, m := range ms {
 		if slices.Contains(applied, int32(m.version)) {

@@ -7,8 +7,10 @@
 // Records live in one table (Options.Schema and Options.Table, default
 // "levee"."idempotency_keys") with the columns key, fingerprint, state,
 // token, lease_until, expires_at and response (idempotency.MarshalResponse),
-// plus an index on expires_at. Store.Migrate creates them; it is idempotent
-// and safe to run from every replica at start-up.
+// plus an index on expires_at and a partial index on (state, expires_at)
+// over the records not completed. Store.Migrate creates them and upgrades
+// a table created by an earlier version (migrations/*.sql); it is
+// idempotent and safe to run from every replica at start-up.
 //
 // # Guarantees
 //
@@ -19,9 +21,11 @@
 //     <claimable> statement that also reads the blocking row (see Claim).
 //     The primary key makes it impossible for two concurrent claims to
 //     both win.
-//   - Renew, Complete and Release are one UPDATE or DELETE conditioned on
-//     key, token and state = in_progress; when no row matches they return
-//     idempotency.ErrFenced and change nothing. Like the reference memory
+//   - Renew, MarkUnknown, Complete and Release are one UPDATE or DELETE
+//     conditioned on key, token and state (in_progress; Complete and
+//     Release also accept unknown, which is how an operator resolves a
+//     held key); when no row matches they return idempotency.ErrFenced and
+//     change nothing. Like the reference memory
 //     store they do not look at expires_at: a holder may still complete a
 //     record whose retention has passed as long as nobody has claimed it
 //     since (the token still matches).
@@ -128,7 +132,7 @@ type Store struct {
 
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
-	claim, renew, complete, release, lookup, deleteExpired string
+	claim, renew, complete, release, markUnknown, lookup, list, deleteExpired string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -200,10 +204,15 @@ UNION ALL
 SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c") + `
 UNION ALL
 SELECT false, d.* FROM done AS d`,
-		renew:    `UPDATE ` + table + ` SET lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
-		complete: `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
-		release:  `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state = 1`,
-		lookup:   `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
+		renew:       `UPDATE ` + table + ` SET lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
+		complete:    `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
+		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
+		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
+		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
+		// "state <> 2" repeats the open index's predicate, so that the
+		// planner can use it with a parameter for the state.
+		list: `SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM ` + table +
+			` WHERE state = $1 AND state <> 2 AND key > $2 AND expires_at > $3 ORDER BY key LIMIT $4`,
 		// SKIP LOCKED leaves rows a concurrent claim is taking over alone;
 		// the outer re-check of expires_at is a guard for the same case.
 		deleteExpired: `DELETE FROM ` + table + ` WHERE key IN (
@@ -259,6 +268,40 @@ func (s *Store) Complete(ctx context.Context, key string, tok uint64, resp idemp
 // Release implements idempotency.Store with one conditional DELETE.
 func (s *Store) Release(ctx context.Context, key string, tok uint64) error {
 	return s.fenced(ctx, "release", s.sql.release, key, token(tok))
+}
+
+// MarkUnknown implements idempotency.Store with one conditional UPDATE.
+func (s *Store) MarkUnknown(ctx context.Context, key string, tok uint64, now, expiresAt time.Time) error {
+	return s.fenced(ctx, "mark unknown", s.sql.markUnknown, key, token(tok), now, expiresAt)
+}
+
+// Features implements idempotency.Store: the store lists.
+func (s *Store) Features() idempotency.Features { return idempotency.Features{List: true} }
+
+// List implements idempotency.Store with one SELECT over the open-records
+// index (migration 0002).
+func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
+	rows, err := s.pool.Query(ctx, s.sql.list, int16(req.State), req.After, req.Now, int64(req.Limit))
+	if err != nil {
+		return nil, s.wrap("list", err)
+	}
+	defer rows.Close()
+	var out []idempotency.Record
+	for rows.Next() {
+		var rec idempotency.Record
+		sc := newScanner(&rec)
+		if err := rows.Scan(append([]any{&rec.Key}, sc.dest()...)...); err != nil {
+			return nil, s.wrap("list", err)
+		}
+		if err := sc.finish(); err != nil {
+			return nil, fmt.Errorf("postgres: list: %w", err)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("list", err)
+	}
+	return out, nil
 }
 
 // fenced runs a statement conditioned on the holder's token and maps "no

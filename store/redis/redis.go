@@ -12,7 +12,7 @@
 // # Guarantees
 //
 // Every operation is one round trip and atomic on its key: Claim, Renew,
-// Complete and Release each run one Lua script (EVALSHA) that reads the
+// MarkUnknown, Complete and Release each run one Lua script (EVALSHA) that reads the
 // record, decides, and writes it, so no other command on the key can run
 // in between; Lookup is a single HMGET. A Claim that does not win returns
 // the blocking record from the same script, so a replay costs exactly one
@@ -44,8 +44,9 @@
 // are), and "sha256:" followed by the hex SHA-256 of the key otherwise, so
 // that any string works and the braces always form a Redis Cluster hash tag.
 // The hash fields are key (the original key), fp (the 32-byte fingerprint),
-// state ("in_progress" or "completed"), token (decimal), lease and exp (Unix
-// milliseconds) and resp (idempotency.MarshalResponse bytes, once
+// state ("in_progress", "completed" or "unknown"), token (decimal), lease
+// and exp (Unix milliseconds; for an unknown record lease is when the
+// outcome became unknown) and resp (idempotency.MarshalResponse bytes, once
 // completed).
 //
 // # Failures
@@ -127,6 +128,7 @@ var (
 	renewScript    = newScript(renewLua)
 	completeScript = newScript(completeLua)
 	releaseScript  = newScript(releaseLua)
+	unknownScript  = newScript(unknownLua)
 )
 
 func newStore(b backend, opts Options) *Store {
@@ -141,7 +143,7 @@ func newStore(b backend, opts Options) *Store {
 // operation costs one round trip instead of two. It is optional and safe to
 // call again at any time, for example after a server restart.
 func (s *Store) Load(ctx context.Context) error {
-	if err := s.c.load(ctx, []*script{claimScript, renewScript, completeScript, releaseScript}); err != nil {
+	if err := s.c.load(ctx, []*script{claimScript, renewScript, completeScript, releaseScript, unknownScript}); err != nil {
 		return fmt.Errorf("redis: load scripts: %w", err)
 	}
 	return nil
@@ -150,6 +152,7 @@ func (s *Store) Load(ctx context.Context) error {
 const (
 	stateInProgress = "in_progress"
 	stateCompleted  = "completed"
+	stateUnknown    = "unknown"
 )
 
 // recordFields is the order in which Lookup reads a record and Claim
@@ -163,11 +166,11 @@ const claimLua = `
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease', 'exp', 'fp', 'resp')
 if r[1] then
   local lease, exp = tonumber(r[3]), tonumber(r[4])
-  if (r[1] ~= 'in_progress' and r[1] ~= 'completed') or not lease or not exp or not r[2] or not r[5] then
+  if (r[1] ~= 'in_progress' and r[1] ~= 'completed' and r[1] ~= 'unknown') or not lease or not exp or not r[2] or not r[5] then
     return redis.error_reply('corrupt idempotency record')
   end
   local now = tonumber(ARGV[4])
-  if now < exp and (r[1] == 'completed' or now < lease) then
+  if now < exp and (r[1] ~= 'in_progress' or now < lease) then
     return r
   end
   redis.call('DEL', KEYS[1])
@@ -191,20 +194,32 @@ return 1
 `
 
 // completeLua: KEYS[1] record; ARGV token, resp, exp, ttl (ms). Returns 1
-// or 0 (fenced).
+// or 0 (fenced). An unknown record is completed too (an operator resolving
+// it).
 const completeLua = `
 local r = redis.call('HMGET', KEYS[1], 'state', 'token')
-if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+if (r[1] ~= 'in_progress' and r[1] ~= 'unknown') or r[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'completed', 'resp', ARGV[2], 'exp', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 `
 
-// releaseLua: KEYS[1] record; ARGV token. Returns 1 or 0 (fenced).
+// releaseLua: KEYS[1] record; ARGV token. Returns 1 or 0 (fenced). An
+// unknown record is released too (an operator resolving it).
 const releaseLua = `
 local r = redis.call('HMGET', KEYS[1], 'state', 'token')
-if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+if (r[1] ~= 'in_progress' and r[1] ~= 'unknown') or r[2] ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
+return 1
+`
+
+// unknownLua: KEYS[1] record; ARGV token, now, exp, ttl (ms). Returns 1 or
+// 0 (fenced). The lease field becomes the time the outcome became unknown.
+const unknownLua = `
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'unknown', 'lease', ARGV[2], 'exp', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 `
 
@@ -297,6 +312,29 @@ func (s *Store) Release(ctx context.Context, key string, token uint64) error {
 	return s.fenced(ctx, "release", releaseScript, key, tokenString(token))
 }
 
+// MarkUnknown implements idempotency.Store in one script call. The Redis
+// TTL becomes expiresAt-now+TTLSlack.
+func (s *Store) MarkUnknown(ctx context.Context, key string, token uint64, now, expiresAt time.Time) error {
+	return s.fenced(ctx, "mark unknown", unknownScript, key, tokenString(token), millis(now),
+		millis(expiresAt), strconv.FormatInt(ttlMillis(now, expiresAt), 10))
+}
+
+// Features implements idempotency.Store: the store cannot list (see List).
+func (s *Store) Features() idempotency.Features { return idempotency.Features{} }
+
+// List implements idempotency.Store by returning
+// idempotency.ErrListUnsupported. Records are independent hashes spread
+// over the keyspace (and, on a Cluster, over every shard); listing them by
+// state would take a SCAN of every key on every node, or a secondary index
+// (a set per state) written by every claim and completion — one more
+// command per request, in another hash slot than the record, so no longer
+// atomic with it on a Cluster. Neither is worth it for an operator's
+// listing: held keys are announced by the unknown-outcome event and its
+// WARN log, which carry the scoped key for Inspect and Resolve.
+func (s *Store) List(context.Context, idempotency.ListRequest) ([]idempotency.Record, error) {
+	return nil, idempotency.ErrListUnsupported
+}
+
 // Lookup implements idempotency.Store with one HMGET.
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
 	v, err := s.c.hmget(ctx, s.redisKey(key), recordFields[:])
@@ -330,6 +368,8 @@ func decodeRecord(key string, v []field) (*idempotency.Record, error) {
 		rec.State = idempotency.StateInProgress
 	case stateCompleted:
 		rec.State = idempotency.StateCompleted
+	case stateUnknown:
+		rec.State = idempotency.StateUnknown
 	default:
 		return nil, fmt.Errorf("%w: state %q", errCorrupt, v[0].s)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -57,6 +58,9 @@ func TestConformance(t *testing.T) {
 			return open(t, path.(string), sqlite.Options{})
 		},
 		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		// A snapshot read, then the claim's and the completion's write
+		// transactions, each shared with concurrent writes (group commit).
+		NewRequestRoundTrips: 3,
 	})
 }
 
@@ -64,8 +68,9 @@ func TestConformance(t *testing.T) {
 // replica: an in-memory database cannot be shared).
 func TestConformanceMemory(t *testing.T) {
 	idemtest.Run(t, idemtest.Harness{
-		NewStore:   func(t testing.TB) idempotency.Store { return open(t, sqlite.Memory, sqlite.Options{}) },
-		RoundTrips: func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		NewStore:             func(t testing.TB) idempotency.Store { return open(t, sqlite.Memory, sqlite.Options{}) },
+		RoundTrips:           func(s idempotency.Store) int64 { return s.(*sqlite.Store).RoundTrips() },
+		NewRequestRoundTrips: 3,
 	})
 }
 
@@ -267,14 +272,70 @@ func TestSchemaAndPragmas(t *testing.T) {
 	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
 	}
-	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 1 {
-		t.Fatalf("user_version = %d, %v; want 1", version, err)
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version = %d, %v; want 2", version, err)
 	}
-	for _, name := range []string{"custom_keys", "idempotency_keys", "custom_keys_expires_at", "idempotency_keys_expires_at"} {
+	for _, name := range []string{"custom_keys", "idempotency_keys", "custom_keys_expires_at", "idempotency_keys_expires_at",
+		"custom_keys_open", "idempotency_keys_open"} {
 		var n int
 		if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = ?`, name).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("schema object %q: count %d, %v", name, n, err)
 		}
+	}
+}
+
+// TestUpgradeFromVersion1 opens a file written by schema version 1 (the
+// table and expires_at index only, user_version 1) holding an in-progress
+// and a completed record: Open upgrades it to version 2 (the open-records
+// index), keeps both records, and the in-progress one can then be held
+// with an unknown outcome.
+func TestUpgradeFromVersion1(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db := rawDB(t, path)
+	for _, stmt := range []string{
+		`CREATE TABLE "idempotency_keys" (
+  key         TEXT PRIMARY KEY NOT NULL,
+  fingerprint BLOB NOT NULL,
+  state       INTEGER NOT NULL,
+  token       INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  response    BLOB
+) STRICT`,
+		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
+		`PRAGMA user_version = 1`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	fp := make([]byte, 32)
+	resp := idempotency.MarshalResponse(idempotency.Response{Status: 201, Body: []byte("done")})
+	if _, err := db.Exec(`INSERT INTO "idempotency_keys" VALUES ('running', ?1, 1, 7, ?2, ?3, NULL), ('done', ?1, 2, 8, ?2, ?3, ?4)`,
+		fp, t0.Add(time.Minute).UnixMilli(), t0.Add(time.Hour).UnixMilli(), resp); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path, sqlite.Options{})
+	var version, n int
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version after upgrade = %d, %v; want 2", version, err)
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = 'idempotency_keys_open'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("open-records index after upgrade: %d, %v", n, err)
+	}
+	ctx := context.Background()
+	if rec, err := s.Lookup(ctx, "done", t0); err != nil || rec.State != idempotency.StateCompleted || string(rec.Response.Body) != "done" {
+		t.Fatalf("completed record after upgrade: %+v, %v", rec, err)
+	}
+	if err := s.MarkUnknown(ctx, "running", 7, t0, t0.Add(2*time.Hour)); err != nil {
+		t.Fatalf("MarkUnknown of a version 1 record: %v", err)
+	}
+	res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: "running", Token: 9, Now: t0.Add(time.Hour),
+		LeaseUntil: t0.Add(2 * time.Hour), ExpiresAt: t0.Add(3 * time.Hour)})
+	if err != nil || res.Claimed || res.Existing == nil || res.Existing.State != idempotency.StateUnknown {
+		t.Fatalf("claim of the held record past its lease: %+v, %v; want blocked by the unknown record", res, err)
 	}
 }
 
@@ -426,5 +487,133 @@ func TestConcurrentOpenOfNewFile(t *testing.T) {
 		if err := stores[i].Close(); err != nil {
 			t.Errorf("Close %d: %v", i, err)
 		}
+	}
+}
+
+// TestGroupCommit runs 100 claims and then 100 completions at once: each
+// caller gets its own exact result, and the writes share transactions (far
+// fewer than one per write).
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	s := open(t, filepath.Join(t.TempDir(), "group.db"), sqlite.Options{})
+	ctx := context.Background()
+	now := time.Now()
+	const n = 100
+	reqs := make([]idempotency.ClaimRequest, n)
+	for i := range reqs {
+		reqs[i] = idempotency.ClaimRequest{Key: fmt.Sprint("k", i), Token: idempotency.NewToken(), Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+	}
+	before := s.RoundTrips()
+	run := func(f func(i int) error) {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				if err := f(i); err != nil {
+					t.Errorf("%d: %v", i, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+	run(func(i int) error {
+		res, err := s.Claim(ctx, reqs[i])
+		if err == nil && !res.Claimed {
+			err = fmt.Errorf("not claimed: %+v", res.Existing)
+		}
+		return err
+	})
+	run(func(i int) error {
+		// Every other completion uses a wrong token: fenced, alone in its batch or not.
+		tok := reqs[i].Token
+		if i%2 == 1 {
+			tok++
+		}
+		err := s.Complete(ctx, reqs[i].Key, tok, idempotency.Response{Status: 200 + i%2}, now, now.Add(time.Hour))
+		if i%2 == 1 {
+			if !errors.Is(err, idempotency.ErrFenced) {
+				return fmt.Errorf("wrong token: %v, want ErrFenced", err)
+			}
+			return nil
+		}
+		return err
+	})
+	trips := s.RoundTrips() - before
+	if trips >= 3*n {
+		t.Fatalf("%d round trips for %d claims (each a read and a write) and %d completions: no write shared a transaction", trips, n, n)
+	}
+	t.Logf("%d round trips for %d claims and %d completions", trips, n, n)
+	for i, req := range reqs {
+		rec, err := s.Lookup(ctx, req.Key, now)
+		want := idempotency.StateCompleted
+		if i%2 == 1 {
+			want = idempotency.StateInProgress
+		}
+		if err != nil || rec.State != want || rec.Token != req.Token {
+			t.Fatalf("record %d = %+v, %v; want %v with its own token", i, rec, err, want)
+		}
+	}
+}
+
+// TestGroupCommitStatementError poisons one key with a trigger: its claim
+// fails with an SQL error, which rolls its batch back; every other claim
+// of the batch is then run again on its own and succeeds.
+func TestGroupCommitStatementError(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "poison.db")
+	s := open(t, path, sqlite.Options{})
+	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER poison BEFORE INSERT ON idempotency_keys
+WHEN NEW.key = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned key'); END`); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now()
+	for round := range 5 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range 30 {
+			key := fmt.Sprintf("r%d/k%d", round, i)
+			if i == 15 {
+				key = "poison"
+			}
+			wg.Go(func() {
+				<-start
+				res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: idempotency.NewToken(), Now: now,
+					LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)})
+				switch {
+				case key == "poison" && (err == nil || !strings.Contains(err.Error(), "poisoned key")):
+					t.Errorf("poisoned claim = %+v, %v; want the trigger's error", res, err)
+				case key != "poison" && (err != nil || !res.Claimed):
+					t.Errorf("claim %s = %+v, %v; want claimed", key, res, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+}
+
+// TestClosedStore: calls after Close fail instead of hanging.
+func TestClosedStore(t *testing.T) {
+	t.Parallel()
+	s, err := sqlite.Open(filepath.Join(t.TempDir(), "closed.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	now := time.Now()
+	if err := s.Complete(context.Background(), "k", 1, idempotency.Response{}, now, now); err == nil {
+		t.Fatal("Complete after Close succeeded")
+	}
+	if _, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: "k", Token: 1, Now: now, ExpiresAt: now.Add(time.Hour)}); err == nil {
+		t.Fatal("Claim after Close succeeded")
 	}
 }

@@ -1,0 +1,288 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/leveehq/levee/idempotency"
+)
+
+// Group commit. Every write of a Store (Claim when it must write, Renew,
+// Complete, Release, MarkUnknown) is queued to one writer goroutine, which
+// takes whatever has queued — up to maxBatch operations — and runs it as one
+// IMMEDIATE transaction: one write lock, one commit, one append of the
+// changed pages to the WAL for the whole batch. While a batch commits, new
+// operations queue and form the next one, so under load the cost of a
+// commit is shared by every request that arrived meanwhile, and when the
+// store is idle an operation runs at once (it waits for no timer and no
+// other operation).
+//
+// Each operation runs as its own statement(s) in the batch, in arrival
+// order, with exactly the semantics it has alone: the claim is the same
+// INSERT ... ON CONFLICT ... WHERE claimable, the fenced writes the same
+// guarded UPDATE or DELETE. Results are handed back only after the commit,
+// so no caller ever acts on a write that could still be rolled back. If a
+// statement fails with an SQL error (disk full, I/O error: errors after
+// which SQLite may have rolled the whole transaction back), the batch is
+// rolled back and its operations are run again one transaction each, so
+// that every caller gets the outcome of its own operation. If the commit
+// fails, nothing in the batch was written and every operation gets the
+// error.
+
+// maxBatch bounds the operations one transaction carries.
+const maxBatch = 128
+
+// errClosed is returned by calls on a Store after Close.
+var errClosed = errors.New("sqlite: store is closed")
+
+type opKind uint8
+
+const (
+	opClaim opKind = iota
+	opRenew
+	opComplete
+	opRelease
+	opMarkUnknown
+)
+
+func (k opKind) String() string {
+	return [...]string{"claim", "renew", "complete", "release", "mark unknown"}[k]
+}
+
+// writeOp is one queued write and, once ready is signalled, its result.
+type writeOp struct {
+	kind opKind
+	// done is the caller's ctx.Done(): an operation whose caller has gone
+	// is skipped rather than written.
+	done  <-chan struct{}
+	req   idempotency.ClaimRequest // opClaim
+	key   string
+	token uint64
+	t1    int64  // renew: lease_until; complete: expires_at; mark unknown: now
+	t2    int64  // renew, mark unknown: expires_at
+	resp  []byte // complete: the encoded response
+
+	res     idempotency.ClaimResult
+	err     error
+	skipped bool
+	ready   chan struct{} // buffered (1): the writer never blocks on it
+}
+
+var opPool = sync.Pool{New: func() any { return &writeOp{ready: make(chan struct{}, 1)} }}
+
+// writer is the Store's writer goroutine and its queue.
+type writer struct {
+	ops     chan *writeOp
+	quit    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func newWriter() *writer {
+	return &writer{ops: make(chan *writeOp, maxBatch), quit: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// stop ends the writer after its current batch and waits for it. Queued
+// operations get errClosed.
+func (w *writer) stop() {
+	w.once.Do(func() { close(w.quit) })
+	<-w.stopped
+}
+
+func (s *Store) runWriter() {
+	w := s.w
+	defer close(w.stopped)
+	batch := make([]*writeOp, 0, maxBatch)
+	for {
+		select {
+		case op := <-w.ops:
+			batch = append(batch[:0], op)
+		case <-w.quit:
+			for {
+				select {
+				case op := <-w.ops:
+					op.err = errClosed
+					op.ready <- struct{}{}
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-w.ops:
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		s.runBatch(batch)
+		for _, op := range batch {
+			op.ready <- struct{}{}
+		}
+		clear(batch) // drop references to operations handed back
+	}
+}
+
+// write queues op and waits for its result. It returns false (and the
+// error to return) if op was not written: ctx ended, or the store closed.
+// A true result means op.err and op.res hold the outcome, and op may be
+// put back in the pool.
+func (s *Store) write(ctx context.Context, op *writeOp) (bool, error) {
+	op.done = ctx.Done()
+	select {
+	case s.w.ops <- op:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-s.w.quit:
+		return false, errClosed
+	}
+	select {
+	case <-op.ready:
+	case <-ctx.Done():
+		// The operation may still be written: as with any store whose
+		// answer is lost, the caller cannot know. It is not reused.
+		return false, ctx.Err()
+	case <-s.w.stopped:
+		select {
+		case <-op.ready:
+		default:
+			return false, errClosed
+		}
+	}
+	if op.skipped {
+		return false, ctx.Err()
+	}
+	return true, nil
+}
+
+// fencedWrite runs a Renew, Complete, Release or MarkUnknown through the
+// writer.
+func (s *Store) fencedWrite(ctx context.Context, kind opKind, key string, token uint64, t1, t2 int64, resp []byte) error {
+	op := opPool.Get().(*writeOp)
+	*op = writeOp{kind: kind, key: key, token: token, t1: t1, t2: t2, resp: resp, ready: op.ready}
+	ok, err := s.write(ctx, op)
+	if !ok {
+		return err
+	}
+	err = op.err
+	*op = writeOp{ready: op.ready}
+	opPool.Put(op)
+	return err
+}
+
+// runBatch runs batch in one transaction and sets every operation's result.
+func (s *Store) runBatch(batch []*writeOp) {
+	live := 0
+	for _, op := range batch {
+		select {
+		case <-op.done:
+			op.skipped = true
+		default:
+			live++
+		}
+	}
+	if live == 0 {
+		return
+	}
+	// The batch outlives any one caller: it is bounded by the busy timeout
+	// (waiting for other processes' write locks), not by a context.
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		setAll(batch, fmt.Errorf("sqlite: begin: %w", err))
+		return
+	}
+	for _, op := range batch {
+		if op.skipped {
+			continue
+		}
+		if err := s.apply(ctx, tx, op); err != nil {
+			_ = tx.Rollback()
+			if live == 1 {
+				op.err = fmt.Errorf("sqlite: %s: %w", op.kind, err)
+				return
+			}
+			// SQLite may have rolled the whole transaction back: run every
+			// operation of the batch again, each in its own transaction.
+			for _, again := range batch {
+				if !again.skipped {
+					again.res, again.err = idempotency.ClaimResult{}, nil
+					s.runBatch([]*writeOp{again})
+				}
+			}
+			return
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		setAll(batch, fmt.Errorf("sqlite: commit: %w", err))
+	}
+}
+
+func setAll(batch []*writeOp, err error) {
+	for _, op := range batch {
+		if !op.skipped {
+			op.res, op.err = idempotency.ClaimResult{}, err
+		}
+	}
+}
+
+// apply runs one operation inside the batch's transaction. Its outcome
+// (claimed, the blocking record, ErrFenced, a corrupt record) goes into
+// op; an SQL error is returned and fails the transaction.
+func (s *Store) apply(ctx context.Context, tx *sql.Tx, op *writeOp) error {
+	if op.kind == opClaim {
+		req := &op.req
+		var token int64
+		err := tx.StmtContext(ctx, s.st.claim).QueryRowContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
+			ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
+		switch {
+		case err == nil:
+			op.res = idempotency.ClaimResult{Claimed: true}
+			return nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		// The key exists and is not claimable: read it under the same lock.
+		rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.get).QueryRowContext(ctx, req.Key))
+		switch {
+		case errors.Is(err, idempotency.ErrNotFound):
+		case errors.Is(err, errCorrupt):
+			op.err = fmt.Errorf("sqlite: claim: %w", err)
+		case err != nil:
+			return err
+		}
+		op.res = idempotency.ClaimResult{Existing: rec}
+		return nil
+	}
+	var (
+		st   *sql.Stmt
+		args []any
+	)
+	switch op.kind {
+	case opRenew:
+		st, args = s.st.renew, []any{op.key, int64(op.token), op.t1, op.t2}
+	case opComplete:
+		st, args = s.st.complete, []any{op.key, int64(op.token), op.t1, op.resp}
+	case opRelease:
+		st, args = s.st.release, []any{op.key, int64(op.token)}
+	case opMarkUnknown:
+		st, args = s.st.markUnknown, []any{op.key, int64(op.token), op.t1, op.t2}
+	}
+	r, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	if err != nil {
+		return err
+	}
+	n, err := r.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		op.err = idempotency.ErrFenced
+	}
+	return nil
+}
