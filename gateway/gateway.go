@@ -152,6 +152,23 @@ func (g *Gateway) CloseIdleConnections() {
 	}
 }
 
+// engine returns the idempotency engine of the route named name, or nil.
+func (t *routeTable) engine(name string) *idempotency.Engine {
+	for _, list := range t.exact {
+		for _, rt := range list {
+			if rt.name == name {
+				return rt.engine
+			}
+		}
+	}
+	for _, rt := range t.prefixes {
+		if rt.name == name {
+			return rt.engine
+		}
+	}
+	return nil
+}
+
 // Config returns the running config.
 func (g *Gateway) Config() *Config { return g.state.Load().cfg }
 
@@ -170,7 +187,8 @@ type route struct {
 	host    string
 	maxBody int64
 	handler http.Handler
-	render  *errorRenderer // the route's own errors block, if any
+	render  *errorRenderer      // the route's own errors block, if any
+	engine  *idempotency.Engine // nil without idempotency: for the admin key tools
 }
 
 func (rt *route) accepts(r *http.Request, host string) bool {
@@ -451,7 +469,8 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 		maxBody: int64(cfg.Server.MaxBodyBytes),
 		render:  rc.Errors.renderer(),
 	}
-	idem, err := rc.Idempotency.middleware(g, rc.Name)
+	idem, eng, err := rc.Idempotency.middleware(g, rc.Name)
+	rt.engine = eng
 	if err != nil {
 		return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
 	}

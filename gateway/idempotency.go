@@ -52,7 +52,21 @@ type IdempotencyConfig struct {
 	// StoreServerErrors stores 5xx responses too instead of releasing the
 	// key. Default false.
 	StoreServerErrors bool `yaml:"store_server_errors"`
+	// OnUnknownOutcome is what happens to the key when the whole request
+	// reached the upstream and its answer was lost (timeout, connection
+	// lost, response cut): hold (default: retries get 409
+	// idempotency-outcome-unknown until an operator resolves the key with
+	// levee keys, or retention ends) or release (a retry executes again:
+	// only for upstreams that dedupe the forwarded Idempotency-Key
+	// themselves).
+	OnUnknownOutcome string `yaml:"on_unknown_outcome"`
 }
+
+// The values of on_unknown_outcome.
+const (
+	UnknownHold    = "hold"
+	UnknownRelease = "release"
+)
 
 func (c *IdempotencyConfig) enabled() bool {
 	return c != nil && (c.Enabled == nil || *c.Enabled)
@@ -91,6 +105,9 @@ func (c *IdempotencyConfig) Defaults() {
 	if c.StoredHeaders == nil {
 		c.StoredHeaders = slices.Clone(idempotency.DefaultStoredHeaders)
 	}
+	if c.OnUnknownOutcome == "" {
+		c.OnUnknownOutcome = UnknownHold
+	}
 }
 
 // Validate implements config.Section.
@@ -105,16 +122,20 @@ func (c *IdempotencyConfig) Validate(r *config.Report, p string) {
 	if c.Retention < c.Lease {
 		r.Bad(p+".retention", "must be at least the lease (%v)", c.Lease.D())
 	}
+	if c.OnUnknownOutcome != UnknownHold && c.OnUnknownOutcome != UnknownRelease {
+		r.Bad(p+".on_unknown_outcome", "unknown value %q (want %s or %s)", c.OnUnknownOutcome, UnknownHold, UnknownRelease)
+	}
 }
 
 // middleware builds the route's idempotency middleware on the gateway's
-// store, or nil when the section is absent or disabled.
-func (c *IdempotencyConfig) middleware(g *Gateway, route string) (func(http.Handler) http.Handler, error) {
+// store and its engine (for the admin key tools), or nils when the
+// section is absent or disabled.
+func (c *IdempotencyConfig) middleware(g *Gateway, route string) (func(http.Handler) http.Handler, *idempotency.Engine, error) {
 	if !c.enabled() {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if g.store == nil {
-		return nil, fmt.Errorf("idempotency is enabled but no store is configured")
+		return nil, nil, fmt.Errorf("idempotency is enabled but no store is configured")
 	}
 	eng := idempotency.New(g.store, idempotency.Options{
 		Lease:        c.Lease.D(),
@@ -141,7 +162,10 @@ func (c *IdempotencyConfig) middleware(g *Gateway, route string) (func(http.Hand
 			return idempotency.DefaultStore(status) || status >= 500
 		}
 	}
-	return eng.Middleware(hopts), nil
+	if c.OnUnknownOutcome == UnknownRelease {
+		hopts.OnUnknownOutcome = idempotency.UnknownOutcomeRelease
+	}
+	return eng.Middleware(hopts), eng, nil
 }
 
 func (g *Gateway) idempotencyEvent(route string) func(context.Context, idempotency.Event) {
@@ -149,6 +173,17 @@ func (g *Gateway) idempotencyEvent(route string) func(context.Context, idempoten
 		g.metrics.idempotency.WithLabelValues(route, string(ev.Outcome)).Inc()
 		if ri := infoFrom(ctx); ri != nil {
 			ri.idem = ev.Outcome
+		}
+		if ev.Outcome == idempotency.OutcomeUnknown {
+			g.metrics.unknownOutcomes.WithLabelValues(route).Inc()
+			attrs := []slog.Attr{slog.String("route", route), slog.String("key", ev.Key)}
+			if ev.Err != nil {
+				attrs = append(attrs, slog.String("error", ev.Err.Error()))
+			}
+			if ri := infoFrom(ctx); ri != nil && ri.sw != nil {
+				attrs = append(attrs, slog.String("request_id", ri.sw.requestID))
+			}
+			g.log.LogAttrs(ctx, slog.LevelWarn, "upstream outcome unknown: the idempotency key is held until an operator resolves it (levee keys)", attrs...)
 		}
 		if ev.Err != nil && (ev.Outcome == idempotency.OutcomeStoreError || ev.Outcome == idempotency.OutcomeNotRecorded || ev.Outcome == idempotency.OutcomeFailOpen) {
 			g.log.LogAttrs(ctx, slog.LevelError, "idempotency store failure", slog.String("route", route),

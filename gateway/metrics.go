@@ -20,6 +20,7 @@ type Metrics struct {
 	upstream        *prometheus.HistogramVec
 	inFlight        prometheus.Gauge
 	idempotency     *prometheus.CounterVec
+	unknownOutcomes *prometheus.CounterVec
 	storeOps        *prometheus.HistogramVec
 	storeErrors     *prometheus.CounterVec
 	configReloads   *prometheus.CounterVec
@@ -55,8 +56,12 @@ func NewMetrics(version string) *Metrics {
 		}),
 		idempotency: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "levee_idempotency_outcomes_total",
-			Help: "Idempotency outcomes by route: executed, replayed, conflict, mismatch, released, store_error, fail_open, not_recorded, invalid, passthrough.",
+			Help: "Idempotency outcomes by route: executed, replayed, conflict, mismatch, released, unknown, held, store_error, fail_open, not_recorded, invalid, canceled, passthrough.",
 		}, []string{"route", "outcome"}),
+		unknownOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_idempotency_unknown_outcomes_total",
+			Help: "Requests that reached the upstream whole and whose answer was lost (timeout, connection lost, response cut): each holds its key until an operator resolves it (levee keys), by route.",
+		}, []string{"route"}),
 		storeOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "levee_store_operation_duration_seconds", Help: "Idempotency store operation latency by operation.", Buckets: latencyBuckets,
 		}, []string{"op"}),
@@ -96,7 +101,7 @@ func NewMetrics(version string) *Metrics {
 	reg.MustRegister(m.connections)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.storeOps, m.storeErrors,
+	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.unknownOutcomes, m.storeOps, m.storeErrors,
 		m.configReloads, m.upstreamErrors, m.configTimestamp, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "failure"} {
@@ -116,12 +121,6 @@ func (s instrumentedStore) observe(op string, start time.Time, err error) {
 	if err != nil && !errors.Is(err, idempotency.ErrFenced) && !errors.Is(err, idempotency.ErrNotFound) {
 		s.m.storeErrors.WithLabelValues(op).Inc()
 	}
-}
-
-// InProcess forwards the in-process capability of the wrapped store.
-func (s instrumentedStore) InProcess() bool {
-	ip, ok := s.Store.(interface{ InProcess() bool })
-	return ok && ip.InProcess()
 }
 
 func (s instrumentedStore) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {

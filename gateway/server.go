@@ -219,6 +219,9 @@ func (s *Server) adminHandler() http.Handler {
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
+	mux.HandleFunc("GET /keys", s.requireToken(s.handleKeyList))
+	mux.HandleFunc("GET /keys/{key}", s.requireToken(s.handleKeyShow))
+	mux.HandleFunc("POST /keys/{key}/resolve", s.requireToken(s.handleKeyResolve))
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		red := s.cfg.Redacted()

@@ -27,7 +27,8 @@ Usage:
                                       levee on the embedded SQLite store (no setup)
   levee serve --config levee.yaml     run the gateway
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
-  levee version                       print the version, commit and build time
+  levee keys show|list|resolve ...    inspect and resolve idempotency keys (admin API; see levee keys help)
+  levee version                       print the version, commit and commit time
   levee help                          this text
 
 Signals (serve): SIGHUP reloads the config (so does editing the file);
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return validate(args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(args[1:], stdout, stderr)
+	case "keys":
+		return runKeys(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
 		printVersion(stdout)
 		return 0

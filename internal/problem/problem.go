@@ -33,6 +33,7 @@ const (
 	RateLimitStoreUnavailable = "rate-limit-store-unavailable"
 	AdminEndpointDisabled     = "admin-endpoint-disabled"
 	AdminUnauthorized         = "admin-unauthorized"
+	AdminRequestInvalid       = "admin-request-invalid"
 )
 
 // Types lists every slug above, for tools that must handle them all
@@ -41,7 +42,7 @@ var Types = []string{
 	IdempotencyKeyMissing, IdempotencyKeyInvalid, IdempotencyKeyMismatch, IdempotencyInFlight,
 	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
 	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
-	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized,
+	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized, AdminRequestInvalid,
 }
 
 // Problem is one problem+json document.
