@@ -92,9 +92,7 @@ type AdminConfig struct {
 
 // Defaults implements config.Section.
 func (a *AdminConfig) Defaults() {
-	if a.Listen == "" {
-		a.Listen = "127.0.0.1:9090"
-	}
+	config.Default(&a.Listen, "127.0.0.1:9090")
 }
 
 // Validate implements config.Section.
@@ -119,9 +117,7 @@ type LogConfig struct {
 
 // Defaults implements config.Section.
 func (l *LogConfig) Defaults() {
-	if l.Level == "" {
-		l.Level = "info"
-	}
+	config.Default(&l.Level, "info")
 	if l.AccessLog == nil {
 		t := true
 		l.AccessLog = &t
@@ -165,9 +161,7 @@ type RouteConfig struct {
 
 // Defaults implements config.Section.
 func (rc *RouteConfig) Defaults() {
-	if rc.Timeout == 0 {
-		rc.Timeout = Duration(30 * time.Second)
-	}
+	config.Default(&rc.Timeout, Duration(30*time.Second))
 }
 
 // Validate implements config.Section.
@@ -270,9 +264,7 @@ func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 // Defaults implements config.Section for the rules that span sections:
 // it runs after every section has its defaults.
 func (c *Config) Defaults() {
-	if c.Listen == "" {
-		c.Listen = ":8080"
-	}
+	config.Default(&c.Listen, ":8080")
 	c.RateLimit.inheritRedis(c.Store.Redis)
 	base := filepath.Dir(c.file)
 	c.Errors.base = base

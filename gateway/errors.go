@@ -67,9 +67,7 @@ type ProblemView struct {
 
 // Defaults implements config.Section.
 func (e *ErrorsConfig) Defaults() {
-	if e.Format == "" {
-		e.Format = ErrorsProblemJSON
-	}
+	config.Default(&e.Format, ErrorsProblemJSON)
 	if e.Format == ErrorsTemplate && e.ContentType == "" {
 		e.ContentType = "application/json"
 	}

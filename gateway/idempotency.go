@@ -78,36 +78,23 @@ func (c *IdempotencyConfig) Defaults() {
 		t := true
 		c.Enabled = &t
 	}
-	if c.Header == "" {
-		c.Header = idempotency.DefaultHeader
-	}
+	config.Default(&c.Header, idempotency.DefaultHeader)
 	if c.Methods == nil {
 		c.Methods = idempotency.DefaultMethods()
 	}
 	for j, m := range c.Methods {
 		c.Methods[j] = strings.ToUpper(m)
 	}
-	defD := func(d *Duration, v Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defD(&c.Lease, Duration(idempotency.DefaultLease))
-	defD(&c.Retention, Duration(idempotency.DefaultRetention))
-	defD(&c.RetryAfter, Duration(idempotency.DefaultRetryAfter))
-	defD(&c.StoreTimeout, Duration(idempotency.DefaultStoreTimeout))
-	if c.MaxRequestBody == 0 {
-		c.MaxRequestBody = idempotency.DefaultMaxRequestBody
-	}
-	if c.MaxStoredBody == 0 {
-		c.MaxStoredBody = idempotency.DefaultMaxStoredBody
-	}
+	config.Default(&c.Lease, Duration(idempotency.DefaultLease))
+	config.Default(&c.Retention, Duration(idempotency.DefaultRetention))
+	config.Default(&c.RetryAfter, Duration(idempotency.DefaultRetryAfter))
+	config.Default(&c.StoreTimeout, Duration(idempotency.DefaultStoreTimeout))
+	config.Default(&c.MaxRequestBody, idempotency.DefaultMaxRequestBody)
+	config.Default(&c.MaxStoredBody, idempotency.DefaultMaxStoredBody)
 	if c.StoredHeaders == nil {
 		c.StoredHeaders = slices.Clone(idempotency.DefaultStoredHeaders)
 	}
-	if c.OnUnknownOutcome == "" {
-		c.OnUnknownOutcome = UnknownHold
-	}
+	config.Default(&c.OnUnknownOutcome, UnknownHold)
 }
 
 // Validate implements config.Section.

@@ -42,21 +42,12 @@ type RateLimitConfig struct {
 // Defaults implements config.Section. The Redis connection's defaults
 // come from store.redis (see inheritRedis, run by the root).
 func (rl *RateLimitConfig) Defaults() {
-	if rl.Store == "" {
-		rl.Store = "memory"
-	}
-	if rl.Redis.Prefix == "" {
-		rl.Redis.Prefix = "levee:rl:"
-	}
-	def := func(d *Duration, v time.Duration) {
-		if *d == 0 {
-			*d = Duration(v)
-		}
-	}
-	def(&rl.Timeout, 50*time.Millisecond)
-	def(&rl.StoreBackoff, time.Second)
-	def(&rl.UnavailableRetryAfter, time.Second)
-	def(&rl.ConcurrencyLease, rlredis.DefaultConcurrencyLease)
+	config.Default(&rl.Store, "memory")
+	config.Default(&rl.Redis.Prefix, "levee:rl:")
+	config.Default(&rl.Timeout, Duration(50*time.Millisecond))
+	config.Default(&rl.StoreBackoff, Duration(time.Second))
+	config.Default(&rl.UnavailableRetryAfter, Duration(time.Second))
+	config.Default(&rl.ConcurrencyLease, Duration(rlredis.DefaultConcurrencyLease))
 }
 
 // inheritRedis fills the connection left empty from store.redis.
@@ -113,15 +104,9 @@ type PolicyConfig struct {
 
 // Defaults implements config.Section.
 func (pc *PolicyConfig) Defaults() {
-	if pc.Key == "" {
-		pc.Key = "ip"
-	}
-	if pc.Cost == 0 {
-		pc.Cost = 1
-	}
-	if pc.OnStoreError == "" {
-		pc.OnStoreError = "fail_open"
-	}
+	config.Default(&pc.Key, "ip")
+	config.Default(&pc.Cost, 1)
+	config.Default(&pc.OnStoreError, "fail_open")
 }
 
 // Validate implements config.Section: it parses the policy. Name

@@ -43,24 +43,13 @@ const (
 // Defaults implements config.Section. shutdown_timeout is the root's
 // (it depends on the routes).
 func (s *ServerConfig) Defaults() {
-	def := func(d *Duration, v time.Duration) {
-		if *d == 0 {
-			*d = Duration(v)
-		}
-	}
-	def(&s.ReadHeaderTimeout, 10*time.Second)
-	def(&s.ReadTimeout, 60*time.Second)
-	def(&s.WriteTimeout, 120*time.Second)
-	def(&s.IdleTimeout, 120*time.Second)
-	if s.MaxHeaderBytes == 0 {
-		s.MaxHeaderBytes = 64 << 10
-	}
-	if s.MaxBodyBytes == 0 {
-		s.MaxBodyBytes = 10 << 20
-	}
-	if s.Engine == "" {
-		s.Engine = EngineLevee
-	}
+	config.Default(&s.ReadHeaderTimeout, Duration(10*time.Second))
+	config.Default(&s.ReadTimeout, Duration(60*time.Second))
+	config.Default(&s.WriteTimeout, Duration(120*time.Second))
+	config.Default(&s.IdleTimeout, Duration(120*time.Second))
+	config.Default(&s.MaxHeaderBytes, 64<<10)
+	config.Default(&s.MaxBodyBytes, 10<<20)
+	config.Default(&s.Engine, EngineLevee)
 }
 
 // Validate implements config.Section.

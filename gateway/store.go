@@ -97,28 +97,16 @@ type DynamoDBConfig struct {
 
 // Defaults implements config.Section.
 func (c *StoreConfig) Defaults() {
-	if c.Type == "" {
-		c.Type = "sqlite"
-	}
-	if c.SQLite.Path == "" {
-		c.SQLite.Path = "levee.db"
-	}
-	if c.Redis.Addr == "" {
-		c.Redis.Addr = "127.0.0.1:6379"
-	}
-	if c.Redis.Prefix == "" {
-		c.Redis.Prefix = redis.DefaultPrefix
-	}
+	config.Default(&c.Type, "sqlite")
+	config.Default(&c.SQLite.Path, "levee.db")
+	config.Default(&c.Redis.Addr, "127.0.0.1:6379")
+	config.Default(&c.Redis.Prefix, redis.DefaultPrefix)
 	if c.Redis.FlushDelay == nil {
 		d := Duration(DefaultRedisFlushDelay)
 		c.Redis.FlushDelay = &d
 	}
-	if c.Postgres.Schema == "" {
-		c.Postgres.Schema = "levee"
-	}
-	if c.Memory.MaxEntries == 0 {
-		c.Memory.MaxEntries = memory.DefaultMaxEntries
-	}
+	config.Default(&c.Postgres.Schema, "levee")
+	config.Default(&c.Memory.MaxEntries, memory.DefaultMaxEntries)
 }
 
 // Validate implements config.Section.

@@ -105,33 +105,9 @@ func (r *Report) Node(field string) *yaml.Node {
 	if r.doc == nil {
 		return nil
 	}
-	n := r.doc
-	for _, part := range strings.Split(field, ".") {
-		name, idx := part, -1
-		if j := strings.IndexByte(part, '['); j >= 0 {
-			name = part[:j]
-			idx, _ = strconv.Atoi(strings.TrimSuffix(part[j+1:], "]"))
-		}
-		if n.Kind != yaml.MappingNode {
-			return nil
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == name {
-				next = n.Content[i+1]
-				break
-			}
-		}
-		if next == nil {
-			return nil
-		}
-		n = next
-		if idx >= 0 {
-			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
-				return nil
-			}
-			n = n.Content[idx]
-		}
+	n, _, ok := find(r.doc, field)
+	if !ok {
+		return nil
 	}
 	return n
 }
@@ -143,6 +119,15 @@ func (r *Report) At(line int, field, msg string) {
 
 // Problems returns what was recorded.
 func (r *Report) Problems() []Problem { return r.problems }
+
+// Default sets *field to v when it holds its zero value: how sections
+// fill their defaults.
+func Default[T comparable](field *T, v T) {
+	var zero T
+	if *field == zero {
+		*field = v
+	}
+}
 
 // Join returns a path below path: Join("routes[0]", "match").
 func Join(path, key string) string {
@@ -418,6 +403,13 @@ func kindName(k reflect.Kind) string {
 // LineOf finds the line of a field path like routes[0].match.path in the
 // document, falling back to the nearest existing parent.
 func LineOf(doc *yaml.Node, path string) int {
+	_, line, _ := find(doc, path)
+	return line
+}
+
+// find walks a field path down the document: the value node and line
+// of the field, or the line of the nearest existing parent and false.
+func find(doc *yaml.Node, path string) (*yaml.Node, int, bool) {
 	n := doc
 	line := doc.Line
 	for _, part := range strings.Split(path, ".") {
@@ -437,16 +429,16 @@ func LineOf(doc *yaml.Node, path string) int {
 			}
 		}
 		if next == nil {
-			return line
+			return nil, line, false
 		}
 		n = next
 		if idx >= 0 {
 			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
-				return line
+				return nil, line, false
 			}
 			n = n.Content[idx]
 			line = n.Line
 		}
 	}
-	return line
+	return n, line, true
 }
