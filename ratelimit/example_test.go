@@ -60,7 +60,7 @@ func ExampleMiddleware() {
 }
 
 func ExampleParsePolicy() {
-	for _, s := range []string{"100/s burst 200", "1000/hour", "concurrency 50", "100/week"} {
+	for _, s := range []string{"100/s burst 200", "1000/hour", "concurrency 50", "10000/month", "100/fortnight"} {
 		p, err := ratelimit.ParsePolicy(s)
 		if err != nil {
 			fmt.Println(err)
@@ -72,7 +72,8 @@ func ExampleParsePolicy() {
 	// 100/s burst 200  kind=rate limit=100 period=1s burst=200 interval=10ms
 	// 1000/h           kind=rate limit=1000 period=1h0m0s burst=1000 interval=3.6s
 	// concurrency 50   kind=concurrency limit=50 period=0s burst=0 interval=0s
-	// ratelimit: policy "100/week": unknown time unit "week" (want s, m, h or d)
+	// 10000/month      kind=calendar limit=10000 period=0s burst=10000 interval=0s
+	// ratelimit: policy "100/fortnight": unknown time unit "fortnight" (want s, m, h or d)
 }
 
 // AllowN is the allocation-free single-policy call, with time passed in.

@@ -50,7 +50,7 @@ func FuzzParseFields(f *testing.F) {
 				// something that parses to the same name.
 				pol := ratelimit.Policy{Name: p.Name, Limit: 1, Period: 1e9}
 				if pol.Validate() == nil {
-					back, err := ratelimit.ParsePolicyField(ratelimit.PolicyField(pol))
+					back, err := ratelimit.ParsePolicyField(ratelimit.PolicyField(pol, ratelimit.Result{}))
 					if err != nil || len(back) != 1 || back[0].Name != p.Name {
 						t.Fatalf("name %q does not round-trip: %+v %v", p.Name, back, err)
 					}

@@ -596,22 +596,32 @@ func testBound(t *testing.T, e *env) {
 func testHTTPDenied(t *testing.T, e *env) {
 	p := e.policy(t, "p", "1/m burst 2")
 	mw, err := ratelimit.Middleware(ratelimit.Options{
-		Rules: []ratelimit.Rule{{Policy: p, Key: ratelimit.Header("X-Api-Key")}},
+		Rules: []ratelimit.Rule{{Policy: p, Key: ratelimit.Header("X-Api-Key"), Cost: func(r *http.Request) int64 {
+			if r.Header.Get("X-Cost") != "" {
+				return 3 // above the burst of 2
+			}
+			return 1
+		}}},
 		Store: e.store, Now: e.now, Timeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
-	get := func() *httptest.ResponseRecorder {
+	get := func(hdr ...string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(http.MethodGet, "/x", nil)
 		r.Header.Set("X-Api-Key", "key-1")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			r.Header.Set(hdr[i], hdr[i+1])
+		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		return w
 	}
-	wantPolicy := `"` + p.Name + `";q=1;w=60`
-	for i, want := range []string{`;r=1;t=60`, `;r=0;t=120`} {
+	// q is the burst and w the time it takes to come back; t is the time
+	// until one more unit is available (one emission interval here).
+	wantPolicy := `"` + p.Name + `";q=2;w=120`
+	for i, want := range []string{`;r=1;t=60`, `;r=0;t=60`} {
 		w := get()
 		if w.Code != http.StatusNoContent || w.Header().Get("RateLimit-Policy") != wantPolicy || w.Header().Get("RateLimit") != `"`+p.Name+`"`+want {
 			t.Fatalf("request %d: %d RateLimit-Policy=%q RateLimit=%q, want 204 %q %q", i, w.Code,
@@ -621,8 +631,17 @@ func testHTTPDenied(t *testing.T, e *env) {
 	w := get()
 	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "60" ||
 		w.Header().Get("Content-Type") != "application/problem+json" || !strings.Contains(w.Body.String(), `"violated_policies":["`+p.Name+`"]`) ||
-		w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=120` || w.Header().Get("RateLimit-Policy") != wantPolicy {
+		w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=60` || w.Header().Get("RateLimit-Policy") != wantPolicy {
 		t.Fatalf("denied: %d Retry-After=%q RateLimit=%q body %s", w.Code, w.Header().Get("Retry-After"), w.Header().Get("RateLimit"), w.Body)
+	}
+	// A cost above the burst can never be admitted: 429 without
+	// Retry-After, but with the fields like every other response, and
+	// nothing charged.
+	w = get("X-Cost", "3")
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "" ||
+		w.Header().Get("RateLimit-Policy") != wantPolicy || w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=60` {
+		t.Fatalf("cost above the burst: %d Retry-After=%q RateLimit-Policy=%q RateLimit=%q", w.Code,
+			w.Header().Get("Retry-After"), w.Header().Get("RateLimit-Policy"), w.Header().Get("RateLimit"))
 	}
 }
 

@@ -192,8 +192,11 @@ func (s *Store) key(d ratelimit.Demand, tag string) string {
 	b = append(b, d.Key...)
 	sum := sha256.Sum256(b)
 	kind := "r"
-	if d.Policy.Kind == ratelimit.KindConcurrency {
+	switch d.Policy.Kind {
+	case ratelimit.KindConcurrency:
 		kind = "c"
+	case ratelimit.KindCalendar:
+		kind = "q"
 	}
 	return s.prefix + "{" + tag + "}:" + kind + ":" + hex.EncodeToString(sum[:16])
 }
@@ -228,17 +231,25 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 	keys := make([]string, len(demands))
 	args := make([]any, 1, 1+4*len(demands))
 	var id uint64
+	var cal [][4]int64           // period boundaries of calendar demands, by demand (nil if none)
 	tag := s.tag(demands[0].Key) // the same for every demand (checked above when sharded)
 	for i := range demands {
 		d := &demands[i]
 		keys[i] = s.key(*d, tag)
-		kind, a, b := "r", d.Policy.Interval().Microseconds(), int64(0)
-		if d.Policy.Kind == ratelimit.KindConcurrency {
+		kind, a, b := "r", d.Policy.Interval().Microseconds(), any(int64(0))
+		switch d.Policy.Kind {
+		case ratelimit.KindConcurrency:
 			kind, a, b = "c", d.Policy.Limit, s.leaseUS
 			if id == 0 {
 				id = rand.Uint64() | 1
 			}
-		} else {
+		case ratelimit.KindCalendar:
+			if cal == nil {
+				cal = make([][4]int64, len(demands))
+			}
+			cal[i] = boundaries(d.Policy, time.Now())
+			kind, a, b = "q", d.Policy.Limit, fmt.Sprintf("%d:%d:%d:%d", cal[i][0], cal[i][1], cal[i][2], cal[i][3])
+		default:
 			b = a * d.Policy.EffectiveBurst()
 		}
 		if d.Shadow {
@@ -265,6 +276,9 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 			RetryAfter: time.Duration(v[o+2]) * time.Microsecond,
 			ResetAfter: time.Duration(v[o+3]) * time.Microsecond,
 		}
+		if demands[i].Policy.Kind == ratelimit.KindCalendar {
+			results[i].Window = periodOf(cal[i], time.Now().Add(results[i].ResetAfter))
+		}
 		if demands[i].Policy.Kind == ratelimit.KindConcurrency {
 			if !results[i].Allowed {
 				results[i].RetryAfter = ratelimit.ConcurrencyRetryAfter // as Local: one constant
@@ -277,6 +291,38 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 		tk.ID = id
 	}
 	return tk, nil
+}
+
+// boundaries returns the Unix µs boundaries of the calendar periods of p
+// before, at and after now: [b0,b1) [b1,b2) [b2,b3), the middle one
+// holding now. The script picks the one holding the Redis clock, so a
+// replica whose clock is off by less than a period still charges the
+// period Redis is in.
+func boundaries(p ratelimit.Policy, now time.Time) [4]int64 {
+	start, end := p.Window(now)
+	prev, _ := p.Window(start.Add(-time.Nanosecond))
+	_, next := p.Window(end)
+	return [4]int64{prev.UnixMicro(), start.UnixMicro(), end.UnixMicro(), next.UnixMicro()}
+}
+
+// periodOf returns the length of the period in b whose end is nearest to
+// end (the end the script used, estimated from its reset).
+func periodOf(b [4]int64, end time.Time) time.Duration {
+	e := end.UnixMicro()
+	best := 1
+	for i := 2; i <= 3; i++ {
+		if abs(b[i]-e) < abs(b[best]-e) {
+			best = i
+		}
+	}
+	return time.Duration(b[best]-b[best-1]) * time.Microsecond
+}
+
+func abs(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
 }
 
 // Release implements ratelimit.Store in one script call.

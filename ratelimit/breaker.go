@@ -1,0 +1,180 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ErrStoreStalled is the store error of a decision abandoned because the
+// store answered no call at all (this decision's or any other sharing the
+// Breaker) for a whole Options.Timeout: the mark of a frozen server or a
+// cut link, as opposed to a slow answer under load.
+var ErrStoreStalled = errors.New("ratelimit: store answered nothing within the timeout")
+
+// errStoreBackoff is the Event.Err of requests that skipped the store
+// because the Breaker is open.
+var errStoreBackoff = errors.New("ratelimit: store skipped: the breaker is open after evidence that the store is down")
+
+// BreakerOptions configure a Breaker. The zero value is a sensible
+// default.
+type BreakerOptions struct {
+	// Failures is the number of consecutive failed decisions (errors,
+	// stalls, decisions past Options.MaxWait), each within OpenFor of the
+	// previous one, that opens the breaker. A refused or reset connection
+	// opens it at once. Default 3.
+	Failures int
+	// OpenFor is how long the breaker stays open: requests skip the store
+	// and go straight to their failure mode. Then every request tries the
+	// store again, and the first evidence of an outage opens it again.
+	// Default 1s; negative: never open (every request tries the store).
+	OpenFor time.Duration
+}
+
+// Breaker decides when a store counts as down. It is shared by every
+// middleware built on one store (every route, every configuration
+// reload), so that they agree, and it tracks the store's progress: the
+// last time any decision was answered, which tells a slow store (answers
+// keep coming) from a dead one (nothing comes back). A Breaker is safe
+// for concurrent use.
+type Breaker struct {
+	failures int
+	openFor  time.Duration
+	base     time.Time // monotonic origin of lastAnswer
+	// lastAnswer is the monotonic time (ns since base, +1 so 0 means
+	// never) of the last successful store call.
+	lastAnswer atomic.Int64
+	consec     atomic.Int64
+	lastFail   atomic.Int64 // Unix ns (Options.Now) of the last failure
+	openUntil  atomic.Int64 // Unix ns (Options.Now); store skipped before it
+}
+
+// NewBreaker returns a closed Breaker.
+func NewBreaker(opts BreakerOptions) *Breaker {
+	b := &Breaker{failures: opts.Failures, openFor: opts.OpenFor, base: time.Now()}
+	if b.failures <= 0 {
+		b.failures = 3
+	}
+	if b.openFor == 0 {
+		b.openFor = time.Second
+	}
+	return b
+}
+
+// Open reports whether the breaker is open at now: the store is skipped.
+func (b *Breaker) Open(now time.Time) bool {
+	u := b.openUntil.Load()
+	return u != 0 && now.UnixNano() < u
+}
+
+func (b *Breaker) mono() int64 { return int64(time.Since(b.base)) + 1 }
+
+// answered records a successful store call: the store is alive.
+func (b *Breaker) answered() {
+	b.lastAnswer.Store(b.mono())
+	if b.consec.Load() != 0 {
+		b.consec.Store(0)
+	}
+}
+
+// failed records a failed decision at now and reports whether it opened
+// the breaker.
+func (b *Breaker) failed(now time.Time, err error) bool {
+	if b.openFor < 0 {
+		return false
+	}
+	t := now.UnixNano()
+	n := b.consec.Add(1)
+	if prev := b.lastFail.Swap(t); prev != 0 && t-prev > int64(b.openFor) {
+		b.consec.Store(1) // the previous failure is too old to count
+		n = 1
+	}
+	if connectionDown(err) || n >= int64(b.failures) {
+		b.openUntil.Store(now.Add(b.openFor).UnixNano())
+		return true
+	}
+	return false
+}
+
+// connectionDown reports errors that prove the server is not there: a
+// refused, reset or aborted connection, a closed pipe, or a dial that
+// failed.
+func connectionDown(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial" && !op.Timeout()
+}
+
+// decide runs store.Decide under the timeouts of Options: the decision
+// is abandoned (ErrStoreStalled) as soon as a whole timeout passes without
+// any answer from the store to anyone, and in any case after maxWait. A
+// store that keeps answering other decisions is slow, not down: the
+// decision waits for it, up to maxWait.
+//
+// The store call runs on its own goroutine with its own results, because
+// a client blocked reading a frozen server honours only the deadline
+// (maxWait), not a cancellation: an abandoned call ends by itself at
+// maxWait, and its results are dropped.
+func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeout, maxWait time.Duration,
+	demands []Demand, results []Result) (Ticket, error) {
+	if timeout < 0 {
+		tk, err := store.Decide(ctx, now, demands, results)
+		if err == nil {
+			b.answered()
+		}
+		return tk, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, maxWait)
+	c := &storeCall{done: make(chan struct{})}
+	if len(demands) <= len(c.buf) {
+		c.res = c.buf[:len(demands)]
+	} else {
+		c.res = make([]Result, len(demands))
+	}
+	go func() {
+		defer cancel()
+		c.tk, c.err = store.Decide(cctx, now, demands, c.res)
+		close(c.done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	since := b.mono()
+	for {
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return Ticket{}, c.err
+			}
+			b.answered()
+			copy(results, c.res)
+			return c.tk, nil
+		case <-ctx.Done():
+			cancel()
+			return Ticket{}, fmt.Errorf("ratelimit: decision abandoned: %w", ctx.Err())
+		case <-t.C:
+			if b.lastAnswer.Load() < since {
+				cancel()
+				return Ticket{}, ErrStoreStalled
+			}
+			since = b.mono()
+			t.Reset(timeout)
+		}
+	}
+}
+
+// storeCall is one store decision running on its own goroutine.
+type storeCall struct {
+	done chan struct{}
+	tk   Ticket
+	err  error
+	res  []Result
+	buf  [4]Result
+}
