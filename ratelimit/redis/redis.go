@@ -180,6 +180,60 @@ func (s *Store) Load(ctx context.Context) error {
 	return nil
 }
 
+// Warm opens n connections in the pool of the client passed to New (on
+// every shard of a Cluster or Ring) and returns them to it idle, so that
+// a burst of up to n concurrent decisions does not queue behind dials.
+// The client's PoolSize should be at least n and its ConnMaxIdleTime long
+// (or MinIdleConns = n) for the connections to stay. A client of another
+// type is left alone. It fails with the first connection that cannot be
+// opened (the others stay in the pool), or when ctx ends.
+func (s *Store) Warm(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	var err error
+	switch c := s.c.(type) {
+	case *goredis.Client:
+		err = warm(ctx, c, n)
+	case *goredis.ClusterClient:
+		err = c.ForEachShard(ctx, func(ctx context.Context, sc *goredis.Client) error { return warm(ctx, sc, n) })
+	case *goredis.Ring:
+		err = c.ForEachShard(ctx, func(ctx context.Context, sc *goredis.Client) error { return warm(ctx, sc, n) })
+	}
+	if err != nil {
+		return fmt.Errorf("ratelimit/redis: warm %d connections: %w", n, err)
+	}
+	return nil
+}
+
+// warm holds n connections of c at once (each checked with a PING), then
+// gives them back to the pool.
+func warm(ctx context.Context, c *goredis.Client, n int) error {
+	n = min(n, c.Options().PoolSize)
+	conns := make([]*goredis.Conn, n)
+	errs := make([]error, n)
+	done := make(chan int, n)
+	for i := range conns {
+		go func() {
+			conns[i] = c.Conn()
+			errs[i] = conns[i].Ping(ctx).Err()
+			done <- i
+		}()
+	}
+	for range n {
+		<-done
+	}
+	for _, cn := range conns {
+		_ = cn.Close() // back to the pool
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Key returns the Redis key holding the state of d (see the package doc).
 func (s *Store) Key(d ratelimit.Demand) string { return s.key(d, s.tag(d.Key)) }
 
