@@ -199,12 +199,27 @@ type RateLimitConfig struct {
 	// Redis is the connection when Store is redis. Default: store.redis's
 	// address and credentials, with prefix "levee:rl:".
 	Redis RedisConfig `yaml:"redis"`
-	// Timeout bounds each store decision; past it the policy's
-	// on_store_error applies. Default 50ms.
+	// Timeout is how long a decision waits for a store that answers
+	// nothing at all (a frozen or cut Redis); past it the policy's
+	// on_store_error applies. A store that keeps answering other
+	// decisions is slow, not down, and is waited for up to max_wait.
+	// Default 50ms.
 	Timeout Duration `yaml:"timeout"`
-	// StoreBackoff skips the store for this long after a failure, so an
+	// MaxWait bounds every decision however busy the store; past it that
+	// one request gets its on_store_error. Default 1s.
+	MaxWait Duration `yaml:"max_wait"`
+	// StoreBackoff skips the store for this long once it is seen down (a
+	// refused or reset connection, or 3 consecutive failures), so an
 	// outage does not add Timeout to every request. Default 1s.
 	StoreBackoff Duration `yaml:"store_backoff"`
+	// Replicas estimates how many gateways share the store: a fail_open
+	// policy without a fallback enforces its limit divided by Replicas
+	// on each replica during an outage. Default 1.
+	Replicas int `yaml:"replicas"`
+	// Connections is the Redis connection pool of the rate limiter, all
+	// opened at start: size it for the concurrent requests one replica
+	// serves, so a burst does not wait for dials. Default 256.
+	Connections int `yaml:"connections"`
 	// UnavailableRetryAfter is the Retry-After of fail_closed 503s.
 	// Default 1s.
 	UnavailableRetryAfter Duration `yaml:"unavailable_retry_after"`
@@ -233,8 +248,12 @@ type PolicyConfig struct {
 	// or fail_closed (503).
 	OnStoreError string `yaml:"on_store_error"`
 	// Fallback is the per-replica limit used under fail_open. Default:
-	// the policy itself.
+	// the policy divided by rate_limit.replicas.
 	Fallback string `yaml:"fallback"`
+	// TimeZone is the IANA time zone (e.g. Europe/Paris) whose calendar a
+	// calendar quota ("10000/month", "500/week", "100/day calendar")
+	// resets by. Default UTC; only for calendar quotas.
+	TimeZone string `yaml:"time_zone"`
 
 	policy   ratelimit.Policy
 	fallback ratelimit.Policy
@@ -708,7 +727,14 @@ func (c *Config) setDefaults() {
 		rl.Redis.Prefix = "levee:rl:"
 	}
 	def(&rl.Timeout, 50*time.Millisecond)
+	def(&rl.MaxWait, time.Second)
 	def(&rl.StoreBackoff, time.Second)
+	if rl.Replicas == 0 {
+		rl.Replicas = 1
+	}
+	if rl.Connections == 0 {
+		rl.Connections = 256
+	}
 	def(&rl.UnavailableRetryAfter, time.Second)
 	def(&rl.ConcurrencyLease, time.Minute)
 }
@@ -778,6 +804,15 @@ func (c *Config) validate(doc *yaml.Node, cerr *ConfigError) {
 		bad("rate_limit.store", "unknown rate-limit store %q (want memory or redis)", c.RateLimit.Store)
 	}
 	policyNames := map[string]string{}
+	if c.RateLimit.Replicas < 1 {
+		bad("rate_limit.replicas", "must be at least 1")
+	}
+	if n := c.RateLimit.Connections; n < 1 || n > 10000 {
+		bad("rate_limit.connections", "must be between 1 and 10000, got %d", n)
+	}
+	if c.RateLimit.MaxWait < c.RateLimit.Timeout {
+		bad("rate_limit.max_wait", "must be at least rate_limit.timeout (%v)", c.RateLimit.Timeout.D())
+	}
 	for i := range c.RateLimit.Policies {
 		c.validatePolicy(&c.RateLimit.Policies[i], fmt.Sprintf("rate_limit.policies[%d]", i), "", policyNames, bad)
 	}
@@ -886,6 +921,15 @@ func (c *Config) validatePolicy(pc *PolicyConfig, path, route string, seen map[s
 		pol.Name = pc.Name
 		pc.policy = pol
 	}
+	if pc.TimeZone != "" {
+		if loc, err := time.LoadLocation(pc.TimeZone); err != nil {
+			bad(path+".time_zone", "unknown time zone %q: %v", pc.TimeZone, err)
+		} else if pc.policy.Name != "" && pc.policy.Kind != ratelimit.KindCalendar {
+			bad(path+".time_zone", "applies to calendar quotas only (e.g. \"10000/month\", \"100/day calendar\"), not %q", pc.Limit)
+		} else {
+			pc.policy.Location = loc
+		}
+	}
 	if pc.Key == "" {
 		pc.Key = "ip"
 	}
@@ -910,6 +954,7 @@ func (c *Config) validatePolicy(pc *PolicyConfig, path, route string, seen map[s
 		} else if pc.policy.Name != "" && fb.Kind != pc.policy.Kind {
 			bad(path+".fallback", "must be the same kind of limit as %q", pc.Limit)
 		} else {
+			fb.Location = pc.policy.Location
 			pc.fallback = fb
 		}
 	}

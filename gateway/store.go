@@ -137,12 +137,17 @@ func OpenRateLimitStore(ctx context.Context, c RateLimitConfig) (ratelimit.Store
 		Addr: c.Redis.Addr, Username: c.Redis.Username, Password: c.Redis.Password, DB: c.Redis.DB,
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
 		ContextTimeoutEnabled: true, // decisions are bounded by rate_limit.timeout
-		PoolSize:              256, MinIdleConns: 8,
+		// Every connection is opened at start and kept (Warm below,
+		// MinIdleConns refills): a burst never waits for dials.
+		PoolSize: c.Connections, MinIdleConns: c.Connections, ConnMaxIdleTime: -1,
 		Protocol: redisProtocol,
 	})
 	st, err := rlredis.New(client, rlredis.Options{Prefix: c.Redis.Prefix, ConcurrencyLease: c.ConcurrencyLease.D()})
 	if err == nil {
 		err = st.Load(ctx)
+	}
+	if err == nil {
+		err = st.Warm(ctx, c.Connections)
 	}
 	if err != nil {
 		_ = client.Close()
