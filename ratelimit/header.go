@@ -80,7 +80,11 @@ func StateField(p Policy, r Result) string {
 	b := make([]byte, 0, 48)
 	b = appendSFString(b, p.Name)
 	b = append(b, ";r="...)
-	b = strconv.AppendInt(b, min(max(r.Remaining, 0), max(p.burst(), p.Limit)), 10)
+	q := p.burst() // rate and calendar: the q of PolicyField
+	if p.Kind == KindConcurrency {
+		q = p.Limit
+	}
+	b = strconv.AppendInt(b, min(max(r.Remaining, 0), q), 10)
 	if p.Kind != KindConcurrency {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, min(ceilSeconds(r.NextAfter(p)), window(p, r)), 10)

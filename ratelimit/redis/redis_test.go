@@ -177,6 +177,9 @@ func TestOneRoundTripPerDecision(t *testing.T) {
 			ds[i] = ratelimit.Demand{Policy: policy(t, "p"+strconv.Itoa(i), "10/s"), Key: "k", Cost: 1}
 		}
 		ds[0].Policy = policy(t, "conc", "concurrency 5")
+		if n > 1 {
+			ds[1].Policy = policy(t, "monthly", "1000/month") // calendar quotas ride along
+		}
 		rs := make([]ratelimit.Result, n)
 		before := cnt.n.Load()
 		tk, err := s.Decide(ctx, time.Now(), ds, rs)
