@@ -63,6 +63,9 @@ func Run(t *testing.T, h Harness) {
 		{"ManyPolicies", testManyPolicies},
 		{"InvalidDemands", testInvalid},
 		{"AdmittedWithinBurstPlusRate", testBound},
+		{"CalendarQuota", testCalendar},
+		{"CalendarAcrossMonthBoundary", testCalendarMonthBoundary},
+		{"CalendarAcrossDST", testCalendarDST},
 		{"HTTP/DeniedIs429WithHeaders", testHTTPDenied},
 		{"HTTP/ConcurrencyReleasedOnPanic", testHTTPPanicRelease},
 	}
@@ -110,6 +113,9 @@ func (e *env) advance(d time.Duration) {
 }
 
 func (e *env) real() bool { return e.clock == nil }
+
+// setClock moves the fake clock forward to t.
+func (e *env) setClock(t time.Time) { e.clock.Advance(t.Sub(e.clock.Now())) }
 
 // policy parses spec and names it uniquely for this test.
 func (e *env) policy(t testing.TB, name, spec string) ratelimit.Policy {
@@ -691,5 +697,104 @@ func testHTTPPanicRelease(t *testing.T, e *env) {
 	}
 	if code, _ := serve("/fast"); code != http.StatusOK {
 		t.Fatalf("after a panicking request: %d, want 200 (its slot released)", code)
+	}
+}
+
+// A calendar quota admits Limit units per period, atomically with the
+// request's other policies: a request denied by another policy charges the
+// quota nothing, and a denial waits until the period ends.
+func testCalendar(t *testing.T, e *env) {
+	q := e.policy(t, "q", "3/day calendar")
+	rate := e.policy(t, "r", "1/m burst 2")
+	if _, end := q.Window(e.now()); e.real() && end.Sub(e.now()) < time.Minute {
+		t.Skip("too close to midnight UTC for a real-clock run")
+	}
+	before := e.now()
+	rs, _ := e.decide(t, d(q, "k"), d(rate, "k"))
+	wantResult(t, "first", rs[0], true, 2)
+	_, end := q.Window(before)
+	e.approx(t, "ResetAfter", rs[0].ResetAfter, end.Sub(before))
+	if rs[0].Window != 24*time.Hour {
+		t.Fatalf("Window = %v, want 24h (UTC)", rs[0].Window)
+	}
+	rs, _ = e.decide(t, d(q, "k"), d(rate, "k"))
+	wantResult(t, "second", rs[0], true, 1)
+	// The rate policy denies the third request: the quota is not charged.
+	rs, _ = e.decide(t, d(q, "k"), d(rate, "k"))
+	if rs[1].Allowed || !rs[0].Allowed || rs[0].Remaining != 1 {
+		t.Fatalf("third: %+v, want the rate denial and the quota untouched (1 left)", rs)
+	}
+	wantResult(t, "quota alone", e.one(t, q, "k", 1), true, 0)
+	before = e.now()
+	r := e.one(t, q, "k", 1)
+	wantResult(t, "over the quota", r, false, 0)
+	_, end = q.Window(before)
+	e.approx(t, "RetryAfter", r.RetryAfter, end.Sub(before))
+	wantResult(t, "another key", e.one(t, q, "k2", 3), true, 0)
+	var errCost error
+	_, errCost = e.store.Decide(context.Background(), e.now(), []ratelimit.Demand{{Policy: q, Key: "k3", Cost: 4}}, make([]ratelimit.Result, 1))
+	if !errors.Is(errCost, ratelimit.ErrCostExceedsBurst) {
+		t.Fatalf("cost above the quota: %v, want ErrCostExceedsBurst", errCost)
+	}
+}
+
+// On a fake clock: the quota resets exactly at local midnight on the 1st,
+// in the policy's time zone, and a February is 28 days long.
+func testCalendarMonthBoundary(t *testing.T, e *env) {
+	if e.real() {
+		t.Skip("needs a store that decides with the time passed in; the Redis script's boundary switch is tested on its own")
+	}
+	tokyo, err := time.LoadLocation("Asia/Tokyo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := e.policy(t, "m", "2/month")
+	q.Location = tokyo
+	// 2030-01-31 23:59:59 in Tokyo is 14:59:59 UTC.
+	e.setClock(time.Date(2030, 1, 31, 23, 59, 59, 0, tokyo))
+	wantResult(t, "January", e.one(t, q, "k", 2), true, 0)
+	r := e.one(t, q, "k", 1)
+	wantResult(t, "January, over", r, false, 0)
+	if r.RetryAfter != time.Second || r.Window != 31*24*time.Hour {
+		t.Fatalf("January: RetryAfter %v Window %v, want 1s and 31 days", r.RetryAfter, r.Window)
+	}
+	e.advance(time.Second - time.Nanosecond)
+	wantResult(t, "one nanosecond early", e.one(t, q, "k", 1), false, 0)
+	e.advance(time.Nanosecond)
+	r = e.one(t, q, "k", 1)
+	wantResult(t, "February", r, true, 1)
+	if r.Window != 28*24*time.Hour || r.ResetAfter != 28*24*time.Hour {
+		t.Fatalf("February: Window %v ResetAfter %v, want 28 days", r.Window, r.ResetAfter)
+	}
+}
+
+// On a fake clock: a calendar day in New York is 23 hours long when DST
+// starts and 25 when it ends, and the quota resets at local midnight.
+func testCalendarDST(t *testing.T, e *env) {
+	if e.real() {
+		t.Skip("needs a store that decides with the time passed in")
+	}
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		day  time.Time
+		want time.Duration
+	}{
+		{time.Date(2030, 3, 10, 0, 30, 0, 0, ny), 23 * time.Hour}, // DST starts at 02:00
+		{time.Date(2030, 11, 3, 0, 30, 0, 0, ny), 25 * time.Hour}, // DST ends at 02:00
+	} {
+		q := e.policy(t, "dst"+c.day.Format("0102"), "1/day calendar")
+		q.Location = ny
+		e.setClock(c.day)
+		wantResult(t, "first", e.one(t, q, "k", 1), true, 0)
+		r := e.one(t, q, "k", 1)
+		left := c.want - 30*time.Minute
+		if r.Allowed || r.RetryAfter != left || r.Window != c.want {
+			t.Fatalf("%v: %+v, want denied for %v in a %v day", c.day, r, left, c.want)
+		}
+		e.setClock(time.Date(c.day.Year(), c.day.Month(), c.day.Day()+1, 0, 0, 0, 0, ny))
+		wantResult(t, "next day", e.one(t, q, "k", 1), true, 0)
 	}
 }
