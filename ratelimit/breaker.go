@@ -13,8 +13,9 @@ import (
 
 // ErrStoreStalled is the store error of a decision abandoned because the
 // store answered no call at all (this decision's or any other sharing the
-// Breaker) for a whole Options.Timeout: the mark of a frozen server or a
-// cut link, as opposed to a slow answer under load.
+// Breaker) for a whole Options.Timeout since the call started: the mark
+// of a frozen server or a cut link, as opposed to a slow answer under
+// load. It opens the Breaker at once.
 var ErrStoreStalled = errors.New("ratelimit: store answered nothing within the timeout")
 
 // errStoreBackoff is the Event.Err of requests that skipped the store
@@ -25,14 +26,16 @@ var errStoreBackoff = errors.New("ratelimit: store skipped: the breaker is open 
 // default.
 type BreakerOptions struct {
 	// Failures is the number of consecutive failed decisions (errors,
-	// stalls, decisions past Options.MaxWait), each within OpenFor of the
+	// decisions past Options.MaxWait), each within OpenFor of the
 	// previous one, that opens the breaker. A refused or reset connection
-	// opens it at once. Default 3.
+	// and a stall (ErrStoreStalled) open it at once. Default 3.
 	Failures int
 	// OpenFor is how long the breaker stays open: requests skip the store
-	// and go straight to their failure mode. Then every request tries the
-	// store again, and the first evidence of an outage opens it again.
-	// Default 1s; negative: never open (every request tries the store).
+	// and go straight to their failure mode. Then one request at a time
+	// (at most one per OpenFor) probes the store while the others keep
+	// their failure mode; the first answer closes the breaker, a failed
+	// probe opens it again. Default 1s; negative: never open (every
+	// request tries the store).
 	OpenFor time.Duration
 }
 
@@ -51,7 +54,8 @@ type Breaker struct {
 	lastAnswer atomic.Int64
 	consec     atomic.Int64
 	lastFail   atomic.Int64 // Unix ns (Options.Now) of the last failure
-	openUntil  atomic.Int64 // Unix ns (Options.Now); store skipped before it
+	openUntil  atomic.Int64 // Unix ns (Options.Now); store skipped before it; 0 when closed
+	probeAt    atomic.Int64 // Unix ns (Options.Now) of the last probe while open
 }
 
 // NewBreaker returns a closed Breaker.
@@ -67,9 +71,22 @@ func NewBreaker(opts BreakerOptions) *Breaker {
 }
 
 // Open reports whether the breaker is open at now: the store is skipped.
+// Past OpenFor it returns false for one caller (the probe) per OpenFor,
+// and true for the others, until a store call succeeds.
 func (b *Breaker) Open(now time.Time) bool {
 	u := b.openUntil.Load()
-	return u != 0 && now.UnixNano() < u
+	if u == 0 {
+		return false
+	}
+	t := now.UnixNano()
+	if t < u {
+		return true
+	}
+	p := b.probeAt.Load()
+	if t-p >= int64(b.openFor) && b.probeAt.CompareAndSwap(p, t) {
+		return false // this caller probes
+	}
+	return true
 }
 
 func (b *Breaker) mono() int64 { return int64(time.Since(b.base)) + 1 }
@@ -79,6 +96,9 @@ func (b *Breaker) answered() {
 	b.lastAnswer.Store(b.mono())
 	if b.consec.Load() != 0 {
 		b.consec.Store(0)
+	}
+	if b.openUntil.Load() != 0 {
+		b.openUntil.Store(0) // a probe succeeded: closed
 	}
 }
 
@@ -94,8 +114,9 @@ func (b *Breaker) failed(now time.Time, err error) bool {
 		b.consec.Store(1) // the previous failure is too old to count
 		n = 1
 	}
-	if connectionDown(err) || n >= int64(b.failures) {
+	if errors.Is(err, ErrStoreStalled) || connectionDown(err) || n >= int64(b.failures) {
 		b.openUntil.Store(now.Add(b.openFor).UnixNano())
+		b.probeAt.Store(0)
 		return true
 	}
 	return false
@@ -139,14 +160,15 @@ func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeou
 	} else {
 		c.res = make([]Result, len(demands))
 	}
+	var started atomic.Int64 // when the call began (mono); 0 while queued behind this process's own work
 	go func() {
 		defer cancel()
+		started.Store(b.mono())
 		c.tk, c.err = store.Decide(cctx, now, demands, c.res)
 		close(c.done)
 	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	since := b.mono()
 	for {
 		select {
 		case <-c.done:
@@ -160,12 +182,21 @@ func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeou
 			cancel()
 			return Ticket{}, fmt.Errorf("ratelimit: decision abandoned: %w", ctx.Err())
 		case <-t.C:
-			if b.lastAnswer.Load() < since {
+			// Silence counts from when the call started (a call still
+			// waiting for this process's CPU says nothing about the
+			// store) or from the last answer to anyone, whichever is
+			// later.
+			s := started.Load()
+			if s == 0 {
+				t.Reset(timeout)
+				continue
+			}
+			quiet := b.mono() - max(s, b.lastAnswer.Load())
+			if quiet >= int64(timeout) {
 				cancel()
 				return Ticket{}, ErrStoreStalled
 			}
-			since = b.mono()
-			t.Reset(timeout)
+			t.Reset(timeout - time.Duration(quiet))
 		}
 	}
 }

@@ -100,9 +100,10 @@ func TestBreakerWaitsForASlowStore(t *testing.T) {
 	}
 }
 
-// A store that answers nothing at all: each decision takes its failure
-// mode after one Timeout (not MaxWait), and the breaker opens after
-// Failures consecutive stalls, after which the store is not called.
+// A store that answers nothing at all: the decision takes its failure
+// mode after one Timeout (not MaxWait) and the breaker opens at once: the
+// store is not called until OpenFor has passed, then one probe at a time
+// tries it, and its answer closes the breaker.
 func TestBreakerStalledStore(t *testing.T) {
 	t.Parallel()
 	s := &gatedStore{local: ratelimit.NewLocal(ratelimit.LocalOptions{}), gate: make(chan struct{})}
@@ -111,9 +112,9 @@ func TestBreakerStalledStore(t *testing.T) {
 			{Policy: mustPolicy(t, "open", "100/s"), Key: ratelimit.Constant("")},
 		},
 		Store: s, Timeout: 20 * time.Millisecond, MaxWait: time.Hour,
-		Breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{Failures: 2, OpenFor: time.Minute}),
+		Breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{OpenFor: time.Minute}),
 	})
-	for i := range 2 {
+	for i := range 1 {
 		done := make(chan int, 1)
 		go func() { done <- f.do().Code }()
 		select {
@@ -137,12 +138,28 @@ func TestBreakerStalledStore(t *testing.T) {
 		t.Fatalf("the open breaker let %d calls through", got-calls)
 	}
 	f.clock.Advance(time.Minute)
-	go func() { s.gate <- struct{}{} }() // the store is back
-	if w := f.do(); w.Code != http.StatusOK || s.calls.Load() != calls+1 {
-		t.Fatalf("after OpenFor: %d, %d calls", w.Code, s.calls.Load()-calls)
+	// One probe: while it waits for the store, other requests keep the
+	// failure mode without calling it.
+	probe := make(chan int)
+	go func() { probe <- f.do().Code }()
+	for s.calls.Load() != calls+1 {
+		time.Sleep(time.Millisecond)
+	}
+	f.do()
+	if got := s.calls.Load(); got != calls+1 {
+		t.Fatalf("%d calls while one probe was in flight, want 1", got-calls)
+	}
+	s.gate <- struct{}{} // the store is back
+	if code := <-probe; code != http.StatusOK {
+		t.Fatalf("probe: %d", code)
+	}
+	f.rec.take()
+	go func() { s.gate <- struct{}{} }()
+	if w := f.do(); w.Code != http.StatusOK || s.calls.Load() != calls+2 {
+		t.Fatalf("after the probe: %d, %d calls", w.Code, s.calls.Load()-calls)
 	}
 	if evs := f.rec.take(); evs[len(evs)-1].Fallback {
-		t.Fatal("after OpenFor the store did not decide")
+		t.Fatal("after a successful probe the store did not decide")
 	}
 }
 

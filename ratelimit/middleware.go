@@ -58,8 +58,9 @@ type Options struct {
 	// abandoned (ErrStoreStalled) and takes its rules' failure mode. A
 	// store that keeps answering others is slow, not down, and the
 	// decision keeps waiting for it, up to MaxWait. Timeout also bounds
-	// each Release. Default 50ms; negative: no bound beyond the request's
-	// context. A store whose client ignores context deadlines cannot
+	// each Release. Default 250ms (a shorter silence is within what CPU
+	// contention on a busy host produces: 50 ms sent healthy decisions to
+	// the fallback); negative: no bound beyond the request's context. A store whose client ignores context deadlines cannot
 	// honour it; see ratelimit/redis.
 	Timeout time.Duration
 	// MaxWait bounds every decision, however busy the store: past it,
@@ -88,6 +89,9 @@ type Options struct {
 	// per request, for metrics and logs.
 	OnDecision func(Event)
 }
+
+// DefaultTimeout is the default of Options.Timeout.
+const DefaultTimeout = 250 * time.Millisecond
 
 // Outcome is what one rule decided for one request.
 type Outcome uint8
@@ -231,7 +235,7 @@ func newMiddleware(opts Options) (*middleware, error) {
 		m.now = time.Now
 	}
 	if m.timeout == 0 {
-		m.timeout = 50 * time.Millisecond
+		m.timeout = DefaultTimeout
 	}
 	if m.maxWait <= 0 {
 		m.maxWait = time.Second
