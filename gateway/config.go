@@ -203,14 +203,15 @@ type RateLimitConfig struct {
 	// nothing at all (a frozen or cut Redis); past it the policy's
 	// on_store_error applies. A store that keeps answering other
 	// decisions is slow, not down, and is waited for up to max_wait.
-	// Default 50ms.
+	// Default 250ms.
 	Timeout Duration `yaml:"timeout"`
 	// MaxWait bounds every decision however busy the store; past it that
 	// one request gets its on_store_error. Default 1s.
 	MaxWait Duration `yaml:"max_wait"`
 	// StoreBackoff skips the store for this long once it is seen down (a
-	// refused or reset connection, or 3 consecutive failures), so an
-	// outage does not add Timeout to every request. Default 1s.
+	// refused or reset connection, a silence of timeout, or 3 consecutive
+	// failures), so an outage does not add Timeout to every request; then
+	// one request at a time probes it. Default 1s.
 	StoreBackoff Duration `yaml:"store_backoff"`
 	// Replicas estimates how many gateways share the store: a fail_open
 	// policy without a fallback enforces its limit divided by Replicas
@@ -726,7 +727,7 @@ func (c *Config) setDefaults() {
 	if rl.Redis.Prefix == "" {
 		rl.Redis.Prefix = "levee:rl:"
 	}
-	def(&rl.Timeout, 50*time.Millisecond)
+	def(&rl.Timeout, ratelimit.DefaultTimeout)
 	def(&rl.MaxWait, time.Second)
 	def(&rl.StoreBackoff, time.Second)
 	if rl.Replicas == 0 {
