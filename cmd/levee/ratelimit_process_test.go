@@ -215,6 +215,44 @@ func TestRateLimitExactAcrossReplicas(t *testing.T) {
 	if n := fallbacks(t, reps); n != 0 {
 		t.Fatalf("%d fallback decisions on a healthy Redis, want 0", n)
 	}
+	t.Logf("decision latency over the three bursts (levee_ratelimit_decision_duration_seconds, all replicas): p50 ≤ %s, p99 ≤ %s",
+		quantile(t, reps, 0.50), quantile(t, reps, 0.99))
+}
+
+var bucketRE = regexp.MustCompile(`(?m)^levee_ratelimit_decision_duration_seconds_bucket\{le="([^"]+)"\} (\d+)`)
+
+// quantile returns the upper bound of the histogram bucket holding the
+// q-quantile of the decision latency, summed over the replicas: a report,
+// never asserted.
+func quantile(t *testing.T, replicas []*replica, q float64) string {
+	t.Helper()
+	counts := map[string]int{}
+	var les []string
+	for _, r := range replicas {
+		resp, err := http.Get("http://" + r.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range bucketRE.FindAllStringSubmatch(string(b), -1) {
+			if _, ok := counts[m[1]]; !ok {
+				les = append(les, m[1])
+			}
+			n, _ := strconv.Atoi(m[2])
+			counts[m[1]] += n
+		}
+	}
+	if len(les) == 0 {
+		return "?"
+	}
+	total := counts[les[len(les)-1]]
+	for _, le := range les {
+		if float64(counts[le]) >= q*float64(total) {
+			return le + "s"
+		}
+	}
+	return "+Inf"
 }
 
 // deleteRedisPrefix deletes this test's keys (never FLUSHDB on the shared
