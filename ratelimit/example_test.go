@@ -94,3 +94,28 @@ func ExampleLocal_AllowN() {
 	// request 3: allowed=false remaining=0 retry_after=500ms
 	// 500ms later: allowed=true
 }
+
+// A calendar quota resets at the calendar boundary in its time zone: here
+// midnight on 1 April in Paris, an hour after the last unit of March is
+// spent (March 2030 is 31 days minus the hour DST takes away). t and the
+// denied demand's RetryAfter point at the boundary.
+func ExampleParsePolicy_calendar() {
+	p, _ := ratelimit.ParsePolicy("10000/month")
+	p.Name = "monthly"
+	p.Location, _ = time.LoadLocation("Europe/Paris")
+	l := ratelimit.NewLocal(ratelimit.LocalOptions{})
+	now := time.Date(2030, 3, 31, 23, 0, 0, 0, p.Location)
+
+	r := l.AllowN(now, p, "tenant-1", 10000)
+	h := http.Header{}
+	ratelimit.SetHeaders(h, p, r)
+	fmt.Println(r.Allowed, h.Get("RateLimit-Policy"), h.Get("RateLimit"))
+	r = l.AllowN(now, p, "tenant-1", 1)
+	fmt.Println(r.Allowed, r.RetryAfter)
+	r = l.AllowN(now.Add(time.Hour), p, "tenant-1", 1)
+	fmt.Println(r.Allowed, r.Remaining)
+	// Output:
+	// true "monthly";q=10000;w=2674800 "monthly";r=0;t=3600
+	// false 1h0m0s
+	// true 9999
+}
