@@ -167,9 +167,11 @@ type middleware struct {
 //     and RateLimit for the tightest non-shadow policy (the violated one
 //     with the longest wait, else the one with the fewest units left);
 //   - concurrency slots are released when the handler returns or panics;
-//   - the store failing (error or Timeout): FailClosed rules answer 503
+//   - the store failing (silent for Timeout, refusing connections, past
+//     MaxWait, an error, or the Breaker open): FailClosed rules answer 503
 //     (type rate-limit-store-unavailable) with Retry-After; if none
-//     applies, the request is decided by Fallback instead.
+//     applies, the request is decided by Fallback instead. A store that is
+//     slow but answering is waited for, up to MaxWait.
 //
 // It returns an error naming the rule and field if opts are invalid.
 func Middleware(opts Options) (func(http.Handler) http.Handler, error) {
