@@ -22,12 +22,15 @@
 //	<Prefix>{<tag>}:r:<h>   a string: the GCRA TAT in Unix microseconds
 //	<Prefix>{<tag>}:c:<h>   a sorted set: in-flight decision ids, scored
 //	                        by the Unix microsecond their lease ends
+//	<Prefix>{<tag>}:q:<h>   a string "units:period_end" (calendar quota;
+//	                        period_end in Unix microseconds)
 //
 // where h is the first 128 bits of SHA-256(name, key) in hex, so that keys
 // such as API keys never reach Redis in clear and every key has the same
 // short length. A rate key's TTL is the time until its TAT passes (after
 // which the key would be "full" anyway, so expiry changes no decision); a
-// concurrency key's TTL is ConcurrencyLease, refreshed by each admission.
+// concurrency key's TTL is ConcurrencyLease, refreshed by each admission;
+// a calendar key's TTL is the end of its period (plus a second).
 // A request that runs longer than ConcurrencyLease stops counting against
 // its concurrency limit, and a replica that crashes holding slots has them
 // back after at most ConcurrencyLease.
@@ -42,6 +45,21 @@
 // keys over the Cluster; every demand of one decision must then have the
 // same key (for example, all of a route's policies keyed by API key),
 // and Decide refuses other decisions with ErrCrossSlot.
+//
+// # Calendar quotas
+//
+// The replica computes the boundaries of the previous, current and next
+// calendar period in the policy's time zone (Go's time zone database) and
+// passes them with the demand; the script charges the period that holds
+// Redis TIME. So a calendar quota is decided in the same script call as
+// the request's other policies, by the one Redis clock, and a replica
+// whose clock is off by less than a period charges the right one.
+//
+// # Connections
+//
+// Warm opens a number of pooled connections at once, so that a burst of
+// that many concurrent decisions does not wait for dials; the gateway
+// does it at start for its whole pool.
 //
 // # Failures
 //
