@@ -154,17 +154,21 @@ func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeou
 		return tk, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, maxWait)
+	// The call gets its own copy of demands and results: an abandoned
+	// call may still read and write them while the caller moves on (the
+	// fallback reuses demands).
 	c := &storeCall{done: make(chan struct{})}
 	if len(demands) <= len(c.buf) {
-		c.res = c.buf[:len(demands)]
+		c.res, c.ds = c.buf[:len(demands)], c.dbuf[:len(demands)]
 	} else {
-		c.res = make([]Result, len(demands))
+		c.res, c.ds = make([]Result, len(demands)), make([]Demand, len(demands))
 	}
+	copy(c.ds, demands)
 	var started atomic.Int64 // when the call began (mono); 0 while queued behind this process's own work
 	go func() {
 		defer cancel()
 		started.Store(b.mono())
-		c.tk, c.err = store.Decide(cctx, now, demands, c.res)
+		c.tk, c.err = store.Decide(cctx, now, c.ds, c.res)
 		close(c.done)
 	}()
 	t := time.NewTimer(timeout)
@@ -207,5 +211,7 @@ type storeCall struct {
 	tk   Ticket
 	err  error
 	res  []Result
+	ds   []Demand
 	buf  [4]Result
+	dbuf [4]Demand
 }

@@ -44,8 +44,8 @@ func serveOne(h http.Handler) *httptest.ResponseRecorder {
 	return w
 }
 
-// A store that is slow but answering — one decision every 2 ms, so the
-// last of 30 queued requests waits about 60 ms, past the 20 ms Timeout —
+// A store that is slow but answering — one decision every 5 ms, so the
+// last of 60 queued requests waits about 300 ms, past the 200 ms Timeout —
 // is waited
 // for: every request is decided by the store, none by the fallback, and
 // the limit is exact (issue 10: one slow decision used to send every
@@ -56,14 +56,14 @@ func TestBreakerWaitsForASlowStore(t *testing.T) {
 	rec := &recorder{}
 	mw, err := ratelimit.Middleware(ratelimit.Options{
 		Rules: []ratelimit.Rule{{Policy: mustPolicy(t, "p", "1/m burst 5"), Key: ratelimit.Constant("")}},
-		Store: s, Timeout: 20 * time.Millisecond, MaxWait: time.Minute, OnDecision: rec.add,
+		Store: s, Timeout: 200 * time.Millisecond, MaxWait: time.Minute, OnDecision: rec.add,
 		Breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{}),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	const n = 30
+	const n = 60
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
 	for range n {
@@ -75,21 +75,23 @@ func TestBreakerWaitsForASlowStore(t *testing.T) {
 			}
 		}()
 	}
-	// Answer one decision every 2 ms: always some progress within the
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	// Answer one decision every 5 ms: always some progress within the
 	// stall window of a waiting decision.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for i := 0; i < n; i++ {
+	for fed := 0; ; fed++ {
 		select {
 		case s.gate <- struct{}{}:
-		case <-ctx.Done():
-			t.Fatal("not every decision reached the store")
+			time.Sleep(5 * time.Millisecond)
+			continue
+		case <-all:
 		}
-		if i < n-1 {
-			time.Sleep(2 * time.Millisecond)
+		if fed != n {
+			evs := rec.take()
+			t.Fatalf("the store answered %d of %d decisions; the others fell back: %v", fed, n, evs[len(evs)-1].Err)
 		}
+		break
 	}
-	wg.Wait()
 	if got := admitted.Load(); got != 5 {
 		t.Fatalf("admitted %d of %d, want exactly the burst of 5", got, n)
 	}
@@ -187,7 +189,7 @@ func TestBreakerOneSlowDecisionIsNotAnOutage(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, ratelimit.Options{
 		Rules: []ratelimit.Rule{{Policy: mustPolicy(t, "closed", "1000/s"), Key: ratelimit.Header("X-K"), OnStoreError: ratelimit.FailClosed}},
-		Store: slowKeyStore{ratelimit.NewLocal(ratelimit.LocalOptions{})}, Timeout: 25 * time.Millisecond, MaxWait: 250 * time.Millisecond,
+		Store: slowKeyStore{ratelimit.NewLocal(ratelimit.LocalOptions{})}, Timeout: 150 * time.Millisecond, MaxWait: 500 * time.Millisecond,
 	})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
