@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,7 +271,7 @@ func TestMiddlewareCostAboveFallbackBurst(t *testing.T) {
 
 func TestMiddlewareStoreFailure(t *testing.T) {
 	t.Parallel()
-	down := failingStore{errors.New("connection refused")}
+	down := &countingStore{err: fmt.Errorf("dial tcp: %w", syscall.ECONNREFUSED)}
 	open := ratelimit.Rule{Policy: mustPolicy(t, "open", "100/s"), Key: ratelimit.Constant(""), Fallback: mustPolicy(t, "", "1/m burst 1")}
 	closed := ratelimit.Rule{Policy: mustPolicy(t, "closed", "100/s"), Key: ratelimit.Constant(""), OnStoreError: ratelimit.FailClosed}
 	shadowClosed := closed
@@ -286,9 +288,13 @@ func TestMiddlewareStoreFailure(t *testing.T) {
 	if w := f.do(); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("fallback limit: %d Retry-After %q", w.Code, w.Header().Get("Retry-After"))
 	}
-	// Within StoreBackoff the store is not called; events still say why.
+	// The refused connection opened the breaker: within StoreBackoff the
+	// store is not called; events still say why.
 	if evs := f.rec.take(); evs[0].Err == nil || !evs[0].Fallback {
 		t.Fatalf("backoff events %+v", evs)
+	}
+	if got := down.calls.Load(); got != 1 {
+		t.Fatalf("the store was called %d times, want once (then the breaker is open)", got)
 	}
 
 	g := newFixture(t, ratelimit.Options{Rules: []ratelimit.Rule{open, closed}, Store: down, UnavailableRetryAfter: 3 * time.Second})
