@@ -100,7 +100,8 @@ func (l *Local) shardOf(h uint64) uint32 {
 
 // AllowN reports whether n units of policy p may be charged to key at
 // now, and charges them if so. For a rate policy it is one GCRA step; for
-// a concurrency policy it takes n slots, to be given back with ReleaseN.
+// a calendar quota it counts n units in the period holding now; for a
+// concurrency policy it takes n slots, to be given back with ReleaseN.
 // It allocates nothing once key is known.
 //
 // p must be valid (see Policy.Validate); an invalid policy or negative n

@@ -71,7 +71,8 @@ type Policy struct {
 	// number of requests in flight at once (KindConcurrency).
 	Limit int64
 	// Period is the window of a rate policy: a whole number of seconds
-	// from 1s to MaxPeriod. Zero for concurrency policies.
+	// from 1s to MaxPeriod. Zero for concurrency and calendar policies
+	// (a calendar policy's period is Calendar).
 	Period time.Duration
 	// Burst is the number of units a rate policy admits at once after a
 	// quiet spell. Zero means Limit. Zero for concurrency policies; zero

@@ -288,7 +288,9 @@ func (e *demandError) Error() string   { return e.err.Error() }
 func (e *demandError) Unwrap() []error { return []error{e.err, ratelimit.ErrInvalidDemand} }
 
 // Decide implements ratelimit.Store in one script call. now is ignored:
-// the script reads the Redis clock.
+// the script reads the Redis clock (calendar quotas send the boundaries of
+// the periods around this process's clock, and the script picks the one
+// holding Redis TIME).
 func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Demand, results []ratelimit.Result) (ratelimit.Ticket, error) {
 	if err := ratelimit.CheckDemands(demands, results); err != nil {
 		return ratelimit.Ticket{}, err
