@@ -46,9 +46,9 @@ type BreakerOptions struct {
 // keep coming) from a dead one (nothing comes back). A Breaker is safe
 // for concurrent use.
 type Breaker struct {
-	failures int
-	openFor  time.Duration
-	base     time.Time // monotonic origin of lastAnswer
+	failures atomic.Int64
+	openFor  atomic.Int64 // time.Duration
+	base     time.Time    // monotonic origin of lastAnswer
 	// lastAnswer is the monotonic time (ns since base, +1 so 0 means
 	// never) of the last successful store call.
 	lastAnswer atomic.Int64
@@ -60,14 +60,22 @@ type Breaker struct {
 
 // NewBreaker returns a closed Breaker.
 func NewBreaker(opts BreakerOptions) *Breaker {
-	b := &Breaker{failures: opts.Failures, openFor: opts.OpenFor, base: time.Now()}
-	if b.failures <= 0 {
-		b.failures = 3
-	}
-	if b.openFor == 0 {
-		b.openFor = time.Second
-	}
+	b := &Breaker{base: time.Now()}
+	b.Configure(opts)
 	return b
+}
+
+// Configure changes the breaker's options (a configuration reload) and
+// keeps its state.
+func (b *Breaker) Configure(opts BreakerOptions) {
+	if opts.Failures <= 0 {
+		opts.Failures = 3
+	}
+	if opts.OpenFor == 0 {
+		opts.OpenFor = time.Second
+	}
+	b.failures.Store(int64(opts.Failures))
+	b.openFor.Store(int64(opts.OpenFor))
 }
 
 // Open reports whether the breaker is open at now: the store is skipped.
@@ -83,7 +91,7 @@ func (b *Breaker) Open(now time.Time) bool {
 		return true
 	}
 	p := b.probeAt.Load()
-	if t-p >= int64(b.openFor) && b.probeAt.CompareAndSwap(p, t) {
+	if t-p >= b.openFor.Load() && b.probeAt.CompareAndSwap(p, t) {
 		return false // this caller probes
 	}
 	return true
@@ -105,17 +113,18 @@ func (b *Breaker) answered() {
 // failed records a failed decision at now and reports whether it opened
 // the breaker.
 func (b *Breaker) failed(now time.Time, err error) bool {
-	if b.openFor < 0 {
+	openFor := time.Duration(b.openFor.Load())
+	if openFor < 0 {
 		return false
 	}
 	t := now.UnixNano()
 	n := b.consec.Add(1)
-	if prev := b.lastFail.Swap(t); prev != 0 && t-prev > int64(b.openFor) {
+	if prev := b.lastFail.Swap(t); prev != 0 && t-prev > int64(openFor) {
 		b.consec.Store(1) // the previous failure is too old to count
 		n = 1
 	}
-	if errors.Is(err, ErrStoreStalled) || connectionDown(err) || n >= int64(b.failures) {
-		b.openUntil.Store(now.Add(b.openFor).UnixNano())
+	if errors.Is(err, ErrStoreStalled) || connectionDown(err) || n >= b.failures.Load() {
+		b.openUntil.Store(now.Add(openFor).UnixNano())
 		b.probeAt.Store(0)
 		return true
 	}
@@ -169,6 +178,9 @@ func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeou
 		defer cancel()
 		started.Store(b.mono())
 		c.tk, c.err = store.Decide(cctx, now, c.ds, c.res)
+		if c.err == nil {
+			b.answered() // progress is recorded as soon as it is seen
+		}
 		close(c.done)
 	}()
 	t := time.NewTimer(timeout)
@@ -179,7 +191,6 @@ func (b *Breaker) decide(ctx context.Context, store Store, now time.Time, timeou
 			if c.err != nil {
 				return Ticket{}, c.err
 			}
-			b.answered()
 			copy(results, c.res)
 			return c.tk, nil
 		case <-ctx.Done():

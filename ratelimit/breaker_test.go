@@ -44,9 +44,9 @@ func serveOne(h http.Handler) *httptest.ResponseRecorder {
 	return w
 }
 
-// A store that is slow but answering — one decision every 5 ms, so the
-// last of 60 queued requests waits about 300 ms, past the 200 ms Timeout —
-// is waited
+// A store that is slow but answering — one decision every 25 ms, so the
+// last of 60 queued requests waits about 1.5 s, past the 1 s Timeout — is
+// waited
 // for: every request is decided by the store, none by the fallback, and
 // the limit is exact (issue 10: one slow decision used to send every
 // request to the per-replica fallback for a second).
@@ -56,7 +56,7 @@ func TestBreakerWaitsForASlowStore(t *testing.T) {
 	rec := &recorder{}
 	mw, err := ratelimit.Middleware(ratelimit.Options{
 		Rules: []ratelimit.Rule{{Policy: mustPolicy(t, "p", "1/m burst 5"), Key: ratelimit.Constant("")}},
-		Store: s, Timeout: 200 * time.Millisecond, MaxWait: time.Minute, OnDecision: rec.add,
+		Store: s, Timeout: time.Second, MaxWait: time.Minute, OnDecision: rec.add,
 		Breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{}),
 	})
 	if err != nil {
@@ -77,12 +77,13 @@ func TestBreakerWaitsForASlowStore(t *testing.T) {
 	}
 	all := make(chan struct{})
 	go func() { wg.Wait(); close(all) }()
-	// Answer one decision every 5 ms: always some progress within the
-	// stall window of a waiting decision.
+	// Answer one decision every 25 ms: always some progress within the
+	// stall window of a waiting decision (40 times longer, for a loaded
+	// machine).
 	for fed := 0; ; fed++ {
 		select {
 		case s.gate <- struct{}{}:
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(25 * time.Millisecond)
 			continue
 		case <-all:
 		}
@@ -188,8 +189,8 @@ func (s slowKeyStore) Release(ctx context.Context, ds []ratelimit.Demand, t rate
 func TestBreakerOneSlowDecisionIsNotAnOutage(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, ratelimit.Options{
-		Rules: []ratelimit.Rule{{Policy: mustPolicy(t, "closed", "1000/s"), Key: ratelimit.Header("X-K"), OnStoreError: ratelimit.FailClosed}},
-		Store: slowKeyStore{ratelimit.NewLocal(ratelimit.LocalOptions{})}, Timeout: 150 * time.Millisecond, MaxWait: 500 * time.Millisecond,
+		Rules: []ratelimit.Rule{{Policy: mustPolicy(t, "closed", "1000000/s"), Key: ratelimit.Header("X-K"), OnStoreError: ratelimit.FailClosed}},
+		Store: slowKeyStore{ratelimit.NewLocal(ratelimit.LocalOptions{})}, Timeout: 500 * time.Millisecond, MaxWait: 1500 * time.Millisecond,
 	})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
