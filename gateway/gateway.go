@@ -483,6 +483,7 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 	}
 	if len(rules) > 0 {
 		rl := cfg.RateLimit
+		g.breaker.Configure(ratelimit.BreakerOptions{OpenFor: rl.StoreBackoff.D()}) // a reload's store_backoff applies
 		mw, err := ratelimit.Middleware(ratelimit.Options{
 			Rules:                 rules,
 			Store:                 g.limits,
