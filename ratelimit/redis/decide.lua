@@ -33,10 +33,16 @@ for i = 1, n do
   b[i] = tonumber(ARGV[o + 3])
   if kind[i] == 'q' then
     local cost = tonumber(ARGV[o + 4])
-    local bs = {}
-    for v in string.gmatch(ARGV[o + 3], '[^:]+') do bs[#bs + 1] = tonumber(v) end
-    local e = bs[4]
-    if now < bs[2] then e = bs[2] elseif now < bs[3] then e = bs[3] end
+    -- b0 (the previous period's start) is for the caller; the ends b1..b3
+    -- are what the script needs.
+    local bs = ARGV[o + 3]
+    local p1 = string.find(bs, ':', 1, true)
+    local p2 = string.find(bs, ':', p1 + 1, true)
+    local p3 = string.find(bs, ':', p2 + 1, true)
+    local e1 = tonumber(string.sub(bs, p1 + 1, p2 - 1))
+    local e2 = tonumber(string.sub(bs, p2 + 1, p3 - 1))
+    local e = tonumber(string.sub(bs, p3 + 1))
+    if now < e1 then e = e1 elseif now < e2 then e = e2 end
     local raw, used = redis.call('GET', KEYS[i]), 0
     if raw then
       local sep = string.find(raw, ':', 1, true)
