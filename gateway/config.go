@@ -206,7 +206,8 @@ type RateLimitConfig struct {
 	// Default 250ms.
 	Timeout Duration `yaml:"timeout"`
 	// MaxWait bounds every decision however busy the store; past it that
-	// one request gets its on_store_error. Default 1s.
+	// one request gets its on_store_error. Default 1s, or Timeout if
+	// longer.
 	MaxWait Duration `yaml:"max_wait"`
 	// StoreBackoff skips the store for this long once it is seen down (a
 	// refused or reset connection, a silence of timeout, or 3 consecutive
@@ -728,7 +729,7 @@ func (c *Config) setDefaults() {
 		rl.Redis.Prefix = "levee:rl:"
 	}
 	def(&rl.Timeout, ratelimit.DefaultTimeout)
-	def(&rl.MaxWait, time.Second)
+	def(&rl.MaxWait, max(time.Second, rl.Timeout.D()))
 	def(&rl.StoreBackoff, time.Second)
 	if rl.Replicas == 0 {
 		rl.Replicas = 1
