@@ -36,8 +36,9 @@ import (
 // Apply; each request runs entirely on the routes it started with.
 type Gateway struct {
 	store     idempotency.Store
-	limits    ratelimit.Store  // shared by every route and every reload
-	fallback  *ratelimit.Local // fail_open limits while limits is down
+	limits    ratelimit.Store    // shared by every route and every reload
+	fallback  *ratelimit.Local   // fail_open limits while limits is down
+	breaker   *ratelimit.Breaker // when limits counts as down; shared like limits
 	metrics   *Metrics
 	log       *slog.Logger
 	access    *slog.Logger
@@ -95,7 +96,8 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		opts.RateLimits = ratelimit.NewLocal(ratelimit.LocalOptions{})
 	}
 	g := &Gateway{metrics: opts.Metrics, log: opts.Logger, access: opts.AccessLog, accessW: opts.AccessLogWriter, transport: opts.Transport,
-		limits: opts.RateLimits, fallback: ratelimit.NewLocal(ratelimit.LocalOptions{})}
+		limits: opts.RateLimits, fallback: ratelimit.NewLocal(ratelimit.LocalOptions{}),
+		breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{OpenFor: cfg.RateLimit.StoreBackoff.D()})}
 	if opts.Store != nil {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
 	}

@@ -23,12 +23,29 @@ type RateLimitConfig struct {
 	// Redis is the connection when Store is redis. Default: store.redis's
 	// address and credentials, with prefix "levee:rl:".
 	Redis RedisConfig `yaml:"redis" reload:"restart"`
-	// Timeout bounds each store decision; past it the policy's
-	// on_store_error applies. Default 50ms.
+	// Timeout is how long a decision waits for a store that answers
+	// nothing at all (a frozen or cut Redis); past it the policy's
+	// on_store_error applies. A store that keeps answering other
+	// decisions is slow, not down, and is waited for up to max_wait.
+	// Default 250ms.
 	Timeout Duration `yaml:"timeout"`
-	// StoreBackoff skips the store for this long after a failure, so an
-	// outage does not add Timeout to every request. Default 1s.
+	// MaxWait bounds every decision however busy the store; past it that
+	// one request gets its on_store_error. Default 1s, or timeout if
+	// longer.
+	MaxWait Duration `yaml:"max_wait"`
+	// StoreBackoff is how long the store is skipped once it is seen down
+	// (a refused or reset connection, a stall, or 3 consecutive
+	// failures), so an outage does not add Timeout to every request; then
+	// one probe at a time tries it again. Default 1s.
 	StoreBackoff Duration `yaml:"store_backoff"`
+	// Replicas estimates how many gateways share the store: a fail_open
+	// policy without a fallback enforces its limit divided by Replicas
+	// on each replica during an outage. Default 1.
+	Replicas int `yaml:"replicas"`
+	// Connections is the Redis connection pool of the rate limiter, all
+	// opened at start: size it for the concurrent requests one replica
+	// serves, so a burst does not wait for dials. Default 256.
+	Connections int `yaml:"connections" reload:"restart"`
 	// UnavailableRetryAfter is the Retry-After of fail_closed 503s.
 	// Default 1s.
 	UnavailableRetryAfter Duration `yaml:"unavailable_retry_after"`
@@ -43,9 +60,12 @@ type RateLimitConfig struct {
 // come from store.redis (see inheritRedis, run by the root).
 func (rl *RateLimitConfig) Defaults() {
 	config.Default(&rl.Store, "memory")
-	config.Default(&rl.Redis.Prefix, "levee:rl:")
-	config.Default(&rl.Timeout, Duration(50*time.Millisecond))
+	config.Default(&rl.Redis.Prefix, rlredis.DefaultPrefix)
+	config.Default(&rl.Timeout, Duration(ratelimit.DefaultTimeout))
+	config.Default(&rl.MaxWait, max(Duration(time.Second), rl.Timeout))
 	config.Default(&rl.StoreBackoff, Duration(time.Second))
+	config.Default(&rl.Replicas, 1)
+	config.Default(&rl.Connections, 256)
 	config.Default(&rl.UnavailableRetryAfter, Duration(time.Second))
 	config.Default(&rl.ConcurrencyLease, Duration(rlredis.DefaultConcurrencyLease))
 }
@@ -69,6 +89,15 @@ func (rl *RateLimitConfig) Validate(r *config.Report, path string) {
 	}
 	if rl.Redis.FlushDelay != nil {
 		r.Bad(config.Join(path, "redis.flush_delay"), "applies to store.redis only (the rate limiter sends one command per decision)")
+	}
+	if rl.Replicas < 1 {
+		r.Bad(config.Join(path, "replicas"), "must be at least 1")
+	}
+	if n := rl.Connections; n < 1 || n > 10000 {
+		r.Bad(config.Join(path, "connections"), "must be between 1 and 10000, got %d", n)
+	}
+	if rl.MaxWait < rl.Timeout {
+		r.Bad(config.Join(path, "max_wait"), "must be at least rate_limit.timeout (%v)", rl.Timeout.D())
 	}
 }
 
@@ -94,8 +123,12 @@ type PolicyConfig struct {
 	// or fail_closed (503).
 	OnStoreError string `yaml:"on_store_error"`
 	// Fallback is the per-replica limit used under fail_open. Default:
-	// the policy itself.
+	// the policy divided by rate_limit.replicas.
 	Fallback string `yaml:"fallback"`
+	// TimeZone is the IANA time zone (e.g. Europe/Paris) whose calendar a
+	// calendar quota ("10000/month", "500/week", "100/day calendar")
+	// resets by. Default UTC; only for calendar quotas.
+	TimeZone string `yaml:"time_zone"`
 
 	policy   ratelimit.Policy
 	fallback ratelimit.Policy
@@ -123,6 +156,15 @@ func (pc *PolicyConfig) Validate(r *config.Report, path string) {
 		pol.Name = pc.Name
 		pc.policy = pol
 	}
+	if pc.TimeZone != "" {
+		if loc, err := time.LoadLocation(pc.TimeZone); err != nil {
+			r.Bad(path+".time_zone", "unknown time zone %q: %v", pc.TimeZone, err)
+		} else if pc.policy.Name != "" && pc.policy.Kind != ratelimit.KindCalendar {
+			r.Bad(path+".time_zone", "applies to calendar quotas only (e.g. \"10000/month\", \"100/day calendar\"), not %q", pc.Limit)
+		} else {
+			pc.policy.Location = loc
+		}
+	}
 	if _, err := ratelimit.ParseKey(pc.Key, ratelimit.KeyEnv{Route: "x"}); err != nil {
 		r.Bad(path+".key", "%v", err)
 	}
@@ -140,6 +182,7 @@ func (pc *PolicyConfig) Validate(r *config.Report, path string) {
 		} else if pc.policy.Name != "" && fb.Kind != pc.policy.Kind {
 			r.Bad(path+".fallback", "must be the same kind of limit as %q", pc.Limit)
 		} else {
+			fb.Location = pc.policy.Location
 			pc.fallback = fb
 		}
 	}
@@ -199,12 +242,15 @@ func (g *Gateway) rateLimitMiddleware(cfg *Config, rc *RouteConfig) (func(http.H
 		return nil, nil
 	}
 	rl := cfg.RateLimit
+	g.breaker.Configure(ratelimit.BreakerOptions{OpenFor: rl.StoreBackoff.D()}) // a reload's store_backoff applies
 	return ratelimit.Middleware(ratelimit.Options{
 		Rules:                 rules,
 		Store:                 g.limits,
 		Fallback:              g.fallback,
 		Timeout:               rl.Timeout.D(),
-		StoreBackoff:          rl.StoreBackoff.D(),
+		MaxWait:               rl.MaxWait.D(),
+		Breaker:               g.breaker,
+		Replicas:              rl.Replicas,
 		UnavailableRetryAfter: rl.UnavailableRetryAfter.D(),
 		OnDecision:            g.rateLimitEvent,
 	})
@@ -242,12 +288,17 @@ func OpenRateLimitStore(ctx context.Context, c RateLimitConfig) (ratelimit.Store
 		Addr: c.Redis.Addr, Username: c.Redis.Username, Password: c.Redis.Password, DB: c.Redis.DB,
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
 		ContextTimeoutEnabled: true, // decisions are bounded by rate_limit.timeout
-		PoolSize:              256, MinIdleConns: 8,
+		// Every connection is opened at start and kept (Warm below,
+		// MinIdleConns refills): a burst never waits for dials.
+		PoolSize: c.Connections, MinIdleConns: c.Connections, ConnMaxIdleTime: -1,
 		Protocol: redisProtocol,
 	})
 	st, err := rlredis.New(client, rlredis.Options{Prefix: c.Redis.Prefix, ConcurrencyLease: c.ConcurrencyLease.D()})
 	if err == nil {
 		err = st.Load(ctx)
+	}
+	if err == nil {
+		err = st.Warm(ctx, c.Connections)
 	}
 	if err != nil {
 		_ = client.Close()

@@ -18,6 +18,10 @@
 // deterministic under test; the Redis store uses the Redis server's TIME
 // instead, so replicas with skewed clocks agree.
 //
+// Calendar quotas ("10000/month", "500/week", "100/day calendar") count
+// units from zero in each calendar period of a time zone (Policy.Location)
+// and reset exactly at its boundary, across DST changes.
+//
 // Concurrency policies count requests in flight; a slot is taken at
 // admission and given back by Store.Release when the request ends (the
 // middleware does it when the handler returns or panics).
@@ -42,9 +46,13 @@
 // application/problem+json body naming the violated policies, the
 // RateLimit-Policy and RateLimit fields of
 // draft-ietf-httpapi-ratelimit-headers on every decided response, and a
-// per-rule choice between failing open (to an in-process fallback limit)
-// and failing closed (503) when the store is down. OnDecision reports
-// every decision for metrics. docs/ratelimit.md has the details.
+// per-rule choice between failing open (to an in-process fallback limit,
+// by default the policy divided among Options.Replicas) and failing
+// closed (503) when the store is down. A Breaker tells a slow store (waited
+// for, up to Options.MaxWait) from a dead one (silent for Options.Timeout,
+// refusing connections): only the latter sends requests to the failure
+// modes. OnDecision reports every decision for metrics. docs/ratelimit.md
+// has the details.
 //
 // # Concurrency
 //

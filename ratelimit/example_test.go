@@ -60,7 +60,7 @@ func ExampleMiddleware() {
 }
 
 func ExampleParsePolicy() {
-	for _, s := range []string{"100/s burst 200", "1000/hour", "concurrency 50", "100/week"} {
+	for _, s := range []string{"100/s burst 200", "1000/hour", "concurrency 50", "10000/month", "100/fortnight"} {
 		p, err := ratelimit.ParsePolicy(s)
 		if err != nil {
 			fmt.Println(err)
@@ -72,7 +72,8 @@ func ExampleParsePolicy() {
 	// 100/s burst 200  kind=rate limit=100 period=1s burst=200 interval=10ms
 	// 1000/h           kind=rate limit=1000 period=1h0m0s burst=1000 interval=3.6s
 	// concurrency 50   kind=concurrency limit=50 period=0s burst=0 interval=0s
-	// ratelimit: policy "100/week": unknown time unit "week" (want s, m, h or d)
+	// 10000/month      kind=calendar limit=10000 period=0s burst=10000 interval=0s
+	// ratelimit: policy "100/fortnight": unknown time unit "fortnight" (want s, m, h or d)
 }
 
 // AllowN is the allocation-free single-policy call, with time passed in.
@@ -92,4 +93,29 @@ func ExampleLocal_AllowN() {
 	// request 2: allowed=true remaining=0 retry_after=0s
 	// request 3: allowed=false remaining=0 retry_after=500ms
 	// 500ms later: allowed=true
+}
+
+// A calendar quota resets at the calendar boundary in its time zone: here
+// midnight on 1 April in Paris, an hour after the last unit of March is
+// spent (March 2030 is 31 days minus the hour DST takes away). t and the
+// denied demand's RetryAfter point at the boundary.
+func ExampleParsePolicy_calendar() {
+	p, _ := ratelimit.ParsePolicy("10000/month")
+	p.Name = "monthly"
+	p.Location, _ = time.LoadLocation("Europe/Paris")
+	l := ratelimit.NewLocal(ratelimit.LocalOptions{})
+	now := time.Date(2030, 3, 31, 23, 0, 0, 0, p.Location)
+
+	r := l.AllowN(now, p, "tenant-1", 10000)
+	h := http.Header{}
+	ratelimit.SetHeaders(h, p, r)
+	fmt.Println(r.Allowed, h.Get("RateLimit-Policy"), h.Get("RateLimit"))
+	r = l.AllowN(now, p, "tenant-1", 1)
+	fmt.Println(r.Allowed, r.RetryAfter)
+	r = l.AllowN(now.Add(time.Hour), p, "tenant-1", 1)
+	fmt.Println(r.Allowed, r.Remaining)
+	// Output:
+	// true "monthly";q=10000;w=2674800 "monthly";r=0;t=3600
+	// false 1h0m0s
+	// true 9999
 }

@@ -12,7 +12,8 @@ import (
 
 func FuzzParsePolicy(f *testing.F) {
 	for _, s := range []string{"100/s burst 200", "1000/hour", "5000/day", "10/m burst 20", "concurrency 50",
-		"100/10s", " 7 / minutes BURST 1", "1/d burst 400", "0/s", "concurrency", "9999999999/s"} {
+		"100/10s", " 7 / minutes BURST 1", "1/d burst 400", "0/s", "concurrency", "9999999999/s",
+		"10000/month", "5/Weeks", "100/day calendar", "3/d calendar", "1/month calendar", "1/h calendar", "2/week burst 2"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -50,7 +51,7 @@ func FuzzParseFields(f *testing.F) {
 				// something that parses to the same name.
 				pol := ratelimit.Policy{Name: p.Name, Limit: 1, Period: 1e9}
 				if pol.Validate() == nil {
-					back, err := ratelimit.ParsePolicyField(ratelimit.PolicyField(pol))
+					back, err := ratelimit.ParsePolicyField(ratelimit.PolicyField(pol, ratelimit.Result{}))
 					if err != nil || len(back) != 1 || back[0].Name != p.Name {
 						t.Fatalf("name %q does not round-trip: %+v %v", p.Name, back, err)
 					}

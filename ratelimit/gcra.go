@@ -51,6 +51,8 @@ type gcraStep struct {
 	// remaining and reset after the decision, if charged and if not.
 	remCharged, remKept     int64
 	resetCharged, resetKept int64
+	// window is the calendar period's length (calendar quotas only).
+	window int64
 }
 
 // gcra decides a demand of cost units at now against a stored tat (0 or

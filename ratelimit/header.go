@@ -21,41 +21,73 @@ const (
 const ConcurrencyUnit = "concurrent-requests"
 
 // PolicyField formats p as one RateLimit-Policy member, in the
-// structured-field syntax of draft-ietf-httpapi-ratelimit-headers:
+// structured-field syntax of draft-ietf-httpapi-ratelimit-headers; r is
+// the policy's current state (only a calendar quota's Window is read):
 //
-//	"burst";q=100;w=1                  100/s (the burst is not advertised)
-//	"daily";q=5000;w=86400             5000/day
+//	"api";q=200;w=2                    100/s burst 200
+//	"slow";q=5;w=300                   1/m burst 5
+//	"daily";q=5000;w=86400             5000/day (rolling)
+//	"monthly";q=10000;w=2678400        10000/month, in a 31-day month
 //	"inflight";q=50;qu="concurrent-requests"
 //
-// q is Limit and w is Period in seconds: the sustained rate as
-// configured. A burst above the limit shows in RateLimit's r, which may
-// then exceed q.
-func PolicyField(p Policy) string {
+// A GCRA policy is described by what it lets a client do from a full
+// state: q is the burst (the units usable at once) and w the burst window
+// Burst × Interval rounded up to whole seconds (the time an emptied burst
+// takes to come back entirely). So RateLimit's r never exceeds q, t never
+// exceeds w, and q − r is the units in use. A calendar quota's q is its
+// Limit and w the length of the current calendar period. Concurrency
+// policies have no window.
+func PolicyField(p Policy, r Result) string {
 	b := make([]byte, 0, 48)
 	b = appendSFString(b, p.Name)
 	b = append(b, ";q="...)
-	b = strconv.AppendInt(b, p.Limit, 10)
-	if p.Kind == KindConcurrency {
+	switch p.Kind {
+	case KindConcurrency:
+		b = strconv.AppendInt(b, p.Limit, 10)
 		b = append(b, `;qu="`+ConcurrencyUnit+`"`...)
-	} else {
+	case KindCalendar:
+		b = strconv.AppendInt(b, p.Limit, 10)
 		b = append(b, ";w="...)
-		b = strconv.AppendInt(b, int64(p.Period/time.Second), 10)
+		b = strconv.AppendInt(b, window(p, r), 10)
+	default:
+		b = strconv.AppendInt(b, p.burst(), 10)
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, window(p, r), 10)
 	}
 	return string(b)
 }
 
+// window is the w of p in whole seconds (at least 1).
+func window(p Policy, r Result) int64 {
+	if p.Kind == KindCalendar {
+		if r.Window > 0 {
+			return max(ceilSeconds(r.Window), 1)
+		}
+		_, end := p.Window(time.Unix(0, 0))
+		return max(ceilSeconds(end.Sub(time.Unix(0, 0))), 1) // no state: a nominal period
+	}
+	return max(ceilSeconds(time.Duration(p.burst())*p.Interval()), 1)
+}
+
 // StateField formats r as the RateLimit member for policy p:
-// "burst";r=42;t=1. r is Result.Remaining (never negative); t is
-// Result.ResetAfter, the time until the policy is back at its full burst,
-// in whole seconds rounded up; concurrency policies have no t.
+// "api";r=42;t=1. r is Result.Remaining (never negative, never above
+// the q of PolicyField); t is Result.NextAfter — the seconds until more
+// quota is available, rounded up and at most w; 0 when r = q —
+// as draft-ietf-httpapi-ratelimit-headers (-10 and later) defines it.
+// Concurrency policies have no t. On a 429, Retry-After is never less
+// than the violated policy's t: a demand of one unit waits exactly t.
 func StateField(p Policy, r Result) string {
 	b := make([]byte, 0, 48)
 	b = appendSFString(b, p.Name)
 	b = append(b, ";r="...)
-	b = strconv.AppendInt(b, max(r.Remaining, 0), 10)
+	q := p.burst() // rate and calendar: the q of PolicyField
+	if p.Kind == KindConcurrency {
+		q = p.Limit
+	}
+	b = strconv.AppendInt(b, min(max(r.Remaining, 0), q), 10)
 	if p.Kind != KindConcurrency {
 		b = append(b, ";t="...)
-		b = strconv.AppendInt(b, ceilSeconds(r.ResetAfter), 10)
+		b = strconv.AppendInt(b, min(ceilSeconds(r.NextAfter(p)), window(p, r)), 10)
 	}
 	return string(b)
 }
@@ -63,7 +95,7 @@ func StateField(p Policy, r Result) string {
 // SetHeaders sets RateLimit-Policy and RateLimit on h for one policy and
 // its result.
 func SetHeaders(h http.Header, p Policy, r Result) {
-	h.Set(HeaderPolicy, PolicyField(p))
+	h.Set(HeaderPolicy, PolicyField(p, r))
 	h.Set(HeaderState, StateField(p, r))
 }
 

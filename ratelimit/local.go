@@ -100,7 +100,8 @@ func (l *Local) shardOf(h uint64) uint32 {
 
 // AllowN reports whether n units of policy p may be charged to key at
 // now, and charges them if so. For a rate policy it is one GCRA step; for
-// a concurrency policy it takes n slots, to be given back with ReleaseN.
+// a calendar quota it counts n units in the period holding now; for a
+// concurrency policy it takes n slots, to be given back with ReleaseN.
 // It allocates nothing once key is known.
 //
 // p must be valid (see Policy.Validate); an invalid policy or negative n
@@ -126,6 +127,25 @@ func (l *Local) AllowN(now time.Time, p Policy, key string, n int64) Result {
 			return Result{Allowed: true, Remaining: p.Limit - cur - n}
 		}
 		return Result{Remaining: max(p.Limit-cur, 0), RetryAfter: ConcurrencyRetryAfter}
+	}
+	if p.Kind == KindCalendar {
+		if n < 0 || p.Limit <= 0 {
+			return Result{}
+		}
+		h ^= calendarSalt
+		s = &l.shards[l.shardOf(h)]
+		s.mu.Lock()
+		old, existed := s.tat[h]
+		st, next := calendarStep(t, p, old, n)
+		if st.allowed {
+			s.setTAT(h, next, existed, t)
+		}
+		s.mu.Unlock()
+		r := st.result(st.allowed)
+		if n > p.Limit {
+			r.RetryAfter = 0
+		}
+		return r
 	}
 	iv := p.intervalMicros() * int64(time.Microsecond)
 	if iv <= 0 || n < 0 {
@@ -170,9 +190,9 @@ func (s *localShard) release(h uint64, n int64) {
 
 func (st gcraStep) result(charged bool) Result {
 	if charged {
-		return Result{Allowed: true, Remaining: st.remCharged, ResetAfter: time.Duration(st.resetCharged)}
+		return Result{Allowed: true, Remaining: st.remCharged, ResetAfter: time.Duration(st.resetCharged), Window: time.Duration(st.window)}
 	}
-	r := Result{Allowed: st.allowed, Remaining: st.remKept, ResetAfter: time.Duration(st.resetKept)}
+	r := Result{Allowed: st.allowed, Remaining: st.remKept, ResetAfter: time.Duration(st.resetKept), Window: time.Duration(st.window)}
 	if !st.allowed {
 		r.RetryAfter = time.Duration(st.retry)
 	}
@@ -260,6 +280,9 @@ func (l *Local) Decide(_ context.Context, now time.Time, demands []Demand, resul
 	}
 	for i := range demands {
 		h := l.hash(demands[i].Policy.Name, demands[i].Key)
+		if demands[i].Policy.Kind == KindCalendar {
+			h ^= calendarSalt
+		}
 		hs = append(hs, h)
 		locks = insertSorted(locks, l.shardOf(h))
 	}
@@ -278,6 +301,8 @@ func (l *Local) Decide(_ context.Context, now time.Time, demands []Demand, resul
 			if !st.allowed {
 				st.retry = int64(ConcurrencyRetryAfter)
 			}
+		} else if d.Policy.Kind == KindCalendar {
+			st, _ = calendarStep(t, d.Policy, s.tat[hs[i]], d.Cost)
 		} else {
 			iv := d.Policy.intervalMicros() * int64(time.Microsecond)
 			old := s.tat[hs[i]]
@@ -303,6 +328,10 @@ func (l *Local) Decide(_ context.Context, now time.Time, demands []Demand, resul
 			if demands[i].Policy.Kind == KindConcurrency {
 				s.inflight[hs[i]]++
 				tk.Held |= 1 << i
+			} else if demands[i].Policy.Kind == KindCalendar {
+				old, existed := s.tat[hs[i]]
+				_, next := calendarStep(t, demands[i].Policy, old, demands[i].Cost)
+				s.setTAT(hs[i], next, existed, t)
 			} else {
 				_, existed := s.tat[hs[i]]
 				iv := demands[i].Policy.intervalMicros() * int64(time.Microsecond)

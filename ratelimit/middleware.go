@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/leveehq/levee/internal/problem"
@@ -31,9 +30,9 @@ type Rule struct {
 	// FailOpen.
 	OnStoreError FailureMode
 	// Fallback is the policy the in-process fallback enforces per replica
-	// under FailOpen, for example the shared limit divided by the number
-	// of replicas. Its Name is ignored (the rule's name is used); its Kind
-	// must match. Zero: Policy itself.
+	// under FailOpen. Its Name is ignored (the rule's name is used); its
+	// Kind must match. Zero: Policy.Share(Options.Replicas), the policy
+	// divided among the replicas.
 	Fallback Policy
 }
 
@@ -53,16 +52,36 @@ type Options struct {
 	// Now is the clock passed to stores (Redis ignores it and uses TIME).
 	// Default time.Now.
 	Now func() time.Time
-	// Timeout bounds each Store call (the decision, and the release of
-	// concurrency slots); past it the store counts as failed. Default
-	// 50ms; negative: no bound beyond the request's context. A store
-	// whose client ignores context deadlines cannot honour it; see
-	// ratelimit/redis.
+	// Timeout bounds how long a decision waits for a store that answers
+	// nothing at all: when a whole Timeout passes without the store
+	// answering any decision sharing the Breaker, the decision is
+	// abandoned (ErrStoreStalled) and takes its rules' failure mode. A
+	// store that keeps answering others is slow, not down, and the
+	// decision keeps waiting for it, up to MaxWait. Timeout also bounds
+	// each Release. Default 250ms (a shorter silence is within what CPU
+	// contention on a busy host produces: 50 ms sent healthy decisions to
+	// the fallback); negative: no bound beyond the request's context. A store whose client ignores context deadlines cannot
+	// honour it; see ratelimit/redis.
 	Timeout time.Duration
-	// StoreBackoff is how long, after a store failure, requests skip the
-	// store and go straight to the failure modes, so that an outage does
-	// not add Timeout to every request. Default 1s; negative: always try.
+	// MaxWait bounds every decision, however busy the store: past it,
+	// this one request takes its rules' failure mode (and the failure
+	// counts toward opening the Breaker). Default 1s, at least Timeout.
+	MaxWait time.Duration
+	// Breaker decides when the store counts as down; share one between
+	// the middlewares of every route and reload. Default: a new Breaker
+	// with OpenFor = StoreBackoff.
+	Breaker *Breaker
+	// StoreBackoff is the OpenFor of the default Breaker: how long, after
+	// evidence that the store is down (a refused or reset connection, or
+	// BreakerOptions.Failures consecutive failures), requests skip the
+	// store and go straight to the failure modes. Default 1s; negative:
+	// always try. Ignored when Breaker is set.
 	StoreBackoff time.Duration
+	// Replicas is the number of replicas sharing the store, an estimate.
+	// A rule without a Fallback falls back to its Policy divided by
+	// Replicas (see Policy.Share), so that a fleet in an outage admits
+	// about the shared limit rather than Replicas times it. Default 1.
+	Replicas int
 	// UnavailableRetryAfter is the Retry-After of the 503 sent for
 	// FailClosed rules. Default 1s.
 	UnavailableRetryAfter time.Duration
@@ -70,6 +89,9 @@ type Options struct {
 	// per request, for metrics and logs.
 	OnDecision func(Event)
 }
+
+// DefaultTimeout is the default of Options.Timeout.
+const DefaultTimeout = 250 * time.Millisecond
 
 // Outcome is what one rule decided for one request.
 type Outcome uint8
@@ -118,10 +140,6 @@ type Event struct {
 	Latency time.Duration
 }
 
-// errStoreBackoff is the Event.Err of requests that skipped the store
-// because it failed within the last StoreBackoff.
-var errStoreBackoff = errors.New("ratelimit: store skipped after a recent failure")
-
 type middleware struct {
 	rules         []Rule
 	store         Store
@@ -129,10 +147,10 @@ type middleware struct {
 	fallback      *Local
 	now           func() time.Time
 	timeout       time.Duration
-	backoff       time.Duration
+	maxWait       time.Duration
+	breaker       *Breaker
 	unavailRetry  time.Duration
 	onDecision    func(Event)
-	downUntil     atomic.Int64 // Unix ns from now(); store skipped before it
 	fallbackRules []Policy
 }
 
@@ -149,9 +167,11 @@ type middleware struct {
 //     and RateLimit for the tightest non-shadow policy (the violated one
 //     with the longest wait, else the one with the fewest units left);
 //   - concurrency slots are released when the handler returns or panics;
-//   - the store failing (error or Timeout): FailClosed rules answer 503
+//   - the store failing (silent for Timeout, refusing connections, past
+//     MaxWait, an error, or the Breaker open): FailClosed rules answer 503
 //     (type rate-limit-store-unavailable) with Retry-After; if none
-//     applies, the request is decided by Fallback instead.
+//     applies, the request is decided by Fallback instead. A store that is
+//     slow but answering is waited for, up to MaxWait.
 //
 // It returns an error naming the rule and field if opts are invalid.
 func Middleware(opts Options) (func(http.Handler) http.Handler, error) {
@@ -170,8 +190,11 @@ func newMiddleware(opts Options) (*middleware, error) {
 	}
 	m := &middleware{
 		rules: append([]Rule(nil), opts.Rules...), store: opts.Store, fallback: opts.Fallback, now: opts.Now,
-		timeout: opts.Timeout, backoff: opts.StoreBackoff, unavailRetry: opts.UnavailableRetryAfter,
+		timeout: opts.Timeout, maxWait: opts.MaxWait, breaker: opts.Breaker, unavailRetry: opts.UnavailableRetryAfter,
 		onDecision: opts.OnDecision,
+	}
+	if opts.Replicas < 0 {
+		return nil, fmt.Errorf("ratelimit: Replicas %d is negative", opts.Replicas)
 	}
 	seen := make(map[string]bool, len(m.rules))
 	for i := range m.rules {
@@ -192,7 +215,7 @@ func newMiddleware(opts Options) (*middleware, error) {
 		}
 		fb := ru.Fallback
 		if fb == (Policy{}) {
-			fb = ru.Policy
+			fb = ru.Policy.Share(opts.Replicas)
 		}
 		fb.Name = name
 		if err := fb.Validate(); err != nil {
@@ -214,10 +237,14 @@ func newMiddleware(opts Options) (*middleware, error) {
 		m.now = time.Now
 	}
 	if m.timeout == 0 {
-		m.timeout = 50 * time.Millisecond
+		m.timeout = DefaultTimeout
 	}
-	if m.backoff == 0 {
-		m.backoff = time.Second
+	if m.maxWait <= 0 {
+		m.maxWait = time.Second
+	}
+	m.maxWait = max(m.maxWait, m.timeout)
+	if m.breaker == nil {
+		m.breaker = NewBreaker(BreakerOptions{OpenFor: opts.StoreBackoff})
 	}
 	if m.unavailRetry <= 0 {
 		m.unavailRetry = time.Second
@@ -225,18 +252,24 @@ func newMiddleware(opts Options) (*middleware, error) {
 	return m, nil
 }
 
-// overBurst handles a rate demand whose cost exceeds its policy's burst,
-// which no wait can ever admit: a shadow demand is reported and should be
-// dropped, any other is answered 429. It reports whether d was such a
-// demand.
-func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand, start time.Time) bool {
-	if d.Policy.Kind != KindRate || d.Cost <= d.Policy.burst() {
+// overBurst handles a rate or calendar demand whose cost exceeds its
+// policy's burst (or quota), which no wait can ever admit: a shadow
+// demand is reported and should be dropped, any other is answered 429,
+// with the RateLimit fields of the policy's current state (read without
+// charging; from the fallback when the store is skipped or fails) and no
+// Retry-After. It reports whether d was such a demand. rule is d's rule
+// index; fromStore says whether d.Policy is the store's (else the
+// fallback's).
+func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand, rule int, fromStore bool, start time.Time) bool {
+	if d.Policy.Kind == KindConcurrency || d.Cost <= d.Policy.burst() {
 		return false
 	}
 	if d.Shadow {
 		m.emit(Event{Request: r, Policy: d.Policy.Name, Outcome: OutcomeShadowDenied, Latency: time.Since(start)})
 		return true
 	}
+	p, res := m.peek(r, d, rule, fromStore)
+	SetHeaders(w.Header(), p, res)
 	m.emit(Event{Request: r, Policy: d.Policy.Name, Outcome: OutcomeDenied, Latency: time.Since(start)})
 	problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
 		Title: "Too many requests",
@@ -244,6 +277,32 @@ func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand,
 			d.Cost, d.Policy.burst(), d.Policy.Name, d.Policy),
 		Extra: map[string]any{"violated_policies": []string{d.Policy.Name}}})
 	return true
+}
+
+// peek reads the state of d's policy without charging it (a demand of
+// cost 0), from the store when fromStore and it answers, else from the
+// fallback with the rule's fallback policy.
+func (m *middleware) peek(r *http.Request, d Demand, rule int, fromStore bool) (Policy, Result) {
+	d.Cost = 0
+	var res [1]Result
+	now := m.now()
+	if fromStore {
+		var err error
+		switch {
+		case m.local:
+			_, err = m.store.Decide(r.Context(), now, []Demand{d}, res[:])
+		case m.breaker.Open(now):
+			err = errStoreBackoff
+		default:
+			_, err = m.breaker.decide(r.Context(), m.store, now, m.timeout, m.maxWait, []Demand{d}, res[:])
+		}
+		if err == nil {
+			return d.Policy, res[0]
+		}
+		d.Policy = m.fallbackRules[rule]
+	}
+	_, _ = m.fallback.Decide(r.Context(), now, []Demand{d}, res[:]) // a Local fails only on invalid demands
+	return d.Policy, res[0]
 }
 
 func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
@@ -262,7 +321,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			cost = max(ru.Cost(r), 0)
 		}
 		d := Demand{Policy: ru.Policy, Key: key, Cost: cost, Shadow: ru.Shadow}
-		if m.overBurst(w, r, d, start) {
+		if m.overBurst(w, r, d, i, true, start) {
 			if d.Shadow {
 				continue
 			}
@@ -285,17 +344,18 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		cause    error // the store failure, when the fallback decided
 		fallback bool
 	)
-	if until := m.downUntil.Load(); until != 0 && now.UnixNano() < until {
+	switch {
+	case m.local:
+		tk, err = store.Decide(r.Context(), now, demands, results)
+	case m.breaker.Open(now):
 		err = errStoreBackoff
-	} else {
-		ctx, cancel := m.storeContext(r.Context())
-		tk, err = store.Decide(ctx, now, demands, results)
-		cancel()
+	default:
+		tk, err = m.breaker.decide(r.Context(), store, now, m.timeout, m.maxWait, demands, results)
 		if err != nil && r.Context().Err() != nil {
 			return // the client went away; nothing to answer, not a store failure
 		}
-		if err != nil && m.backoff > 0 && !errors.Is(err, ErrInvalidDemand) && !errors.Is(err, ErrInvalidPolicy) {
-			m.downUntil.Store(now.Add(m.backoff).UnixNano())
+		if err != nil && !errors.Is(err, ErrInvalidDemand) && !errors.Is(err, ErrInvalidPolicy) {
+			m.breaker.failed(now, err)
 		}
 	}
 	if err != nil {
@@ -324,7 +384,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		for i := range demands {
 			d := demands[i]
 			d.Policy = m.fallbackRules[ruleOf[i]]
-			if m.overBurst(w, r, d, start) {
+			if m.overBurst(w, r, d, ruleOf[i], false, start) {
 				if d.Shadow {
 					continue
 				}
@@ -383,7 +443,9 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	if tk.Holds() {
 		defer func() {
 			ctx, cancel := m.storeContext(context.WithoutCancel(r.Context()))
-			_ = store.Release(ctx, demands, tk) // a lost release is reclaimed by the store's lease
+			if store.Release(ctx, demands, tk) == nil && store != Store(m.fallback) {
+				m.breaker.answered()
+			} // a lost release is reclaimed by the store's lease
 			cancel()
 		}()
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,7 +168,8 @@ func TestMiddlewareRetryAfter(t *testing.T) {
 	if strings.Join(p.Violated, ",") != "hourly,slow" || !strings.Contains(p.Detail, "retry after 9 s") {
 		t.Fatalf("problem %+v", p)
 	}
-	if w.Header().Get("RateLimit") != `"slow";r=0;t=19` {
+	// t is the time until one more unit is available: 8.5 s, as Retry-After.
+	if w.Header().Get("RateLimit") != `"slow";r=0;t=9` {
 		t.Fatalf("RateLimit %q, want the policy with the longest wait", w.Header().Get("RateLimit"))
 	}
 	f.clock.Advance(8 * time.Second) // 1 s too early
@@ -268,7 +271,7 @@ func TestMiddlewareCostAboveFallbackBurst(t *testing.T) {
 
 func TestMiddlewareStoreFailure(t *testing.T) {
 	t.Parallel()
-	down := failingStore{errors.New("connection refused")}
+	down := &countingStore{err: fmt.Errorf("dial tcp: %w", syscall.ECONNREFUSED)}
 	open := ratelimit.Rule{Policy: mustPolicy(t, "open", "100/s"), Key: ratelimit.Constant(""), Fallback: mustPolicy(t, "", "1/m burst 1")}
 	closed := ratelimit.Rule{Policy: mustPolicy(t, "closed", "100/s"), Key: ratelimit.Constant(""), OnStoreError: ratelimit.FailClosed}
 	shadowClosed := closed
@@ -285,9 +288,13 @@ func TestMiddlewareStoreFailure(t *testing.T) {
 	if w := f.do(); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("fallback limit: %d Retry-After %q", w.Code, w.Header().Get("Retry-After"))
 	}
-	// Within StoreBackoff the store is not called; events still say why.
+	// The refused connection opened the breaker: within StoreBackoff the
+	// store is not called; events still say why.
 	if evs := f.rec.take(); evs[0].Err == nil || !evs[0].Fallback {
 		t.Fatalf("backoff events %+v", evs)
+	}
+	if got := down.calls.Load(); got != 1 {
+		t.Fatalf("the store was called %d times, want once (then the breaker is open)", got)
 	}
 
 	g := newFixture(t, ratelimit.Options{Rules: []ratelimit.Rule{open, closed}, Store: down, UnavailableRetryAfter: 3 * time.Second})

@@ -19,15 +19,21 @@ const (
 	// KindConcurrency limits how many requests are in flight at once: at
 	// most Limit, each slot given back when its request ends.
 	KindConcurrency
+	// KindCalendar is a quota of Limit units per calendar day, week
+	// (Monday to Monday) or month in Location, counted from zero at each
+	// boundary: "10000/month" resets at midnight on the 1st.
+	KindCalendar
 )
 
-// String returns "rate" or "concurrency".
+// String returns "rate", "concurrency" or "calendar".
 func (k Kind) String() string {
 	switch k {
 	case KindRate:
 		return "rate"
 	case KindConcurrency:
 		return "concurrency"
+	case KindCalendar:
+		return "calendar"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -65,11 +71,70 @@ type Policy struct {
 	// number of requests in flight at once (KindConcurrency).
 	Limit int64
 	// Period is the window of a rate policy: a whole number of seconds
-	// from 1s to MaxPeriod. Zero for concurrency policies.
+	// from 1s to MaxPeriod. Zero for concurrency and calendar policies
+	// (a calendar policy's period is Calendar).
 	Period time.Duration
 	// Burst is the number of units a rate policy admits at once after a
-	// quiet spell. Zero means Limit. Zero for concurrency policies.
+	// quiet spell. Zero means Limit. Zero for concurrency policies; zero
+	// or Limit for calendar ones.
 	Burst int64
+	// Calendar is the calendar period of a KindCalendar policy; zero for
+	// the other kinds.
+	Calendar CalendarPeriod
+	// Location is the time zone whose calendar a KindCalendar policy
+	// follows (its days start at local midnight, across DST changes).
+	// nil means UTC. Ignored by the other kinds.
+	Location *time.Location
+}
+
+// CalendarPeriod is the period of a calendar quota.
+type CalendarPeriod uint8
+
+const (
+	// CalendarDay runs from local midnight to the next (23, 24 or 25
+	// hours, across DST changes).
+	CalendarDay CalendarPeriod = iota + 1
+	// CalendarWeek runs from Monday midnight to the next (ISO 8601 weeks).
+	CalendarWeek
+	// CalendarMonth runs from midnight on the 1st to the next 1st.
+	CalendarMonth
+)
+
+// String returns "day", "week" or "month".
+func (c CalendarPeriod) String() string {
+	switch c {
+	case CalendarDay:
+		return "day"
+	case CalendarWeek:
+		return "week"
+	case CalendarMonth:
+		return "month"
+	}
+	return "CalendarPeriod(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Window returns the calendar period of a KindCalendar policy that
+// contains t: [start, end) in the policy's Location. It returns zero times
+// for other kinds.
+func (p Policy) Window(t time.Time) (start, end time.Time) {
+	if p.Kind != KindCalendar {
+		return time.Time{}, time.Time{}
+	}
+	loc := p.Location
+	if loc == nil {
+		loc = time.UTC
+	}
+	t = t.In(loc)
+	y, m, d := t.Date()
+	switch p.Calendar {
+	case CalendarWeek:
+		d -= (int(t.Weekday()) + 6) % 7 // back to Monday
+		return time.Date(y, m, d, 0, 0, 0, 0, loc), time.Date(y, m, d+7, 0, 0, 0, 0, loc)
+	case CalendarMonth:
+		return time.Date(y, m, 1, 0, 0, 0, 0, loc), time.Date(y, m+1, 1, 0, 0, 0, 0, loc)
+	default:
+		return time.Date(y, m, d, 0, 0, 0, 0, loc), time.Date(y, m, d+1, 0, 0, 0, 0, loc)
+	}
 }
 
 // ErrInvalidPolicy is wrapped by every error that reports a malformed or
@@ -94,8 +159,11 @@ func (e *policyError) Unwrap() error { return ErrInvalidPolicy }
 
 // burst returns the effective burst (0 for a concurrency policy).
 func (p Policy) burst() int64 {
-	if p.Kind == KindConcurrency {
+	switch p.Kind {
+	case KindConcurrency:
 		return 0
+	case KindCalendar:
+		return p.Limit
 	}
 	if p.Burst == 0 {
 		return p.Limit
@@ -104,7 +172,7 @@ func (p Policy) burst() int64 {
 }
 
 // EffectiveBurst returns a rate policy's Burst, or Limit when Burst is
-// zero; 0 for a concurrency policy.
+// zero; a calendar policy's Limit; 0 for a concurrency policy.
 func (p Policy) EffectiveBurst() int64 { return p.burst() }
 
 // Interval returns the emission interval of a rate policy: Period/Limit
@@ -156,8 +224,19 @@ func (p Policy) validNumbers() error {
 		if p.Limit < 1 || p.Limit > MaxLimit {
 			return fmt.Errorf("concurrency limit %d is out of range 1..%d", p.Limit, MaxLimit)
 		}
-		if p.Period != 0 || p.Burst != 0 {
-			return errors.New("a concurrency policy has no period or burst")
+		if p.Period != 0 || p.Burst != 0 || p.Calendar != 0 {
+			return errors.New("a concurrency policy has no period, burst or calendar")
+		}
+		return nil
+	case KindCalendar:
+		if p.Limit < 1 || p.Limit > MaxLimit {
+			return fmt.Errorf("limit %d is out of range 1..%d", p.Limit, MaxLimit)
+		}
+		if p.Calendar < CalendarDay || p.Calendar > CalendarMonth {
+			return fmt.Errorf("calendar period %v is not day, week or month", p.Calendar)
+		}
+		if p.Period != 0 || (p.Burst != 0 && p.Burst != p.Limit) {
+			return errors.New("a calendar quota has no period and no burst other than its limit")
 		}
 		return nil
 	case KindRate:
@@ -169,6 +248,9 @@ func (p Policy) validNumbers() error {
 	}
 	if p.Period < time.Second || p.Period > MaxPeriod || p.Period%time.Second != 0 {
 		return fmt.Errorf("period %v is not a whole number of seconds from 1s to %v", p.Period, MaxPeriod)
+	}
+	if p.Calendar != 0 {
+		return errors.New("a rate policy has no calendar period")
 	}
 	if p.Burst < 0 || p.Burst > MaxLimit {
 		return fmt.Errorf("burst %d is out of range 1..%d", p.Burst, MaxLimit)
@@ -183,10 +265,18 @@ func (p Policy) validNumbers() error {
 
 // String formats p in the syntax ParsePolicy reads, without the name:
 // "100/s burst 200", "1000/h", "5000/d", "10/m burst 20", "100/10s",
-// "concurrency 50".
+// "concurrency 50", "10000/month", "5/week", "100/day calendar" (the
+// Location of a calendar policy is not part of the string).
 func (p Policy) String() string {
-	if p.Kind == KindConcurrency {
+	switch p.Kind {
+	case KindConcurrency:
 		return "concurrency " + strconv.FormatInt(p.Limit, 10)
+	case KindCalendar:
+		s := strconv.FormatInt(p.Limit, 10) + "/" + p.Calendar.String()
+		if p.Calendar == CalendarDay {
+			s += " calendar"
+		}
+		return s
 	}
 	var b strings.Builder
 	b.WriteString(strconv.FormatInt(p.Limit, 10))
@@ -212,6 +302,11 @@ func (p Policy) String() string {
 	return b.String()
 }
 
+var calendarUnits = map[string]CalendarPeriod{
+	"week": CalendarWeek, "weeks": CalendarWeek,
+	"month": CalendarMonth, "months": CalendarMonth,
+}
+
 var units = map[string]time.Duration{
 	"s": time.Second, "sec": time.Second, "secs": time.Second, "second": time.Second, "seconds": time.Second,
 	"m": time.Minute, "min": time.Minute, "mins": time.Minute, "minute": time.Minute, "minutes": time.Minute,
@@ -227,9 +322,17 @@ var units = map[string]time.Duration{
 //	5000/day           likewise per day
 //	100/10s            100 per 10 seconds
 //	concurrency 50     at most 50 requests in flight
+//	10000/month        a calendar quota: 10000 per calendar month, reset at
+//	                   midnight on the 1st (Policy.Location, default UTC)
+//	500/week           per calendar week, reset at Monday midnight
+//	100/day calendar   per calendar day, reset at midnight ("100/day"
+//	                   alone is the rolling quota above)
 //
 // Units are s, m, h and d, or sec/second(s), min/minute(s), hr/hour(s),
-// day(s); an optional whole multiplier precedes the unit. Matching is
+// day(s); an optional whole multiplier precedes the unit. week(s) and
+// month(s), which have no fixed length, are always calendar periods and
+// take no multiplier; "calendar" after day, week or month asks for the
+// calendar period explicitly. Matching is
 // case-insensitive and tolerates extra spaces. Without "burst", Burst is
 // set to Limit. Errors name what is wrong and wrap ErrInvalidPolicy.
 func ParsePolicy(s string) (Policy, error) {
@@ -263,6 +366,25 @@ func ParsePolicy(s string) (Policy, error) {
 		f := strings.Fields(rest)
 		if len(f) == 0 {
 			return fail("no time unit after \"/\" (want s, m, h or d)")
+		}
+		cal, isCal := calendarUnits[f[0]]
+		if len(f) == 2 && f[1] == "calendar" {
+			if !isCal {
+				if u, ok := units[f[0]]; ok && u == 24*time.Hour {
+					cal, isCal = CalendarDay, true
+				} else {
+					return fail("\"calendar\" applies to day, week or month, not %q", f[0])
+				}
+			}
+		} else if isCal && len(f) > 1 {
+			return fail("a calendar quota takes no %q", f[1])
+		}
+		if isCal {
+			p = Policy{Kind: KindCalendar, Limit: limit, Calendar: cal}
+			if err := p.validNumbers(); err != nil {
+				return fail("%s", err)
+			}
+			return p, nil
 		}
 		period, err := parsePeriod(f[0])
 		if err != nil {
@@ -362,4 +484,48 @@ func ParseFailureMode(s string) (FailureMode, error) {
 		return FailClosed, nil
 	}
 	return 0, fmt.Errorf("ratelimit: failure mode %q: want fail_open or fail_closed", s)
+}
+
+// Share returns one replica's share of p when n replicas enforce it on
+// their own (the fail-open fallback of a shared store): a policy that
+// admits, summed over the n replicas, about what p admits alone.
+//
+//   - concurrency N: ceil(N/n) in flight;
+//   - rate L/P burst B: the burst becomes ceil(B/n); the rate becomes
+//     exactly L/(n·P) — the limit divided when n divides it, else the
+//     period multiplied (when that stays within MaxPeriod, else the
+//     limit is divided and rounded up);
+//   - calendar quota L: ceil(L/n) per calendar period.
+//
+// Rounding up keeps every replica able to admit at least one unit, so n
+// replicas together may admit up to n−1 units more than p's burst (or
+// concurrency limit, or quota) at once. n ≤ 1 returns p unchanged; so
+// does an invalid p.
+func (p Policy) Share(n int) Policy {
+	if n <= 1 || p.Validate() != nil {
+		return p
+	}
+	r := int64(n)
+	ceil := func(v int64) int64 { return (v + r - 1) / r }
+	switch p.Kind {
+	case KindConcurrency, KindCalendar:
+		p.Limit = ceil(p.Limit)
+		return p
+	}
+	b := ceil(p.burst())
+	q := p
+	switch {
+	case p.Limit%r == 0:
+		q.Limit /= r
+	case p.Period <= MaxPeriod/time.Duration(r):
+		q.Period *= time.Duration(r)
+	default:
+		q.Limit = ceil(p.Limit)
+	}
+	q.Burst = b
+	if q.Validate() != nil { // the longer period put the burst window past MaxPeriod
+		q = p
+		q.Limit, q.Burst = ceil(p.Limit), b
+	}
+	return q
 }

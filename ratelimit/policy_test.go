@@ -50,7 +50,10 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"100", `no "/"`},
 		{"100/", "no time unit"},
 		{"100/x", `unknown time unit "x"`},
-		{"100/week", `unknown time unit "week"`},
+		{"100/fortnight", `unknown time unit "fortnight"`},
+		{"100/2week", `unknown time unit "week"`},
+		{"100/week burst 5", `a calendar quota takes no "burst"`},
+		{"100/h calendar", `"calendar" applies to day, week or month`},
 		{"0/s", `limit "0" is not a whole number`},
 		{"-1/s", `limit "-1"`},
 		{"1.5/s", `limit "1.5"`},
@@ -95,7 +98,7 @@ func TestPolicyValidate(t *testing.T) {
 		{ratelimit.Policy{Name: "a", Limit: 10, Period: 1500 * time.Millisecond}, "whole number of seconds"},
 		{ratelimit.Policy{Name: "a", Limit: 10}, "period"},
 		{ratelimit.Policy{Name: "a", Limit: 10, Period: time.Second, Burst: -1}, "burst"},
-		{ratelimit.Policy{Name: "a", Kind: ratelimit.KindConcurrency, Limit: 10, Period: time.Second}, "no period or burst"},
+		{ratelimit.Policy{Name: "a", Kind: ratelimit.KindConcurrency, Limit: 10, Period: time.Second}, "no period, burst or calendar"},
 		{ratelimit.Policy{Name: "a", Kind: 9, Limit: 10}, "unknown kind"},
 	}
 	for _, c := range bad {

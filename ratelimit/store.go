@@ -46,12 +46,39 @@ type Result struct {
 	// RetryAfter is, when !Allowed, how long until the demand would be
 	// admitted if nothing else were charged meanwhile: for a rate policy
 	// exactly the time until enough units have come back, never the full
-	// window when less remains; ConcurrencyRetryAfter for a concurrency
-	// policy. Zero when Allowed.
+	// window when less remains; for a calendar quota the time until the
+	// period ends; ConcurrencyRetryAfter for a concurrency policy. Zero
+	// when Allowed.
 	RetryAfter time.Duration
 	// ResetAfter is how long until the policy is back at its full burst if
-	// nothing else is charged. Zero for concurrency policies.
+	// nothing else is charged: for a calendar quota, until the period
+	// ends. Zero for concurrency policies.
 	ResetAfter time.Duration
+	// Window is, for a calendar quota, the length of the calendar period
+	// the decision fell in (a day may be 23 or 25 hours long, a month 28
+	// to 31 days). Zero for the other kinds.
+	Window time.Duration
+}
+
+// NextAfter returns how long until p, in state r, has at least one more
+// unit available than r.Remaining, if nothing else is charged: the t
+// parameter of the RateLimit field. For a rate policy that is the time
+// until the next unit comes back (at most the emission interval, except
+// after a reload to a smaller burst), for a calendar quota the time until
+// the period ends; zero when r.Remaining is already the whole burst or
+// quota, and for concurrency policies (a slot comes back when some request
+// ends, which no store can predict).
+func (r Result) NextAfter(p Policy) time.Duration {
+	b := p.burst()
+	if p.Kind == KindConcurrency || r.Remaining >= b {
+		return 0
+	}
+	if p.Kind == KindCalendar {
+		return max(r.ResetAfter, 0)
+	}
+	iv := p.Interval()
+	rem := max(r.Remaining, 0)
+	return max(r.ResetAfter-time.Duration(b)*iv+time.Duration(rem+1)*iv, 0)
 }
 
 // Ticket is what an admitted decision holds: the concurrency slots that
@@ -130,7 +157,7 @@ func CheckDemands(demands []Demand, results []Result) error {
 		if d.Cost < 0 {
 			return &demandError{msg: fmt.Sprintf("policy %q: negative cost %d", d.Policy.Name, d.Cost)}
 		}
-		if d.Policy.Kind == KindRate && d.Cost > d.Policy.burst() {
+		if d.Policy.Kind != KindConcurrency && d.Cost > d.Policy.burst() {
 			return &demandError{is: ErrCostExceedsBurst,
 				msg: fmt.Sprintf("policy %q: cost %d exceeds the burst of %d", d.Policy.Name, d.Cost, d.Policy.burst())}
 		}

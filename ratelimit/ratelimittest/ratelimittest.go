@@ -63,6 +63,9 @@ func Run(t *testing.T, h Harness) {
 		{"ManyPolicies", testManyPolicies},
 		{"InvalidDemands", testInvalid},
 		{"AdmittedWithinBurstPlusRate", testBound},
+		{"CalendarQuota", testCalendar},
+		{"CalendarAcrossMonthBoundary", testCalendarMonthBoundary},
+		{"CalendarAcrossDST", testCalendarDST},
 		{"HTTP/DeniedIs429WithHeaders", testHTTPDenied},
 		{"HTTP/ConcurrencyReleasedOnPanic", testHTTPPanicRelease},
 	}
@@ -110,6 +113,9 @@ func (e *env) advance(d time.Duration) {
 }
 
 func (e *env) real() bool { return e.clock == nil }
+
+// setClock moves the fake clock forward to t.
+func (e *env) setClock(t time.Time) { e.clock.Advance(t.Sub(e.clock.Now())) }
 
 // policy parses spec and names it uniquely for this test.
 func (e *env) policy(t testing.TB, name, spec string) ratelimit.Policy {
@@ -596,22 +602,32 @@ func testBound(t *testing.T, e *env) {
 func testHTTPDenied(t *testing.T, e *env) {
 	p := e.policy(t, "p", "1/m burst 2")
 	mw, err := ratelimit.Middleware(ratelimit.Options{
-		Rules: []ratelimit.Rule{{Policy: p, Key: ratelimit.Header("X-Api-Key")}},
+		Rules: []ratelimit.Rule{{Policy: p, Key: ratelimit.Header("X-Api-Key"), Cost: func(r *http.Request) int64 {
+			if r.Header.Get("X-Cost") != "" {
+				return 3 // above the burst of 2
+			}
+			return 1
+		}}},
 		Store: e.store, Now: e.now, Timeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
-	get := func() *httptest.ResponseRecorder {
+	get := func(hdr ...string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(http.MethodGet, "/x", nil)
 		r.Header.Set("X-Api-Key", "key-1")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			r.Header.Set(hdr[i], hdr[i+1])
+		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		return w
 	}
-	wantPolicy := `"` + p.Name + `";q=1;w=60`
-	for i, want := range []string{`;r=1;t=60`, `;r=0;t=120`} {
+	// q is the burst and w the time it takes to come back; t is the time
+	// until one more unit is available (one emission interval here).
+	wantPolicy := `"` + p.Name + `";q=2;w=120`
+	for i, want := range []string{`;r=1;t=60`, `;r=0;t=60`} {
 		w := get()
 		if w.Code != http.StatusNoContent || w.Header().Get("RateLimit-Policy") != wantPolicy || w.Header().Get("RateLimit") != `"`+p.Name+`"`+want {
 			t.Fatalf("request %d: %d RateLimit-Policy=%q RateLimit=%q, want 204 %q %q", i, w.Code,
@@ -621,8 +637,17 @@ func testHTTPDenied(t *testing.T, e *env) {
 	w := get()
 	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "60" ||
 		w.Header().Get("Content-Type") != "application/problem+json" || !strings.Contains(w.Body.String(), `"violated_policies":["`+p.Name+`"]`) ||
-		w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=120` || w.Header().Get("RateLimit-Policy") != wantPolicy {
+		w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=60` || w.Header().Get("RateLimit-Policy") != wantPolicy {
 		t.Fatalf("denied: %d Retry-After=%q RateLimit=%q body %s", w.Code, w.Header().Get("Retry-After"), w.Header().Get("RateLimit"), w.Body)
+	}
+	// A cost above the burst can never be admitted: 429 without
+	// Retry-After, but with the fields like every other response, and
+	// nothing charged.
+	w = get("X-Cost", "3")
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "" ||
+		w.Header().Get("RateLimit-Policy") != wantPolicy || w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=60` {
+		t.Fatalf("cost above the burst: %d Retry-After=%q RateLimit-Policy=%q RateLimit=%q", w.Code,
+			w.Header().Get("Retry-After"), w.Header().Get("RateLimit-Policy"), w.Header().Get("RateLimit"))
 	}
 }
 
@@ -672,5 +697,104 @@ func testHTTPPanicRelease(t *testing.T, e *env) {
 	}
 	if code, _ := serve("/fast"); code != http.StatusOK {
 		t.Fatalf("after a panicking request: %d, want 200 (its slot released)", code)
+	}
+}
+
+// A calendar quota admits Limit units per period, atomically with the
+// request's other policies: a request denied by another policy charges the
+// quota nothing, and a denial waits until the period ends.
+func testCalendar(t *testing.T, e *env) {
+	q := e.policy(t, "q", "3/day calendar")
+	rate := e.policy(t, "r", "1/m burst 2")
+	if _, end := q.Window(e.now()); e.real() && end.Sub(e.now()) < time.Minute {
+		t.Skip("too close to midnight UTC for a real-clock run")
+	}
+	before := e.now()
+	rs, _ := e.decide(t, d(q, "k"), d(rate, "k"))
+	wantResult(t, "first", rs[0], true, 2)
+	_, end := q.Window(before)
+	e.approx(t, "ResetAfter", rs[0].ResetAfter, end.Sub(before))
+	if rs[0].Window != 24*time.Hour {
+		t.Fatalf("Window = %v, want 24h (UTC)", rs[0].Window)
+	}
+	rs, _ = e.decide(t, d(q, "k"), d(rate, "k"))
+	wantResult(t, "second", rs[0], true, 1)
+	// The rate policy denies the third request: the quota is not charged.
+	rs, _ = e.decide(t, d(q, "k"), d(rate, "k"))
+	if rs[1].Allowed || !rs[0].Allowed || rs[0].Remaining != 1 {
+		t.Fatalf("third: %+v, want the rate denial and the quota untouched (1 left)", rs)
+	}
+	wantResult(t, "quota alone", e.one(t, q, "k", 1), true, 0)
+	before = e.now()
+	r := e.one(t, q, "k", 1)
+	wantResult(t, "over the quota", r, false, 0)
+	_, end = q.Window(before)
+	e.approx(t, "RetryAfter", r.RetryAfter, end.Sub(before))
+	wantResult(t, "another key", e.one(t, q, "k2", 3), true, 0)
+	var errCost error
+	_, errCost = e.store.Decide(context.Background(), e.now(), []ratelimit.Demand{{Policy: q, Key: "k3", Cost: 4}}, make([]ratelimit.Result, 1))
+	if !errors.Is(errCost, ratelimit.ErrCostExceedsBurst) {
+		t.Fatalf("cost above the quota: %v, want ErrCostExceedsBurst", errCost)
+	}
+}
+
+// On a fake clock: the quota resets exactly at local midnight on the 1st,
+// in the policy's time zone, and a February is 28 days long.
+func testCalendarMonthBoundary(t *testing.T, e *env) {
+	if e.real() {
+		t.Skip("needs a store that decides with the time passed in; the Redis script's boundary switch is tested on its own")
+	}
+	tokyo, err := time.LoadLocation("Asia/Tokyo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := e.policy(t, "m", "2/month")
+	q.Location = tokyo
+	// 2030-01-31 23:59:59 in Tokyo is 14:59:59 UTC.
+	e.setClock(time.Date(2030, 1, 31, 23, 59, 59, 0, tokyo))
+	wantResult(t, "January", e.one(t, q, "k", 2), true, 0)
+	r := e.one(t, q, "k", 1)
+	wantResult(t, "January, over", r, false, 0)
+	if r.RetryAfter != time.Second || r.Window != 31*24*time.Hour {
+		t.Fatalf("January: RetryAfter %v Window %v, want 1s and 31 days", r.RetryAfter, r.Window)
+	}
+	e.advance(time.Second - time.Nanosecond)
+	wantResult(t, "one nanosecond early", e.one(t, q, "k", 1), false, 0)
+	e.advance(time.Nanosecond)
+	r = e.one(t, q, "k", 1)
+	wantResult(t, "February", r, true, 1)
+	if r.Window != 28*24*time.Hour || r.ResetAfter != 28*24*time.Hour {
+		t.Fatalf("February: Window %v ResetAfter %v, want 28 days", r.Window, r.ResetAfter)
+	}
+}
+
+// On a fake clock: a calendar day in New York is 23 hours long when DST
+// starts and 25 when it ends, and the quota resets at local midnight.
+func testCalendarDST(t *testing.T, e *env) {
+	if e.real() {
+		t.Skip("needs a store that decides with the time passed in")
+	}
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		day  time.Time
+		want time.Duration
+	}{
+		{time.Date(2030, 3, 10, 0, 30, 0, 0, ny), 23 * time.Hour}, // DST starts at 02:00
+		{time.Date(2030, 11, 3, 0, 30, 0, 0, ny), 25 * time.Hour}, // DST ends at 02:00
+	} {
+		q := e.policy(t, "dst"+c.day.Format("0102"), "1/day calendar")
+		q.Location = ny
+		e.setClock(c.day)
+		wantResult(t, "first", e.one(t, q, "k", 1), true, 0)
+		r := e.one(t, q, "k", 1)
+		left := c.want - 30*time.Minute
+		if r.Allowed || r.RetryAfter != left || r.Window != c.want {
+			t.Fatalf("%v: %+v, want denied for %v in a %v day", c.day, r, left, c.want)
+		}
+		e.setClock(time.Date(c.day.Year(), c.day.Month(), c.day.Day()+1, 0, 0, 0, 0, ny))
+		wantResult(t, "next day", e.one(t, q, "k", 1), true, 0)
 	}
 }

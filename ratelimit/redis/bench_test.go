@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/csv"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"runtime"
@@ -47,15 +49,25 @@ func reportRate(b *testing.B, start time.Time) {
 }
 
 func BenchmarkRedisDecide(b *testing.B) {
-	for _, n := range []int{1, 4} {
-		b.Run("policies="+strconv.Itoa(n), func(b *testing.B) {
+	for _, n := range []int{1, 4, -4} {
+		name := "policies=" + strconv.Itoa(n)
+		if n < 0 {
+			n, name = -n, "policies=4,calendar" // 3 rate policies and a calendar quota
+		}
+		b.Run(name, func(b *testing.B) {
 			cnt := &counter{}
 			c := benchClient(b, cnt)
-			// Keys expire by themselves within 10 ms (100/s policies).
-			s := newOwnStore(b, c, redis.Options{Prefix: "levee:rlbench:" + randHex(4) + ":"})
+			// Rate keys expire by themselves within 10 ms (100/s
+			// policies); calendar keys are deleted at the end.
+			prefix := "levee:rlbench:" + randHex(4) + ":"
+			s := newOwnStore(b, c, redis.Options{Prefix: prefix})
 			pols := make([]ratelimit.Policy, n)
 			for i := range pols {
 				pols[i] = policy(b, "p"+strconv.Itoa(i), "100/s")
+			}
+			if strings.HasSuffix(name, "calendar") {
+				pols[n-1] = policy(b, "q", "1000000000/day calendar")
+				b.Cleanup(func() { deletePrefix(c, prefix) })
 			}
 			b.SetParallelism(parallelism())
 			b.ReportAllocs()
@@ -80,6 +92,34 @@ func BenchmarkRedisDecide(b *testing.B) {
 			b.ReportMetric(float64(cnt.n.Load()-before)/float64(b.N), "roundtrips/op")
 		})
 	}
+}
+
+// BenchmarkRedisMiddleware is one decision through the middleware (one
+// rule), which runs the store call on its own goroutine under the
+// breaker's stall watch: compare BenchmarkRedisDecide/policies=1.
+func BenchmarkRedisMiddleware(b *testing.B) {
+	c := benchClient(b)
+	s := newOwnStore(b, c, redis.Options{Prefix: "levee:rlbench:" + randHex(4) + ":"})
+	mw, err := ratelimit.Middleware(ratelimit.Options{Store: s, Rules: []ratelimit.Rule{
+		{Policy: policy(b, "p", "100/s"), Key: ratelimit.Header("X-K")},
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	b.SetParallelism(parallelism())
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		w := httptest.NewRecorder()
+		for pb.Next() {
+			r.Header.Set("X-K", strconv.Itoa(rand.IntN(100_000)))
+			h.ServeHTTP(w, r)
+		}
+	})
+	reportRate(b, start)
 }
 
 func BenchmarkRedisRate(b *testing.B) {

@@ -22,12 +22,15 @@
 //	<Prefix>{<tag>}:r:<h>   a string: the GCRA TAT in Unix microseconds
 //	<Prefix>{<tag>}:c:<h>   a sorted set: in-flight decision ids, scored
 //	                        by the Unix microsecond their lease ends
+//	<Prefix>{<tag>}:q:<h>   a string "units:period_end" (calendar quota;
+//	                        period_end in Unix microseconds)
 //
 // where h is the first 128 bits of SHA-256(name, key) in hex, so that keys
 // such as API keys never reach Redis in clear and every key has the same
 // short length. A rate key's TTL is the time until its TAT passes (after
 // which the key would be "full" anyway, so expiry changes no decision); a
-// concurrency key's TTL is ConcurrencyLease, refreshed by each admission.
+// concurrency key's TTL is ConcurrencyLease, refreshed by each admission;
+// a calendar key's TTL is the end of its period (plus a second).
 // A request that runs longer than ConcurrencyLease stops counting against
 // its concurrency limit, and a replica that crashes holding slots has them
 // back after at most ConcurrencyLease.
@@ -42,6 +45,21 @@
 // keys over the Cluster; every demand of one decision must then have the
 // same key (for example, all of a route's policies keyed by API key),
 // and Decide refuses other decisions with ErrCrossSlot.
+//
+// # Calendar quotas
+//
+// The replica computes the boundaries of the previous, current and next
+// calendar period in the policy's time zone (Go's time zone database) and
+// passes them with the demand; the script charges the period that holds
+// Redis TIME. So a calendar quota is decided in the same script call as
+// the request's other policies, by the one Redis clock, and a replica
+// whose clock is off by less than a period charges the right one.
+//
+// # Connections
+//
+// Warm opens a number of pooled connections at once, so that a burst of
+// that many concurrent decisions does not wait for dials; the gateway
+// does it at start for its whole pool.
 //
 // # Failures
 //
@@ -180,6 +198,60 @@ func (s *Store) Load(ctx context.Context) error {
 	return nil
 }
 
+// Warm opens n connections in the pool of the client passed to New (on
+// every shard of a Cluster or Ring) and returns them to it idle, so that
+// a burst of up to n concurrent decisions does not queue behind dials.
+// The client's PoolSize should be at least n and its ConnMaxIdleTime long
+// (or MinIdleConns = n) for the connections to stay. A client of another
+// type is left alone. It fails with the first connection that cannot be
+// opened (the others stay in the pool), or when ctx ends.
+func (s *Store) Warm(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	var err error
+	switch c := s.c.(type) {
+	case *goredis.Client:
+		err = warm(ctx, c, n)
+	case *goredis.ClusterClient:
+		err = c.ForEachShard(ctx, func(ctx context.Context, sc *goredis.Client) error { return warm(ctx, sc, n) })
+	case *goredis.Ring:
+		err = c.ForEachShard(ctx, func(ctx context.Context, sc *goredis.Client) error { return warm(ctx, sc, n) })
+	}
+	if err != nil {
+		return fmt.Errorf("ratelimit/redis: warm %d connections: %w", n, err)
+	}
+	return nil
+}
+
+// warm holds n connections of c at once (each checked with a PING), then
+// gives them back to the pool.
+func warm(ctx context.Context, c *goredis.Client, n int) error {
+	n = min(n, c.Options().PoolSize)
+	conns := make([]*goredis.Conn, n)
+	errs := make([]error, n)
+	done := make(chan int, n)
+	for i := range conns {
+		go func() {
+			conns[i] = c.Conn()
+			errs[i] = conns[i].Ping(ctx).Err()
+			done <- i
+		}()
+	}
+	for range n {
+		<-done
+	}
+	for _, cn := range conns {
+		_ = cn.Close() // back to the pool
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Key returns the Redis key holding the state of d (see the package doc).
 func (s *Store) Key(d ratelimit.Demand) string { return s.key(d, s.tag(d.Key)) }
 
@@ -192,8 +264,11 @@ func (s *Store) key(d ratelimit.Demand, tag string) string {
 	b = append(b, d.Key...)
 	sum := sha256.Sum256(b)
 	kind := "r"
-	if d.Policy.Kind == ratelimit.KindConcurrency {
+	switch d.Policy.Kind {
+	case ratelimit.KindConcurrency:
 		kind = "c"
+	case ratelimit.KindCalendar:
+		kind = "q"
 	}
 	return s.prefix + "{" + tag + "}:" + kind + ":" + hex.EncodeToString(sum[:16])
 }
@@ -213,7 +288,9 @@ func (e *demandError) Error() string   { return e.err.Error() }
 func (e *demandError) Unwrap() []error { return []error{e.err, ratelimit.ErrInvalidDemand} }
 
 // Decide implements ratelimit.Store in one script call. now is ignored:
-// the script reads the Redis clock.
+// the script reads the Redis clock (calendar quotas send the boundaries of
+// the periods around this process's clock, and the script picks the one
+// holding Redis TIME).
 func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Demand, results []ratelimit.Result) (ratelimit.Ticket, error) {
 	if err := ratelimit.CheckDemands(demands, results); err != nil {
 		return ratelimit.Ticket{}, err
@@ -228,17 +305,25 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 	keys := make([]string, len(demands))
 	args := make([]any, 1, 1+4*len(demands))
 	var id uint64
+	var cal [][4]int64           // period boundaries of calendar demands, by demand (nil if none)
 	tag := s.tag(demands[0].Key) // the same for every demand (checked above when sharded)
 	for i := range demands {
 		d := &demands[i]
 		keys[i] = s.key(*d, tag)
-		kind, a, b := "r", d.Policy.Interval().Microseconds(), int64(0)
-		if d.Policy.Kind == ratelimit.KindConcurrency {
+		kind, a, b := "r", d.Policy.Interval().Microseconds(), any(int64(0))
+		switch d.Policy.Kind {
+		case ratelimit.KindConcurrency:
 			kind, a, b = "c", d.Policy.Limit, s.leaseUS
 			if id == 0 {
 				id = rand.Uint64() | 1
 			}
-		} else {
+		case ratelimit.KindCalendar:
+			if cal == nil {
+				cal = make([][4]int64, len(demands))
+			}
+			cal[i] = boundaries(d.Policy, time.Now())
+			kind, a, b = "q", d.Policy.Limit, fmt.Sprintf("%d:%d:%d:%d", cal[i][0], cal[i][1], cal[i][2], cal[i][3])
+		default:
 			b = a * d.Policy.EffectiveBurst()
 		}
 		if d.Shadow {
@@ -265,6 +350,9 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 			RetryAfter: time.Duration(v[o+2]) * time.Microsecond,
 			ResetAfter: time.Duration(v[o+3]) * time.Microsecond,
 		}
+		if demands[i].Policy.Kind == ratelimit.KindCalendar {
+			results[i].Window = periodOf(cal[i], time.Now().Add(results[i].ResetAfter))
+		}
 		if demands[i].Policy.Kind == ratelimit.KindConcurrency {
 			if !results[i].Allowed {
 				results[i].RetryAfter = ratelimit.ConcurrencyRetryAfter // as Local: one constant
@@ -277,6 +365,38 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 		tk.ID = id
 	}
 	return tk, nil
+}
+
+// boundaries returns the Unix µs boundaries of the calendar periods of p
+// before, at and after now: [b0,b1) [b1,b2) [b2,b3), the middle one
+// holding now. The script picks the one holding the Redis clock, so a
+// replica whose clock is off by less than a period still charges the
+// period Redis is in.
+func boundaries(p ratelimit.Policy, now time.Time) [4]int64 {
+	start, end := p.Window(now)
+	prev, _ := p.Window(start.Add(-time.Nanosecond))
+	_, next := p.Window(end)
+	return [4]int64{prev.UnixMicro(), start.UnixMicro(), end.UnixMicro(), next.UnixMicro()}
+}
+
+// periodOf returns the length of the period in b whose end is nearest to
+// end (the end the script used, estimated from its reset).
+func periodOf(b [4]int64, end time.Time) time.Duration {
+	e := end.UnixMicro()
+	best := 1
+	for i := 2; i <= 3; i++ {
+		if abs(b[i]-e) < abs(b[best]-e) {
+			best = i
+		}
+	}
+	return time.Duration(b[best]-b[best-1]) * time.Microsecond
+}
+
+func abs(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
 }
 
 // Release implements ratelimit.Store in one script call.

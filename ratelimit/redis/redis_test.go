@@ -177,6 +177,9 @@ func TestOneRoundTripPerDecision(t *testing.T) {
 			ds[i] = ratelimit.Demand{Policy: policy(t, "p"+strconv.Itoa(i), "10/s"), Key: "k", Cost: 1}
 		}
 		ds[0].Policy = policy(t, "conc", "concurrency 5")
+		if n > 1 {
+			ds[1].Policy = policy(t, "monthly", "1000/month") // calendar quotas ride along
+		}
 		rs := make([]ratelimit.Result, n)
 		before := cnt.n.Load()
 		tk, err := s.Decide(ctx, time.Now(), ds, rs)
@@ -457,7 +460,7 @@ func TestStoreDownMidTest(t *testing.T) {
 				if !ev.Fallback || ev.Err == nil || ev.Policy != "open" {
 					t.Fatalf("fail_open request %d: event %+v, want a fallback with the store error", i, ev)
 				}
-				if want == http.StatusTooManyRequests && (w.Header().Get("Retry-After") != "60" || w.Header().Get("RateLimit-Policy") != `"open";q=1;w=60`) {
+				if want == http.StatusTooManyRequests && (w.Header().Get("Retry-After") != "60" || w.Header().Get("RateLimit-Policy") != `"open";q=2;w=120`) {
 					t.Fatalf("fallback denial: Retry-After=%q RateLimit-Policy=%q", w.Header().Get("Retry-After"), w.Header().Get("RateLimit-Policy"))
 				}
 			}
@@ -474,8 +477,8 @@ func TestStoreDownMidTest(t *testing.T) {
 	}
 }
 
-// After a store failure, StoreBackoff skips the store: an outage does not
-// add the timeout to every request.
+// Once the breaker opens, the store is skipped for OpenFor: an outage does
+// not add the timeout to every request.
 func TestStoreBackoffSkipsTheStore(t *testing.T) {
 	t.Parallel()
 	srv := startRedis(t)
@@ -486,7 +489,8 @@ func TestStoreBackoffSkipsTheStore(t *testing.T) {
 	clock := func() time.Time { return now }
 	mw, err := ratelimit.Middleware(ratelimit.Options{
 		Rules: []ratelimit.Rule{{Policy: policy(t, "p", "100/s"), Key: ratelimit.Constant("k")}},
-		Store: s, Now: clock, Timeout: 200 * time.Millisecond, StoreBackoff: 5 * time.Second,
+		Store: s, Now: clock, Timeout: 200 * time.Millisecond,
+		Breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{Failures: 1, OpenFor: 5 * time.Second}),
 	})
 	if err != nil {
 		t.Fatal(err)
