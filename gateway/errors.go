@@ -158,7 +158,7 @@ func checkErrorTemplate(t *template.Template, contentType string) error {
 			p := problem.Problem{Type: typ, Status: 400, Title: "Sample \"title\" <&>"}
 			if full {
 				p.Detail, p.RetryAfter = "a detail with \"quotes\", \\ and\nnewlines", 1500*time.Millisecond
-				p.Extra = map[string]any{"violated_policies": []string{"per-key", "global"}, "route": "r", "upstream": "u:1"}
+				p.Extra = map[string]any{problem.ViolatedPolicies: []string{"per-key", "global"}, "route": "r", "upstream": "u:1"}
 			}
 			var b bytes.Buffer
 			if err := t.Execute(&b, newProblemView(p, "0123456789abcdef0123456789abcdef", "route")); err != nil {
@@ -201,7 +201,7 @@ func newProblemView(p problem.Problem, requestID, route string) ProblemView {
 	if p.RetryAfter > 0 {
 		v.RetryAfter = problem.RetryAfterSeconds(p.RetryAfter)
 	}
-	if pol, ok := p.Extra["violated_policies"].([]string); ok {
+	if pol, ok := p.Extra[problem.ViolatedPolicies].([]string); ok {
 		v.Policies = pol
 	}
 	if v.Extra == nil {

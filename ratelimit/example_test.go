@@ -44,7 +44,7 @@ func ExampleMiddleware() {
 			var doc struct {
 				Type     string   `json:"type"`
 				Detail   string   `json:"detail"`
-				Violated []string `json:"violated_policies"`
+				Violated []string `json:"violated-policies"`
 			}
 			_ = json.Unmarshal(w.Body.Bytes(), &doc)
 			fmt.Println(doc.Type)

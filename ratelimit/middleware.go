@@ -161,7 +161,7 @@ type middleware struct {
 //     decided by one Store.Decide: atomically, in one round trip for
 //     Redis; a request denied by any non-shadow policy charges none;
 //   - denied: 429 application/problem+json (type rate-limited) naming the
-//     violated policies in "violated_policies", with Retry-After in whole
+//     violated policies in "violated-policies", with Retry-After in whole
 //     seconds rounded up from the longest wait any of them needs;
 //   - every decided response, allowed or denied, carries RateLimit-Policy
 //     and RateLimit for the tightest non-shadow policy (the violated one
@@ -275,7 +275,7 @@ func (m *middleware) overBurst(w http.ResponseWriter, r *http.Request, d Demand,
 		Title: "Too many requests",
 		Detail: fmt.Sprintf("this request costs %d units, more than the burst of %d allowed by policy %q (%s): it can never be admitted",
 			d.Cost, d.Policy.burst(), d.Policy.Name, d.Policy),
-		Extra: map[string]any{"violated_policies": []string{d.Policy.Name}}})
+		Extra: map[string]any{problem.ViolatedPolicies: []string{d.Policy.Name}}})
 	return true
 }
 
@@ -436,7 +436,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
 			Title:      "Too many requests",
 			Detail:     fmt.Sprintf("rate limit exceeded for %s %s; retry after %d s", plural(len(violated), "policy", "policies"), quoteList(violated), problem.RetryAfterSeconds(retry)),
-			Extra:      map[string]any{"violated_policies": violated},
+			Extra:      map[string]any{problem.ViolatedPolicies: violated},
 			RetryAfter: retry})
 		return
 	}

@@ -88,7 +88,7 @@ type problemDoc struct {
 	Type     string   `json:"type"`
 	Status   int      `json:"status"`
 	Detail   string   `json:"detail"`
-	Violated []string `json:"violated_policies"`
+	Violated []string `json:"violated-policies"`
 	Policies []string `json:"policies"`
 }
 

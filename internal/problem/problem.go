@@ -45,6 +45,11 @@ var Types = []string{
 	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized, AdminRequestInvalid,
 }
 
+// ViolatedPolicies is the member of a rate-limited problem naming the
+// violated policies: the name draft-ietf-httpapi-ratelimit-headers gives
+// it in its quota-exceeded problem type.
+const ViolatedPolicies = "violated-policies"
+
 // Problem is one problem+json document.
 type Problem struct {
 	Type   string // a slug above; written as BaseURI+slug

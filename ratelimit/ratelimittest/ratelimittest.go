@@ -636,7 +636,7 @@ func testHTTPDenied(t *testing.T, e *env) {
 	}
 	w := get()
 	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "60" ||
-		w.Header().Get("Content-Type") != "application/problem+json" || !strings.Contains(w.Body.String(), `"violated_policies":["`+p.Name+`"]`) ||
+		w.Header().Get("Content-Type") != "application/problem+json" || !strings.Contains(w.Body.String(), `"violated-policies":["`+p.Name+`"]`) ||
 		w.Header().Get("RateLimit") != `"`+p.Name+`";r=0;t=60` || w.Header().Get("RateLimit-Policy") != wantPolicy {
 		t.Fatalf("denied: %d Retry-After=%q RateLimit=%q body %s", w.Code, w.Header().Get("Retry-After"), w.Header().Get("RateLimit"), w.Body)
 	}
