@@ -2,7 +2,7 @@
 # The floor for the Redis rate limiter: how many EVALSHA calls per second
 # redis-benchmark (a C client, no per-call work) gets through at the same
 # concurrency, running levee's own decision script on one rate policy with
-# random keys. Compare BenchmarkRedisDecide in ratelimit/redis (go test
+# random keys. Compare BenchmarkRedisDecide in store/redis/redislimit (go test
 # -bench), which runs the same script through the Go store.
 #
 # Usage: bench/redis-evalsha-floor.sh [requests] [clients]
@@ -21,7 +21,7 @@ port=${addr##*:}
 command -v redis-benchmark >/dev/null || { echo "redis-benchmark not found" >&2; exit 1; }
 command -v redis-cli >/dev/null || { echo "redis-cli not found" >&2; exit 1; }
 
-sha=$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat ratelimit/redis/decide.lua)")
+sha=$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat store/redis/redislimit/decide.lua)")
 # One rate demand: 100/s (interval 10000 µs, burst 100 = 1000000 µs), cost 1,
 # on one of 100000 random keys that expire by themselves within 10 ms.
 timeout 120 redis-benchmark -h "$host" -p "$port" -c "$c" -n "$n" -r 100000 --csv \

@@ -11,7 +11,7 @@ import (
 
 	"github.com/leveehq/levee/internal/config"
 	"github.com/leveehq/levee/ratelimit"
-	rlredis "github.com/leveehq/levee/ratelimit/redis"
+	rlredis "github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // RateLimitConfig is the rate_limit section: the limit store and the

@@ -19,7 +19,7 @@ import (
 // The in-process limiter next to golang.org/x/time/rate. Every benchmark
 // advances its clock by 1 µs per call against a 1,000,000/s policy, so
 // calls are admitted and state is written, the common case. The redis_rate
-// comparison needs a server and lives in ratelimit/redis.
+// comparison needs a server and lives in store/redis/redislimit.
 
 func benchPolicy() ratelimit.Policy {
 	return ratelimit.Policy{Name: "bench", Limit: 1_000_000, Period: time.Second, Burst: 1000}

@@ -36,7 +36,7 @@
 // Store.Decide: atomically, and charged all or none: a request denied by
 // any policy charges no policy. Shadow demands are decided and reported
 // but never deny. Local (in-process, sharded, allocation-free for
-// Local.AllowN) and ratelimit/redis (one Lua script, one round trip per
+// Local.AllowN) and store/redis/redislimit (one Lua script, one round trip per
 // decision whatever the number of policies) implement Store; both pass
 // the shared suite in ratelimittest.
 //

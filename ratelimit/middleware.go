@@ -61,7 +61,7 @@ type Options struct {
 	// each Release. Default 250ms (a shorter silence is within what CPU
 	// contention on a busy host produces: 50 ms sent healthy decisions to
 	// the fallback); negative: no bound beyond the request's context. A store whose client ignores context deadlines cannot
-	// honour it; see ratelimit/redis.
+	// honour it; see store/redis/redislimit.
 	Timeout time.Duration
 	// MaxWait bounds every decision, however busy the store: past it,
 	// this one request takes its rules' failure mode (and the failure

@@ -95,7 +95,7 @@ type Ticket struct {
 func (t Ticket) Holds() bool { return t.Held != 0 }
 
 // Store decides demands. Implementations: Local (in-process) and
-// ratelimit/redis; each passes ratelimittest.Run.
+// store/redis/redislimit; each passes ratelimittest.Run.
 type Store interface {
 	// Decide decides all demands atomically, as one decision: the
 	// request is admitted iff every non-shadow demand is admitted; if it

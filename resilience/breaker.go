@@ -72,7 +72,7 @@ type BreakerSettings struct {
 	// process sees, with the breaker's name. It must not block.
 	OnStateChange func(name string, from, to BreakerState)
 	// Store, if set, holds the state so that every replica sharing it
-	// sees the same breaker (resilience/redis). Nil: in-process.
+	// sees the same breaker (store/redis/redisresilience). Nil: in-process.
 	Store BreakerStore
 	// Sync bounds how stale a replica's view of a shared closed breaker
 	// may get: a closed breaker consults Store at most this often on the

@@ -12,7 +12,7 @@ import (
 
 // LimitSettings configure a client-side rate limit toward a third
 // party's quota, decided by a ratelimit.Store: ratelimit.Local for one
-// process, ratelimit/redis to share one quota among every replica. The
+// process, store/redis/redislimit to share one quota among every replica. The
 // zero value of each optional field is the default.
 type LimitSettings struct {
 	// Store decides the demands. Default: a new ratelimit.Local (this

@@ -14,7 +14,7 @@ import (
 )
 
 // PauseStore holds per-upstream pauses, possibly shared by replicas
-// (resilience/redis), so that one 429 pauses every caller everywhere.
+// (store/redis/redisresilience), so that one 429 pauses every caller everywhere.
 // now is the caller's clock; a store with its own clock ignores it.
 type PauseStore interface {
 	// Pause makes upstream paused for d from now. It extends a pause in

@@ -1,5 +1,5 @@
 // Package redisscript loads Lua scripts into Redis script caches, for the
-// two packages that run levee's scripts (store/redis, ratelimit/redis).
+// two packages that run levee's scripts (store/redis, store/redis/redislimit).
 package redisscript
 
 import (

@@ -1,4 +1,4 @@
-package redis_test
+package redislimit_test
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/leveehq/levee/ratelimit"
-	"github.com/leveehq/levee/ratelimit/redis"
+	"github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // Throughput at 50 concurrent callers, the way a busy gateway calls the
@@ -60,7 +60,7 @@ func BenchmarkRedisDecide(b *testing.B) {
 			// Rate keys expire by themselves within 10 ms (100/s
 			// policies); calendar keys are deleted at the end.
 			prefix := "levee:rlbench:" + randHex(4) + ":"
-			s := newOwnStore(b, c, redis.Options{Prefix: prefix})
+			s := newOwnStore(b, c, redislimit.Options{Prefix: prefix})
 			pols := make([]ratelimit.Policy, n)
 			for i := range pols {
 				pols[i] = policy(b, "p"+strconv.Itoa(i), "100/s")
@@ -99,7 +99,7 @@ func BenchmarkRedisDecide(b *testing.B) {
 // breaker's stall watch: compare BenchmarkRedisDecide/policies=1.
 func BenchmarkRedisMiddleware(b *testing.B) {
 	c := benchClient(b)
-	s := newOwnStore(b, c, redis.Options{Prefix: "levee:rlbench:" + randHex(4) + ":"})
+	s := newOwnStore(b, c, redislimit.Options{Prefix: "levee:rlbench:" + randHex(4) + ":"})
 	mw, err := ratelimit.Middleware(ratelimit.Options{Store: s, Rules: []ratelimit.Rule{
 		{Policy: policy(b, "p", "100/s"), Key: ratelimit.Header("X-K")},
 	}})
@@ -156,7 +156,7 @@ func BenchmarkRedisEVALSHAFloor(b *testing.B) {
 		b.Skip("redis-benchmark not installed")
 	}
 	c := benchClient(b)
-	sha, err := c.ScriptLoad(context.Background(), redis.DecideScript()).Result()
+	sha, err := c.ScriptLoad(context.Background(), redislimit.DecideScript()).Result()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,8 +1,8 @@
-// Package redis keeps resilience state in Redis so that every replica
+// Package redisresilience keeps resilience state in Redis so that every replica
 // sees the same thing: a shared circuit breaker (a resilience.BreakerStore)
 // and shared pauses (a resilience.PauseStore: one 429 with Retry-After
 // pauses every replica's callers). For a third party's quota shared by
-// replicas use ratelimit/redis as LimitSettings.Store.
+// replicas use store/redis/redislimit as LimitSettings.Store.
 //
 // # Breaker
 //
@@ -36,7 +36,7 @@
 // (admit the attempt, record nothing). Every call is bounded by its
 // context's deadline, which requires a go-redis client created with
 // ContextTimeoutEnabled (New checks).
-package redis
+package redisresilience
 
 import (
 	"context"
@@ -66,7 +66,7 @@ const DefaultPrefix = "levee:res:"
 
 // ErrNoContextTimeout is returned by New for a go-redis client created
 // without ContextTimeoutEnabled.
-var ErrNoContextTimeout = errors.New("resilience/redis: the go-redis client must have ContextTimeoutEnabled: true so that context deadlines bound every call")
+var ErrNoContextTimeout = errors.New("redisresilience: the go-redis client must have ContextTimeoutEnabled: true so that context deadlines bound every call")
 
 // rediser lists the go-redis commands the store uses; *goredis.Client,
 // *goredis.Ring and *goredis.ClusterClient implement it.
@@ -122,7 +122,7 @@ func New(client rediser, opts Options) (*Store, error) {
 // or Cluster) so the first calls cost one round trip, not two. Optional.
 func (s *Store) Load(ctx context.Context) error {
 	if err := redisscript.Load(ctx, s.c, s.acquire, s.record, s.pause); err != nil {
-		return fmt.Errorf("resilience/redis: load scripts: %w", err)
+		return fmt.Errorf("redisresilience: load scripts: %w", err)
 	}
 	return nil
 }
@@ -140,16 +140,16 @@ func ttlMS(cfg resilience.BreakerConfig) int64 {
 func view(v any) (resilience.BreakerView, error) {
 	vals, ok := v.([]any)
 	if !ok || len(vals) < 3 {
-		return resilience.BreakerView{}, fmt.Errorf("resilience/redis: unexpected script reply %v", v)
+		return resilience.BreakerView{}, fmt.Errorf("redisresilience: unexpected script reply %v", v)
 	}
 	n := make([]int64, len(vals))
 	for i, x := range vals {
 		if n[i], ok = x.(int64); !ok {
-			return resilience.BreakerView{}, fmt.Errorf("resilience/redis: unexpected script reply %v", v)
+			return resilience.BreakerView{}, fmt.Errorf("redisresilience: unexpected script reply %v", v)
 		}
 	}
 	if n[0] < 0 || n[0] > 2 || n[1] < 0 {
-		return resilience.BreakerView{}, fmt.Errorf("resilience/redis: corrupt breaker state %v", v)
+		return resilience.BreakerView{}, fmt.Errorf("redisresilience: corrupt breaker state %v", v)
 	}
 	bv := resilience.BreakerView{State: resilience.BreakerState(n[0]), Gen: uint64(n[1]), Remaining: time.Duration(max(n[2], 0)) * time.Microsecond}
 	if len(n) >= 5 {
@@ -163,7 +163,7 @@ func view(v any) (resilience.BreakerView, error) {
 func (s *Store) Acquire(ctx context.Context, _ time.Time, name string, cfg resilience.BreakerConfig) (resilience.BreakerView, error) {
 	v, err := s.acquire.Run(ctx, s.c, []string{s.BreakerKey(name)}, cfg.HalfOpenProbes, ttlMS(cfg)).Result()
 	if err != nil {
-		return resilience.BreakerView{}, fmt.Errorf("resilience/redis: breaker %q: acquire: %w", name, err)
+		return resilience.BreakerView{}, fmt.Errorf("redisresilience: breaker %q: acquire: %w", name, err)
 	}
 	return view(v)
 }
@@ -182,7 +182,7 @@ func (s *Store) Record(ctx context.Context, _ time.Time, name string, cfg resili
 		cfg.ConsecutiveFailures, strconv.FormatFloat(cfg.FailureRatio, 'g', -1, 64), cfg.MinCalls,
 		int64(cfg.Window/time.Microsecond), int64(cfg.Cooldown/time.Microsecond), cfg.HalfOpenProbes, ttlMS(cfg)).Result()
 	if err != nil {
-		return resilience.BreakerView{}, fmt.Errorf("resilience/redis: breaker %q: record: %w", name, err)
+		return resilience.BreakerView{}, fmt.Errorf("redisresilience: breaker %q: record: %w", name, err)
 	}
 	return view(v)
 }
@@ -195,7 +195,7 @@ func (s *Store) Pause(ctx context.Context, _ time.Time, upstream string, d time.
 		return nil
 	}
 	if err := s.pause.Run(ctx, s.c, []string{s.PauseKey(upstream)}, ms).Err(); err != nil {
-		return fmt.Errorf("resilience/redis: pause %q: %w", upstream, err)
+		return fmt.Errorf("redisresilience: pause %q: %w", upstream, err)
 	}
 	return nil
 }
@@ -204,7 +204,7 @@ func (s *Store) Pause(ctx context.Context, _ time.Time, upstream string, d time.
 func (s *Store) Paused(ctx context.Context, _ time.Time, upstream string) (time.Duration, error) {
 	d, err := s.c.PTTL(ctx, s.PauseKey(upstream)).Result()
 	if err != nil {
-		return 0, fmt.Errorf("resilience/redis: paused %q: %w", upstream, err)
+		return 0, fmt.Errorf("redisresilience: paused %q: %w", upstream, err)
 	}
 	return max(d, 0), nil
 }

@@ -1,4 +1,4 @@
-package redis_test
+package redislimit_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/leveehq/levee/ratelimit"
-	"github.com/leveehq/levee/ratelimit/redis"
+	"github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // proxy is a TCP proxy in front of Redis that can be frozen (bytes are
@@ -129,7 +129,7 @@ func TestFrozenAndCutRedisAtDefaults(t *testing.T) {
 				ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, DialTimeout: 30 * time.Second})
 			t.Cleanup(func() { _ = c.Close() })
 			prefix := "levee:rltest:" + randHex(6) + ":"
-			s, err := redis.New(c, redis.Options{Prefix: prefix})
+			s, err := redislimit.New(c, redislimit.Options{Prefix: prefix})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package redis_test
+package redislimit_test
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 
 	"github.com/leveehq/levee/ratelimit"
 	"github.com/leveehq/levee/ratelimit/ratelimittest"
-	"github.com/leveehq/levee/ratelimit/redis"
+	"github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // redisAddr returns LEVEE_REDIS_ADDR (default 127.0.0.1:6379), skipping
@@ -69,7 +69,7 @@ func randHex(n int) string {
 
 // newStore returns a store on the shared Redis under a prefix unique to
 // the test, whose keys are deleted at the end (never FLUSHALL/FLUSHDB).
-func newStore(t testing.TB, c *goredis.Client, opts redis.Options) *redis.Store {
+func newStore(t testing.TB, c *goredis.Client, opts redislimit.Options) *redislimit.Store {
 	t.Helper()
 	if opts.Prefix == "" {
 		opts.Prefix = "levee:rltest:" + randHex(6) + ":"
@@ -80,9 +80,9 @@ func newStore(t testing.TB, c *goredis.Client, opts redis.Options) *redis.Store 
 }
 
 // newOwnStore is newStore for a private server: no clean-up needed.
-func newOwnStore(t testing.TB, c *goredis.Client, opts redis.Options) *redis.Store {
+func newOwnStore(t testing.TB, c *goredis.Client, opts redislimit.Options) *redislimit.Store {
 	t.Helper()
-	s, err := redis.New(c, opts)
+	s, err := redislimit.New(c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestConformance(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
 	ratelimittest.Run(t, ratelimittest.Harness{
-		NewStore: func(t testing.TB) ratelimit.Store { return newStore(t, c, redis.Options{}) },
+		NewStore: func(t testing.TB) ratelimit.Store { return newStore(t, c, redislimit.Options{}) },
 	})
 }
 
@@ -149,7 +149,7 @@ func TestConformanceShardByKey(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
 	ratelimittest.Run(t, ratelimittest.Harness{
-		NewStore: func(t testing.TB) ratelimit.Store { return newStore(t, c, redis.Options{ShardByKey: true}) },
+		NewStore: func(t testing.TB) ratelimit.Store { return newStore(t, c, redislimit.Options{ShardByKey: true}) },
 	})
 }
 
@@ -169,7 +169,7 @@ func TestOneRoundTripPerDecision(t *testing.T) {
 	t.Parallel()
 	cnt := &counter{}
 	c := newClient(t, redisAddr(t), cnt)
-	s := newStore(t, c, redis.Options{})
+	s := newStore(t, c, redislimit.Options{})
 	ctx := context.Background()
 	for _, n := range []int{1, 2, 4, 16, ratelimit.MaxDemands} {
 		ds := make([]ratelimit.Demand, n)
@@ -207,7 +207,7 @@ func TestOneRoundTripPerDecision(t *testing.T) {
 func TestKeyTTLs(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
-	s := newStore(t, c, redis.Options{ConcurrencyLease: 30 * time.Second})
+	s := newStore(t, c, redislimit.Options{ConcurrencyLease: 30 * time.Second})
 	ctx := context.Background()
 	p := policy(t, "p", "10/m burst 20")  // 6 s per unit
 	q := policy(t, "q", "5000/day")       // 17.28 s per unit
@@ -263,7 +263,7 @@ func TestKeyTTLs(t *testing.T) {
 func TestRedisTimeIsTheClock(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
-	s := newStore(t, c, redis.Options{})
+	s := newStore(t, c, redislimit.Options{})
 	p := policy(t, "p", "1/m")
 	ds := []ratelimit.Demand{{Policy: p, Key: "k", Cost: 1}}
 	rs := make([]ratelimit.Result, 1)
@@ -280,7 +280,7 @@ func TestRedisTimeIsTheClock(t *testing.T) {
 func TestShardByKey(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
-	s := newStore(t, c, redis.Options{ShardByKey: true})
+	s := newStore(t, c, redislimit.Options{ShardByKey: true})
 	tagOf := func(k string) string { return k[strings.IndexByte(k, '{') : strings.IndexByte(k, '}')+1] }
 	a := ratelimit.Demand{Policy: policy(t, "a", "1/s"), Key: "user-1", Cost: 1}
 	b := ratelimit.Demand{Policy: policy(t, "b", "concurrency 1"), Key: "user-1", Cost: 1}
@@ -292,10 +292,10 @@ func TestShardByKey(t *testing.T) {
 		t.Fatalf("different keys share a hash tag: %s %s", s.Key(a), s.Key(o))
 	}
 	_, err := s.Decide(context.Background(), time.Now(), []ratelimit.Demand{a, o}, make([]ratelimit.Result, 2))
-	if !errors.Is(err, redis.ErrCrossSlot) || !errors.Is(err, ratelimit.ErrInvalidDemand) {
+	if !errors.Is(err, redislimit.ErrCrossSlot) || !errors.Is(err, ratelimit.ErrInvalidDemand) {
 		t.Fatalf("cross-slot decision: err = %v, want ErrCrossSlot", err)
 	}
-	plain := newStore(t, c, redis.Options{})
+	plain := newStore(t, c, redislimit.Options{})
 	if tagOf(plain.Key(a)) != tagOf(plain.Key(o)) || tagOf(plain.Key(a)) != "{all}" {
 		t.Fatalf("default layout: %s %s, want the {all} tag", plain.Key(a), plain.Key(o))
 	}
@@ -303,20 +303,20 @@ func TestShardByKey(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	t.Parallel()
-	if _, err := redis.New(goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"}), redis.Options{}); !errors.Is(err, redis.ErrNoContextTimeout) {
+	if _, err := redislimit.New(goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"}), redislimit.Options{}); !errors.Is(err, redislimit.ErrNoContextTimeout) {
 		t.Errorf("client without ContextTimeoutEnabled: err = %v", err)
 	}
-	if _, err := redis.New(goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), redis.Options{}); !errors.Is(err, redis.ErrNoContextTimeout) {
+	if _, err := redislimit.New(goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), redislimit.Options{}); !errors.Is(err, redislimit.ErrNoContextTimeout) {
 		t.Errorf("cluster client without ContextTimeoutEnabled: err = %v", err)
 	}
-	if _, err := redis.New(goredis.NewRing(&goredis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}, ContextTimeoutEnabled: true}), redis.Options{}); err != nil {
+	if _, err := redislimit.New(goredis.NewRing(&goredis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}, ContextTimeoutEnabled: true}), redislimit.Options{}); err != nil {
 		t.Errorf("ring with ContextTimeoutEnabled: %v", err)
 	}
 	ok := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
-	if _, err := redis.New(ok, redis.Options{Prefix: "a{b}"}); err == nil {
+	if _, err := redislimit.New(ok, redislimit.Options{Prefix: "a{b}"}); err == nil {
 		t.Error("a prefix with braces was accepted")
 	}
-	if _, err := redis.New(ok, redis.Options{ConcurrencyLease: time.Microsecond}); err == nil {
+	if _, err := redislimit.New(ok, redislimit.Options{ConcurrencyLease: time.Microsecond}); err == nil {
 		t.Error("a 1µs lease was accepted")
 	}
 }
@@ -324,7 +324,7 @@ func TestNewValidates(t *testing.T) {
 func TestCorruptStateIsAnError(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
-	s := newStore(t, c, redis.Options{})
+	s := newStore(t, c, redislimit.Options{})
 	d := ratelimit.Demand{Policy: policy(t, "p", "1/s"), Key: "k", Cost: 1}
 	c.Set(context.Background(), s.Key(d), "not a number", time.Minute)
 	if _, err := s.Decide(context.Background(), time.Now(), []ratelimit.Demand{d}, make([]ratelimit.Result, 1)); err == nil {
@@ -408,7 +408,7 @@ func TestStoreDownMidTest(t *testing.T) {
 			c := goredis.NewClient(&goredis.Options{Addr: srv.addr, ContextTimeoutEnabled: true,
 				ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, DialTimeout: 30 * time.Second})
 			t.Cleanup(func() { _ = c.Close() })
-			s := newOwnStore(t, c, redis.Options{})
+			s := newOwnStore(t, c, redislimit.Options{})
 			const timeout = 100 * time.Millisecond
 			evs := &events{}
 			open := policy(t, "open", "100/s")
@@ -484,7 +484,7 @@ func TestStoreBackoffSkipsTheStore(t *testing.T) {
 	srv := startRedis(t)
 	cnt := &counter{}
 	c := newClient(t, srv.addr, cnt)
-	s := newOwnStore(t, c, redis.Options{})
+	s := newOwnStore(t, c, redislimit.Options{})
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	mw, err := ratelimit.Middleware(ratelimit.Options{

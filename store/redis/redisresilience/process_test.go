@@ -1,4 +1,4 @@
-package redis_test
+package redisresilience_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/leveehq/levee/resilience"
-	"github.com/leveehq/levee/resilience/redis"
+	"github.com/leveehq/levee/store/redis/redisresilience"
 )
 
 const childEnv = "LEVEE_RESILIENCE_CHILD_PREFIX"
@@ -23,7 +23,7 @@ var processSettings = resilience.BreakerSettings{ConsecutiveFailures: 3, Cooldow
 func processBreaker(t testing.TB, addr, pfx string) *resilience.Breaker {
 	c := goredis.NewClient(&goredis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = c.Close() })
-	st, err := redis.New(c, redis.Options{Prefix: pfx})
+	st, err := redisresilience.New(c, redisresilience.Options{Prefix: pfx})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package redis is a ratelimit.Store on Redis, for limits shared by every
+// Package redislimit is a ratelimit.Store on Redis, for limits shared by every
 // replica. New takes any go-redis client (*goredis.Client, *goredis.Ring,
 // *goredis.ClusterClient) created with ContextTimeoutEnabled.
 //
@@ -68,7 +68,7 @@
 // a call that timed out after the server ran it may have charged once.
 // The deadline of the context bounds every call only if the client has
 // ContextTimeoutEnabled, which New therefore requires.
-package redis
+package redislimit
 
 import (
 	"context"
@@ -107,12 +107,12 @@ const DefaultConcurrencyLease = time.Minute
 
 // ErrCrossSlot is returned (wrapping ratelimit.ErrInvalidDemand) when
 // ShardByKey is set and the demands of one decision have different keys.
-var ErrCrossSlot = errors.New("ratelimit/redis: demands of one decision must share a key when ShardByKey is set")
+var ErrCrossSlot = errors.New("redislimit: demands of one decision must share a key when ShardByKey is set")
 
 // ErrNoContextTimeout is returned by New for a go-redis client created
 // without ContextTimeoutEnabled, which would ignore the middleware's
 // deadline and could hang a request for the client's ReadTimeout.
-var ErrNoContextTimeout = errors.New("ratelimit/redis: the go-redis client must have ContextTimeoutEnabled: true so that context deadlines bound every call")
+var ErrNoContextTimeout = errors.New("redislimit: the go-redis client must have ContextTimeoutEnabled: true so that context deadlines bound every call")
 
 // rediser lists the go-redis commands the store uses. *goredis.Client,
 // *goredis.Ring and *goredis.ClusterClient implement it.
@@ -169,14 +169,14 @@ func New(client rediser, opts Options) (*Store, error) {
 	}
 	for _, c := range opts.Prefix {
 		if c == '{' || c == '}' {
-			return nil, fmt.Errorf("ratelimit/redis: Prefix %q contains a brace", opts.Prefix)
+			return nil, fmt.Errorf("redislimit: Prefix %q contains a brace", opts.Prefix)
 		}
 	}
 	if opts.ConcurrencyLease == 0 {
 		opts.ConcurrencyLease = DefaultConcurrencyLease
 	}
 	if opts.ConcurrencyLease < time.Millisecond || opts.ConcurrencyLease > ratelimit.MaxPeriod {
-		return nil, fmt.Errorf("ratelimit/redis: ConcurrencyLease %v is out of range 1ms..%v", opts.ConcurrencyLease, ratelimit.MaxPeriod)
+		return nil, fmt.Errorf("redislimit: ConcurrencyLease %v is out of range 1ms..%v", opts.ConcurrencyLease, ratelimit.MaxPeriod)
 	}
 	return &Store{
 		c:       client,
@@ -193,7 +193,7 @@ func New(client rediser, opts Options) (*Store, error) {
 // instead of two. It is optional and safe to call again at any time.
 func (s *Store) Load(ctx context.Context) error {
 	if err := redisscript.Load(ctx, s.c, s.decide, s.release); err != nil {
-		return fmt.Errorf("ratelimit/redis: load scripts: %w", err)
+		return fmt.Errorf("redislimit: load scripts: %w", err)
 	}
 	return nil
 }
@@ -219,7 +219,7 @@ func (s *Store) Warm(ctx context.Context, n int) error {
 		err = c.ForEachShard(ctx, func(ctx context.Context, sc *goredis.Client) error { return warm(ctx, sc, n) })
 	}
 	if err != nil {
-		return fmt.Errorf("ratelimit/redis: warm %d connections: %w", n, err)
+		return fmt.Errorf("redislimit: warm %d connections: %w", n, err)
 	}
 	return nil
 }
@@ -335,10 +335,10 @@ func (s *Store) Decide(ctx context.Context, _ time.Time, demands []ratelimit.Dem
 	args[0] = member
 	v, err := s.decide.Run(ctx, s.c, keys, args...).Int64Slice()
 	if err != nil {
-		return ratelimit.Ticket{}, fmt.Errorf("ratelimit/redis: decide: %w", err)
+		return ratelimit.Ticket{}, fmt.Errorf("redislimit: decide: %w", err)
 	}
 	if len(v) != 1+4*len(demands) {
-		return ratelimit.Ticket{}, fmt.Errorf("ratelimit/redis: decide: script returned %d values for %d demands", len(v), len(demands))
+		return ratelimit.Ticket{}, fmt.Errorf("redislimit: decide: script returned %d values for %d demands", len(v), len(demands))
 	}
 	var tk ratelimit.Ticket
 	admitted := v[0] == 1
@@ -414,7 +414,7 @@ func (s *Store) Release(ctx context.Context, demands []ratelimit.Demand, t ratel
 		return nil
 	}
 	if err := s.release.Run(ctx, s.c, keys, strconv.FormatUint(t.ID, 36)).Err(); err != nil {
-		return fmt.Errorf("ratelimit/redis: release: %w", err)
+		return fmt.Errorf("redislimit: release: %w", err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package redis_test
+package redisresilience_test
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/leveehq/levee/resilience"
-	"github.com/leveehq/levee/resilience/redis"
+	"github.com/leveehq/levee/store/redis/redisresilience"
 )
 
 // Every replica builds the same executor on the same Redis: they share
@@ -14,7 +14,7 @@ import (
 func Example() {
 	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", ContextTimeoutEnabled: true})
 	defer client.Close()
-	store, err := redis.New(client, redis.Options{Prefix: "myapp:res:"})
+	store, err := redisresilience.New(client, redisresilience.Options{Prefix: "myapp:res:"})
 	if err != nil {
 		panic(err)
 	}

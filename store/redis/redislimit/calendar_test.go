@@ -1,4 +1,4 @@
-package redis_test
+package redislimit_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/leveehq/levee/ratelimit/redis"
+	"github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // The script switches calendar periods by the Redis clock: given the
@@ -20,7 +20,7 @@ func TestCalendarScriptSwitchesPeriodAtBoundary(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, redisAddr(t))
 	ctx := context.Background()
-	script := goredis.NewScript(redis.DecideScript())
+	script := goredis.NewScript(redislimit.DecideScript())
 	key := "levee:rltest:" + randHex(6) + ":{all}:q:x"
 	t.Cleanup(func() { c.Del(context.Background(), key) })
 	now, err := c.Time(ctx).Result()

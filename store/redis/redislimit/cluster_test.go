@@ -1,4 +1,4 @@
-package redis_test
+package redislimit_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/leveehq/levee/ratelimit"
 	"github.com/leveehq/levee/ratelimit/ratelimittest"
-	"github.com/leveehq/levee/ratelimit/redis"
+	"github.com/leveehq/levee/store/redis/redislimit"
 )
 
 // clusterClient connects to the Redis Cluster of LEVEE_REDIS_CLUSTER_ADDRS
@@ -33,10 +33,10 @@ func clusterClient(t testing.TB) *goredis.ClusterClient {
 	return c
 }
 
-func newClusterStore(t testing.TB, c *goredis.ClusterClient, opts redis.Options) *redis.Store {
+func newClusterStore(t testing.TB, c *goredis.ClusterClient, opts redislimit.Options) *redislimit.Store {
 	t.Helper()
 	opts.Prefix = "levee:rltest:" + randHex(6) + ":"
-	s, err := redis.New(c, opts)
+	s, err := redislimit.New(c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestConformanceCluster(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ratelimittest.Run(t, ratelimittest.Harness{
-				NewStore: func(t testing.TB) ratelimit.Store { return newClusterStore(t, c, redis.Options{ShardByKey: shard}) },
+				NewStore: func(t testing.TB) ratelimit.Store { return newClusterStore(t, c, redislimit.Options{ShardByKey: shard}) },
 			})
 		})
 	}
@@ -78,7 +78,7 @@ func TestConformanceCluster(t *testing.T) {
 func TestClusterShardsSpreadAndWarm(t *testing.T) {
 	t.Parallel()
 	c := clusterClient(t)
-	s := newClusterStore(t, c, redis.Options{ShardByKey: true})
+	s := newClusterStore(t, c, redislimit.Options{ShardByKey: true})
 	ctx := context.Background()
 	if err := s.Warm(ctx, 4); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package redis_test
+package redisresilience_test
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/leveehq/levee/ratelimit"
-	rlredis "github.com/leveehq/levee/ratelimit/redis"
+	rlredis "github.com/leveehq/levee/store/redis/redislimit"
 	"github.com/leveehq/levee/resilience"
-	"github.com/leveehq/levee/resilience/redis"
+	"github.com/leveehq/levee/store/redis/redisresilience"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -76,7 +76,7 @@ type replica struct {
 }
 
 func newReplica(t *testing.T, addr, pfx string, s resilience.BreakerSettings) *replica {
-	st, err := redis.New(newClient(t, addr), redis.Options{Prefix: pfx})
+	st, err := redisresilience.New(newClient(t, addr), redisresilience.Options{Prefix: pfx})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,8 +187,8 @@ func TestSharedPauses(t *testing.T) {
 	addr := redisAddr(t)
 	c := newClient(t, addr)
 	pfx := prefix(t, c)
-	a, _ := redis.New(c, redis.Options{Prefix: pfx})
-	b, _ := redis.New(newClient(t, addr), redis.Options{Prefix: pfx})
+	a, _ := redisresilience.New(c, redisresilience.Options{Prefix: pfx})
+	b, _ := redisresilience.New(newClient(t, addr), redisresilience.Options{Prefix: pfx})
 	ctx := context.Background()
 	if d, err := b.Paused(ctx, time.Now(), "crm"); err != nil || d != 0 {
 		t.Fatalf("paused before any pause: %v %v", d, err)
@@ -208,7 +208,7 @@ func TestSharedPauses(t *testing.T) {
 		h.Set("Retry-After", "20")
 		return &http.Response{StatusCode: 429, Header: h, Body: http.NoBody}, nil
 	}
-	mk := func(st *redis.Store) *resilience.Executor {
+	mk := func(st *redisresilience.Store) *resilience.Executor {
 		e, err := resilience.New(resilience.Settings{Name: "bank", Retry: resilience.RetrySettings{MaxAttempts: 1}, Pace: &resilience.PaceSettings{Store: st}})
 		if err != nil {
 			t.Fatal(err)
@@ -231,7 +231,7 @@ func TestStoreDownFailsOpen(t *testing.T) {
 	t.Parallel()
 	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	defer c.Close()
-	st, _ := redis.New(c, redis.Options{})
+	st, _ := redisresilience.New(c, redisresilience.Options{})
 	b, _ := resilience.NewBreaker("x", resilience.BreakerSettings{Store: st, ConsecutiveFailures: 1})
 	for range 3 {
 		tk, err := b.Allow(context.Background(), time.Now())
@@ -249,13 +249,13 @@ func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
 	defer c.Close()
-	if _, err := redis.New(c, redis.Options{}); !errors.Is(err, redis.ErrNoContextTimeout) {
+	if _, err := redisresilience.New(c, redisresilience.Options{}); !errors.Is(err, redisresilience.ErrNoContextTimeout) {
 		t.Fatalf("err = %v", err)
 	}
 }
 
 // TestSharedQuotaExactly: two replicas sharing one third-party quota of
-// 100 through ratelimit/redis send exactly 100 attempts between them.
+// 100 through store/redis/redislimit send exactly 100 attempts between them.
 func TestSharedQuotaExactly(t *testing.T) {
 	t.Parallel()
 	addr := redisAddr(t)
