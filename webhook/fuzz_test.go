@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -144,6 +145,11 @@ func FuzzIDFromJSON(f *testing.F) {
 		case errors.Is(err, wh.ErrMalformedJSON) == errors.Is(err, wh.ErrMissingID):
 			t.Fatalf("error %v is not exactly one of ErrMalformedJSON, ErrMissingID", err)
 		}
+		// Differential: the same answer as a full encoding/json decode.
+		wantID, wantErr := referenceID(body, path)
+		if id != wantID || !errors.Is(err, wantErr) || (err == nil) != (wantErr == nil) {
+			t.Fatalf("IDFromJSON(%q, %q) = %q, %v; encoding/json says %q, %v", body, path, id, err, wantID, wantErr)
+		}
 	})
 }
 
@@ -199,4 +205,35 @@ func FuzzVerify(f *testing.F) {
 			}
 		}
 	})
+}
+
+// referenceID is IDFromJSON written with a full encoding/json decode.
+func referenceID(body []byte, path string) (string, error) {
+	if wh.ValidateIDPath(path) != nil {
+		return "", wh.ErrMissingID
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if !json.Valid(body) || dec.Decode(&v) != nil {
+		return "", wh.ErrMalformedJSON
+	}
+	for _, seg := range strings.Split(path, ".") {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return "", wh.ErrMissingID
+		}
+		if v, ok = obj[seg]; !ok {
+			return "", wh.ErrMissingID
+		}
+	}
+	switch x := v.(type) {
+	case string:
+		if x != "" {
+			return x, nil
+		}
+	case json.Number:
+		return string(x), nil
+	}
+	return "", wh.ErrMissingID
 }

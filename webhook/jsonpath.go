@@ -39,35 +39,104 @@ func IDFromJSON(body []byte, path string) (string, error) {
 	if !json.Valid(body) {
 		return "", fmt.Errorf("%w: the body is not valid JSON", ErrMalformedJSON)
 	}
-	cur := json.RawMessage(body)
+	// body is valid JSON from here on, so the walk below only needs to find
+	// where values end, not to check them.
+	i := skipSpace(body, 0)
 	for seg := range strings.SplitSeq(path, ".") {
-		cur = bytes.TrimLeft(cur, " \t\r\n")
-		if len(cur) == 0 || cur[0] != '{' {
+		if body[i] != '{' {
 			return "", fmt.Errorf("%w: %q: %q is not inside an object", ErrMissingID, path, seg)
 		}
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(cur, &obj); err != nil { // valid JSON: not expected
-			return "", fmt.Errorf("%w: %v", ErrMalformedJSON, err)
-		}
-		next, ok := obj[seg]
+		j, ok := member(body, i, seg)
 		if !ok {
 			return "", fmt.Errorf("%w: %q: no member %q", ErrMissingID, path, seg)
 		}
-		cur = next
+		i = j
 	}
-	cur = bytes.TrimSpace(cur)
+	v := body[i:skipValue(body, i)]
 	switch {
-	case len(cur) > 0 && cur[0] == '"':
+	case v[0] == '"':
 		var s string
-		if err := json.Unmarshal(cur, &s); err != nil {
+		if err := json.Unmarshal(v, &s); err != nil { // valid JSON: not expected
 			return "", fmt.Errorf("%w: %v", ErrMalformedJSON, err)
 		}
 		if s == "" {
 			return "", fmt.Errorf("%w: %q is an empty string", ErrMissingID, path)
 		}
 		return s, nil
-	case len(cur) > 0 && (cur[0] == '-' || cur[0] >= '0' && cur[0] <= '9'):
-		return string(cur), nil
+	case v[0] == '-' || v[0] >= '0' && v[0] <= '9':
+		return string(v), nil
 	}
 	return "", fmt.Errorf("%w: %q is not a string or a number", ErrMissingID, path)
+}
+
+// The helpers below walk a document already checked by json.Valid.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string starting at b[i] == '"'.
+func skipString(b []byte, i int) int {
+	for i++; ; i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+}
+
+// skipValue returns the index after the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	}
+	for i < len(b) && strings.IndexByte(",}] \t\r\n", b[i]) < 0 {
+		i++ // a number, true, false or null
+	}
+	return i
+}
+
+// member returns where the value of the last member named name starts in
+// the object at b[i] == '{' (the last, as encoding/json decodes duplicates).
+func member(b []byte, i int, name string) (int, bool) {
+	found, at := false, 0
+	i = skipSpace(b, i+1)
+	for b[i] != '}' {
+		end := skipString(b, i)
+		key := b[i+1 : end-1]
+		match := string(key) == name
+		if !match && bytes.IndexByte(key, '\\') >= 0 { // an escaped key: decode it
+			var k string
+			match = json.Unmarshal(b[i:end], &k) == nil && k == name
+		}
+		i = skipSpace(b, skipSpace(b, end)+1) // past ':'
+		if match {
+			found, at = true, i
+		}
+		i = skipSpace(b, skipValue(b, i))
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+	return at, found
 }
