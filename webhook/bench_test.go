@@ -81,3 +81,14 @@ func BenchmarkHandler(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIDFromJSONDecode is the same lookup by a full encoding/json
+// decode (the fuzz test's reference), for comparison in one run.
+func BenchmarkIDFromJSONDecode(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := referenceID(benchBody, "data.object.id"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -48,8 +48,9 @@ type Scheme interface {
 	// ErrMissingHeader or ErrMalformedHeader (as a *HeaderError),
 	// ErrBadSignature, or ErrStaleTimestamp or ErrFutureTimestamp (as a
 	// *TimestampError; checked only after a signature matched, so these
-	// mean an authentic but replayed or mis-clocked event). Verify does not
-	// modify h or body.
+	// mean an authentic but replayed or mis-clocked event). A scheme that
+	// reads the id from the body (Stripe) then also returns
+	// ErrMalformedJSON or ErrMissingID. Verify does not modify h or body.
 	Verify(h http.Header, body []byte, now time.Time) (Event, error)
 }
 
