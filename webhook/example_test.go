@@ -66,7 +66,7 @@ func ExampleHandler() {
 	// Output:
 	// sink: acme event msg_p5jXN8AQM9LWM0D4loKWxJek: {"test": 2432232314}
 	// 202 application/json {"id":"msg_p5jXN8AQM9LWM0D4loKWxJek","status":"accepted"}
-	// 403 application/problem+json {"type":"https://github.com/leveehq/levee/blob/main/docs/problems.md#webhook-signature-invalid","title":"Webhook signature does not match","status":403,"detail":"webhook: no signature matches (standard-webhooks: 1 signature(s) checked against 1 secret(s))"}
+	// 403 application/problem+json {"type":"https://github.com/leveehq/levee/blob/main/docs/problems.md#webhook-signature-invalid","title":"Webhook signature does not match","status":403,"detail":"webhook: no signature matches (standard-webhooks: 1 signature(s) checked)"}
 }
 
 // An event id deep in the body, for dedupe.

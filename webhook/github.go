@@ -59,7 +59,7 @@ func (g *GitHub) Verify(h http.Header, body []byte, _ time.Time) (Event, error) 
 		return Event{}, malformedHeader(HeaderGitHubSignature, "not 64 hex digits")
 	}
 	if !matchAny(g.keys, [][]byte{sig}, body) {
-		return Event{}, badSignature(g.Name(), 1, len(g.keys))
+		return Event{}, badSignature(g.Name(), 1)
 	}
 	return Event{Scheme: g.Name(), ID: h.Get(HeaderGitHubDelivery), Header: h, Body: body}, nil
 }

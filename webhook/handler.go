@@ -232,6 +232,7 @@ func (h *Handler) fail(w http.ResponseWriter, ev Event, err error) Result {
 	switch slug {
 	case TypeInFlight:
 		outcome, p.RetryAfter = OutcomeInFlight, h.opts.RetryAfter
+		p.Detail = "the same event is being accepted by another request; retry after the indicated delay"
 	case TypeUnavailable:
 		outcome, p.RetryAfter = OutcomeFailed, h.opts.RetryAfter
 		p.Detail = "the event was not accepted; retry later" // the cause may be internal: keep it for OnResult

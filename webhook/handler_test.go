@@ -405,3 +405,43 @@ func decodeProblem(t *testing.T, w *httptest.ResponseRecorder, status int, slug 
 	}
 	return p
 }
+
+// Over a real connection: a signed event is accepted, a chunked body over
+// the limit is 413, and the duplicate is absorbed.
+func TestHandlerOverHTTP(t *testing.T) {
+	t.Parallel()
+	s := must(wh.NewStripe(wh.Config{Secrets: []string{"whsec_live"}}))
+	f := newFixture(t, s, wh.Options{MaxBodyBytes: 4096, Now: time.Now})
+	srv := httptest.NewServer(f.h)
+	defer srv.Close()
+	post := func(h http.Header, r io.Reader) *http.Response {
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/webhooks/stripe", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range h {
+			req.Header[k] = v
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp
+	}
+	h := signed(t, s, "", body, time.Now())
+	for i, want := range []int{202, 202} {
+		if resp := post(h, bytes.NewReader(body)); resp.StatusCode != want {
+			t.Fatalf("delivery %d: %d", i, resp.StatusCode)
+		}
+	}
+	big := bytes.Repeat([]byte("x"), 5000)
+	resp := post(signed(t, s, "", big, time.Now()), io.MultiReader(bytes.NewReader(big))) // no Content-Length: chunked
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("chunked oversized body: %d %v", resp.StatusCode, resp.Header)
+	}
+	if f.sink.count() != 1 {
+		t.Fatalf("sink has %d events, want 1", f.sink.count())
+	}
+}

@@ -141,7 +141,7 @@ func (s *HMAC) Verify(h http.Header, body []byte, now time.Time) (Event, error) 
 		ok = matchAny(s.keys, [][]byte{sig}, body)
 	}
 	if !ok {
-		return Event{}, badSignature(s.Name(), 1, len(s.keys))
+		return Event{}, badSignature(s.Name(), 1)
 	}
 	if s.c.TimestampHeader != "" {
 		if err := checkTimestamp(ts, now, s.tol); err != nil {

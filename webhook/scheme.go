@@ -200,8 +200,11 @@ func matchAny(keys [][]byte, candidates [][]byte, parts ...[]byte) bool {
 	return ok
 }
 
-func badSignature(scheme string, sigs, keys int) error {
-	return fmt.Errorf("%w (%s: %d signature(s) checked against %d secret(s))", ErrBadSignature, scheme, sigs, keys)
+// badSignature says how many signatures were checked, not against how many
+// secrets: the message reaches the sender, who need not learn that a
+// rotation is under way.
+func badSignature(scheme string, sigs int) error {
+	return fmt.Errorf("%w (%s: %d signature(s) checked)", ErrBadSignature, scheme, sigs)
 }
 
 // headerValue returns the single value of header name; a header sent more

@@ -54,7 +54,7 @@ func (s *Shopify) Verify(h http.Header, body []byte, _ time.Time) (Event, error)
 		return Event{}, malformedHeader(HeaderShopifyHmac, "not the base64 of 32 bytes")
 	}
 	if !matchAny(s.keys, [][]byte{sig}, body) {
-		return Event{}, badSignature(s.Name(), 1, len(s.keys))
+		return Event{}, badSignature(s.Name(), 1)
 	}
 	id := h.Get(HeaderShopifyEventID)
 	if id == "" {

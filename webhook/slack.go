@@ -66,7 +66,7 @@ func (s *Slack) Verify(h http.Header, body []byte, now time.Time) (Event, error)
 		return Event{}, err
 	}
 	if !matchAny(s.keys, [][]byte{sig}, slackPrefix, []byte(tsRaw), []byte{':'}, body) {
-		return Event{}, badSignature(s.Name(), 1, len(s.keys))
+		return Event{}, badSignature(s.Name(), 1)
 	}
 	if err := checkTimestamp(ts, now, s.tol); err != nil {
 		return Event{}, err

@@ -84,7 +84,7 @@ func (s *StandardWebhooks) Verify(h http.Header, body []byte, now time.Time) (Ev
 		return Event{}, err
 	}
 	if !matchAny(s.keys, sigs, []byte(id), dot, []byte(tsRaw), dot, body) {
-		return Event{}, badSignature(s.Name(), len(sigs), len(s.keys))
+		return Event{}, badSignature(s.Name(), len(sigs))
 	}
 	if err := checkTimestamp(ts, now, s.tol); err != nil {
 		return Event{}, err

@@ -64,7 +64,7 @@ func (s *Stripe) Verify(h http.Header, body []byte, now time.Time) (Event, error
 		return Event{}, err
 	}
 	if !matchAny(s.keys, sigs, []byte(tsRaw), dot, body) {
-		return Event{}, badSignature(s.Name(), len(sigs), len(s.keys))
+		return Event{}, badSignature(s.Name(), len(sigs))
 	}
 	if err := checkTimestamp(ts, now, s.tol); err != nil {
 		return Event{}, err
