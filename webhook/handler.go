@@ -59,7 +59,8 @@ type Dedupe interface {
 	// answers 202 without calling the sink. Otherwise the handler calls
 	// done exactly once with the sink's result: nil marks the event seen,
 	// non-nil releases the claim so a redelivery is handed to the sink
-	// again (a failed sink never marks an event seen). done's context is
+	// again (a failed sink never marks an event seen; a panicking sink
+	// releases the claim before the panic goes on). done's context is
 	// not canceled when the sender hangs up. An error wrapping ErrInFlight
 	// means another request holds the claim (the handler answers 409 with
 	// Retry-After); any other error, 503.
@@ -195,7 +196,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) Result {
 	var done func(context.Context, error) error
 	if h.opts.Dedupe != nil {
 		if ev.ID == "" {
-			return h.fail(w, ev, fmt.Errorf("%w: the %s scheme carries no id; set IDPath", ErrMissingID, h.scheme.Name()))
+			return h.fail(w, ev, fmt.Errorf("%w: deduping needs an id and the event has none (the %s scheme's id header, or IDPath)", ErrMissingID, h.scheme.Name()))
 		}
 		var seen bool
 		done, seen, err = h.opts.Dedupe.Claim(ctx, ev)
@@ -209,11 +210,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) Result {
 			return Result{Outcome: OutcomeDuplicate, Status: http.StatusAccepted, Event: ev}
 		}
 	}
-	sinkErr := h.sink.Accept(ctx, ev)
-	var doneErr error
-	if done != nil {
-		doneErr = done(context.WithoutCancel(ctx), sinkErr)
-	}
+	sinkErr, doneErr := h.accept(ctx, ev, done)
 	if sinkErr != nil {
 		return h.fail(w, ev, fmt.Errorf("%w: sink: %w", ErrSink, errors.Join(sinkErr, doneErr)))
 	}
@@ -223,6 +220,24 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) Result {
 		res.Err = fmt.Errorf("webhook: dedupe: marking the accepted event seen: %w", doneErr)
 	}
 	return res
+}
+
+// accept hands ev to the sink and reports the outcome to done (if any). A
+// panicking sink releases the claim (done with an error) before the panic
+// goes on, so it never holds the event until the claim expires.
+func (h *Handler) accept(ctx context.Context, ev Event, done func(context.Context, error) error) (sinkErr, doneErr error) {
+	if done == nil {
+		return h.sink.Accept(ctx, ev), nil
+	}
+	finished := false
+	defer func() {
+		if !finished {
+			_ = done(context.WithoutCancel(ctx), errors.New("webhook: the sink panicked"))
+		}
+	}()
+	sinkErr = h.sink.Accept(ctx, ev)
+	finished = true
+	return sinkErr, done(context.WithoutCancel(ctx), sinkErr)
 }
 
 func (h *Handler) fail(w http.ResponseWriter, ev Event, err error) Result {

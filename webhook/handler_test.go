@@ -445,3 +445,28 @@ func TestHandlerOverHTTP(t *testing.T) {
 		t.Fatalf("sink has %d events, want 1", f.sink.count())
 	}
 }
+
+type panicSink struct{}
+
+func (panicSink) Accept(context.Context, wh.Event) error { panic("sink bug") }
+
+// A panicking sink releases the dedupe claim before the panic goes on.
+func TestHandlerSinkPanicReleasesClaim(t *testing.T) {
+	t.Parallel()
+	d := newDedupe()
+	s := stdScheme()
+	h := must(wh.NewHandler(s, panicSink{}, wh.Options{Dedupe: d, Now: func() time.Time { return t0 }}))
+	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+	r.Header = signed(t, s, "msg_1", body, t0)
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the panic was swallowed")
+			}
+		}()
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}()
+	if d.released != 1 || len(d.inflight) != 0 || len(d.seen) != 0 {
+		t.Fatalf("released %d, in flight %d, seen %d", d.released, len(d.inflight), len(d.seen))
+	}
+}
