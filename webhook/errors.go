@@ -62,6 +62,7 @@ type HeaderError struct {
 	Err error
 }
 
+// Error names the header and the reason, never the header's value.
 func (e *HeaderError) Error() string {
 	if e.Reason == "" {
 		return fmt.Sprintf("%v: %s", e.Err, e.Header)
@@ -90,6 +91,8 @@ type TimestampError struct {
 	Err error
 }
 
+// Error says how far the timestamp is from the clock, in which direction,
+// and the tolerance.
 func (e *TimestampError) Error() string {
 	d := e.Now.Sub(e.Timestamp)
 	if d < 0 {
@@ -106,6 +109,7 @@ type BodyTooLargeError struct {
 	Limit int64
 }
 
+// Error states the limit.
 func (e *BodyTooLargeError) Error() string {
 	return fmt.Sprintf("%v: the limit is %d bytes", ErrBodyTooLarge, e.Limit)
 }
