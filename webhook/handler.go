@@ -29,15 +29,15 @@ const (
 // type base URI (see docs/webhooks.md). Bodies too large and unreadable reuse
 // levee's request-body-too-large and request-canceled types.
 const (
-	TypeHeaderMissing    = "webhook-header-missing"
-	TypeHeaderMalformed  = "webhook-header-malformed"
-	TypeSignatureInvalid = "webhook-signature-invalid"
-	TypeTimestampStale   = "webhook-timestamp-stale"
-	TypeTimestampFuture  = "webhook-timestamp-future"
-	TypeJSONMalformed    = "webhook-json-malformed"
-	TypeIDMissing        = "webhook-id-missing"
-	TypeInFlight         = "webhook-in-flight"
-	TypeUnavailable      = "webhook-unavailable"
+	TypeHeaderMissing    = problem.WebhookHeaderMissing
+	TypeHeaderMalformed  = problem.WebhookHeaderMalformed
+	TypeSignatureInvalid = problem.WebhookSignatureInvalid
+	TypeTimestampStale   = problem.WebhookTimestampStale
+	TypeTimestampFuture  = problem.WebhookTimestampFuture
+	TypeJSONMalformed    = problem.WebhookJSONMalformed
+	TypeIDMissing        = problem.WebhookIDMissing
+	TypeInFlight         = problem.WebhookInFlight
+	TypeUnavailable      = problem.WebhookUnavailable
 	TypeBodyTooLarge     = problem.RequestBodyTooLarge
 	TypeBodyUnreadable   = problem.RequestCanceled
 )

@@ -34,6 +34,15 @@ const (
 	AdminEndpointDisabled     = "admin-endpoint-disabled"
 	AdminUnauthorized         = "admin-unauthorized"
 	AdminRequestInvalid       = "admin-request-invalid"
+	WebhookHeaderMissing      = "webhook-header-missing"
+	WebhookHeaderMalformed    = "webhook-header-malformed"
+	WebhookSignatureInvalid   = "webhook-signature-invalid"
+	WebhookTimestampStale     = "webhook-timestamp-stale"
+	WebhookTimestampFuture    = "webhook-timestamp-future"
+	WebhookJSONMalformed      = "webhook-json-malformed"
+	WebhookIDMissing          = "webhook-id-missing"
+	WebhookInFlight           = "webhook-in-flight"
+	WebhookUnavailable        = "webhook-unavailable"
 )
 
 // Types lists every slug above, for tools that must handle them all
@@ -43,6 +52,8 @@ var Types = []string{
 	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
 	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
 	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized, AdminRequestInvalid,
+	WebhookHeaderMissing, WebhookHeaderMalformed, WebhookSignatureInvalid, WebhookTimestampStale,
+	WebhookTimestampFuture, WebhookJSONMalformed, WebhookIDMissing, WebhookInFlight, WebhookUnavailable,
 }
 
 // ViolatedPolicies is the member of a rate-limited problem naming the
