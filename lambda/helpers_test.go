@@ -95,30 +95,46 @@ func (c countingStore) Lookup(ctx context.Context, key string, now time.Time) (*
 // in-process minidyn, counting HTTP requests (SDK retries included) in n.
 func newDynamo(t testing.TB, n *atomic.Int64) idempotency.Store {
 	t.Helper()
-	srv := httptest.NewServer(&tableLock{h: server.NewServer()})
-	t.Cleanup(srv.Close)
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	t.Cleanup(tr.CloseIdleConnections)
-	client := ddb.New(ddb.Options{
-		Region:       "us-east-1",
-		Credentials:  credentials.NewStaticCredentialsProvider("levee-test", "levee-test", ""),
-		BaseEndpoint: aws.String(srv.URL),
-		HTTPClient:   &http.Client{Transport: countingTransport{base: tr, n: n}},
-	})
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	opts := dynamodb.Options{Table: "levee-lambda-" + hex.EncodeToString(b[:])}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := dynamodb.CreateTable(ctx, client, opts); err != nil {
-		t.Fatalf("CreateTable: %v", err)
-	}
-	s, err := dynamodb.New(client, opts)
+	endpoint, table := newDynamoTable(t)
+	s, err := dynamodb.New(newDynamoClient(t, endpoint, n), dynamodb.Options{Table: table})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Store(0) // table creation is not the handlers' cost
 	return s
+}
+
+// newDynamoTable starts an in-process minidyn on 127.0.0.1 with a fresh
+// levee table, and returns its endpoint and the table's name.
+func newDynamoTable(t testing.TB) (endpoint, table string) {
+	t.Helper()
+	srv := httptest.NewServer(&tableLock{h: server.NewServer()})
+	t.Cleanup(srv.Close)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	table = "levee-lambda-" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := dynamodb.CreateTable(ctx, newDynamoClient(t, srv.URL, nil), dynamodb.Options{Table: table}); err != nil {
+		t.Fatalf("CreateTable: %v", err)
+	}
+	return srv.URL, table
+}
+
+// newDynamoClient returns a DynamoDB client for endpoint with its own
+// connection pool, counting its requests in n (which may be nil).
+func newDynamoClient(t testing.TB, endpoint string, n *atomic.Int64) *ddb.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	var rt http.RoundTripper = tr
+	if n != nil {
+		rt = countingTransport{base: tr, n: n}
+	}
+	return ddb.New(ddb.Options{
+		Region:       "us-east-1",
+		Credentials:  credentials.NewStaticCredentialsProvider("levee-test", "levee-test", ""),
+		BaseEndpoint: aws.String(endpoint),
+		HTTPClient:   &http.Client{Transport: rt},
+	})
 }
 
 // tableLock serialises minidyn's table operations (see store/dynamodb's
