@@ -55,10 +55,12 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// startEmulator builds the e2e function as bootstrap and the emulator
-// (or takes it from LEVEE_LAMBDA_RIE), and runs them for the life of t
-// with the function timeout given in seconds.
-func startEmulator(t testing.TB, timeoutSeconds int) *emulator {
+// binaries are the emulator and the e2e function's bootstrap.
+type binaries struct{ rie, bootstrap string }
+
+// buildBinaries builds the e2e function as bootstrap and the emulator (or
+// takes the emulator from LEVEE_LAMBDA_RIE).
+func buildBinaries(t testing.TB) binaries {
 	t.Helper()
 	dir := t.TempDir()
 	rie := os.Getenv("LEVEE_LAMBDA_RIE")
@@ -69,15 +71,29 @@ func startEmulator(t testing.TB, timeoutSeconds int) *emulator {
 	}
 	bootstrap := filepath.Join(dir, "bootstrap")
 	goBuild(t, []string{"CGO_ENABLED=0"}, "build", "-o", bootstrap, "github.com/leveehq/levee/lambda/internal/e2efn")
+	return binaries{rie: rie, bootstrap: bootstrap}
+}
 
+// startEmulator builds the binaries and runs them for the life of t with
+// the function timeout given in seconds.
+func startEmulator(t testing.TB, timeoutSeconds int) *emulator {
+	t.Helper()
+	return runEmulator(t, buildBinaries(t), timeoutSeconds)
+}
+
+// runEmulator runs bin under the emulator until t ends (extra env added).
+func runEmulator(t testing.TB, bin binaries, timeoutSeconds int, env ...string) *emulator {
+	t.Helper()
+	rie, bootstrap := bin.rie, bin.bootstrap
 	ddbURL, table := newDynamoTable(t)
-	e := &emulator{logPath: filepath.Join(dir, "executions.log")}
+	e := &emulator{logPath: filepath.Join(t.TempDir(), "executions.log")}
 	rieAddr, apiAddr := freeAddr(t), freeAddr(t)
 	out := &syncbuf.Buffer{}
 	cmd := exec.Command(rie, "--runtime-interface-emulator-address", rieAddr, "--runtime-api-address", apiAddr, bootstrap)
 	cmd.Env = append(os.Environ(),
 		"LEVEE_DDB_ENDPOINT="+ddbURL, "LEVEE_TABLE="+table, "LEVEE_E2E_LOG="+e.logPath,
 		fmt.Sprintf("AWS_LAMBDA_FUNCTION_TIMEOUT=%d", timeoutSeconds), "LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -182,5 +198,48 @@ func TestEmulatorEndToEnd(t *testing.T) {
 	want := []string{"charge=e2e-1", "charge=e2e-hang", "message=m1", "message=m2", "message=m3", "message=m4", "message=m2", "message=m4"}
 	if got := e.executions(t); !slices.Equal(got, want) {
 		t.Fatalf("executions %v; want %v", got, want)
+	}
+}
+
+// BenchmarkEmulator measures whole invocations of the built bootstrap
+// under the Runtime Interface Emulator, through its HTTP invoke endpoint:
+// Ping is the runtime's own round trip; HTTPPassthrough adds the event
+// adapter and the net/http handler (a GET: no idempotency); HTTPReplay
+// adds the idempotency replay (one DynamoDB round trip to minidyn);
+// ColdStart starts a fresh emulator per op and times its first
+// invocation, bare aws-lambda-go against levee's init.
+func BenchmarkEmulator(b *testing.B) {
+	bin := buildBinaries(b)
+	e := runEmulator(b, bin, 30)
+	raw := eventFile(b, "apigw-v2-request-no-authorizer.json")
+	replay := asPOST(b, raw, `{"amount":100}`, map[string]string{"idempotency-key": "bench-replay", "content-type": "application/json"})
+	e.invoke(b, replay)
+	for _, tc := range []struct {
+		name  string
+		event []byte
+	}{{"Ping", []byte(`{"ping":true}`)}, {"HTTPPassthrough", raw}, {"HTTPReplay", replay}} {
+		b.Run(tc.name, func(b *testing.B) {
+			e.invoke(b, tc.event)
+			for b.Loop() {
+				e.invoke(b, tc.event)
+			}
+		})
+	}
+	for _, cold := range []struct {
+		name string
+		env  []string
+	}{{"ColdStart/bare", []string{"LEVEE_E2E_BARE=1"}}, {"ColdStart/levee", nil}} {
+		b.Run(cold.name, func(b *testing.B) {
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				e := runEmulator(b, bin, 30, cold.env...)
+				start := time.Now()
+				e.invoke(b, []byte(`{"ping":true}`))
+				total += time.Since(start)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1000, "firstinvoke-ms")
+		})
 	}
 }

@@ -10,8 +10,9 @@
 //     is "fail", logging every execution.
 //
 // The idempotency records live in DynamoDB at $LEVEE_DDB_ENDPOINT, table
-// $LEVEE_TABLE, so that they outlive the process the emulator kills at a
-// timeout.
+// $LEVEE_TABLE, so that they outlive the process. With $LEVEE_E2E_BARE
+// set it is a bare aws-lambda-go function answering {} (the cold-start
+// baseline).
 package main
 
 import (
@@ -36,6 +37,11 @@ import (
 )
 
 func main() {
+	if os.Getenv("LEVEE_E2E_BARE") != "" {
+		// The baseline for the cold-start benchmark: the runtime alone.
+		awslambda.Start(func(context.Context, json.RawMessage) (struct{}, error) { return struct{}{}, nil })
+		return
+	}
 	client := ddb.New(ddb.Options{
 		Region:       "us-east-1",
 		Credentials:  credentials.NewStaticCredentialsProvider("levee-test", "levee-test", ""),
@@ -101,6 +107,10 @@ func record(what string) {
 }
 
 func charge(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet { // the benchmarks' passthrough request
+		fmt.Fprint(w, "ok")
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	record("charge " + r.Header.Get("Idempotency-Key"))
 	if strings.Contains(string(body), `"hang":true`) {
