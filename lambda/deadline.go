@@ -20,23 +20,41 @@ var ErrDeadline = errors.New("lambda: the invocation deadline arrived while the 
 
 // DeadlineError is returned (matching ErrDeadline and
 // idempotency.ErrOutcomeUnknown) when a handler was still running at the
-// invocation's margin: its outcome is unknown and its key is held.
+// invocation's margin, or the invocation's ctx ended under it: its outcome
+// is unknown and its key is held. With NotStarted, the margin had already
+// passed when the handler was due to start: nothing ran, the error does
+// not match idempotency.ErrOutcomeUnknown, and the key is released.
 type DeadlineError struct {
 	// Deadline is the invocation's deadline.
 	Deadline time.Time
 	// Margin is how long before Deadline the handler was given up on.
 	Margin time.Duration
+	// NotStarted reports that the handler never ran.
+	NotStarted bool
+	// Cause is the invocation ctx's error when it ended before the margin
+	// (the caller canceled it), nil at the margin.
+	Cause error
 }
 
 func (e *DeadlineError) Error() string {
-	return fmt.Sprintf("%v: still running %v before the deadline %s; its outcome is unknown and its key is held",
-		ErrDeadline, e.Margin, e.Deadline.UTC().Format(time.RFC3339Nano))
+	dl := e.Deadline.UTC().Format(time.RFC3339Nano)
+	switch {
+	case e.NotStarted:
+		return fmt.Sprintf("%v: less than %v before the deadline %s; the handler did not start", ErrDeadline, e.Margin, dl)
+	case e.Cause != nil:
+		return fmt.Sprintf("%v: the invocation ended (%v) while the handler ran; its outcome is unknown and its key is held", ErrDeadline, e.Cause)
+	}
+	return fmt.Sprintf("%v: still running %v before the deadline %s; its outcome is unknown and its key is held", ErrDeadline, e.Margin, dl)
 }
 
-// Is makes errors.Is match ErrDeadline and idempotency.ErrOutcomeUnknown.
+// Is makes errors.Is match ErrDeadline, and idempotency.ErrOutcomeUnknown
+// unless NotStarted.
 func (e *DeadlineError) Is(target error) bool {
-	return target == ErrDeadline || target == idempotency.ErrOutcomeUnknown
+	return target == ErrDeadline || (target == idempotency.ErrOutcomeUnknown && !e.NotStarted)
 }
+
+// Unwrap returns Cause.
+func (e *DeadlineError) Unwrap() error { return e.Cause }
 
 // Config is what every handler of this package needs: the idempotency
 // store and engine options, and the deadline rule. The zero value of
@@ -111,6 +129,10 @@ func run[T any](ctx context.Context, inv *invocation, fn func(context.Context) (
 	if inv.guardAt.IsZero() {
 		return fn(ctx)
 	}
+	if !time.Now().Before(inv.guardAt) {
+		var zero T
+		return zero, &DeadlineError{Deadline: inv.deadline, Margin: inv.margin, NotStarted: true}
+	}
 	gctx, cancel := context.WithDeadline(ctx, inv.guardAt)
 	type result struct {
 		v     T
@@ -142,9 +164,10 @@ func run[T any](ctx context.Context, inv *invocation, fn func(context.Context) (
 		default:
 			// The guard arrived (or ctx ended): give the handler up. Its
 			// ctx is canceled so it can stop; its result is discarded.
+			cause := ctx.Err() // nil at the margin; set if the caller ended ctx first
 			cancel()
 			var zero T
-			return zero, &DeadlineError{Deadline: inv.deadline, Margin: inv.margin}
+			return zero, &DeadlineError{Deadline: inv.deadline, Margin: inv.margin, Cause: cause}
 		}
 	}
 	cancel()

@@ -244,3 +244,36 @@ func FuzzKeyPath(f *testing.F) {
 		}
 	})
 }
+
+// slowClaims delays every claim, like a store answering slowly.
+type slowClaims struct {
+	idempotency.Store
+	delay time.Duration
+}
+
+func (s slowClaims) Claim(ctx context.Context, r idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	time.Sleep(s.delay)
+	return s.Store.Claim(ctx, r)
+}
+
+// TestHandlerNoTimeLeft: when the claim returns past the margin, the
+// handler does not start, the key is released (not held), and a retry
+// runs.
+func TestHandlerNoTimeLeft(t *testing.T) {
+	var n atomic.Int64
+	mem := newMemory()
+	slow, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{
+		Config:  lambda.Config{Store: slowClaims{Store: mem, delay: 250 * time.Millisecond}, DeadlineMargin: 100 * time.Millisecond},
+		KeyPath: "order_id",
+	})
+	ev := []byte(`{"order_id":"o-late","amount":10}`)
+	_, err := slow.Invoke(invocationCtx(t, 300*time.Millisecond), ev)
+	var de *lambda.DeadlineError
+	if !errors.As(err, &de) || !de.NotStarted || errors.Is(err, idempotency.ErrOutcomeUnknown) || n.Load() != 0 {
+		t.Fatalf("err %v (ran %d); want a NotStarted *DeadlineError that does not hold the key", err, n.Load())
+	}
+	fast, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: mem}, KeyPath: "order_id"})
+	if _, err := fast.Invoke(invocationCtx(t, time.Minute), ev); err != nil || n.Load() != 1 {
+		t.Fatalf("retry: %v (ran %d); want it to run", err, n.Load())
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/awslabs/aws-lambda-go-api-proxy/core"
@@ -48,8 +49,8 @@ type HTTPHandler struct {
 	alb core.RequestAccessorALB
 }
 
-// NewHTTPHandler returns an HTTPHandler serving h. It never fails today;
-// the error is kept for option validation.
+// NewHTTPHandler returns an HTTPHandler serving h. It fails only when h
+// is nil.
 func NewHTTPHandler(h http.Handler, opts HTTPOptions) (*HTTPHandler, error) {
 	if h == nil {
 		return nil, errors.New("lambda: NewHTTPHandler: the handler is nil")
@@ -92,6 +93,13 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.next.ServeHTTP(buf, r.WithContext(ctx))
 		return struct{}{}, nil
 	})
+	var de *DeadlineError
+	if errors.As(err, &de) && de.NotStarted {
+		// Nothing ran: a 503 releases the claim, the client retries.
+		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
+			Title: "The function had no time left", Detail: err.Error()})
+		return
+	}
 	if err != nil {
 		idempotency.ReportUnknownOutcome(r.Context(), err)
 		problem.Write(w, problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
