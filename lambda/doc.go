@@ -12,7 +12,7 @@
 //     handler: the key header, fingerprint, 400/409/422, replay with
 //     Idempotent-Replayed and problem+json are the gateway's, from the
 //     same code;
-//   - NewHandler wraps any typed handler func(ctx, In) (Out, error) and
+//   - NewIdempotentHandler wraps any typed handler func(ctx, In) (Out, error) and
 //     keys it by a JMESPath expression over the event (Powertools'
 //     event_key_jmespath), with an optional payload-validation path; a
 //     duplicate gets the stored Out without running the handler;

@@ -53,7 +53,7 @@ func ExampleNewHTTPHandler() {
 // A typed handler keyed by a JMESPath expression over its event, with
 // the amount as the validation path: the duplicate gets the stored
 // result, a reused key with another amount is refused.
-func ExampleNewHandler() {
+func ExampleNewIdempotentHandler() {
 	type Payment struct {
 		OrderID string `json:"order_id"`
 		Amount  int    `json:"amount"`
@@ -66,7 +66,7 @@ func ExampleNewHandler() {
 		charges++
 		return Receipt{Charge: fmt.Sprintf("ch_%d", charges)}, nil
 	}
-	h, err := lambda.NewHandler(pay, lambda.HandlerOptions{
+	h, err := lambda.NewIdempotentHandler(pay, lambda.HandlerOptions{
 		Config:  lambda.Config{Store: memory.New(memory.Options{})},
 		KeyPath: "order_id", ValidationPath: "amount",
 	})

@@ -7,7 +7,7 @@ import (
 	"fmt"
 )
 
-// HandlerOptions configure NewHandler.
+// HandlerOptions configure NewIdempotentHandler.
 type HandlerOptions struct {
 	Config
 	// KeyPath is a JMESPath expression over the event (as JSON) selecting
@@ -32,10 +32,10 @@ type HandlerOptions struct {
 	AllowMissingKey bool
 }
 
-// Handler runs a typed Lambda handler at most once per key. It is safe
+// IdempotentHandler runs a typed Lambda handler at most once per key. It is safe
 // for concurrent use. Pass it to lambda.Start (aws-lambda-go): it
 // implements lambda.Handler.
-type Handler[In, Out any] struct {
+type IdempotentHandler[In, Out any] struct {
 	fn  func(context.Context, In) (Out, error)
 	cfg Config
 	sel selector
@@ -43,22 +43,22 @@ type Handler[In, Out any] struct {
 	allowMissing bool
 }
 
-// NewHandler returns fn wrapped so that it runs once per key selected by
+// NewIdempotentHandler returns fn wrapped so that it runs once per key selected by
 // opts.KeyPath. It fails, naming the field, when opts.Store is nil,
 // opts.KeyPath is empty, or an expression does not compile (wrapping
 // ErrExpression).
-func NewHandler[In, Out any](fn func(context.Context, In) (Out, error), opts HandlerOptions) (*Handler[In, Out], error) {
-	if err := opts.validate("NewHandler"); err != nil {
+func NewIdempotentHandler[In, Out any](fn func(context.Context, In) (Out, error), opts HandlerOptions) (*IdempotentHandler[In, Out], error) {
+	if err := opts.validate("NewIdempotentHandler"); err != nil {
 		return nil, err
 	}
 	if opts.KeyPath == "" {
-		return nil, errors.New("lambda: NewHandler: HandlerOptions.KeyPath is empty")
+		return nil, errors.New("lambda: NewIdempotentHandler: HandlerOptions.KeyPath is empty")
 	}
 	sel, err := newSelector(opts.Scope, opts.KeyPath, opts.ValidationPath)
 	if err != nil {
 		return nil, err
 	}
-	return &Handler[In, Out]{fn: fn, cfg: opts.Config, sel: sel, allowMissing: opts.AllowMissingKey}, nil
+	return &IdempotentHandler[In, Out]{fn: fn, cfg: opts.Config, sel: sel, allowMissing: opts.AllowMissingKey}, nil
 }
 
 // Invoke runs the handler for one JSON event and returns its JSON result;
@@ -92,7 +92,7 @@ func NewHandler[In, Out any](fn func(context.Context, In) (Out, error), opts Han
 //
 // Every error of this package's making has the prefix "lambda:"; the
 // engine's and fn's errors are wrapped and match with errors.Is/As.
-func (h *Handler[In, Out]) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+func (h *IdempotentHandler[In, Out]) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	var doc any
 	if err := decodeJSON(payload, &doc); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvent, err)
@@ -133,7 +133,7 @@ func (h *Handler[In, Out]) Invoke(ctx context.Context, payload []byte) ([]byte, 
 // ValidationPath see that form) and the result decoded into Out. Its
 // errors are Invoke's, plus ErrEvent when in cannot be encoded or the
 // stored result no longer decodes into Out.
-func (h *Handler[In, Out]) Handle(ctx context.Context, in In) (Out, error) {
+func (h *IdempotentHandler[In, Out]) Handle(ctx context.Context, in In) (Out, error) {
 	var out Out
 	payload, err := json.Marshal(in)
 	if err != nil {

@@ -38,7 +38,7 @@ func payments(n *atomic.Int64) func(context.Context, payment) (receipt, error) {
 func TestHandlerDuplicatesExecuteOnce(t *testing.T) {
 	stores(t, func(t *testing.T, s idempotency.Store, calls *atomic.Int64) {
 		var n atomic.Int64
-		h, err := lambda.NewHandler(payments(&n), lambda.HandlerOptions{
+		h, err := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{
 			Config: lambda.Config{Store: s}, KeyPath: "[customer, order_id]", ValidationPath: "amount",
 		})
 		if err != nil {
@@ -86,7 +86,7 @@ func TestHandlerDuplicatesExecuteOnce(t *testing.T) {
 
 func TestHandlerFailureReleases(t *testing.T) {
 	var n atomic.Int64
-	h, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: "order_id"})
+	h, _ := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: "order_id"})
 	ctx := invocationCtx(t, time.Minute)
 	for range 2 {
 		if _, err := h.Invoke(ctx, []byte(`{"order_id":"o-9","amount":0}`)); err == nil || err.Error() != "lambda: declined" {
@@ -101,7 +101,7 @@ func TestHandlerFailureReleases(t *testing.T) {
 func TestHandlerKeyErrors(t *testing.T) {
 	var n atomic.Int64
 	s := newMemory()
-	h, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "order_id"})
+	h, _ := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "order_id"})
 	ctx := context.Background()
 	if _, err := h.Invoke(ctx, []byte(`{"amount":1}`)); !errors.Is(err, lambda.ErrNoKey) {
 		t.Errorf("no key: %v; want ErrNoKey", err)
@@ -115,17 +115,17 @@ func TestHandlerKeyErrors(t *testing.T) {
 	if n.Load() != 0 {
 		t.Fatalf("ran %d times", n.Load())
 	}
-	open, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "order_id", AllowMissingKey: true})
+	open, _ := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "order_id", AllowMissingKey: true})
 	if _, err := open.Invoke(ctx, []byte(`{"amount":1}`)); err != nil || n.Load() != 1 {
 		t.Errorf("AllowMissingKey: %v, ran %d", err, n.Load())
 	}
-	if _, err := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "a[?"}); !errors.Is(err, lambda.ErrExpression) {
+	if _, err := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}, KeyPath: "a[?"}); !errors.Is(err, lambda.ErrExpression) {
 		t.Errorf("bad expression: %v; want ErrExpression", err)
 	}
-	if _, err := lambda.NewHandler(payments(&n), lambda.HandlerOptions{KeyPath: "a"}); err == nil {
+	if _, err := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{KeyPath: "a"}); err == nil {
 		t.Errorf("nil store accepted")
 	}
-	if _, err := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}}); err == nil {
+	if _, err := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: s}}); err == nil {
 		t.Errorf("empty KeyPath accepted")
 	}
 }
@@ -135,7 +135,7 @@ func TestHandlerKeyErrors(t *testing.T) {
 func TestHandlerPowertoolsJSON(t *testing.T) {
 	var n atomic.Int64
 	fn := func(context.Context, map[string]any) (string, error) { n.Add(1); return "ok", nil }
-	h, err := lambda.NewHandler(fn, lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: "powertools_json(body).id"})
+	h, err := lambda.NewIdempotentHandler(fn, lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: "powertools_json(body).id"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestHandlerTimeoutHoldsKey(t *testing.T) {
 			return receipt{Charge: "late"}, nil
 		}
 		var events []idempotency.Outcome
-		h, _ := lambda.NewHandler(fn, lambda.HandlerOptions{
+		h, _ := lambda.NewIdempotentHandler(fn, lambda.HandlerOptions{
 			Config: lambda.Config{Store: s, DeadlineMargin: 100 * time.Millisecond,
 				Options: idempotency.Options{OnEvent: func(_ context.Context, ev idempotency.Event) { events = append(events, ev.Outcome) }}},
 			KeyPath: "order_id",
@@ -217,11 +217,11 @@ func FuzzKeyPath(f *testing.F) {
 	f.Add("a[?b > `1`]", `{"a":[{"b":2}]}`)
 	f.Fuzz(func(t *testing.T, path, event string) {
 		if path == "" {
-			return // refused by NewHandler: tested in TestHandlerKeyErrors
+			return // refused by NewIdempotentHandler: tested in TestHandlerKeyErrors
 		}
 		var n atomic.Int64
 		fn := func(context.Context, json.RawMessage) (int64, error) { return n.Add(1), nil }
-		h, err := lambda.NewHandler(fn, lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: path})
+		h, err := lambda.NewIdempotentHandler(fn, lambda.HandlerOptions{Config: lambda.Config{Store: newMemory()}, KeyPath: path})
 		if err != nil {
 			if !errors.Is(err, lambda.ErrExpression) {
 				t.Fatalf("constructor: %v", err)
@@ -262,7 +262,7 @@ func (s slowClaims) Claim(ctx context.Context, r idempotency.ClaimRequest) (idem
 func TestHandlerNoTimeLeft(t *testing.T) {
 	var n atomic.Int64
 	mem := newMemory()
-	slow, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{
+	slow, _ := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{
 		Config:  lambda.Config{Store: slowClaims{Store: mem, delay: 250 * time.Millisecond}, DeadlineMargin: 100 * time.Millisecond},
 		KeyPath: "order_id",
 	})
@@ -272,7 +272,7 @@ func TestHandlerNoTimeLeft(t *testing.T) {
 	if !errors.As(err, &de) || !de.NotStarted || errors.Is(err, idempotency.ErrOutcomeUnknown) || n.Load() != 0 {
 		t.Fatalf("err %v (ran %d); want a NotStarted *DeadlineError that does not hold the key", err, n.Load())
 	}
-	fast, _ := lambda.NewHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: mem}, KeyPath: "order_id"})
+	fast, _ := lambda.NewIdempotentHandler(payments(&n), lambda.HandlerOptions{Config: lambda.Config{Store: mem}, KeyPath: "order_id"})
 	if _, err := fast.Invoke(invocationCtx(t, time.Minute), ev); err != nil || n.Load() != 1 {
 		t.Fatalf("retry: %v (ran %d); want it to run", err, n.Load())
 	}
