@@ -19,6 +19,18 @@ import (
 // or the invocation's margin had arrived.
 var ErrSkipped = errors.New("lambda: record not processed")
 
+// PanicError is a batch record's error when its handler panicked: the
+// record is reported failed and its key released, and the batch goes on.
+type PanicError struct {
+	// Value is what the handler panicked with.
+	Value any
+}
+
+// Error includes the panic value.
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("lambda: the record's handler panicked: %v", e.Value)
+}
+
 // BatchOptions configure the batch handlers (NewSQSHandler,
 // NewKinesisHandler, NewDynamoDBHandler).
 type BatchOptions struct {
@@ -42,8 +54,8 @@ type BatchOptions struct {
 	// OnRecordError, if set, is called for every record reported failed,
 	// with its item identifier and why: the handler's error, an
 	// idempotency error (ErrInFlight, ErrMismatch, ErrOutcomeUnknown,
-	// ErrStoreUnavailable), a *DeadlineError, ErrSkipped, ErrNoKey or
-	// ErrEvent. It must be safe for concurrent use.
+	// ErrStoreUnavailable), a *DeadlineError, a *PanicError, ErrSkipped,
+	// ErrNoKey or ErrEvent. It must be safe for concurrent use.
 	OnRecordError func(ctx context.Context, id string, err error)
 }
 
@@ -116,8 +128,15 @@ func (b *batch) process(ctx context.Context, recs []record, ordered bool, fn fun
 }
 
 // one runs one record under its key. Success, a replay, and a success
-// whose record could not be stored (it did take effect) are nil.
-func (b *batch) one(ctx context.Context, inv *invocation, r *record, fn func(context.Context) error) error {
+// whose record could not be stored (it did take effect) are nil. A panic
+// in fn (the engine has released the key by then) is the record's error,
+// a *PanicError.
+func (b *batch) one(ctx context.Context, inv *invocation, r *record, fn func(context.Context) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("lambda: record %s: %w", r.id, &PanicError{Value: p})
+		}
+	}()
 	key, fp, err := b.keyOf(r)
 	if err != nil {
 		return err
@@ -191,8 +210,8 @@ func NewSQSHandler(fn func(context.Context, events.SQSMessage) error, opts Batch
 // Handle processes ev in order and lists in BatchItemFailures exactly the
 // messages that did not succeed, so that SQS deletes the others and
 // redelivers only those. Per message:
-//   - new: fn runs; success marks its key done; an error (or panic-free
-//     failure) releases the key, so the redelivery runs fn again — a
+//   - new: fn runs; success marks its key done; an error or a panic (a
+//     *PanicError) releases the key, so the redelivery runs fn again — a
 //     failed message is never marked done;
 //   - already done (a redelivery, or a duplicate under KeyPath): fn does
 //     not run, and the message succeeds;

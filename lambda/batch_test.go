@@ -285,3 +285,30 @@ func TestKinesisAndDynamoDBStreams(t *testing.T) {
 		}
 	}
 }
+
+// TestSQSPanicFailsTheRecord: a handler that panics fails its record only;
+// its key is released, so the redelivery runs it again.
+func TestSQSPanicFailsTheRecord(t *testing.T) {
+	var ran runs
+	var calm atomic.Bool
+	fn := func(_ context.Context, m events.SQSMessage) error {
+		ran.add(m.MessageId)
+		if m.MessageId == "m2" && !calm.Load() {
+			panic("nil map")
+		}
+		return nil
+	}
+	var perr *lambda.PanicError
+	h, _ := lambda.NewSQSHandler(fn, lambda.BatchOptions{Config: lambda.Config{Store: newMemory()},
+		OnRecordError: func(_ context.Context, id string, err error) { errors.As(err, &perr) }})
+	ev := sqsBatch(t, false, [3]string{"m1", "", "1"}, [3]string{"m2", "", "2"}, [3]string{"m3", "", "3"})
+	resp, _ := h.Handle(invocationCtx(t, time.Minute), ev)
+	if got := failedIDs(resp); !slices.Equal(got, []string{"m2"}) || perr == nil || perr.Value != "nil map" {
+		t.Fatalf("failures %v, panic %v", got, perr)
+	}
+	calm.Store(true)
+	resp, _ = h.Handle(invocationCtx(t, time.Minute), ev)
+	if got := failedIDs(resp); len(got) != 0 || !slices.Equal(ran.list(), []string{"m1", "m2", "m3", "m2"}) {
+		t.Fatalf("failures %v, ran %v", got, ran.list())
+	}
+}

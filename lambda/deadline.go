@@ -36,6 +36,7 @@ type DeadlineError struct {
 	Cause error
 }
 
+// Error says whether the handler was given up on or never started.
 func (e *DeadlineError) Error() string {
 	dl := e.Deadline.UTC().Format(time.RFC3339Nano)
 	switch {
