@@ -296,3 +296,61 @@ func FuzzDetectHTTPEvent(f *testing.F) {
 		}
 	})
 }
+
+// TestHTTPTenantsAndInFlight: tenants are scoped (one key, two tenants,
+// two executions); a duplicate while the first invocation runs is 409
+// idempotency-in-flight with Retry-After; a base64 body is fingerprinted
+// decoded (the same bytes sent plain replay).
+func TestHTTPTenantsAndInFlight(t *testing.T) {
+	var n atomic.Int64
+	release := make(chan struct{})
+	entered := make(chan struct{}, 4)
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		if r.Header.Get("x-block") != "" {
+			<-release
+		}
+		charge(&n).ServeHTTP(w, r)
+	})
+	h, _ := lambda.NewHTTPHandler(api, lambda.HTTPOptions{
+		Config: lambda.Config{Store: newMemory()},
+		HTTP:   idempotency.HTTPOptions{TenantHeader: "Authorization"},
+	})
+	raw := eventFile(t, "apigw-v2-request-no-authorizer.json")
+	for _, tenant := range []string{"Bearer a", "Bearer b", "Bearer a"} {
+		r := invokeHTTP(t, invocationCtx(t, time.Minute), h, asPOST(t, raw, `{"x":1}`, map[string]string{"idempotency-key": "same", "authorization": tenant}))
+		if r.StatusCode != http.StatusCreated {
+			t.Fatalf("%s: %d %s", tenant, r.StatusCode, r.Body)
+		}
+	}
+	if n.Load() != 2 {
+		t.Fatalf("two tenants, one key: ran %d times, want 2", n.Load())
+	}
+
+	for len(entered) > 0 {
+		<-entered
+	}
+	blocked := asPOST(t, raw, `{"x":2}`, map[string]string{"idempotency-key": "slow", "x-block": "1"})
+	done := make(chan httpResponse, 1)
+	go func() { done <- invokeHTTP(t, invocationCtx(t, time.Minute), h, blocked) }()
+	<-entered // the first invocation holds the key and runs
+	dup := invokeHTTP(t, invocationCtx(t, time.Minute), h, blocked)
+	close(release)
+	first := <-done
+	if dup.StatusCode != http.StatusConflict || !strings.Contains(dup.Body, "idempotency-in-flight") || dup.header("Retry-After") == "" {
+		t.Fatalf("concurrent duplicate: %d %q %s", dup.StatusCode, dup.header("Retry-After"), dup.Body)
+	}
+	if first.StatusCode != http.StatusCreated {
+		t.Fatalf("first: %d %s", first.StatusCode, first.Body)
+	}
+
+	b64 := editJSON(t, asPOST(t, raw, "", map[string]string{"idempotency-key": "b64", "content-type": "application/json"}), func(m map[string]any) {
+		m["body"], m["isBase64Encoded"] = "eyJhbW91bnQiOjV9", true // {"amount":5}
+	})
+	plain := asPOST(t, raw, `{"amount": 5}`, map[string]string{"idempotency-key": "b64", "content-type": "application/json"})
+	a := invokeHTTP(t, invocationCtx(t, time.Minute), h, b64)
+	b := invokeHTTP(t, invocationCtx(t, time.Minute), h, plain)
+	if a.StatusCode != http.StatusCreated || b.header("Idempotent-Replayed") != "true" || a.Body != b.Body || !strings.Contains(a.Body, `amount\":5`) {
+		t.Fatalf("base64 %d %s; plain %d %s", a.StatusCode, a.Body, b.StatusCode, b.Body)
+	}
+}
