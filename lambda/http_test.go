@@ -331,12 +331,22 @@ func TestHTTPTenantsAndInFlight(t *testing.T) {
 		<-entered
 	}
 	blocked := asPOST(t, raw, `{"x":2}`, map[string]string{"idempotency-key": "slow", "x-block": "1"})
-	done := make(chan httpResponse, 1)
-	go func() { done <- invokeHTTP(t, invocationCtx(t, time.Minute), h, blocked) }()
+	done := make(chan []byte, 1)
+	ctx := invocationCtx(t, time.Minute)
+	go func() { // no t.Fatal off the test goroutine: the answer is checked below
+		out, err := h.Invoke(ctx, blocked)
+		if err != nil {
+			out = []byte(err.Error())
+		}
+		done <- out
+	}()
 	<-entered // the first invocation holds the key and runs
 	dup := invokeHTTP(t, invocationCtx(t, time.Minute), h, blocked)
 	close(release)
-	first := <-done
+	var first httpResponse
+	if out := <-done; json.Unmarshal(out, &first) != nil {
+		t.Fatalf("first: %s", out)
+	}
 	if dup.StatusCode != http.StatusConflict || !strings.Contains(dup.Body, "idempotency-in-flight") || dup.header("Retry-After") == "" {
 		t.Fatalf("concurrent duplicate: %d %q %s", dup.StatusCode, dup.header("Retry-After"), dup.Body)
 	}
