@@ -91,6 +91,10 @@ import (
 //     call corrupt.
 const schemaVersion = 2
 
+// maxConns bounds the connections of a file Store: readers and, one at a
+// time, the writer.
+const maxConns = 16
+
 // Memory is the path that opens a private in-memory database instead of a
 // file: nothing is persisted and nothing is shared with other stores.
 const Memory = ":memory:"
@@ -228,9 +232,12 @@ func Open(path string, opts Options) (*Store, error) {
 		s.db.SetConnMaxLifetime(0)
 		s.db.SetConnMaxIdleTime(0)
 	} else {
-		// Opening a connection parses the schema and runs the pragmas; keep
-		// the ones a burst opened instead of the default two.
-		s.db.SetMaxIdleConns(16)
+		// Opening a connection parses the schema, runs the pragmas and
+		// prepares each statement again. Readers run in-process and are
+		// CPU-bound, so more connections than a few per core only churn:
+		// cap the pool and keep every connection it opens.
+		s.db.SetMaxOpenConns(maxConns)
+		s.db.SetMaxIdleConns(maxConns)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.BusyTimeout+5*time.Second)
 	defer cancel()
