@@ -77,6 +77,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/groupcommit"
 	sqlitedrv "modernc.org/sqlite"
 )
 
@@ -136,7 +137,7 @@ type Store struct {
 	trips atomic.Int64
 	q     queries
 	st    statements
-	w     *writer
+	w     *groupcommit.Queue[*writeOp]
 }
 
 // statements are the queries prepared once through database/sql, which
@@ -248,8 +249,7 @@ func Open(path string, opts Options) (*Store, error) {
 				_ = s.db.Close()
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
-			s.w = newWriter()
-			go s.runWriter()
+			s.w = groupcommit.Start(maxBatch, s.runBatch)
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
@@ -352,7 +352,7 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 // still queued fail) and closes the database. Calls after Close fail. It
 // is safe to call more than once.
 func (s *Store) Close() error {
-	s.w.stop()
+	s.w.Stop()
 	for _, st := range []*sql.Stmt{s.st.claim, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
 		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway
@@ -402,15 +402,13 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	case err != nil && !errors.Is(err, idempotency.ErrNotFound):
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
-	op := opPool.Get().(*writeOp)
-	*op = writeOp{kind: opClaim, req: req, ready: op.ready}
-	ok, err := s.write(ctx, op)
-	if !ok {
+	op := getOp()
+	op.kind, op.req = opClaim, req
+	if err := s.write(ctx, op); err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
 	res, err := op.res, op.err
-	*op = writeOp{ready: op.ready}
-	opPool.Put(op)
+	putOp(op)
 	return res, err
 }
 

@@ -1,0 +1,121 @@
+package groupcommit_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/leveehq/levee/internal/groupcommit"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type op struct {
+	groupcommit.Slot
+	in, out int
+}
+
+// Operations queued while a batch runs form the next batch, each gets its
+// own result, and a lone operation runs without waiting for company.
+func TestBatches(t *testing.T) {
+	gate := make(chan struct{})
+	var sizes []int
+	first := true
+	q := groupcommit.Start(8, func(batch []*op) {
+		if first {
+			first = false
+			<-gate // hold the first batch while the others queue
+		}
+		sizes = append(sizes, len(batch))
+		for _, o := range batch {
+			o.out = o.in * 2
+		}
+	})
+	defer q.Stop()
+	ctx := context.Background()
+	lone := &op{in: 1}
+	done := make(chan error)
+	go func() { done <- q.Do(ctx, lone) }()
+	var wg sync.WaitGroup
+	ops := make([]*op, 20)
+	for i := range ops {
+		ops[i] = &op{in: i}
+	}
+	for _, o := range ops {
+		wg.Go(func() {
+			if err := q.Do(ctx, o); err != nil {
+				t.Errorf("Do: %v", err)
+			}
+		})
+	}
+	// The first batch is held: the queue fills up (its bound is 8).
+	deadline := time.Now().Add(10 * time.Second)
+	for q.Queued() < 8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d operations queued", q.Queued())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	wg.Wait()
+	if err := <-done; err != nil || lone.out != 2 {
+		t.Fatalf("lone op: %v, out %d", err, lone.out)
+	}
+	for _, o := range ops {
+		if o.out != o.in*2 {
+			t.Fatalf("op %d got %d", o.in, o.out)
+		}
+	}
+	total := 0
+	for _, n := range sizes {
+		if n > 8 {
+			t.Fatalf("batch of %d, bound 8", n)
+		}
+		total += n
+	}
+	if total != 21 || len(sizes) >= 21 {
+		t.Fatalf("batch sizes %v: want 21 operations in fewer than 21 batches", sizes)
+	}
+}
+
+func TestCanceledIsSkippedAndStopFails(t *testing.T) {
+	started, gate := make(chan struct{}), make(chan struct{})
+	var ran []int
+	q := groupcommit.Start(4, func(batch []*op) {
+		for _, o := range batch {
+			if o.in == 0 {
+				close(started)
+				<-gate
+			}
+			if o.Canceled() {
+				o.Skip()
+				continue
+			}
+			ran = append(ran, o.in)
+		}
+	})
+	go func() { _ = q.Do(context.Background(), &op{in: 0}) }()
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error)
+	go func() { errc <- q.Do(ctx, &op{in: 1}) }()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled Do = %v", err)
+	}
+	close(gate)
+	q.Stop()
+	q.Stop() // idempotent
+	for _, n := range ran {
+		if n == 1 {
+			t.Fatal("a canceled operation ran")
+		}
+	}
+	if err := q.Do(context.Background(), &op{in: 2}); !errors.Is(err, groupcommit.ErrClosed) {
+		t.Fatalf("Do after Stop = %v, want ErrClosed", err)
+	}
+}
