@@ -1,8 +1,8 @@
 // Package groupcommit runs concurrent operations in batches on one
 // goroutine: the stores' group commit (store/sqlite, store/postgres).
 //
-// A Queue's goroutine takes the first queued operation, adds whatever else
-// has queued up to a bound, and hands the batch to the run function, which
+// A Queue's goroutine takes the queued operations, up to a bound, and hands
+// the batch to the run function, which
 // executes it (typically as one transaction or one statement) and records
 // each operation's outcome in the operation itself. Operations that arrive
 // while a batch runs form the next batch, so under load one commit serves
@@ -12,12 +12,8 @@ package groupcommit
 
 import (
 	"context"
-	"errors"
 	"sync"
 )
-
-// ErrClosed is returned by Do after Stop.
-var ErrClosed = errors.New("groupcommit: queue is stopped")
 
 // Slot is the bookkeeping an operation carries; embed it in the operation
 // type (see Op).
@@ -54,53 +50,45 @@ type Op interface{ GroupSlot() *Slot }
 // GroupSlot returns s itself; it makes every type embedding a Slot an Op.
 func (s *Slot) GroupSlot() *Slot { return s }
 
-// Queue batches operations of type T for its goroutine.
+// Queue batches operations of type T. It holds no goroutine while idle:
+// the first operation to arrive at an idle queue starts one, which runs
+// batches until nothing is queued and then exits. The zero value is not
+// usable; call New.
 type Queue[T Op] struct {
-	ops     chan T
-	quit    chan struct{}
-	stopped chan struct{}
-	once    sync.Once
+	max int
+	run func([]T)
+
+	mu      sync.Mutex
+	pending []T
+	running bool
 }
 
-// Start returns a Queue whose goroutine runs batches of at most max
-// operations with run, in arrival order. run is called from that goroutine
-// only; it must record every operation's outcome in the operation (or Skip
-// it) before returning. Stop ends the goroutine.
-func Start[T Op](max int, run func(batch []T)) *Queue[T] {
-	q := &Queue[T]{ops: make(chan T, max), quit: make(chan struct{}), stopped: make(chan struct{})}
-	go q.loop(max, run)
-	return q
+// New returns a Queue that runs batches of at most max operations with
+// run, in arrival order. run is called by one goroutine at a time; it must
+// record every operation's outcome in the operation (or Skip it) before
+// returning.
+func New[T Op](max int, run func(batch []T)) *Queue[T] {
+	return &Queue[T]{max: max, run: run}
 }
 
-func (q *Queue[T]) loop(max int, run func([]T)) {
-	defer close(q.stopped)
-	batch := make([]T, 0, max)
+func (q *Queue[T]) loop() {
+	batch := make([]T, 0, q.max)
 	for {
-		select {
-		case op := <-q.ops:
-			batch = append(batch[:0], op)
-		case <-q.quit:
-			for {
-				select {
-				case op := <-q.ops:
-					s := op.GroupSlot()
-					s.skipped = true
-					s.ready <- struct{}{}
-				default:
-					return
-				}
-			}
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
 		}
-	fill:
-		for len(batch) < max {
-			select {
-			case op := <-q.ops:
-				batch = append(batch, op)
-			default:
-				break fill
-			}
+		n := min(len(q.pending), q.max)
+		batch = append(batch[:0], q.pending[:n]...)
+		clear(q.pending[:n])
+		q.pending = q.pending[n:]
+		if len(q.pending) == 0 {
+			q.pending = q.pending[:0:0] // let a burst's backing array go
 		}
-		run(batch)
+		q.mu.Unlock()
+		q.run(batch)
 		for _, op := range batch {
 			op.GroupSlot().ready <- struct{}{}
 		}
@@ -109,49 +97,41 @@ func (q *Queue[T]) loop(max int, run func([]T)) {
 }
 
 // Do queues op and waits until its batch has run. It returns nil when op
-// was executed (its outcome is in op, and op may be reused), ctx's error
-// if ctx ended first (op may still execute later, as with any store whose
-// answer is lost; do not reuse it), or ErrClosed if the queue stopped.
+// was executed (its outcome is in op, and op may be reused), or ctx's
+// error if ctx ended first or the run function skipped op because of it
+// (op may still execute later, as with any store whose answer is lost; do
+// not reuse it).
 func (q *Queue[T]) Do(ctx context.Context, op T) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s := op.GroupSlot()
 	if s.ready == nil {
 		s.ready = make(chan struct{}, 1)
 	}
 	s.done, s.skipped = ctx.Done(), false
-	select {
-	case q.ops <- op:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-q.quit:
-		return ErrClosed
+	q.mu.Lock()
+	q.pending = append(q.pending, op)
+	if !q.running {
+		q.running = true
+		go q.loop()
 	}
+	q.mu.Unlock()
 	select {
 	case <-s.ready:
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-q.stopped:
-		select {
-		case <-s.ready:
-		default:
-			return ErrClosed
-		}
 	}
 	if s.skipped {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		return ErrClosed
+		return ctx.Err()
 	}
 	return nil
 }
 
-// Queued returns how many operations wait for a batch (at most the
-// bound), for diagnostics and tests.
-func (q *Queue[T]) Queued() int { return len(q.ops) }
-
-// Stop ends the goroutine after the batch it is running, and waits for it.
-// Queued operations, and every later Do, get ErrClosed. It is idempotent.
-func (q *Queue[T]) Stop() {
-	q.once.Do(func() { close(q.quit) })
-	<-q.stopped
+// Queued returns how many operations wait for a batch, for diagnostics
+// and tests.
+func (q *Queue[T]) Queued() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending)
 }

@@ -34,8 +34,8 @@
 // Times are stored as Unix milliseconds. Expiry is logical: every read and
 // every claim compares expires_at with the time the engine passes in, so an
 // expired record counts as absent whether or not it is still in the file.
-// Each Store starts one goroutine, its writer, which Close stops; it runs
-// no background clean-up: call DeleteExpired periodically (for example
+// The writer goroutine runs only while writes are queued (an idle Store
+// holds no goroutine); the store runs no background clean-up: call DeleteExpired periodically (for example
 // from the gateway's own maintenance loop) to reclaim space. There is no
 // capacity limit: the store never returns idempotency.ErrCapacity.
 //
@@ -133,11 +133,12 @@ func (o Options) withDefaults() (Options, error) {
 // Store is an idempotency.Store over one SQLite database. It is safe for
 // concurrent use; Close it when done.
 type Store struct {
-	db    *sql.DB
-	trips atomic.Int64
-	q     queries
-	st    statements
-	w     *groupcommit.Queue[*writeOp]
+	db     *sql.DB
+	trips  atomic.Int64
+	q      queries
+	st     statements
+	w      *groupcommit.Queue[*writeOp]
+	closed atomic.Bool
 }
 
 // statements are the queries prepared once through database/sql, which
@@ -249,7 +250,7 @@ func Open(path string, opts Options) (*Store, error) {
 				_ = s.db.Close()
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
-			s.w = groupcommit.Start(maxBatch, s.runBatch)
+			s.w = groupcommit.New(maxBatch, s.runBatch)
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
@@ -348,11 +349,10 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 	return tx.Commit()
 }
 
-// Close stops the writer goroutine (after the batch it is running; writes
-// still queued fail) and closes the database. Calls after Close fail. It
-// is safe to call more than once.
+// Close closes the database. Calls after Close fail (writes still queued
+// get the database's "closed" error). It is safe to call more than once.
 func (s *Store) Close() error {
-	s.w.Stop()
+	s.closed.Store(true)
 	for _, st := range []*sql.Stmt{s.st.claim, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
 		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway

@@ -82,11 +82,10 @@ func putOp(op *writeOp) {
 
 // write runs op through the writer; on nil, op holds the outcome.
 func (s *Store) write(ctx context.Context, op *writeOp) error {
-	err := s.w.Do(ctx, op)
-	if errors.Is(err, groupcommit.ErrClosed) {
+	if s.closed.Load() {
 		return errClosed
 	}
-	return err
+	return s.w.Do(ctx, op)
 }
 
 // fencedWrite runs a Renew, Complete, Release or MarkUnknown through the
