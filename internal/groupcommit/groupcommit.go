@@ -55,20 +55,23 @@ func (s *Slot) GroupSlot() *Slot { return s }
 // batches until nothing is queued and then exits. The zero value is not
 // usable; call New.
 type Queue[T Op] struct {
-	max int
-	run func([]T)
+	max, workers int
+	run          func([]T)
 
 	mu      sync.Mutex
 	pending []T
-	running bool
+	running int
 }
 
-// New returns a Queue that runs batches of at most max operations with
-// run, in arrival order. run is called by one goroutine at a time; it must
-// record every operation's outcome in the operation (or Skip it) before
+// New returns a Queue that runs batches of at most size operations with
+// run, in arrival order, on at most workers goroutines at a time (at least
+// one). With one worker, run is never called concurrently (SQLite's single
+// writer); with more, a new batch starts while others are still running
+// (PostgreSQL, whose server runs statements in parallel). run must record
+// every operation's outcome in the operation (or Skip it) before
 // returning.
-func New[T Op](max int, run func(batch []T)) *Queue[T] {
-	return &Queue[T]{max: max, run: run}
+func New[T Op](size, workers int, run func(batch []T)) *Queue[T] {
+	return &Queue[T]{max: size, workers: max(1, workers), run: run}
 }
 
 func (q *Queue[T]) loop() {
@@ -76,7 +79,7 @@ func (q *Queue[T]) loop() {
 	for {
 		q.mu.Lock()
 		if len(q.pending) == 0 {
-			q.running = false
+			q.running--
 			q.mu.Unlock()
 			return
 		}
@@ -112,8 +115,8 @@ func (q *Queue[T]) Do(ctx context.Context, op T) error {
 	s.done, s.skipped = ctx.Done(), false
 	q.mu.Lock()
 	q.pending = append(q.pending, op)
-	if !q.running {
-		q.running = true
+	if q.running < q.workers {
+		q.running++
 		go q.loop()
 	}
 	q.mu.Unlock()

@@ -26,7 +26,7 @@ func TestBatches(t *testing.T) {
 	gate := make(chan struct{})
 	var sizes []int
 	first := true
-	q := groupcommit.New(8, func(batch []*op) {
+	q := groupcommit.New(8, 1, func(batch []*op) {
 		if first {
 			first = false
 			<-gate // hold the first batch while the others queue
@@ -85,7 +85,7 @@ func TestBatches(t *testing.T) {
 func TestCanceledIsSkipped(t *testing.T) {
 	started, gate := make(chan struct{}), make(chan struct{})
 	var ran []int
-	q := groupcommit.New(4, func(batch []*op) {
+	q := groupcommit.New(4, 1, func(batch []*op) {
 		for _, o := range batch {
 			if o.in == 0 {
 				close(started)
@@ -128,4 +128,29 @@ func TestCanceledIsSkipped(t *testing.T) {
 	if !slices.Contains(ran, 2) {
 		t.Fatalf("ran %v, want operation 2 run", ran)
 	}
+}
+
+// With two workers, a second batch runs while the first is still running.
+func TestWorkersRunConcurrently(t *testing.T) {
+	var inside sync.WaitGroup
+	inside.Add(2)
+	both := make(chan struct{})
+	go func() { inside.Wait(); close(both) }()
+	q := groupcommit.New(1, 2, func(batch []*op) {
+		inside.Done()
+		select {
+		case <-both:
+		case <-time.After(10 * time.Second): // a correctness bound, not a speed assertion
+			t.Error("the second batch never ran alongside the first")
+		}
+	})
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			if err := q.Do(context.Background(), &op{in: i}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -250,7 +250,7 @@ func Open(path string, opts Options) (*Store, error) {
 				_ = s.db.Close()
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
-			s.w = groupcommit.New(maxBatch, s.runBatch)
+			s.w = groupcommit.New(maxBatch, 1, s.runBatch)
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
