@@ -69,6 +69,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -135,6 +136,7 @@ type Store struct {
 	table string
 	sql   statements
 	q     *groupcommit.Queue[*writeOp]
+	ops   sync.Pool // *writeOp
 }
 
 // statements holds the SQL of every operation, built once for the table.
@@ -246,13 +248,13 @@ func token(t uint64) int64 { return int64(t) }
 // committed by a concurrent claim after this statement's snapshot; the
 // engine then claims again.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	op := opPool.Get().(*writeOp)
+	op := s.getOp()
 	op.kind, op.req = opClaim, req
 	if err := s.write(ctx, op); err != nil {
 		return idempotency.ClaimResult{}, err
 	}
 	res, err := op.res, op.err
-	putOp(op)
+	s.putOp(op)
 	return res, err
 }
 
@@ -279,8 +281,8 @@ func (s *Store) claimOne(ctx context.Context, req idempotency.ClaimRequest) (ide
 }
 
 // newOp returns a pooled operation of kind on key held by tok.
-func newOp(kind opKind, key string, tok uint64, t1, t2 time.Time, resp []byte) *writeOp {
-	op := opPool.Get().(*writeOp)
+func (s *Store) newOp(kind opKind, key string, tok uint64, t1, t2 time.Time, resp []byte) *writeOp {
+	op := s.getOp()
 	op.kind, op.key, op.token, op.t1, op.t2, op.resp = kind, key, token(tok), t1, t2, resp
 	return op
 }
@@ -288,24 +290,24 @@ func newOp(kind opKind, key string, tok uint64, t1, t2 time.Time, resp []byte) *
 // Renew implements idempotency.Store with one conditional UPDATE (shared
 // with the renewals queued meanwhile, like every write below).
 func (s *Store) Renew(ctx context.Context, key string, tok uint64, _, leaseUntil, expiresAt time.Time) error {
-	return s.fencedWrite(ctx, newOp(opRenew, key, tok, leaseUntil, expiresAt, nil))
+	return s.fencedWrite(ctx, s.newOp(opRenew, key, tok, leaseUntil, expiresAt, nil))
 }
 
 // Complete implements idempotency.Store with one conditional UPDATE that
 // stores idempotency.MarshalResponse(resp). now is not needed: expiry is
 // logical.
 func (s *Store) Complete(ctx context.Context, key string, tok uint64, resp idempotency.Response, _, expiresAt time.Time) error {
-	return s.fencedWrite(ctx, newOp(opComplete, key, tok, expiresAt, time.Time{}, idempotency.MarshalResponse(resp)))
+	return s.fencedWrite(ctx, s.newOp(opComplete, key, tok, expiresAt, time.Time{}, idempotency.MarshalResponse(resp)))
 }
 
 // Release implements idempotency.Store with one conditional DELETE.
 func (s *Store) Release(ctx context.Context, key string, tok uint64) error {
-	return s.fencedWrite(ctx, newOp(opRelease, key, tok, time.Time{}, time.Time{}, nil))
+	return s.fencedWrite(ctx, s.newOp(opRelease, key, tok, time.Time{}, time.Time{}, nil))
 }
 
 // MarkUnknown implements idempotency.Store with one conditional UPDATE.
 func (s *Store) MarkUnknown(ctx context.Context, key string, tok uint64, now, expiresAt time.Time) error {
-	return s.fencedWrite(ctx, newOp(opMarkUnknown, key, tok, now, expiresAt, nil))
+	return s.fencedWrite(ctx, s.newOp(opMarkUnknown, key, tok, now, expiresAt, nil))
 }
 
 // Features implements idempotency.Store: the store lists.

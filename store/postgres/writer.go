@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -72,13 +71,20 @@ type writeOp struct {
 	err error
 }
 
-var opPool = sync.Pool{New: func() any { return new(writeOp) }}
+// getOp returns a recycled or new operation.
+func (s *Store) getOp() *writeOp {
+	if op, ok := s.ops.Get().(*writeOp); ok {
+		return op
+	}
+	return new(writeOp)
+}
 
-func putOp(op *writeOp) {
+// putOp recycles an operation Do returned nil for, keeping its channel.
+func (s *Store) putOp(op *writeOp) {
 	slot := op.Slot
 	slot.Reset()
 	*op = writeOp{Slot: slot}
-	opPool.Put(op)
+	s.ops.Put(op)
 }
 
 // write runs op through the queue; on nil, op holds the outcome.
@@ -96,7 +102,7 @@ func (s *Store) fencedWrite(ctx context.Context, op *writeOp) error {
 		return err
 	}
 	err := op.err
-	putOp(op)
+	s.putOp(op)
 	return err
 }
 

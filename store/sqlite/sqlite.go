@@ -73,6 +73,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -138,6 +139,7 @@ type Store struct {
 	q      queries
 	st     statements
 	w      *groupcommit.Queue[*writeOp]
+	ops    sync.Pool // *writeOp
 	closed atomic.Bool
 }
 
@@ -402,13 +404,13 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	case err != nil && !errors.Is(err, idempotency.ErrNotFound):
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
-	op := getOp()
+	op := s.getOp()
 	op.kind, op.req = opClaim, req
 	if err := s.write(ctx, op); err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
 	res, err := op.res, op.err
-	putOp(op)
+	s.putOp(op)
 	return res, err
 }
 

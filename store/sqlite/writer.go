@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
@@ -68,16 +67,20 @@ type writeOp struct {
 	err error
 }
 
-var opPool = sync.Pool{New: func() any { return new(writeOp) }}
-
-func getOp() *writeOp { return opPool.Get().(*writeOp) }
+// getOp returns a recycled or new operation.
+func (s *Store) getOp() *writeOp {
+	if op, ok := s.ops.Get().(*writeOp); ok {
+		return op
+	}
+	return new(writeOp)
+}
 
 // putOp recycles an operation Do returned nil for, keeping its channel.
-func putOp(op *writeOp) {
+func (s *Store) putOp(op *writeOp) {
 	slot := op.Slot
 	slot.Reset()
 	*op = writeOp{Slot: slot}
-	opPool.Put(op)
+	s.ops.Put(op)
 }
 
 // write runs op through the writer; on nil, op holds the outcome.
@@ -91,13 +94,13 @@ func (s *Store) write(ctx context.Context, op *writeOp) error {
 // fencedWrite runs a Renew, Complete, Release or MarkUnknown through the
 // writer.
 func (s *Store) fencedWrite(ctx context.Context, kind opKind, key string, token uint64, t1, t2 int64, resp []byte) error {
-	op := getOp()
+	op := s.getOp()
 	op.kind, op.key, op.token, op.t1, op.t2, op.resp = kind, key, token, t1, t2, resp
 	if err := s.write(ctx, op); err != nil {
 		return fmt.Errorf("sqlite: %s: %w", kind, err)
 	}
 	err := op.err
-	putOp(op)
+	s.putOp(op)
 	return err
 }
 
