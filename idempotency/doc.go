@@ -25,6 +25,7 @@
 //
 // Cost: a new request is two store round trips (claim, complete), a
 // replay one (SQLite: a read and two write transactions, which concurrent
-// requests share; see store/sqlite). Replicas must keep their clocks within a small fraction of
-// Options.Lease of each other (NTP suffices for the 30 s default).
+// requests share; see store/sqlite). Replicas must keep their clocks
+// within a small fraction of Options.Lease of each other (NTP suffices for
+// the 30 s default).
 package idempotency
