@@ -24,6 +24,8 @@
 // retention ends. Retention is checked logically on every read.
 //
 // Cost: a new request is two store round trips (claim, complete), a
-// replay one. Replicas must keep their clocks within a small fraction of
-// Options.Lease of each other (NTP suffices for the 30 s default).
+// replay one (SQLite: a read and two write transactions, which concurrent
+// requests share; see store/sqlite). Replicas must keep their clocks
+// within a small fraction of Options.Lease of each other (NTP suffices for
+// the 30 s default).
 package idempotency

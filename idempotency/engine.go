@@ -369,7 +369,11 @@ type Lease struct {
 func (e *Engine) newLease(key string, token uint64, expiresAt time.Time) *Lease {
 	l := &Lease{e: e, key: key, token: token, expiresAt: expiresAt}
 	if e.opts.RenewEvery > 0 {
+		// Under the lock: the timer may fire before AfterFunc returns, and
+		// renew must then wait for l.timer to be set.
+		l.mu.Lock()
 		l.timer = time.AfterFunc(e.opts.RenewEvery, l.renew)
+		l.mu.Unlock()
 	}
 	return l
 }

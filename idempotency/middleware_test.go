@@ -633,3 +633,22 @@ func FuzzParseState(f *testing.F) {
 		}
 	})
 }
+
+// TestRenewalFiringAtOnce: a renewal timer that fires before Begin has
+// stored it in the lease (a tiny RenewEvery, or a descheduled goroutine)
+// must find it there, not a nil timer (it used to panic, or race).
+func TestRenewalFiringAtOnce(t *testing.T) {
+	t.Parallel()
+	e := idempotency.New(memory.New(memory.Options{}), idempotency.Options{RenewEvery: time.Nanosecond})
+	ctx := context.Background()
+	for i := range 300 {
+		lease, _, err := e.Begin(ctx, fmt.Sprint("k", i), idempotency.Fingerprint{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+		if err := lease.Complete(ctx, idempotency.Response{Status: 200}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -15,7 +15,12 @@
 // # Guarantees
 //
 // Every Store method is a single SQL statement run outside any explicit
-// transaction, so each is atomic and costs one round trip:
+// transaction, so each is atomic and costs one round trip. Writes use group
+// commit (writer.go): concurrent calls of one kind share one statement
+// that carries them all as arrays (unnest) — one round trip and one WAL
+// flush for the batch — with, row by row, the semantics below; a call that
+// arrives alone is sent alone, with no delay. A Store holds a goroutine
+// only while writes are queued.
 //
 //   - Claim is one INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE
 //     <claimable> statement that also reads the blocking row (see Claim).
@@ -64,6 +69,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,6 +77,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/groupcommit"
 )
 
 // Options configure a Store. The zero value selects the defaults.
@@ -128,11 +135,15 @@ type Store struct {
 	// table is the quoted, schema-qualified table name.
 	table string
 	sql   statements
+	q     *groupcommit.Queue[*writeOp]
+	ops   sync.Pool // *writeOp
 }
 
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
 	claim, renew, complete, release, markUnknown, lookup, list, deleteExpired string
+	// batch holds the group-commit statements, by operation kind.
+	batch [numKinds]string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -147,7 +158,10 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		return nil, err
 	}
 	table := pgx.Identifier{opts.Schema, opts.Table}.Sanitize()
-	return &Store{pool: pool, opts: opts, table: table, sql: buildStatements(table)}, nil
+	s := &Store{pool: pool, opts: opts, table: table, sql: buildStatements(table)}
+	s.sql.batch = batchStatements(table)
+	s.q = groupcommit.New(maxBatch, maxInFlight, s.runBatch)
+	return s, nil
 }
 
 // claimable is Record.Claimable in SQL for the row alias a and the
@@ -226,13 +240,26 @@ SELECT false, d.* FROM done AS d`,
 // so equality is preserved for any uint64.
 func token(t uint64) int64 { return int64(t) }
 
-// Claim implements idempotency.Store in one statement and one round trip:
+// Claim implements idempotency.Store in one statement and one round trip,
+// shared with the claims that queued meanwhile (group commit, writer.go):
 // an INSERT ... ON CONFLICT DO UPDATE that takes the key when it is absent
 // or Claimable at req.Now, combined with a locking read that returns the
 // blocking record otherwise. Existing is nil only when the blocking row was
 // committed by a concurrent claim after this statement's snapshot; the
 // engine then claims again.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
+	op := s.getOp()
+	op.kind, op.req = opClaim, req
+	if err := s.write(ctx, op); err != nil {
+		return idempotency.ClaimResult{}, err
+	}
+	res, err := op.res, op.err
+	s.putOp(op)
+	return res, err
+}
+
+// claimOne is Claim with the single-row statement.
+func (s *Store) claimOne(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
 	var claimed bool
 	rec := &idempotency.Record{Key: req.Key}
 	sc := newScanner(rec)
@@ -253,26 +280,34 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	return idempotency.ClaimResult{Existing: rec}, nil
 }
 
-// Renew implements idempotency.Store with one conditional UPDATE.
+// newOp returns a pooled operation of kind on key held by tok.
+func (s *Store) newOp(kind opKind, key string, tok uint64, t1, t2 time.Time, resp []byte) *writeOp {
+	op := s.getOp()
+	op.kind, op.key, op.token, op.t1, op.t2, op.resp = kind, key, token(tok), t1, t2, resp
+	return op
+}
+
+// Renew implements idempotency.Store with one conditional UPDATE (shared
+// with the renewals queued meanwhile, like every write below).
 func (s *Store) Renew(ctx context.Context, key string, tok uint64, _, leaseUntil, expiresAt time.Time) error {
-	return s.fenced(ctx, "renew", s.sql.renew, key, token(tok), leaseUntil, expiresAt)
+	return s.fencedWrite(ctx, s.newOp(opRenew, key, tok, leaseUntil, expiresAt, nil))
 }
 
 // Complete implements idempotency.Store with one conditional UPDATE that
 // stores idempotency.MarshalResponse(resp). now is not needed: expiry is
 // logical.
 func (s *Store) Complete(ctx context.Context, key string, tok uint64, resp idempotency.Response, _, expiresAt time.Time) error {
-	return s.fenced(ctx, "complete", s.sql.complete, key, token(tok), idempotency.MarshalResponse(resp), expiresAt)
+	return s.fencedWrite(ctx, s.newOp(opComplete, key, tok, expiresAt, time.Time{}, idempotency.MarshalResponse(resp)))
 }
 
 // Release implements idempotency.Store with one conditional DELETE.
 func (s *Store) Release(ctx context.Context, key string, tok uint64) error {
-	return s.fenced(ctx, "release", s.sql.release, key, token(tok))
+	return s.fencedWrite(ctx, s.newOp(opRelease, key, tok, time.Time{}, time.Time{}, nil))
 }
 
 // MarkUnknown implements idempotency.Store with one conditional UPDATE.
 func (s *Store) MarkUnknown(ctx context.Context, key string, tok uint64, now, expiresAt time.Time) error {
-	return s.fenced(ctx, "mark unknown", s.sql.markUnknown, key, token(tok), now, expiresAt)
+	return s.fencedWrite(ctx, s.newOp(opMarkUnknown, key, tok, now, expiresAt, nil))
 }
 
 // Features implements idempotency.Store: the store lists.

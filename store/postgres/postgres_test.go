@@ -612,3 +612,125 @@ func BenchmarkStore(b *testing.B) {
 		}
 	})
 }
+
+// TestGroupCommit runs 100 claims, then 100 completions (every other one
+// with a wrong token), then 100 claims of the same keys at once: each
+// caller gets its own exact result, and the operations share statements
+// (far fewer round trips than operations).
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) { testGroupCommit(t, mode) })
+	}
+}
+
+func testGroupCommit(t *testing.T, mode pgx.QueryExecMode) {
+	schema, _ := migrated(t, mode, 2)
+	rt := &roundTrips{}
+	s := mustNew(t, newPool(t, mode, 8, rt), postgres.Options{Schema: schema})
+	ctx := context.Background()
+	now := time.Now()
+	const n = 100
+	reqs := make([]idempotency.ClaimRequest, n)
+	for i := range reqs {
+		reqs[i] = claimAt(fmt.Sprint("gc/", i), now)
+	}
+	run := func(f func(i int) error) {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				if err := f(i); err != nil {
+					t.Errorf("%d: %v", i, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+	before := rt.n.Load()
+	run(func(i int) error {
+		res, err := s.Claim(ctx, reqs[i])
+		if err == nil && !res.Claimed {
+			err = fmt.Errorf("not claimed: %+v", res.Existing)
+		}
+		return err
+	})
+	run(func(i int) error {
+		tok := reqs[i].Token
+		if i%2 == 1 {
+			tok++
+		}
+		err := s.Complete(ctx, reqs[i].Key, tok, idempotency.Response{Status: 200, Body: []byte(reqs[i].Key)}, now, now.Add(time.Hour))
+		if i%2 == 1 {
+			if !errors.Is(err, idempotency.ErrFenced) {
+				return fmt.Errorf("wrong token: %v, want ErrFenced", err)
+			}
+			return nil
+		}
+		return err
+	})
+	run(func(i int) error {
+		res, err := s.Claim(ctx, claimAt(reqs[i].Key, now.Add(time.Second)))
+		switch {
+		case err != nil:
+			return err
+		case res.Claimed || res.Existing == nil || res.Existing.Token != reqs[i].Token:
+			return fmt.Errorf("second claim = %+v, want blocked by the first claim's record", res)
+		case i%2 == 0 && (res.Existing.State != idempotency.StateCompleted || string(res.Existing.Response.Body) != reqs[i].Key):
+			return fmt.Errorf("replay = %+v, want its own completed response", res.Existing)
+		case i%2 == 1 && res.Existing.State != idempotency.StateInProgress:
+			return fmt.Errorf("blocked by %+v, want the in-progress record", res.Existing)
+		}
+		return nil
+	})
+	trips := rt.n.Load() - before
+	t.Logf("%d round trips (preparations included) for %d operations", trips, 3*n)
+	if trips >= 3*n {
+		t.Fatalf("%d round trips for %d operations: no statement carried more than one", trips, 3*n)
+	}
+}
+
+// TestGroupCommitStatementError poisons one key with a trigger: the batch
+// statement carrying it fails, and every other operation of that batch is
+// then sent on its own and succeeds.
+func TestGroupCommitStatementError(t *testing.T) {
+	t.Parallel()
+	schema, s := migrated(t, pgx.QueryExecModeCacheStatement, 8)
+	table := pgx.Identifier{schema, "idempotency_keys"}.Sanitize()
+	admin := newPool(t, pgx.QueryExecModeCacheStatement, 1, nil)
+	ctx := context.Background()
+	fn := pgx.Identifier{schema, "poison"}.Sanitize()
+	for _, stmt := range []string{
+		`CREATE FUNCTION ` + fn + `() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'poisoned key'; END $$`,
+		`CREATE TRIGGER poison BEFORE INSERT ON ` + table + ` FOR EACH ROW WHEN (NEW.key = 'poison') EXECUTE FUNCTION ` + fn + `()`,
+	} {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	for round := range 5 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range 30 {
+			key := fmt.Sprintf("r%d/k%d", round, i)
+			if i == 15 {
+				key = "poison"
+			}
+			wg.Go(func() {
+				<-start
+				res, err := s.Claim(ctx, claimAt(key, now))
+				switch {
+				case key == "poison" && (err == nil || !strings.Contains(err.Error(), "poisoned key")):
+					t.Errorf("poisoned claim = %+v, %v; want the trigger's error", res, err)
+				case key != "poison" && (err != nil || !res.Claimed):
+					t.Errorf("claim %s = %+v, %v; want claimed", key, res, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+}

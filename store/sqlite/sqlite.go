@@ -34,8 +34,8 @@
 // Times are stored as Unix milliseconds. Expiry is logical: every read and
 // every claim compares expires_at with the time the engine passes in, so an
 // expired record counts as absent whether or not it is still in the file.
-// Each Store starts one goroutine, its writer, which Close stops; it runs
-// no background clean-up: call DeleteExpired periodically (for example
+// The writer goroutine runs only while writes are queued (an idle Store
+// holds no goroutine); the store runs no background clean-up: call DeleteExpired periodically (for example
 // from the gateway's own maintenance loop) to reclaim space. There is no
 // capacity limit: the store never returns idempotency.ErrCapacity.
 //
@@ -73,10 +73,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/groupcommit"
 	sqlitedrv "modernc.org/sqlite"
 )
 
@@ -90,6 +92,10 @@ import (
 //     records may be in state 3 (unknown), which version 1 readers would
 //     call corrupt.
 const schemaVersion = 2
+
+// maxConns bounds the connections of a file Store: readers and, one at a
+// time, the writer.
+const maxConns = 16
 
 // Memory is the path that opens a private in-memory database instead of a
 // file: nothing is persisted and nothing is shared with other stores.
@@ -128,11 +134,13 @@ func (o Options) withDefaults() (Options, error) {
 // Store is an idempotency.Store over one SQLite database. It is safe for
 // concurrent use; Close it when done.
 type Store struct {
-	db    *sql.DB
-	trips atomic.Int64
-	q     queries
-	st    statements
-	w     *writer
+	db     *sql.DB
+	trips  atomic.Int64
+	q      queries
+	st     statements
+	w      *groupcommit.Queue[*writeOp]
+	ops    sync.Pool // *writeOp
+	closed atomic.Bool
 }
 
 // statements are the queries prepared once through database/sql, which
@@ -228,9 +236,12 @@ func Open(path string, opts Options) (*Store, error) {
 		s.db.SetConnMaxLifetime(0)
 		s.db.SetConnMaxIdleTime(0)
 	} else {
-		// Opening a connection parses the schema and runs the pragmas; keep
-		// the ones a burst opened instead of the default two.
-		s.db.SetMaxIdleConns(16)
+		// Opening a connection parses the schema, runs the pragmas and
+		// prepares each statement again. Readers run in-process and are
+		// CPU-bound, so more connections than a few per core only churn:
+		// cap the pool and keep every connection it opens.
+		s.db.SetMaxOpenConns(maxConns)
+		s.db.SetMaxIdleConns(maxConns)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.BusyTimeout+5*time.Second)
 	defer cancel()
@@ -241,8 +252,7 @@ func Open(path string, opts Options) (*Store, error) {
 				_ = s.db.Close()
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
-			s.w = newWriter()
-			go s.runWriter()
+			s.w = groupcommit.New(maxBatch, 1, s.runBatch)
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
@@ -341,11 +351,10 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 	return tx.Commit()
 }
 
-// Close stops the writer goroutine (after the batch it is running; writes
-// still queued fail) and closes the database. Calls after Close fail. It
-// is safe to call more than once.
+// Close closes the database. Calls after Close fail (writes still queued
+// get the database's "closed" error). It is safe to call more than once.
 func (s *Store) Close() error {
-	s.w.stop()
+	s.closed.Store(true)
 	for _, st := range []*sql.Stmt{s.st.claim, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
 		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway
@@ -395,15 +404,13 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	case err != nil && !errors.Is(err, idempotency.ErrNotFound):
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
-	op := opPool.Get().(*writeOp)
-	*op = writeOp{kind: opClaim, req: req, ready: op.ready}
-	ok, err := s.write(ctx, op)
-	if !ok {
+	op := s.getOp()
+	op.kind, op.req = opClaim, req
+	if err := s.write(ctx, op); err != nil {
 		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
 	}
 	res, err := op.res, op.err
-	*op = writeOp{ready: op.ready}
-	opPool.Put(op)
+	s.putOp(op)
 	return res, err
 }
 

@@ -21,7 +21,12 @@ import (
 	"github.com/leveehq/levee/store/sqlite"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if path := os.Getenv(crashChildEnv); path != "" {
+		crashChild(path) // never returns: the parent kills it
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // open opens a Store on path and closes it when the test ends.
 func open(t testing.TB, path string, opts sqlite.Options) *sqlite.Store {

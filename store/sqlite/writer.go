@@ -5,9 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/groupcommit"
 )
 
 // Group commit. Every write of a Store (Claim when it must write, Renew,
@@ -52,12 +52,10 @@ func (k opKind) String() string {
 	return [...]string{"claim", "renew", "complete", "release", "mark unknown"}[k]
 }
 
-// writeOp is one queued write and, once ready is signalled, its result.
+// writeOp is one queued write and, once run, its result.
 type writeOp struct {
-	kind opKind
-	// done is the caller's ctx.Done(): an operation whose caller has gone
-	// is skipped rather than written.
-	done  <-chan struct{}
+	groupcommit.Slot
+	kind  opKind
 	req   idempotency.ClaimRequest // opClaim
 	key   string
 	token uint64
@@ -65,113 +63,44 @@ type writeOp struct {
 	t2    int64  // renew, mark unknown: expires_at
 	resp  []byte // complete: the encoded response
 
-	res     idempotency.ClaimResult
-	err     error
-	skipped bool
-	ready   chan struct{} // buffered (1): the writer never blocks on it
+	res idempotency.ClaimResult
+	err error
 }
 
-var opPool = sync.Pool{New: func() any { return &writeOp{ready: make(chan struct{}, 1)} }}
-
-// writer is the Store's writer goroutine and its queue.
-type writer struct {
-	ops     chan *writeOp
-	quit    chan struct{}
-	stopped chan struct{}
-	once    sync.Once
-}
-
-func newWriter() *writer {
-	return &writer{ops: make(chan *writeOp, maxBatch), quit: make(chan struct{}), stopped: make(chan struct{})}
-}
-
-// stop ends the writer after its current batch and waits for it. Queued
-// operations get errClosed.
-func (w *writer) stop() {
-	w.once.Do(func() { close(w.quit) })
-	<-w.stopped
-}
-
-func (s *Store) runWriter() {
-	w := s.w
-	defer close(w.stopped)
-	batch := make([]*writeOp, 0, maxBatch)
-	for {
-		select {
-		case op := <-w.ops:
-			batch = append(batch[:0], op)
-		case <-w.quit:
-			for {
-				select {
-				case op := <-w.ops:
-					op.err = errClosed
-					op.ready <- struct{}{}
-				default:
-					return
-				}
-			}
-		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case op := <-w.ops:
-				batch = append(batch, op)
-			default:
-				break fill
-			}
-		}
-		s.runBatch(batch)
-		for _, op := range batch {
-			op.ready <- struct{}{}
-		}
-		clear(batch) // drop references to operations handed back
+// getOp returns a recycled or new operation.
+func (s *Store) getOp() *writeOp {
+	if op, ok := s.ops.Get().(*writeOp); ok {
+		return op
 	}
+	return new(writeOp)
 }
 
-// write queues op and waits for its result. It returns false (and the
-// error to return) if op was not written: ctx ended, or the store closed.
-// A true result means op.err and op.res hold the outcome, and op may be
-// put back in the pool.
-func (s *Store) write(ctx context.Context, op *writeOp) (bool, error) {
-	op.done = ctx.Done()
-	select {
-	case s.w.ops <- op:
-	case <-ctx.Done():
-		return false, ctx.Err()
-	case <-s.w.quit:
-		return false, errClosed
+// putOp recycles an operation Do returned nil for, keeping its channel.
+func (s *Store) putOp(op *writeOp) {
+	slot := op.Slot
+	slot.Reset()
+	*op = writeOp{Slot: slot}
+	s.ops.Put(op)
+}
+
+// write runs op through the writer; on nil, op holds the outcome.
+func (s *Store) write(ctx context.Context, op *writeOp) error {
+	if s.closed.Load() {
+		return errClosed
 	}
-	select {
-	case <-op.ready:
-	case <-ctx.Done():
-		// The operation may still be written: as with any store whose
-		// answer is lost, the caller cannot know. It is not reused.
-		return false, ctx.Err()
-	case <-s.w.stopped:
-		select {
-		case <-op.ready:
-		default:
-			return false, errClosed
-		}
-	}
-	if op.skipped {
-		return false, ctx.Err()
-	}
-	return true, nil
+	return s.w.Do(ctx, op)
 }
 
 // fencedWrite runs a Renew, Complete, Release or MarkUnknown through the
 // writer.
 func (s *Store) fencedWrite(ctx context.Context, kind opKind, key string, token uint64, t1, t2 int64, resp []byte) error {
-	op := opPool.Get().(*writeOp)
-	*op = writeOp{kind: kind, key: key, token: token, t1: t1, t2: t2, resp: resp, ready: op.ready}
-	ok, err := s.write(ctx, op)
-	if !ok {
-		return err
+	op := s.getOp()
+	op.kind, op.key, op.token, op.t1, op.t2, op.resp = kind, key, token, t1, t2, resp
+	if err := s.write(ctx, op); err != nil {
+		return fmt.Errorf("sqlite: %s: %w", kind, err)
 	}
-	err = op.err
-	*op = writeOp{ready: op.ready}
-	opPool.Put(op)
+	err := op.err
+	s.putOp(op)
 	return err
 }
 
@@ -179,10 +108,9 @@ func (s *Store) fencedWrite(ctx context.Context, kind opKind, key string, token 
 func (s *Store) runBatch(batch []*writeOp) {
 	live := 0
 	for _, op := range batch {
-		select {
-		case <-op.done:
-			op.skipped = true
-		default:
+		if op.Canceled() {
+			op.Skip()
+		} else {
 			live++
 		}
 	}
@@ -198,7 +126,7 @@ func (s *Store) runBatch(batch []*writeOp) {
 		return
 	}
 	for _, op := range batch {
-		if op.skipped {
+		if op.Skipped() {
 			continue
 		}
 		if err := s.apply(ctx, tx, op); err != nil {
@@ -210,7 +138,7 @@ func (s *Store) runBatch(batch []*writeOp) {
 			// SQLite may have rolled the whole transaction back: run every
 			// operation of the batch again, each in its own transaction.
 			for _, again := range batch {
-				if !again.skipped {
+				if !again.Skipped() {
 					again.res, again.err = idempotency.ClaimResult{}, nil
 					s.runBatch([]*writeOp{again})
 				}
@@ -225,7 +153,7 @@ func (s *Store) runBatch(batch []*writeOp) {
 
 func setAll(batch []*writeOp, err error) {
 	for _, op := range batch {
-		if !op.skipped {
+		if !op.Skipped() {
 			op.res, op.err = idempotency.ClaimResult{}, err
 		}
 	}
