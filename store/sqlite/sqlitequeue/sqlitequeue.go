@@ -83,8 +83,10 @@ type op struct {
 	canceled func() error
 	// fn runs the write; wctx is the writer's context (a started write is
 	// completed even if its caller gives up).
-	fn   func(wctx context.Context, tx *sql.Tx) error
-	done chan error
+	fn func(wctx context.Context, tx *sql.Tx) error
+	// single: fn runs one statement, so it needs no savepoint.
+	single bool
+	done   chan error
 }
 
 // Open opens (creating if needed) the database file at path and the queue
@@ -318,6 +320,11 @@ func (b *Backend) commit(ctx context.Context, batch []*op) {
 				errs[i] = err
 				continue
 			}
+			if o.single {
+				// One statement: SQLite undoes a failed statement alone.
+				errs[i] = o.fn(ctx, tx)
+				continue
+			}
 			if _, err := tx.ExecContext(ctx, `SAVEPOINT op`); err != nil {
 				return err
 			}
@@ -341,9 +348,18 @@ func (b *Backend) commit(ctx context.Context, batch []*op) {
 	}
 }
 
-// write runs fn in the writer's next transaction and returns its error.
+// write runs fn in the writer's next transaction, in a savepoint of its
+// own, and returns its error.
 func (b *Backend) write(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
-	o := &op{canceled: ctx.Err, fn: fn, done: make(chan error, 1)}
+	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, done: make(chan error, 1)})
+}
+
+// write1 is write for an fn that runs a single statement.
+func (b *Backend) write1(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
+	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, single: true, done: make(chan error, 1)})
+}
+
+func (b *Backend) do(ctx context.Context, o *op) error {
 	select {
 	case b.ops <- o:
 	case <-b.quit:
@@ -459,7 +475,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	}
 	token := rand.Int64()
 	var out []queue.Claimed
-	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err = b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
 		// The candidates are the oldest available messages (bounded scan),
 		// ranked within their target, so that one claim takes at most
@@ -523,7 +539,7 @@ func settled(res sql.Result, err error) error {
 
 // Ack implements queue.Backend.
 func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
-	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		return settled(tx.ExecContext(wctx, `DELETE FROM levee_queue_messages WHERE queue = ?1 AND id = ?2 AND token = ?3`, q, id, token))
 	})
 	return err
@@ -535,7 +551,7 @@ func (b *Backend) Nack(ctx context.Context, n queue.Nack) error {
 	if err != nil {
 		return fmt.Errorf("sqlitequeue: nack: %w", err)
 	}
-	return b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		return settled(tx.ExecContext(wctx, `UPDATE levee_queue_messages SET available_at = ?4, attempts = ?5, history = ?6, token = 0
 WHERE queue = ?1 AND id = ?2 AND token = ?3`, n.Queue, n.ID, n.Token, us(n.AvailableAt), n.Attempts, hist))
 	})
@@ -685,7 +701,7 @@ func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, erro
 		q = `DELETE FROM levee_queue_dead WHERE seq IN (SELECT seq FROM levee_queue_dead` + w + ` ORDER BY seq LIMIT ` + strconv.Itoa(f.Limit) + `)`
 	}
 	var n int64
-	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(wctx, q, args...)
 		if err != nil {
 			return err
@@ -698,7 +714,7 @@ func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, erro
 
 // SetTarget implements queue.Backend.
 func (b *Backend) SetTarget(ctx context.Context, s queue.TargetState) error {
-	return b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(wctx, `INSERT INTO levee_queue_targets (queue, target, disabled, reason, since) VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT (queue, target) DO UPDATE SET disabled = excluded.disabled, reason = excluded.reason, since = excluded.since`,
 			s.Queue, s.Target, s.Disabled, s.Reason, us(s.Since))

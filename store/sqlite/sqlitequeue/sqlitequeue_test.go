@@ -48,3 +48,8 @@ func TestConformance(t *testing.T) {
 		},
 	})
 }
+
+// BenchmarkQueue: go test -run '^$' -bench . -benchtime 5000x ./store/sqlite/sqlitequeue/
+func BenchmarkQueue(b *testing.B) {
+	queuetest.Bench(b, func(b *testing.B) queue.Backend { return open(b, filepath.Join(b.TempDir(), "queue.db")) })
+}
