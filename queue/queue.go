@@ -289,3 +289,6 @@ func (q *Queue) Targets(ctx context.Context) ([]TargetState, error) {
 	}
 	return ts, nil
 }
+
+// Backend returns the backend the queue runs on.
+func (q *Queue) Backend() Backend { return q.b }

@@ -689,3 +689,16 @@ var _ queue.Backend = (*Backend)(nil)
 
 // Schema returns the schema holding the tables.
 func (b *Backend) Schema() string { return b.schema }
+
+// DeleteExpired deletes up to limit dedupe entries whose window ended
+// before now and returns how many; call it periodically (expiry itself is
+// logical: an expired entry never blocks an enqueue). A server error is
+// returned wrapped.
+func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
+	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.dedupe+` WHERE ctid IN
+  (SELECT ctid FROM `+b.t.dedupe+` WHERE expires_at <= $1 LIMIT $2)`, now, limit)
+	if err != nil {
+		return 0, fmt.Errorf("pgqueue: delete expired: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

@@ -746,3 +746,21 @@ func (b *Backend) Targets(ctx context.Context, q string) ([]queue.TargetState, e
 }
 
 var _ queue.Backend = (*Backend)(nil)
+
+// DeleteExpired deletes up to limit dedupe entries whose window ended
+// before now and returns how many; call it periodically to keep the file
+// small (expiry itself is logical: an expired entry never blocks an
+// enqueue). A driver error is returned wrapped.
+func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
+	var n int64
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(wctx, `DELETE FROM levee_queue_dedupe WHERE rowid IN
+  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2)`, us(now), limit)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
