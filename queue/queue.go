@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -31,6 +32,9 @@ type Config struct {
 	ReplayRate rate.Limit
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Logger receives one Info record per Replay and Purge (queue, filter,
+	// count), for the operators' audit trail. Default slog.Default().
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -54,6 +58,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
 	return c, nil
 }
@@ -206,10 +213,13 @@ func (q *Queue) Replay(ctx context.Context, f DeadFilter) (int, error) {
 	}()
 
 	f.Queue = q.cfg.Name
+	done := 0
+	defer func() {
+		q.cfg.Logger.Info("queue: replay", "queue", q.cfg.Name, "filter", f, "replayed", done)
+	}()
 	max := f.Limit
 	replayed := map[string]bool{}
 	lim := rate.NewLimiter(q.cfg.ReplayRate, max1(int(q.cfg.ReplayRate)))
-	done := 0
 	for max <= 0 || done < max {
 		page := f
 		page.Limit = 100
@@ -256,6 +266,7 @@ func (q *Queue) Purge(ctx context.Context, f DeadFilter) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("queue: purge: %w", err)
 	}
+	q.cfg.Logger.Info("queue: purge", "queue", q.cfg.Name, "filter", f, "purged", n)
 	return n, nil
 }
 

@@ -591,10 +591,13 @@ func runQueue(t *testing.T, h Harness) {
 			fast.Add(1)
 			return nil
 		})})
-		for i := range 10 {
-			if _, err := q.Enqueue(ctx, &queue.Message{Target: "hangs", Payload: []byte(strconv.Itoa(i))}); err != nil {
-				t.Fatal(err)
-			}
+		// A backlog larger than one claim's candidate scan.
+		var backlog []*queue.Message
+		for i := range 300 {
+			backlog = append(backlog, &queue.Message{Target: "hangs", Payload: []byte(strconv.Itoa(i))})
+		}
+		if _, err := q.Enqueue(ctx, backlog...); err != nil {
+			t.Fatal(err)
 		}
 		poll.Until(t, wait, func() bool { return hanging.Load() == 2 }, "hanging target did not get its 2 slots")
 		for i := range 50 {
@@ -607,7 +610,7 @@ func runQueue(t *testing.T, h Harness) {
 			t.Fatalf("the hanging target took %d slots, want MaxPerTarget 2", n)
 		}
 		close(release)
-		poll.Until(t, wait, func() bool { return hanging.Load() == 10 }, "hanging target's messages not delivered after it recovered")
+		poll.Until(t, wait, func() bool { return hanging.Load() == 300 }, "hanging target's messages not delivered after it recovered")
 	})
 
 	t.Run("TargetGoneDisabled", func(t *testing.T) {

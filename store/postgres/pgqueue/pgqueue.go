@@ -436,7 +436,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if perTarget <= 0 {
 		perTarget = req.Limit
 	}
-	token := rand.Int64()
+	token := rand.Int64() | 1 // never 0, the token of a released message
 	exclude := append([]string{}, req.Exclude...)
 	rows, err := b.pool.Query(ctx, `WITH cand AS (
   SELECT seq, target, available_at FROM `+b.t.messages+`

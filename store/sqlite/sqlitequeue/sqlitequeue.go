@@ -473,7 +473,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if perTarget <= 0 {
 		perTarget = req.Limit
 	}
-	token := rand.Int64()
+	token := rand.Int64() | 1 // never 0, the token of a released message
 	var out []queue.Claimed
 	err = b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
