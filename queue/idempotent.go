@@ -15,6 +15,12 @@ var (
 	// ErrInProgress: another consumer is processing the message right now;
 	// the delivery is retried later.
 	ErrInProgress = errors.New("queue: message being processed by another consumer")
+	// ErrOutcomeUnknown: an earlier run of the message reached the
+	// downstream and its result was lost (the idempotency engine's
+	// unknown-outcome rule); it must not run again automatically, so the
+	// message goes to the DLQ as a Permanent failure for an operator to
+	// resolve.
+	ErrOutcomeUnknown = errors.New("queue: outcome of an earlier run unknown")
 )
 
 // Deduper remembers which messages were processed, for an idempotent
@@ -24,7 +30,8 @@ var (
 type Deduper interface {
 	// Begin claims key for processing. It returns ErrProcessed when key
 	// was processed (Finish was called with a nil error), ErrInProgress
-	// when another holder's claim is live, another error when the store
+	// when another holder's claim is live, ErrOutcomeUnknown when an
+	// earlier run's outcome is unknown, another error when the store
 	// failed (the delivery is then retried), and otherwise a Finish the
 	// caller must call exactly once with the handler's result: nil marks
 	// key processed; an error releases the claim so that a redelivery runs
@@ -57,6 +64,8 @@ func Idempotent(d Deduper, h Handler) Handler {
 			return nil
 		case errors.Is(err, ErrInProgress):
 			return RetryAfter(InProgressDelay, err)
+		case errors.Is(err, ErrOutcomeUnknown):
+			return Permanent(err)
 		case err != nil:
 			return fmt.Errorf("queue: dedupe: %w", err)
 		}

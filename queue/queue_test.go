@@ -182,6 +182,8 @@ func (d *dedupe) Begin(ctx context.Context, key string) (queue.Finish, error) {
 		return nil, queue.ErrProcessed
 	case "busy":
 		return nil, queue.ErrInProgress
+	case "unknown":
+		return nil, queue.ErrOutcomeUnknown
 	}
 	d.state[key] = "busy"
 	return func(ctx context.Context, herr error) error {
@@ -231,6 +233,11 @@ func TestIdempotent(t *testing.T) {
 	var ra *queue.RetryAfterError
 	if err := h.Handle(ctx, &queue.Delivery{Message: queue.Message{ID: "m2", Queue: "q"}}); !errors.As(err, &ra) || !errors.Is(err, queue.ErrInProgress) || runs != 3 {
 		t.Fatalf("in progress elsewhere: %v, runs %d", err, runs)
+	}
+	// An unknown earlier outcome: never run again, straight to the DLQ.
+	dd.state["q/m4"] = "unknown"
+	if err := h.Handle(ctx, &queue.Delivery{Message: queue.Message{ID: "m4", Queue: "q"}}); !errors.Is(err, queue.ErrPermanent) || runs != 3 {
+		t.Fatalf("unknown outcome: %v, runs %d", err, runs)
 	}
 	// The store failing: the delivery fails, the handler does not run.
 	dd.fail = errors.New("store down")
