@@ -1,0 +1,98 @@
+package queuetest
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leveehq/levee/queue"
+)
+
+// Bench runs the standard queue benchmarks on b, so every backend reports
+// comparable numbers:
+//
+//   - EnqueueParallel: single-message Enqueue calls from 64 goroutines (a
+//     gateway accepting webhooks), reporting accepted msgs/s and the p50
+//     and p99 latency of one Enqueue (durable when it returns);
+//   - EndToEnd: Enqueue to the handler's call, one message at a time
+//     through a running Worker, reporting p50 and p99.
+func Bench(b *testing.B, newBackend func(b *testing.B) queue.Backend) {
+	ctx := context.Background()
+	b.Run("EnqueueParallel", func(b *testing.B) {
+		q, err := queue.New(newBackend(b), queue.Config{Name: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		payload := []byte(`{"id":"evt_1","type":"payment.succeeded","amount":100}`)
+		var mu sync.Mutex
+		lat := make([]time.Duration, 0, b.N)
+		b.SetParallelism(32)
+		b.ResetTimer()
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			local := make([]time.Duration, 0, 1024)
+			for pb.Next() {
+				t := time.Now()
+				if _, err := q.Enqueue(ctx, &queue.Message{Target: "https://svc.internal/hook", Payload: payload}); err != nil {
+					b.Error(err)
+					return
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		})
+		elapsed := time.Since(start)
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+		report(b, lat)
+	})
+	b.Run("EndToEnd", func(b *testing.B) {
+		q, err := queue.New(newBackend(b), queue.Config{Name: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := make(chan time.Time, 1)
+		var n atomic.Int64
+		w, err := q.NewWorker(queue.WorkerConfig{Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
+			n.Add(1)
+			got <- time.Now()
+			return nil
+		})})
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = w.Start(ctx)
+		defer w.Stop()
+		lat := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			t := time.Now()
+			if _, err := q.Enqueue(ctx, &queue.Message{Payload: []byte(strconv.Itoa(i))}); err != nil {
+				b.Fatal(err)
+			}
+			select {
+			case at := <-got:
+				lat = append(lat, at.Sub(t))
+			case <-time.After(30 * time.Second):
+				b.Fatal("not delivered within 30s")
+			}
+		}
+		b.StopTimer()
+		report(b, lat)
+	})
+}
+
+func report(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}

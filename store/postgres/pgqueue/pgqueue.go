@@ -1,0 +1,704 @@
+// Package pgqueue is a queue.Backend on PostgreSQL through a pgx v5 pool,
+// for deployments whose replicas share one database.
+//
+// # Schema
+//
+// Four tables in Options.Schema (default "levee"): queue_messages,
+// queue_dead, queue_dedupe and queue_targets. Backend.Migrate creates them;
+// it is idempotent and serialized across replicas by a transaction-scoped
+// advisory lock, so every replica may run it at start-up.
+//
+// # Guarantees
+//
+// Every method is one statement, so each is atomic and durable once it
+// returns (with the server's default synchronous_commit). Enqueue is group
+// committed: concurrent calls are written by a few flusher goroutines as
+// one pipelined batch, which PostgreSQL runs as one implicit transaction
+// (one commit for all of them).
+// Claim locks its candidates FOR UPDATE SKIP LOCKED, so concurrent claims
+// by any number of workers never take the same message, and none waits for
+// another. Times are the ones passed in, never the database clock.
+//
+// # Failures
+//
+// An error from the pool or the server is returned wrapped, prefixed
+// "pgqueue:"; a failed statement changed nothing. If the connection breaks
+// after the server committed, the caller cannot know; the queue's design
+// makes every such case safe (a lost Ack redelivers, a lost Enqueue may be
+// sent again with the same DedupeID).
+package pgqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/leveehq/levee/queue"
+)
+
+// Options configure a Backend. The zero value selects the defaults.
+type Options struct {
+	// Schema holds the tables. Default "levee". It is quoted, so any name
+	// of at most 63 bytes is valid.
+	Schema string
+	// Flushers is how many enqueue batches may be in flight at once.
+	// Default 4.
+	Flushers int
+	// MaxBatch caps the messages of one enqueue batch. Default 512.
+	MaxBatch int
+}
+
+// Backend is a queue.Backend on PostgreSQL. It is safe for concurrent use;
+// it does not own the pool.
+type Backend struct {
+	pool     *pgxpool.Pool
+	schema   string
+	t        tables
+	maxBatch int
+
+	enq       chan *enqueueOp
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type tables struct{ messages, dead, dedupe, targets string }
+
+// New returns a Backend over pool and starts its enqueue flushers (Close
+// stops them). It does not touch the database; call Migrate before first
+// use.
+func New(pool *pgxpool.Pool, opts Options) (*Backend, error) {
+	if pool == nil {
+		return nil, errors.New("pgqueue: nil pool")
+	}
+	if opts.Schema == "" {
+		opts.Schema = "levee"
+	}
+	if len(opts.Schema) > 63 {
+		return nil, fmt.Errorf("pgqueue: Options.Schema %q is longer than 63 bytes", opts.Schema)
+	}
+	if opts.Flushers < 0 || opts.MaxBatch < 0 {
+		return nil, errors.New("pgqueue: Options.Flushers and MaxBatch must not be negative")
+	}
+	if opts.Flushers == 0 {
+		opts.Flushers = 4
+	}
+	if opts.MaxBatch == 0 {
+		opts.MaxBatch = 512
+	}
+	id := func(n string) string { return pgx.Identifier{opts.Schema, n}.Sanitize() }
+	b := &Backend{pool: pool, schema: opts.Schema, maxBatch: opts.MaxBatch, t: tables{
+		messages: id("queue_messages"), dead: id("queue_dead"), dedupe: id("queue_dedupe"), targets: id("queue_targets"),
+	}, enq: make(chan *enqueueOp), quit: make(chan struct{})}
+	b.wg.Add(opts.Flushers)
+	for range opts.Flushers {
+		go b.flusher()
+	}
+	return b, nil
+}
+
+// Migrate creates the schema and the tables if missing, in one transaction
+// holding an advisory lock for the schema. It is idempotent; on error
+// nothing is applied.
+func (b *Backend) Migrate(ctx context.Context) error {
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("pgqueue: migrate: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	h := fnv.New64a()
+	h.Write([]byte("levee/pgqueue/migrate\x00" + b.schema))
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(h.Sum64())); err != nil {
+		return fmt.Errorf("pgqueue: migrate: advisory lock: %w", err)
+	}
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`, b.schema).Scan(&exists); err != nil {
+		return fmt.Errorf("pgqueue: migrate: %w", err)
+	}
+	stmts := []string{`CREATE TABLE IF NOT EXISTS ` + b.t.messages + ` (
+  seq          bigserial PRIMARY KEY,
+  queue        text NOT NULL,
+  id           text NOT NULL,
+  target       text NOT NULL,
+  payload      bytea,
+  headers      jsonb,
+  dedupe_id    text NOT NULL,
+  enqueued_at  timestamptz NOT NULL,
+  available_at timestamptz NOT NULL,
+  attempts     integer NOT NULL DEFAULT 0,
+  token        bigint NOT NULL DEFAULT 0,
+  history      jsonb,
+  UNIQUE (queue, id)
+)`,
+		`CREATE INDEX IF NOT EXISTS queue_messages_ready ON ` + b.t.messages + ` (queue, available_at, seq)`,
+		`CREATE TABLE IF NOT EXISTS ` + b.t.dead + ` (
+  seq           bigserial PRIMARY KEY,
+  queue         text NOT NULL,
+  id            text NOT NULL,
+  target        text NOT NULL,
+  payload       bytea,
+  headers       jsonb,
+  dedupe_id     text NOT NULL,
+  enqueued_at   timestamptz NOT NULL,
+  attempts      integer NOT NULL,
+  history       jsonb,
+  reason        text NOT NULL,
+  first_failure timestamptz NOT NULL,
+  last_failure  timestamptz NOT NULL,
+  dead_at       timestamptz NOT NULL,
+  UNIQUE (queue, id)
+)`,
+		`CREATE INDEX IF NOT EXISTS queue_dead_at ON ` + b.t.dead + ` (queue, dead_at)`,
+		`CREATE TABLE IF NOT EXISTS ` + b.t.dedupe + ` (
+  queue      text NOT NULL,
+  dedupe_id  text NOT NULL,
+  message_id text NOT NULL,
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (queue, dedupe_id)
+)`,
+		`CREATE TABLE IF NOT EXISTS ` + b.t.targets + ` (
+  queue    text NOT NULL,
+  target   text NOT NULL,
+  disabled boolean NOT NULL,
+  reason   text NOT NULL,
+  since    timestamptz NOT NULL,
+  PRIMARY KEY (queue, target)
+)`}
+	if !exists {
+		stmts = append([]string{`CREATE SCHEMA IF NOT EXISTS ` + pgx.Identifier{b.schema}.Sanitize()}, stmts...)
+	}
+	for _, s := range stmts {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return fmt.Errorf("pgqueue: migrate: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("pgqueue: migrate: commit: %w", err)
+	}
+	return nil
+}
+
+func jsonOrNil(v any, empty bool) ([]byte, error) {
+	if empty {
+		return nil, nil
+	}
+	return json.Marshal(v)
+}
+
+// enqueueOp is one Enqueue call waiting for a flusher.
+type enqueueOp struct {
+	req queue.EnqueueRequest
+	// canceled is the caller's ctx.Err: an op whose caller gave up before
+	// a flusher took it is not written.
+	canceled func() error
+	res      []queue.EnqueueResult
+	err      error
+	done     chan struct{}
+}
+
+// flusher writes the waiting Enqueue calls, as many as are waiting (up to
+// Options.MaxBatch messages), in one pipelined batch: one implicit
+// transaction, one commit (group commit).
+func (b *Backend) flusher() {
+	defer b.wg.Done()
+	ctx := context.Background()
+	for {
+		var ops []*enqueueOp
+		select {
+		case <-b.quit:
+			return
+		case o := <-b.enq:
+			ops = append(ops, o)
+		}
+		n := len(ops[0].req.Messages)
+	drain:
+		for n < b.maxBatch {
+			select {
+			case o := <-b.enq:
+				ops = append(ops, o)
+				n += len(o.req.Messages)
+			default:
+				break drain
+			}
+		}
+		live := ops[:0:0]
+		for _, o := range ops {
+			if o.err = o.canceled(); o.err != nil {
+				close(o.done)
+				continue
+			}
+			live = append(live, o)
+		}
+		if len(live) > 0 {
+			b.flush(ctx, live)
+		}
+	}
+}
+
+func (b *Backend) flush(ctx context.Context, ops []*enqueueOp) {
+	var all []*queue.Message
+	var reqs []queue.EnqueueRequest
+	for _, o := range ops {
+		for range o.req.Messages {
+			reqs = append(reqs, o.req)
+		}
+		all = append(all, o.req.Messages...)
+	}
+	res, err := b.enqueue(ctx, all, reqs)
+	for _, o := range ops {
+		if err != nil {
+			o.err = err
+		} else {
+			o.res, res = res[:len(o.req.Messages):len(o.req.Messages)], res[len(o.req.Messages):]
+		}
+		close(o.done)
+	}
+}
+
+// Enqueue implements queue.Backend. Concurrent calls share a transaction
+// (group commit); a call returns after the commit that holds its messages.
+// A call whose ctx ends while it waits returns ctx's error; if a flusher
+// had already taken it, its messages may be stored.
+func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
+	if len(req.Messages) == 0 {
+		return nil, nil
+	}
+	o := &enqueueOp{req: req, canceled: ctx.Err, done: make(chan struct{})}
+	select {
+	case b.enq <- o:
+	case <-b.quit:
+		return nil, errClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-o.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if o.err != nil {
+		return nil, fmt.Errorf("pgqueue: enqueue: %w", o.err)
+	}
+	return o.res, nil
+}
+
+var errClosed = errors.New("pgqueue: backend closed")
+
+// Close stops the enqueue flushers (waiting for the batches they are
+// writing). It does not close the pool. It is safe to call more than once.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		close(b.quit)
+		b.wg.Wait()
+	})
+	return nil
+}
+
+// enqueue writes msgs in one batch; reqs[i] is the request msgs[i] came in.
+func (b *Backend) enqueue(ctx context.Context, msgs []*queue.Message, reqs []queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
+	// One statement per message: the dedupe entry, then the message when
+	// the entry is new (or absent). The outer SELECT sees the dedupe row as
+	// it was before the statement, so it names the first message of a
+	// duplicate.
+	q := `WITH d AS (
+  INSERT INTO ` + b.t.dedupe + ` (queue, dedupe_id, message_id, expires_at)
+  SELECT $1, $6, $2, $8 WHERE $6 <> ''
+  ON CONFLICT (queue, dedupe_id) DO UPDATE SET message_id = EXCLUDED.message_id, expires_at = EXCLUDED.expires_at
+    WHERE ` + b.t.dedupe + `.expires_at <= $9
+  RETURNING message_id
+), ins AS (
+  INSERT INTO ` + b.t.messages + ` (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
+  SELECT $1, $2, $3, $4, $5, $6, $7, $7 WHERE $6 = '' OR EXISTS (SELECT 1 FROM d)
+  ON CONFLICT (queue, id) DO NOTHING
+  RETURNING id
+)
+SELECT (SELECT id FROM ins), (SELECT message_id FROM ` + b.t.dedupe + ` WHERE queue = $1 AND dedupe_id = $6 AND $6 <> '')`
+	// Messages without a DedupeID go first, all in one multi-row INSERT.
+	var plain []int
+	var qs, ids, targets, dedupes []string
+	var payloads, headers [][]byte
+	var enqAt []time.Time
+	batch := &pgx.Batch{}
+	for i, m := range msgs {
+		h, err := jsonOrNil(m.Headers, len(m.Headers) == 0)
+		if err != nil {
+			return nil, fmt.Errorf("headers: %w", err)
+		}
+		if m.DedupeID == "" {
+			plain = append(plain, i)
+			qs, ids, targets, dedupes = append(qs, m.Queue), append(ids, m.ID), append(targets, m.Target), append(dedupes, "")
+			payloads, headers, enqAt = append(payloads, m.Payload), append(headers, h), append(enqAt, m.EnqueuedAt)
+			continue
+		}
+		batch.Queue(q, m.Queue, m.ID, m.Target, m.Payload, h, m.DedupeID, m.EnqueuedAt, reqs[i].DedupeUntil, reqs[i].Now)
+	}
+	if len(plain) > 0 {
+		var b0 pgx.Batch
+		b0.Queue(`INSERT INTO `+b.t.messages+` (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
+SELECT q, id, t, p, h::jsonb, d, e, e FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::timestamptz[]) AS u(q, id, t, p, h, d, e)
+ON CONFLICT (queue, id) DO NOTHING
+RETURNING queue, id`, qs, ids, targets, payloads, textOrNil(headers), dedupes, enqAt)
+		b0.QueuedQueries = append(b0.QueuedQueries, batch.QueuedQueries...)
+		batch = &b0
+	}
+	res := make([]queue.EnqueueResult, len(msgs))
+	var raced []int
+	err := func() error {
+		br := b.pool.SendBatch(ctx, batch)
+		defer br.Close()
+		if len(plain) > 0 {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			stored := map[[2]string]bool{}
+			for rows.Next() {
+				var k [2]string
+				if err := rows.Scan(&k[0], &k[1]); err != nil {
+					rows.Close()
+					return err
+				}
+				stored[k] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			for _, i := range plain {
+				m := msgs[i]
+				k := [2]string{m.Queue, m.ID}
+				res[i] = queue.EnqueueResult{ID: m.ID, Duplicate: !stored[k]}
+				delete(stored, k) // a second copy in the same call is a duplicate
+			}
+		}
+		for i, m := range msgs {
+			if m.DedupeID == "" {
+				continue
+			}
+			var stored, first *string
+			if err := br.QueryRow().Scan(&stored, &first); err != nil {
+				return err
+			}
+			switch {
+			case stored != nil:
+				res[i] = queue.EnqueueResult{ID: *stored}
+			case first != nil:
+				res[i] = queue.EnqueueResult{ID: *first, Duplicate: true}
+			default:
+				raced = append(raced, i) // a concurrent enqueue committed the entry after our snapshot
+			}
+		}
+		return br.Close()
+	}()
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range raced {
+		m := msgs[i]
+		var first string
+		if err := b.pool.QueryRow(ctx, `SELECT message_id FROM `+b.t.dedupe+` WHERE queue = $1 AND dedupe_id = $2`, m.Queue, m.DedupeID).Scan(&first); err != nil {
+			return nil, fmt.Errorf("dedupe entry: %w", err)
+		}
+		res[i] = queue.EnqueueResult{ID: first, Duplicate: true}
+	}
+	return res, nil
+}
+
+// textOrNil turns JSON documents into text array elements (NULL for none).
+func textOrNil(bs [][]byte) []*string {
+	out := make([]*string, len(bs))
+	for i, b := range bs {
+		if b != nil {
+			s := string(b)
+			out[i] = &s
+		}
+	}
+	return out
+}
+
+// Claim implements queue.Backend.
+func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
+	if req.Limit <= 0 {
+		return nil, nil
+	}
+	perTarget := req.PerTarget
+	if perTarget <= 0 {
+		perTarget = req.Limit
+	}
+	token := rand.Int64() | 1 // never 0, the token of a released message
+	exclude := append([]string{}, req.Exclude...)
+	rows, err := b.pool.Query(ctx, `WITH cand AS (
+  SELECT seq, target, available_at FROM `+b.t.messages+`
+  WHERE queue = $1 AND available_at <= $2 AND NOT (target = ANY($3))
+    AND target NOT IN (SELECT target FROM `+b.t.targets+` WHERE queue = $1 AND disabled)
+  ORDER BY available_at, seq LIMIT $4
+  FOR UPDATE SKIP LOCKED
+), ranked AS (
+  SELECT seq, available_at, row_number() OVER (PARTITION BY target ORDER BY available_at, seq) AS rn FROM cand
+), pick AS (
+  SELECT seq FROM ranked WHERE rn <= $7 ORDER BY rn, available_at, seq LIMIT $8
+)
+UPDATE `+b.t.messages+` m SET available_at = $5, attempts = m.attempts + 1, token = $6
+FROM pick WHERE m.seq = pick.seq
+RETURNING m.id, m.target, m.payload, m.headers, m.dedupe_id, m.enqueued_at, m.attempts, m.history`,
+		req.Queue, req.Now, exclude, req.Limit*4+64, req.LeaseUntil, token, perTarget, req.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue: claim: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.Claimed
+	for rows.Next() {
+		c := queue.Claimed{Token: token}
+		c.Queue = req.Queue
+		var hdr, hist []byte
+		if err := rows.Scan(&c.ID, &c.Target, &c.Payload, &hdr, &c.DedupeID, &c.EnqueuedAt, &c.Attempt, &hist); err != nil {
+			return nil, fmt.Errorf("pgqueue: claim: %w", err)
+		}
+		if err := decode(hdr, hist, &c.Headers, &c.History); err != nil {
+			return nil, fmt.Errorf("pgqueue: claim: message %q: %w", c.ID, err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgqueue: claim: %w", err)
+	}
+	return out, nil
+}
+
+func decode(hdr, hist []byte, h *http.Header, a *[]queue.Attempt) error {
+	if len(hdr) > 0 {
+		if err := json.Unmarshal(hdr, h); err != nil {
+			return fmt.Errorf("headers: %w", err)
+		}
+	}
+	if len(hist) > 0 {
+		if err := json.Unmarshal(hist, a); err != nil {
+			return fmt.Errorf("history: %w", err)
+		}
+	}
+	return nil
+}
+
+// settled turns "no row matched the token" into queue.ErrLeaseLost.
+func settled(op string, n int64, err error) error {
+	if err != nil {
+		return fmt.Errorf("pgqueue: %s: %w", op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("pgqueue: %s: %w", op, queue.ErrLeaseLost)
+	}
+	return nil
+}
+
+// Ack implements queue.Backend.
+func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
+	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.messages+` WHERE queue = $1 AND id = $2 AND token = $3`, q, id, token)
+	return settled("ack", tag.RowsAffected(), err)
+}
+
+// Nack implements queue.Backend.
+func (b *Backend) Nack(ctx context.Context, n queue.Nack) error {
+	hist, err := jsonOrNil(n.History, len(n.History) == 0)
+	if err != nil {
+		return fmt.Errorf("pgqueue: nack: %w", err)
+	}
+	tag, err := b.pool.Exec(ctx, `UPDATE `+b.t.messages+` SET available_at = $4, attempts = $5, history = $6, token = 0
+WHERE queue = $1 AND id = $2 AND token = $3`, n.Queue, n.ID, n.Token, n.AvailableAt, n.Attempts, hist)
+	return settled("nack", tag.RowsAffected(), err)
+}
+
+// Bury implements queue.Backend.
+func (b *Backend) Bury(ctx context.Context, d queue.Burial) error {
+	hist, err := jsonOrNil(d.History, len(d.History) == 0)
+	if err != nil {
+		return fmt.Errorf("pgqueue: bury: %w", err)
+	}
+	first, last := d.At, d.At
+	if len(d.History) > 0 {
+		first, last = d.History[0].FailedAt, d.History[len(d.History)-1].FailedAt
+	}
+	tag, err := b.pool.Exec(ctx, `WITH del AS (
+  DELETE FROM `+b.t.messages+` WHERE queue = $1 AND id = $2 AND token = $3
+  RETURNING queue, id, target, payload, headers, dedupe_id, enqueued_at
+)
+INSERT INTO `+b.t.dead+` (queue, id, target, payload, headers, dedupe_id, enqueued_at, attempts, history, reason, first_failure, last_failure, dead_at)
+SELECT queue, id, target, payload, headers, dedupe_id, enqueued_at, $4, $5, $6, $7, $8, $9 FROM del
+ON CONFLICT (queue, id) DO UPDATE SET target = EXCLUDED.target, payload = EXCLUDED.payload, headers = EXCLUDED.headers,
+  dedupe_id = EXCLUDED.dedupe_id, enqueued_at = EXCLUDED.enqueued_at, attempts = EXCLUDED.attempts, history = EXCLUDED.history,
+  reason = EXCLUDED.reason, first_failure = EXCLUDED.first_failure, last_failure = EXCLUDED.last_failure, dead_at = EXCLUDED.dead_at`,
+		d.Queue, d.ID, d.Token, d.Attempts, hist, string(d.Reason), first, last, d.At)
+	return settled("bury", tag.RowsAffected(), err)
+}
+
+// where builds the WHERE clause of a dead-message filter.
+func where(f queue.DeadFilter) (string, []any) {
+	args := []any{f.Queue}
+	conds := []string{"queue = $1"}
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
+	}
+	if len(f.IDs) > 0 {
+		add("id = ANY(?)", f.IDs)
+	}
+	if f.Target != "" {
+		add("target = ?", f.Target)
+	}
+	if f.Reason != "" {
+		add("reason = ?", string(f.Reason))
+	}
+	if !f.DeadBefore.IsZero() {
+		add("dead_at < ?", f.DeadBefore)
+	}
+	if !f.DeadAfter.IsZero() {
+		add("dead_at > ?", f.DeadAfter)
+	}
+	if f.AfterSeq > 0 {
+		add("seq > ?", f.AfterSeq)
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+const deadCols = `seq, id, target, payload, headers, dedupe_id, enqueued_at, attempts, history, reason, first_failure, last_failure, dead_at`
+
+func scanDead(q string, sc interface{ Scan(...any) error }) (queue.DeadMessage, error) {
+	d := queue.DeadMessage{}
+	var hdr, hist []byte
+	var reason string
+	if err := sc.Scan(&d.Seq, &d.ID, &d.Target, &d.Payload, &hdr, &d.DedupeID, &d.EnqueuedAt, &d.Attempts, &hist, &reason, &d.FirstFailure, &d.LastFailure, &d.DeadAt); err != nil {
+		return d, err
+	}
+	d.Queue, d.Reason = q, queue.Reason(reason)
+	if err := decode(hdr, hist, &d.Headers, &d.History); err != nil {
+		return d, fmt.Errorf("dead message %q: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// ListDead implements queue.Backend.
+func (b *Backend) ListDead(ctx context.Context, f queue.DeadFilter) ([]queue.DeadMessage, error) {
+	w, args := where(f)
+	q := `SELECT ` + deadCols + ` FROM ` + b.t.dead + w + ` ORDER BY seq`
+	if f.Limit > 0 {
+		q += ` LIMIT ` + strconv.Itoa(f.Limit)
+	}
+	rows, err := b.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue: list dead: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.DeadMessage
+	for rows.Next() {
+		d, err := scanDead(f.Queue, rows)
+		if err != nil {
+			return nil, fmt.Errorf("pgqueue: list dead: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgqueue: list dead: %w", err)
+	}
+	return out, nil
+}
+
+// GetDead implements queue.Backend.
+func (b *Backend) GetDead(ctx context.Context, q, id string) (*queue.DeadMessage, error) {
+	d, err := scanDead(q, b.pool.QueryRow(ctx, `SELECT `+deadCols+` FROM `+b.t.dead+` WHERE queue = $1 AND id = $2`, q, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, queue.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue: get dead: %w", err)
+	}
+	return &d, nil
+}
+
+// Requeue implements queue.Backend.
+func (b *Backend) Requeue(ctx context.Context, q string, ids []string, now time.Time) (int, error) {
+	tag, err := b.pool.Exec(ctx, `WITH del AS (
+  DELETE FROM `+b.t.dead+` WHERE queue = $1 AND id = ANY($2)
+  RETURNING queue, id, target, payload, headers, dedupe_id, enqueued_at, seq
+)
+INSERT INTO `+b.t.messages+` (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
+SELECT queue, id, target, payload, headers, dedupe_id, enqueued_at, $3 FROM del ORDER BY seq
+ON CONFLICT (queue, id) DO NOTHING`, q, ids, now)
+	if err != nil {
+		return 0, fmt.Errorf("pgqueue: requeue: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// DeleteDead implements queue.Backend.
+func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, error) {
+	w, args := where(f)
+	q := `DELETE FROM ` + b.t.dead + w
+	if f.Limit > 0 {
+		q = `DELETE FROM ` + b.t.dead + ` WHERE seq IN (SELECT seq FROM ` + b.t.dead + w + ` ORDER BY seq LIMIT ` + strconv.Itoa(f.Limit) + `)`
+	}
+	tag, err := b.pool.Exec(ctx, q, args...)
+	if err != nil {
+		return 0, fmt.Errorf("pgqueue: delete dead: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// SetTarget implements queue.Backend.
+func (b *Backend) SetTarget(ctx context.Context, s queue.TargetState) error {
+	_, err := b.pool.Exec(ctx, `INSERT INTO `+b.t.targets+` (queue, target, disabled, reason, since) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (queue, target) DO UPDATE SET disabled = EXCLUDED.disabled, reason = EXCLUDED.reason, since = EXCLUDED.since`,
+		s.Queue, s.Target, s.Disabled, s.Reason, s.Since)
+	if err != nil {
+		return fmt.Errorf("pgqueue: set target: %w", err)
+	}
+	return nil
+}
+
+// Targets implements queue.Backend.
+func (b *Backend) Targets(ctx context.Context, q string) ([]queue.TargetState, error) {
+	rows, err := b.pool.Query(ctx, `SELECT target, disabled, reason, since FROM `+b.t.targets+` WHERE queue = $1 ORDER BY target`, q)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue: targets: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.TargetState
+	for rows.Next() {
+		s := queue.TargetState{Queue: q}
+		if err := rows.Scan(&s.Target, &s.Disabled, &s.Reason, &s.Since); err != nil {
+			return nil, fmt.Errorf("pgqueue: targets: %w", err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgqueue: targets: %w", err)
+	}
+	return out, nil
+}
+
+var _ queue.Backend = (*Backend)(nil)
+
+// Schema returns the schema holding the tables.
+func (b *Backend) Schema() string { return b.schema }
+
+// DeleteExpired deletes up to limit dedupe entries whose window ended
+// before now and returns how many; call it periodically (expiry itself is
+// logical: an expired entry never blocks an enqueue). A server error is
+// returned wrapped.
+func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
+	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.dedupe+` WHERE ctid IN
+  (SELECT ctid FROM `+b.t.dedupe+` WHERE expires_at <= $1 LIMIT $2)`, now, limit)
+	if err != nil {
+		return 0, fmt.Errorf("pgqueue: delete expired: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

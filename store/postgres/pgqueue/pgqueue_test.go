@@ -1,0 +1,123 @@
+package pgqueue_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/leveehq/levee/queue"
+	"github.com/leveehq/levee/queue/queuetest"
+	"github.com/leveehq/levee/store/postgres/pgqueue"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const defaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+func databaseURL() string {
+	if u := os.Getenv("LEVEE_POSTGRES_URL"); u != "" {
+		return u
+	}
+	return defaultURL
+}
+
+// unreachable fails the test under CI=true and skips it otherwise.
+func unreachable(t testing.TB, err error) {
+	t.Helper()
+	where := "LEVEE_POSTGRES_URL"
+	if u, perr := url.Parse(databaseURL()); perr == nil && u.Host != "" {
+		where = u.Redacted()
+	}
+	msg := fmt.Sprintf("PostgreSQL is not reachable at %s (set LEVEE_POSTGRES_URL): %v", where, err)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+func newPool(t testing.TB, maxConns int32) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(databaseURL())
+	if err != nil {
+		t.Fatalf("LEVEE_POSTGRES_URL: %v", err)
+	}
+	cfg.MaxConns = maxConns
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		unreachable(t, err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// newBackend returns a backend over a fresh schema of its own, dropped
+// (that schema only) when the test ends.
+func newBackend(t testing.TB) *pgqueue.Backend {
+	t.Helper()
+	pool := newPool(t, 8)
+	var rb [6]byte
+	_, _ = rand.Read(rb[:])
+	schema := "levee_qtest_" + hex.EncodeToString(rb[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop test schema %s: %v", schema, err)
+		}
+	})
+	b, err := pgqueue.New(pool, pgqueue.Options{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Migrate(context.Background()); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	return b
+}
+
+// TestConformance runs the shared suite, one schema per test; Reopen is a
+// second pool (a second process) on the same schema.
+func TestConformance(t *testing.T) {
+	queuetest.Run(t, queuetest.Harness{
+		NewBackend: func(t testing.TB) queue.Backend { return newBackend(t) },
+		Reopen: func(t testing.TB, b queue.Backend) queue.Backend {
+			schema := b.(*pgqueue.Backend).Schema()
+			r, err := pgqueue.New(newPool(t, 8), pgqueue.Options{Schema: schema})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r.Close() })
+			return r
+		},
+	})
+}
+
+func TestMigrateIdempotent(t *testing.T) {
+	b := newBackend(t)
+	if err := b.Migrate(context.Background()); err != nil {
+		t.Fatalf("second Migrate: %v", err)
+	}
+}
+
+// BenchmarkQueue: go test -run '^$' -bench . -benchtime 5000x ./store/postgres/pgqueue/
+func BenchmarkQueue(b *testing.B) {
+	queuetest.Bench(b, func(b *testing.B) queue.Backend { return newBackend(b) })
+}

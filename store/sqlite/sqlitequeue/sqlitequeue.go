@@ -1,0 +1,766 @@
+// Package sqlitequeue is a queue.Backend on one SQLite file through the
+// pure-Go driver modernc.org/sqlite: levee's embedded default, so that
+// durable delivery needs no other service. The file may be the one the
+// idempotency store (package store/sqlite) uses; the tables do not clash.
+//
+// # Group commit
+//
+// Every write (Enqueue, Claim, Ack, Nack, Bury, Requeue, DeleteDead,
+// SetTarget) is handed to one writer goroutine that runs whatever writes
+// are waiting as one transaction, each in its own savepoint (a failing
+// write rolls back alone), and commits once: concurrent enqueues share one
+// fsync. A call returns after the commit that holds its write. Reads
+// (ListDead, GetDead, Targets) use a separate pool of connections and see
+// the last commit (WAL).
+//
+// # Durability
+//
+// The file is in WAL mode with synchronous=FULL (Options.Synchronous):
+// a returned Enqueue survives a process crash and, with FULL, an operating
+// system crash or power loss too. Several processes may open the same
+// file; their writers take turns on SQLite's write lock (waiting up to
+// Options.BusyTimeout).
+//
+// # Failures
+//
+// A driver or I/O error fails every write of the batch it happened in
+// (nothing of that batch is committed) and is returned wrapped, prefixed
+// "sqlitequeue:". A call whose context ends before its write was started is
+// not written and returns the context's error; once started, the write
+// completes and its result is returned.
+package sqlitequeue
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	sqlitedrv "modernc.org/sqlite" // also the "sqlite" database/sql driver
+
+	"github.com/leveehq/levee/queue"
+)
+
+// Options configure a Backend. The zero value selects the defaults.
+type Options struct {
+	// BusyTimeout is how long a write waits for another process's write
+	// lock before failing. Default 5s.
+	BusyTimeout time.Duration
+	// Synchronous is SQLite's synchronous pragma: "FULL" (default: every
+	// commit is fsynced, durable across power loss) or "NORMAL" (durable
+	// across a process crash; the last commits may be lost with the
+	// operating system).
+	Synchronous string
+	// MaxBatch caps how many writes share one transaction. Default 512.
+	MaxBatch int
+}
+
+// Backend is a queue.Backend on a SQLite file. Close it when done.
+type Backend struct {
+	rd      *sql.DB
+	wr      *sql.DB
+	ops     chan *op
+	quit    chan struct{}
+	done    chan struct{}
+	closeMu sync.Once
+	max     int
+	busy    time.Duration
+}
+
+// op is one write waiting for the writer.
+type op struct {
+	// canceled is the caller's ctx.Err: a write whose caller gave up
+	// before the writer reached it is skipped.
+	canceled func() error
+	// fn runs the write; wctx is the writer's context (a started write is
+	// completed even if its caller gives up).
+	fn func(wctx context.Context, tx *sql.Tx) error
+	// single: fn runs one statement, so it needs no savepoint.
+	single bool
+	done   chan error
+}
+
+// Open opens (creating if needed) the database file at path and the queue
+// tables in it, and starts the writer goroutine. The directory must exist.
+func Open(path string, opts Options) (*Backend, error) {
+	if opts.BusyTimeout < 0 || opts.MaxBatch < 0 {
+		return nil, errors.New("sqlitequeue: Options.BusyTimeout and MaxBatch must not be negative")
+	}
+	if opts.BusyTimeout == 0 {
+		opts.BusyTimeout = 5 * time.Second
+	}
+	if opts.MaxBatch == 0 {
+		opts.MaxBatch = 512
+	}
+	switch strings.ToUpper(opts.Synchronous) {
+	case "":
+		opts.Synchronous = "FULL"
+	case "FULL", "NORMAL":
+	default:
+		return nil, fmt.Errorf("sqlitequeue: Options.Synchronous %q is not FULL or NORMAL", opts.Synchronous)
+	}
+	if path == "" || path == ":memory:" {
+		return nil, errors.New("sqlitequeue: a file path is required (an in-memory queue would not be durable)")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: open %q: %w", path, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("sqlitequeue: open %q: the directory does not exist", path)
+	}
+	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
+	if !strings.HasPrefix(u, "/") {
+		u = "/" + u
+	}
+	// SQLite's own busy handler sleeps up to 100ms between tries, and a
+	// writer that commits back to back never leaves it a gap that long: the
+	// writer waits for the lock itself (beginTx) and leaves gaps (writer).
+	dsn := "file://" + u + "?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + opts.Synchronous + ")&_txlock=immediate"
+	wr, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: open %q: %w", path, err)
+	}
+	wr.SetMaxOpenConns(1)
+	wr.SetMaxIdleConns(1)
+	wr.SetConnMaxLifetime(0)
+	wr.SetConnMaxIdleTime(0)
+	rd, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		_ = wr.Close()
+		return nil, fmt.Errorf("sqlitequeue: open %q: %w", path, err)
+	}
+	rd.SetMaxOpenConns(4)
+	b := &Backend{rd: rd, wr: wr, ops: make(chan *op), quit: make(chan struct{}), done: make(chan struct{}), max: opts.MaxBatch, busy: opts.BusyTimeout}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.BusyTimeout+5*time.Second)
+	defer cancel()
+	if err := b.migrate(ctx); err != nil {
+		_ = wr.Close()
+		_ = rd.Close()
+		return nil, fmt.Errorf("sqlitequeue: open %q: %w", path, err)
+	}
+	go b.writer()
+	return b, nil
+}
+
+// Close stops the writer (pending writes fail with an error) and closes the
+// database. It is safe to call more than once.
+func (b *Backend) Close() error {
+	var err error
+	b.closeMu.Do(func() {
+		close(b.quit)
+		<-b.done
+		err = errors.Join(b.wr.Close(), b.rd.Close())
+	})
+	return err
+}
+
+var errClosed = errors.New("sqlitequeue: backend closed")
+
+func (b *Backend) migrate(ctx context.Context) error {
+	tx, err := b.beginTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, schema); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// isBusy reports whether err is SQLITE_BUSY (any extended code).
+func isBusy(err error) bool {
+	var se *sqlitedrv.Error
+	return errors.As(err, &se) && se.Code()&0xff == 5
+}
+
+// beginTx begins an IMMEDIATE transaction, waiting up to the busy timeout
+// for another process's write lock, trying every half millisecond.
+func (b *Backend) beginTx(ctx context.Context) (*sql.Tx, error) {
+	deadline := time.Now().Add(b.busy)
+	for {
+		tx, err := b.wr.BeginTx(ctx, nil)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return tx, err
+		}
+		t := time.NewTimer(500 * time.Microsecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-b.quit:
+			t.Stop()
+			return nil, errClosed
+		case <-t.C:
+		}
+	}
+}
+
+// schema is the queue's tables. Times are Unix microseconds.
+const schema = `
+CREATE TABLE IF NOT EXISTS levee_queue_messages (
+  seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+  queue        TEXT NOT NULL,
+  id           TEXT NOT NULL,
+  target       TEXT NOT NULL,
+  payload      BLOB,
+  headers      BLOB,
+  dedupe_id    TEXT NOT NULL,
+  enqueued_at  INTEGER NOT NULL,
+  available_at INTEGER NOT NULL,
+  attempts     INTEGER NOT NULL DEFAULT 0,
+  token        INTEGER NOT NULL DEFAULT 0,
+  history      BLOB,
+  UNIQUE (queue, id)
+);
+CREATE INDEX IF NOT EXISTS levee_queue_messages_ready ON levee_queue_messages (queue, available_at, seq);
+CREATE TABLE IF NOT EXISTS levee_queue_dead (
+  seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+  queue         TEXT NOT NULL,
+  id            TEXT NOT NULL,
+  target        TEXT NOT NULL,
+  payload       BLOB,
+  headers       BLOB,
+  dedupe_id     TEXT NOT NULL,
+  enqueued_at   INTEGER NOT NULL,
+  attempts      INTEGER NOT NULL,
+  history       BLOB,
+  reason        TEXT NOT NULL,
+  first_failure INTEGER NOT NULL,
+  last_failure  INTEGER NOT NULL,
+  dead_at       INTEGER NOT NULL,
+  UNIQUE (queue, id)
+);
+CREATE INDEX IF NOT EXISTS levee_queue_dead_at ON levee_queue_dead (queue, dead_at);
+CREATE TABLE IF NOT EXISTS levee_queue_dedupe (
+  queue      TEXT NOT NULL,
+  dedupe_id  TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  expires_at INTEGER NOT NULL,
+  PRIMARY KEY (queue, dedupe_id)
+);
+CREATE TABLE IF NOT EXISTS levee_queue_targets (
+  queue    TEXT NOT NULL,
+  target   TEXT NOT NULL,
+  disabled INTEGER NOT NULL,
+  reason   TEXT NOT NULL,
+  since    INTEGER NOT NULL,
+  PRIMARY KEY (queue, target)
+);`
+
+// writer runs the writes in batches, one transaction per batch.
+func (b *Backend) writer() {
+	defer close(b.done)
+	ctx := context.Background()
+	batch := make([]*op, 0, b.max)
+	busySince := time.Time{}
+	for {
+		batch = batch[:0]
+		// A writer busy for a while leaves a gap before its next
+		// transaction, so that another process's writer gets a turn.
+		if !busySince.IsZero() && time.Since(busySince) > 50*time.Millisecond {
+			select {
+			case <-b.quit:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			busySince = time.Time{}
+		}
+		select {
+		case o := <-b.ops:
+			batch = append(batch, o)
+			if busySince.IsZero() {
+				busySince = time.Now()
+			}
+		default:
+			busySince = time.Time{}
+		}
+		if len(batch) == 0 {
+			select {
+			case <-b.quit:
+				return
+			case o := <-b.ops:
+				batch = append(batch, o)
+				busySince = time.Now()
+			}
+		}
+	drain:
+		for len(batch) < b.max {
+			select {
+			case o := <-b.ops:
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		b.commit(ctx, batch)
+	}
+}
+
+func (b *Backend) commit(ctx context.Context, batch []*op) {
+	errs := make([]error, len(batch))
+	err := func() error {
+		tx, err := b.beginTx(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback() }()
+		for i, o := range batch {
+			if err := o.canceled(); err != nil {
+				errs[i] = err
+				continue
+			}
+			if o.single {
+				// One statement: SQLite undoes a failed statement alone.
+				errs[i] = o.fn(ctx, tx)
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT op`); err != nil {
+				return err
+			}
+			if err := o.fn(ctx, tx); err != nil {
+				errs[i] = err
+				if _, err := tx.ExecContext(ctx, `ROLLBACK TO op`); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `RELEASE op`); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
+	for i, o := range batch {
+		if err != nil && errs[i] == nil {
+			errs[i] = err
+		}
+		o.done <- errs[i]
+	}
+}
+
+// write runs fn in the writer's next transaction, in a savepoint of its
+// own, and returns its error.
+func (b *Backend) write(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
+	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, done: make(chan error, 1)})
+}
+
+// write1 is write for an fn that runs a single statement.
+func (b *Backend) write1(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
+	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, single: true, done: make(chan error, 1)})
+}
+
+func (b *Backend) do(ctx context.Context, o *op) error {
+	select {
+	case b.ops <- o:
+	case <-b.quit:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := <-o.done; err != nil {
+		return fmt.Errorf("sqlitequeue: %w", err)
+	}
+	return nil
+}
+
+func us(t time.Time) int64 { return t.UnixMicro() }
+
+func fromUS(v int64) time.Time { return time.UnixMicro(v) }
+
+func encodeHeaders(h http.Header) ([]byte, error) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	return json.Marshal(h)
+}
+
+func decodeHeaders(b []byte) (http.Header, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	var h http.Header
+	err := json.Unmarshal(b, &h)
+	return h, err
+}
+
+func encodeHistory(h []queue.Attempt) ([]byte, error) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	return json.Marshal(h)
+}
+
+func decodeHistory(b []byte) ([]queue.Attempt, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	var h []queue.Attempt
+	err := json.Unmarshal(b, &h)
+	return h, err
+}
+
+// Enqueue implements queue.Backend.
+func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
+	rows := make([][]byte, len(req.Messages))
+	for i, m := range req.Messages {
+		h, err := encodeHeaders(m.Headers)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitequeue: enqueue: headers: %w", err)
+		}
+		rows[i] = h
+	}
+	res := make([]queue.EnqueueResult, len(req.Messages))
+	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		for i, m := range req.Messages {
+			res[i] = queue.EnqueueResult{ID: m.ID}
+			if m.DedupeID != "" {
+				var first string
+				err := tx.QueryRowContext(wctx, `INSERT INTO levee_queue_dedupe (queue, dedupe_id, message_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (queue, dedupe_id) DO UPDATE SET message_id = excluded.message_id, expires_at = excluded.expires_at
+  WHERE levee_queue_dedupe.expires_at <= ?5
+RETURNING message_id`, m.Queue, m.DedupeID, m.ID, us(req.DedupeUntil), us(req.Now)).Scan(&first)
+				if errors.Is(err, sql.ErrNoRows) {
+					if err := tx.QueryRowContext(wctx, `SELECT message_id FROM levee_queue_dedupe WHERE queue = ?1 AND dedupe_id = ?2`,
+						m.Queue, m.DedupeID).Scan(&first); err != nil {
+						return err
+					}
+					res[i] = queue.EnqueueResult{ID: first, Duplicate: true}
+					continue
+				}
+				if err != nil {
+					return err
+				}
+			}
+			r, err := tx.ExecContext(wctx, `INSERT INTO levee_queue_messages (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (queue, id) DO NOTHING`, m.Queue, m.ID, m.Target, m.Payload, rows[i], m.DedupeID, us(m.EnqueuedAt))
+			if err != nil {
+				return err
+			}
+			if n, err := r.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				res[i].Duplicate = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Claim implements queue.Backend.
+func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
+	if req.Limit <= 0 {
+		return nil, nil
+	}
+	exclude, err := json.Marshal(append([]string{}, req.Exclude...))
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: claim: %w", err)
+	}
+	perTarget := req.PerTarget
+	if perTarget <= 0 {
+		perTarget = req.Limit
+	}
+	token := rand.Int64() | 1 // never 0, the token of a released message
+	var out []queue.Claimed
+	err = b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		out = out[:0]
+		// The candidates are the oldest available messages (bounded scan),
+		// ranked within their target, so that one claim takes at most
+		// perTarget of any target.
+		rows, err := tx.QueryContext(wctx, `WITH cand AS (
+  SELECT seq, target, available_at FROM levee_queue_messages
+  WHERE queue = ?1 AND available_at <= ?2
+    AND target NOT IN (SELECT value FROM json_each(?3))
+    AND target NOT IN (SELECT target FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)
+  ORDER BY available_at, seq LIMIT ?4
+), ranked AS (
+  SELECT seq, available_at, row_number() OVER (PARTITION BY target ORDER BY available_at, seq) AS rn FROM cand
+)
+UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
+WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8)
+RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`,
+			req.Queue, us(req.Now), string(exclude), req.Limit*4+64, us(req.LeaseUntil), token, perTarget, req.Limit)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c := queue.Claimed{Token: token}
+			c.Queue = req.Queue
+			var hdr, hist []byte
+			var enq int64
+			if err := rows.Scan(&c.ID, &c.Target, &c.Payload, &hdr, &c.DedupeID, &enq, &c.Attempt, &hist); err != nil {
+				return err
+			}
+			c.EnqueuedAt = fromUS(enq)
+			if c.Headers, err = decodeHeaders(hdr); err != nil {
+				return fmt.Errorf("message %q: headers: %w", c.ID, err)
+			}
+			if c.History, err = decodeHistory(hist); err != nil {
+				return fmt.Errorf("message %q: history: %w", c.ID, err)
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// settled turns "no row matched the token" into queue.ErrLeaseLost.
+func settled(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return queue.ErrLeaseLost
+	}
+	return nil
+}
+
+// Ack implements queue.Backend.
+func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		return settled(tx.ExecContext(wctx, `DELETE FROM levee_queue_messages WHERE queue = ?1 AND id = ?2 AND token = ?3`, q, id, token))
+	})
+	return err
+}
+
+// Nack implements queue.Backend.
+func (b *Backend) Nack(ctx context.Context, n queue.Nack) error {
+	hist, err := encodeHistory(n.History)
+	if err != nil {
+		return fmt.Errorf("sqlitequeue: nack: %w", err)
+	}
+	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		return settled(tx.ExecContext(wctx, `UPDATE levee_queue_messages SET available_at = ?4, attempts = ?5, history = ?6, token = 0
+WHERE queue = ?1 AND id = ?2 AND token = ?3`, n.Queue, n.ID, n.Token, us(n.AvailableAt), n.Attempts, hist))
+	})
+}
+
+// Bury implements queue.Backend.
+func (b *Backend) Bury(ctx context.Context, d queue.Burial) error {
+	hist, err := encodeHistory(d.History)
+	if err != nil {
+		return fmt.Errorf("sqlitequeue: bury: %w", err)
+	}
+	first, last := d.At, d.At
+	if len(d.History) > 0 {
+		first, last = d.History[0].FailedAt, d.History[len(d.History)-1].FailedAt
+	}
+	return b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		if err := settled(tx.ExecContext(wctx, `INSERT INTO levee_queue_dead (queue, id, target, payload, headers, dedupe_id, enqueued_at, attempts, history, reason, first_failure, last_failure, dead_at)
+SELECT queue, id, target, payload, headers, dedupe_id, enqueued_at, ?4, ?5, ?6, ?7, ?8, ?9 FROM levee_queue_messages
+WHERE queue = ?1 AND id = ?2 AND token = ?3
+ON CONFLICT (queue, id) DO UPDATE SET target = excluded.target, payload = excluded.payload, headers = excluded.headers,
+  dedupe_id = excluded.dedupe_id, enqueued_at = excluded.enqueued_at, attempts = excluded.attempts, history = excluded.history,
+  reason = excluded.reason, first_failure = excluded.first_failure, last_failure = excluded.last_failure, dead_at = excluded.dead_at`,
+			d.Queue, d.ID, d.Token, d.Attempts, hist, string(d.Reason), us(first), us(last), us(d.At))); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(wctx, `DELETE FROM levee_queue_messages WHERE queue = ?1 AND id = ?2 AND token = ?3`, d.Queue, d.ID, d.Token)
+		return err
+	})
+}
+
+// where builds the WHERE clause of a dead-message filter.
+func where(f queue.DeadFilter) (string, []any) {
+	conds := []string{"queue = ?"}
+	args := []any{f.Queue}
+	if len(f.IDs) > 0 {
+		conds = append(conds, "id IN ("+strings.TrimSuffix(strings.Repeat("?,", len(f.IDs)), ",")+")")
+		for _, id := range f.IDs {
+			args = append(args, id)
+		}
+	}
+	if f.Target != "" {
+		conds, args = append(conds, "target = ?"), append(args, f.Target)
+	}
+	if f.Reason != "" {
+		conds, args = append(conds, "reason = ?"), append(args, string(f.Reason))
+	}
+	if !f.DeadBefore.IsZero() {
+		conds, args = append(conds, "dead_at < ?"), append(args, us(f.DeadBefore))
+	}
+	if !f.DeadAfter.IsZero() {
+		conds, args = append(conds, "dead_at > ?"), append(args, us(f.DeadAfter))
+	}
+	if f.AfterSeq > 0 {
+		conds, args = append(conds, "seq > ?"), append(args, f.AfterSeq)
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+const deadCols = `seq, id, target, payload, headers, dedupe_id, enqueued_at, attempts, history, reason, first_failure, last_failure, dead_at`
+
+func scanDead(q string, sc interface{ Scan(...any) error }) (queue.DeadMessage, error) {
+	var d queue.DeadMessage
+	var hdr, hist []byte
+	var enq, first, last, dead int64
+	var reason string
+	if err := sc.Scan(&d.Seq, &d.ID, &d.Target, &d.Payload, &hdr, &d.DedupeID, &enq, &d.Attempts, &hist, &reason, &first, &last, &dead); err != nil {
+		return d, err
+	}
+	d.Queue, d.Reason = q, queue.Reason(reason)
+	d.EnqueuedAt, d.FirstFailure, d.LastFailure, d.DeadAt = fromUS(enq), fromUS(first), fromUS(last), fromUS(dead)
+	var err error
+	if d.Headers, err = decodeHeaders(hdr); err != nil {
+		return d, fmt.Errorf("dead message %q: headers: %w", d.ID, err)
+	}
+	if d.History, err = decodeHistory(hist); err != nil {
+		return d, fmt.Errorf("dead message %q: history: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// ListDead implements queue.Backend.
+func (b *Backend) ListDead(ctx context.Context, f queue.DeadFilter) ([]queue.DeadMessage, error) {
+	w, args := where(f)
+	q := `SELECT ` + deadCols + ` FROM levee_queue_dead` + w + ` ORDER BY seq`
+	if f.Limit > 0 {
+		q += ` LIMIT ` + strconv.Itoa(f.Limit)
+	}
+	rows, err := b.rd.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: list dead: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.DeadMessage
+	for rows.Next() {
+		d, err := scanDead(f.Queue, rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitequeue: list dead: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitequeue: list dead: %w", err)
+	}
+	return out, nil
+}
+
+// GetDead implements queue.Backend.
+func (b *Backend) GetDead(ctx context.Context, q, id string) (*queue.DeadMessage, error) {
+	d, err := scanDead(q, b.rd.QueryRowContext(ctx, `SELECT `+deadCols+` FROM levee_queue_dead WHERE queue = ?1 AND id = ?2`, q, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, queue.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: get dead: %w", err)
+	}
+	return &d, nil
+}
+
+// Requeue implements queue.Backend.
+func (b *Backend) Requeue(ctx context.Context, q string, ids []string, now time.Time) (int, error) {
+	moved := 0
+	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		moved = 0
+		for _, id := range ids {
+			res, err := tx.ExecContext(wctx, `INSERT INTO levee_queue_messages (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
+SELECT queue, id, target, payload, headers, dedupe_id, enqueued_at, ?3 FROM levee_queue_dead WHERE queue = ?1 AND id = ?2
+ON CONFLICT (queue, id) DO NOTHING`, q, id, us(now))
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			if _, err := tx.ExecContext(wctx, `DELETE FROM levee_queue_dead WHERE queue = ?1 AND id = ?2`, q, id); err != nil {
+				return err
+			}
+			moved += int(n)
+		}
+		return nil
+	})
+	return moved, err
+}
+
+// DeleteDead implements queue.Backend.
+func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, error) {
+	w, args := where(f)
+	q := `DELETE FROM levee_queue_dead` + w
+	if f.Limit > 0 {
+		q = `DELETE FROM levee_queue_dead WHERE seq IN (SELECT seq FROM levee_queue_dead` + w + ` ORDER BY seq LIMIT ` + strconv.Itoa(f.Limit) + `)`
+	}
+	var n int64
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(wctx, q, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
+// SetTarget implements queue.Backend.
+func (b *Backend) SetTarget(ctx context.Context, s queue.TargetState) error {
+	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(wctx, `INSERT INTO levee_queue_targets (queue, target, disabled, reason, since) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (queue, target) DO UPDATE SET disabled = excluded.disabled, reason = excluded.reason, since = excluded.since`,
+			s.Queue, s.Target, s.Disabled, s.Reason, us(s.Since))
+		return err
+	})
+}
+
+// Targets implements queue.Backend.
+func (b *Backend) Targets(ctx context.Context, q string) ([]queue.TargetState, error) {
+	rows, err := b.rd.QueryContext(ctx, `SELECT target, disabled, reason, since FROM levee_queue_targets WHERE queue = ?1 ORDER BY target`, q)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitequeue: targets: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.TargetState
+	for rows.Next() {
+		s := queue.TargetState{Queue: q}
+		var since int64
+		if err := rows.Scan(&s.Target, &s.Disabled, &s.Reason, &since); err != nil {
+			return nil, fmt.Errorf("sqlitequeue: targets: %w", err)
+		}
+		s.Since = fromUS(since)
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitequeue: targets: %w", err)
+	}
+	return out, nil
+}
+
+var _ queue.Backend = (*Backend)(nil)
+
+// DeleteExpired deletes up to limit dedupe entries whose window ended
+// before now and returns how many; call it periodically to keep the file
+// small (expiry itself is logical: an expired entry never blocks an
+// enqueue). A driver error is returned wrapped.
+func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
+	var n int64
+	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(wctx, `DELETE FROM levee_queue_dedupe WHERE rowid IN
+  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2)`, us(now), limit)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
