@@ -27,6 +27,9 @@ Usage:
                                       levee on the embedded SQLite store (no setup)
   levee serve --config levee.yaml     run the gateway
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
+  levee verify idempotency|ratelimit  check any API's idempotency or rate limits (docs/testing.md)
+  levee chaos --upstream URL          an HTTP fault-injection proxy (docs/testing.md)
+  levee load --url URL --rate 500/s   paced load with a report and a plot (docs/testing.md)
   levee version                       print the version, commit and build time
   levee help                          this text
 
@@ -52,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return validate(args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(args[1:], stdout, stderr)
+	case "verify":
+		return runVerify(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
 		printVersion(stdout)
 		return 0
