@@ -57,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(args[1:], stdout, stderr)
 	case "verify":
 		return runVerify(args[1:], stdout, stderr)
+	case "chaos":
+		return runChaos(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
 		printVersion(stdout)
 		return 0
