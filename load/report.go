@@ -191,7 +191,7 @@ func (r *Report) charts() []chart {
 	}
 	top = math.Max(top, r.LimitRate)
 	ymax := niceMax(top * 1.05)
-	tc := r.frame("Answers per second by status (bars), offered rate (line), declared limit (dashed)", "req/s", ymax, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	tc := r.frame("Requests per second by send time, coloured by answer (bars); offered rate (line); declared limit (dashed)", "req/s", ymax, func(v float64) string { return fmt.Sprintf("%.0f", v) })
 	codes := r.codes()
 	bw := (tc.X1 - tc.X0) / float64(n)
 	var offered []string

@@ -99,13 +99,18 @@ func otherBody(b []byte) []byte {
 	return append(append([]byte(nil), b...), []byte(" levee-verify-other")...)
 }
 
-// snippet shortens a body for evidence.
+// snippet shortens a body for evidence, control characters blanked.
 func snippet(b []byte) string {
 	s := strings.TrimSpace(string(b))
 	if len(s) > 120 {
 		s = s[:120] + "…"
 	}
-	return strconv.Quote(s)
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 // sleep waits d or until ctx ends.

@@ -211,7 +211,7 @@ func (r *rlRun) run(ctx context.Context) {
 	case len(bad) > 0:
 		r.add(CaseRetryAfter, Fail, strings.Join(dedupe(bad), ", ")+": want delay-seconds or an HTTP-date", t)
 	default:
-		r.add(CaseRetryAfter, Pass, fmt.Sprintf("Retry-After %q on every refusal", refused.Header.Get("Retry-After")), t)
+		r.add(CaseRetryAfter, Pass, fmt.Sprintf("Retry-After: %s on every refusal", refused.Header.Get("Retry-After")), t)
 	}
 
 	// 4. Honesty: one second less is refused, waiting it is admitted.
@@ -384,7 +384,7 @@ func (r *rlRun) fields(admitted, refusals []exchange, t time.Time) {
 	case !seen:
 		r.add(CaseRateLimitFields, Skip, "no RateLimit or RateLimit-Policy fields (optional in the draft)", t)
 	default:
-		r.add(CaseRateLimitFields, Pass, fmt.Sprintf("RateLimit-Policy %q, RateLimit from %q to %q agree with the declared limit and the answers",
+		r.add(CaseRateLimitFields, Pass, fmt.Sprintf("RateLimit-Policy: %s and RateLimit: %s … %s agree with the declared limit and the answers",
 			first(all, ratelimit.HeaderPolicy), first(all, ratelimit.HeaderState), last(all, ratelimit.HeaderState)), t)
 	}
 }
