@@ -180,43 +180,40 @@ func Idempotency(ctx context.Context, o IdempotencyOptions) (*Report, error) {
 	}
 	r := &idemRun{o: o, s: &sender{client: o.Client, header: o.Header, timeout: o.RequestTimeout, now: o.Now},
 		rep: &Report{Suite: "idempotency", Target: o.URL, Started: o.Now()}}
-	steps := []struct {
-		name string
-		fn   func(context.Context) (Verdict, string)
-	}{
-		{CaseFirstExecutes + "+" + CaseReplay, nil},
-		{CaseConcurrent + "+" + CaseInFlight, nil},
-		{CaseBodyMismatch, r.bodyMismatch},
-		{CaseOtherPath, func(ctx context.Context) (Verdict, string) { return r.otherTarget(ctx, o.Method, o.OtherURL) }},
-		{CaseOtherMethod, func(ctx context.Context) (Verdict, string) { return r.otherTarget(ctx, o.OtherMethod, o.URL) }},
-		{CaseMissingKey, r.missingKey},
-		{CaseKeyTooLong, func(ctx context.Context) (Verdict, string) {
-			return r.malformed(ctx, []string{strings.Repeat("k", 256)}, "a 256-character key")
-		}},
-		{CaseKeyControl, func(ctx context.Context) (Verdict, string) {
-			return r.malformed(ctx, []string{newKey("ctl") + "\tx"}, "a key with a TAB control character")
-		}},
-		{CaseKeyTwoFields, func(ctx context.Context) (Verdict, string) {
-			return r.malformed(ctx, []string{newKey("two-a"), newKey("two-b")}, "two Idempotency-Key fields")
-		}},
-		{CaseQuotedKey, r.quoted},
-		{CaseTenants, r.tenants},
-		{CaseRetention, r.retention},
+	// Cases that report one result; firstAndReplay and concurrent
+	// report two each.
+	single := func(name string, fn func(context.Context) (Verdict, string)) func(context.Context) {
+		return func(ctx context.Context) {
+			start := o.Now()
+			v, ev := fn(ctx)
+			r.add(name, v, ev, start)
+		}
 	}
-	for _, st := range steps {
+	steps := []func(context.Context){
+		r.firstAndReplay,
+		r.concurrent,
+		single(CaseBodyMismatch, r.bodyMismatch),
+		single(CaseOtherPath, func(ctx context.Context) (Verdict, string) { return r.otherTarget(ctx, o.Method, o.OtherURL) }),
+		single(CaseOtherMethod, func(ctx context.Context) (Verdict, string) { return r.otherTarget(ctx, o.OtherMethod, o.URL) }),
+		single(CaseMissingKey, r.missingKey),
+		single(CaseKeyTooLong, func(ctx context.Context) (Verdict, string) {
+			return r.malformed(ctx, []string{strings.Repeat("k", 256)}, "a 256-character key")
+		}),
+		single(CaseKeyControl, func(ctx context.Context) (Verdict, string) {
+			return r.malformed(ctx, []string{newKey("ctl") + "\tx"}, "a key with a TAB control character")
+		}),
+		single(CaseKeyTwoFields, func(ctx context.Context) (Verdict, string) {
+			return r.malformed(ctx, []string{newKey("two-a"), newKey("two-b")}, "two Idempotency-Key fields")
+		}),
+		single(CaseQuotedKey, r.quoted),
+		single(CaseTenants, r.tenants),
+		single(CaseRetention, r.retention),
+	}
+	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
 			return r.rep, fmt.Errorf("verify: idempotency: %w", err)
 		}
-		switch st.name {
-		case CaseFirstExecutes + "+" + CaseReplay:
-			r.firstAndReplay(ctx)
-		case CaseConcurrent + "+" + CaseInFlight:
-			r.concurrent(ctx)
-		default:
-			start := o.Now()
-			v, ev := st.fn(ctx)
-			r.add(st.name, v, ev, start)
-		}
+		step(ctx)
 	}
 	if err := ctx.Err(); err != nil {
 		return r.rep, fmt.Errorf("verify: idempotency: %w", err)
