@@ -53,6 +53,13 @@ func startServer(t *testing.T, h http.Handler) *httptest.Server {
 // /v1/limited is limited to limit per X-Api-Key.
 func startLevee(t *testing.T, store, up, limit string) string {
 	t.Helper()
+	return startLeveeWith(t, store, up, limit, "")
+}
+
+// startLeveeWith is startLevee with extra idempotency settings (YAML
+// lines indented for the route's idempotency block).
+func startLeveeWith(t *testing.T, store, up, limit, idem string) string {
+	t.Helper()
 	dir := t.TempDir()
 	st := "{type: memory}"
 	if store == "sqlite" {
@@ -72,12 +79,12 @@ routes:
       tenant_header: Authorization
       lease: 1s
       retention: 2s
-  - name: limited
+%s  - name: limited
     match: {path_prefix: /v1/limited}
     upstream: %s
     rate_limit:
       - {name: verify, limit: %s, key: "header:X-Api-Key"}
-`, st, up, up, limit)
+`, st, up, idem, up, limit)
 	path := filepath.Join(dir, "levee.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

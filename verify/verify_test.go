@@ -108,6 +108,19 @@ func TestIdempotencyAgainstLevee(t *testing.T) {
 	}
 }
 
+// With in_flight_wait, duplicates wait for the first and replay it: the
+// in-flight case accepts that documented wait.
+func TestIdempotencyAgainstLeveeWaiting(t *testing.T) {
+	t.Parallel()
+	up := startServer(t, &payments{delay: 20 * time.Millisecond})
+	base := startLeveeWith(t, "memory", up.URL, "100/s", "      in_flight_wait: 2s\n")
+	rep := runIdem(t, verify.IdempotencyOptions{URL: base + "/v1/pay", EffectURL: up.URL + "/count", Concurrency: 20})
+	allPass(t, rep, map[string]verify.Verdict{verify.CaseRetention: verify.Skip})
+	if r, _ := rep.Result(verify.CaseInFlight); !strings.Contains(r.Evidence, "all 20 duplicates received the one response") {
+		t.Fatalf("in-flight evidence: %s", r.Evidence)
+	}
+}
+
 func TestIdempotencyCorrectFakePasses(t *testing.T) {
 	t.Parallel()
 	f := &fakeAPI{}
