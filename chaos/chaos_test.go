@@ -18,6 +18,7 @@ import (
 
 	"github.com/leveehq/levee/chaos"
 	"github.com/leveehq/levee/gateway"
+	"go.uber.org/goleak"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -240,15 +241,17 @@ func TestSchedule(t *testing.T) {
 }
 
 func TestTransport(t *testing.T) {
-	t.Parallel()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	u := &upstream{}
 	us := httptest.NewServer(u)
 	defer us.Close()
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	defer base.CloseIdleConnections()
 	in, err := chaos.NewInjector(parse(t, `faults: [{name: r, match: {path: /r}, reset: before}, {name: d, match: {path: /d}, duplicate: 2}, {name: cut, match: {path: /c}, truncate: 5}]`), chaos.Options{Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &http.Client{Transport: &chaos.Transport{Injector: in}}
+	c := &http.Client{Transport: &chaos.Transport{Base: base, Injector: in}}
 	_, err = c.Get(us.URL + "/r")
 	var fe *chaos.FaultError
 	if !errors.Is(err, chaos.ErrInjected) || !errors.As(err, &fe) || fe.Kind != "reset-before" || u.n.Load() != 0 {
@@ -259,6 +262,17 @@ func TestTransport(t *testing.T) {
 		t.Fatalf("duplicate 2: %v, upstream saw %d, want 3", err, u.n.Load())
 	}
 	resp.Body.Close()
+	if err := in.SetConfig(parse(t, `faults: [{name: d, duplicate: 3, duplicate_concurrent: true}]`)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = c.Post(us.URL+"/d", "text/plain", strings.NewReader("hello"))
+	if err != nil || u.n.Load() != 7 {
+		t.Fatalf("concurrent duplicate 3: %v, upstream saw %d, want 7", err, u.n.Load())
+	}
+	resp.Body.Close()
+	if err := in.SetConfig(parse(t, `faults: [{name: cut, match: {path: /c}, truncate: 5}]`)); err != nil {
+		t.Fatal(err)
+	}
 	resp, err = c.Get(us.URL + "/c")
 	if err != nil {
 		t.Fatal(err)
