@@ -115,11 +115,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// WriteJSON writes the report as one indented JSON document.
+// WriteJSON writes the report as one indented JSON document: the
+// Report's fields plus "failed" and "counts" (cases per verdict).
 func (r *Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
+	doc := struct {
+		*Report
+		Failed bool            `json:"failed"`
+		Counts map[Verdict]int `json:"counts"`
+	}{r, r.Failed(), r.Counts()}
+	if err := enc.Encode(doc); err != nil {
 		return fmt.Errorf("verify: write json: %w", err)
 	}
 	return nil

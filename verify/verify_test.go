@@ -226,8 +226,13 @@ func TestReportOutputs(t *testing.T) {
 	if err := rep.WriteJSON(&j); err != nil {
 		t.Fatal(err)
 	}
-	var back verify.Report
-	if err := json.Unmarshal(j.Bytes(), &back); err != nil || len(back.Results) != 3 || back.Results[1].Verdict != verify.Fail {
+	var back struct {
+		verify.Report
+		Failed bool
+		Counts map[string]int
+	}
+	if err := json.Unmarshal(j.Bytes(), &back); err != nil || len(back.Results) != 3 || back.Results[1].Verdict != verify.Fail ||
+		!back.Failed || back.Counts["fail"] != 1 || back.Counts["pass"] != 1 {
 		t.Fatalf("json round trip: %v %+v", err, back)
 	}
 	var x bytes.Buffer
