@@ -2,9 +2,12 @@ package verify_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/leveehq/levee/gateway"
 	"github.com/leveehq/levee/ratelimit"
 )
@@ -61,9 +65,18 @@ func startLevee(t *testing.T, store, up, limit string) string {
 func startLeveeWith(t *testing.T, store, up, limit, idem string) string {
 	t.Helper()
 	dir := t.TempDir()
-	st := "{type: memory}"
-	if store == "sqlite" {
+	var st string
+	switch store {
+	case "memory":
+		st = "{type: memory}"
+	case "sqlite":
 		st = fmt.Sprintf("{type: sqlite, sqlite: {path: %s}}", filepath.Join(dir, "levee.db"))
+	case "redis":
+		st = redisStore(t)
+	case "postgres":
+		st = postgresStore(t)
+	default:
+		t.Fatalf("unknown store %q", store)
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
 admin: {listen: 127.0.0.1:0}
@@ -102,6 +115,60 @@ routes:
 		_ = srv.Shutdown(ctx)
 	})
 	return "http://" + srv.Addr()
+}
+
+// need skips (or fails under CI=true) when a backend is unreachable.
+func need(t *testing.T, name, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is required in CI but unreachable at %s: %v", name, addr, err)
+	}
+	t.Skipf("%s unreachable at %s: %v", name, addr, err)
+}
+
+func randID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func redisStore(t *testing.T) string {
+	addr := os.Getenv("LEVEE_REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	need(t, "Redis", addr)
+	return fmt.Sprintf("{type: redis, redis: {addr: %q, prefix: \"levee:verifytest:%s:\"}}", addr, randID())
+}
+
+func postgresStore(t *testing.T) string {
+	url := os.Getenv("LEVEE_POSTGRES_URL")
+	if url == "" {
+		url = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	need(t, "PostgreSQL", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
+	schema := "levee_verify_" + randID()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	})
+	return fmt.Sprintf("{type: postgres, postgres: {url: %q, schema: %s}}", url, schema)
 }
 
 // fakeAPI is a small idempotency-key implementation, correct by default;

@@ -86,7 +86,7 @@ func allPass(t *testing.T, rep *verify.Report, except map[string]verify.Verdict)
 
 func TestIdempotencyAgainstLevee(t *testing.T) {
 	t.Parallel()
-	for _, store := range []string{"memory", "sqlite"} {
+	for _, store := range []string{"memory", "sqlite", "redis", "postgres"} {
 		t.Run(store, func(t *testing.T) {
 			t.Parallel()
 			up := startServer(t, &payments{delay: 20 * time.Millisecond})
