@@ -29,8 +29,10 @@ var ErrOptions = errors.New("load: invalid options")
 
 // Rate is a request rate: Freq requests per Per.
 type Rate struct {
+	// Freq is the number of requests per Per.
 	Freq int
-	Per  time.Duration
+	// Per is the period Freq is counted over.
+	Per time.Duration
 }
 
 // PerSecond returns the rate in requests per second.
@@ -118,6 +120,8 @@ type Options struct {
 
 // Report is what a run observed.
 type Report struct {
+	// Target, Method, Rate, RampTo and Duration repeat the options;
+	// Started is when the first request was sent.
 	Target   string        `json:"target"`
 	Method   string        `json:"method"`
 	Rate     string        `json:"rate"`
