@@ -334,8 +334,11 @@ func (p *progress) print(el time.Duration, rate float64) {
 	}
 	p99 := percentile(p.recent, 0.99)
 	p.recent = p.recent[:0]
-	fmt.Fprintf(p.w, "\r%5.1fs/%s  sent %d  offered %.0f/s  2xx %d  429 %d  other %d  errors %d  p99 (last 1s) %s   ",
-		min(el, p.total).Seconds(), p.total, p.sent, rate, p.ok, p.thr, p.other, p.errs, p99.Round(10*time.Microsecond))
+	done := min(el, p.total)
+	n := int(20 * done / max(p.total, 1))
+	bar := strings.Repeat("#", n) + strings.Repeat("-", 20-n)
+	fmt.Fprintf(p.w, "\r[%s] %5.1fs/%s  sent %d  offered %.0f/s  2xx %d  429 %d  other %d  errors %d  p99 (last 1s) %s   ",
+		bar, done.Seconds(), p.total, p.sent, rate, p.ok, p.thr, p.other, p.errs, p99.Round(10*time.Microsecond))
 }
 
 func (p *progress) finish() {
