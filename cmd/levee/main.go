@@ -29,6 +29,10 @@ Usage:
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
   levee keys show|list|resolve ...    inspect and resolve idempotency keys (admin API; see levee keys help)
   levee version                       print the version, commit and commit time
+  levee verify idempotency|ratelimit  check any API's idempotency or rate limits (docs/testing.md)
+  levee chaos --upstream URL          an HTTP fault-injection proxy (docs/testing.md)
+  levee load --url URL --rate 500/s   paced load with a report and a plot (docs/testing.md)
+  levee version                       print the version, commit and build time
   levee help                          this text
 
 Signals (serve): SIGHUP reloads the config (so does editing the file);
@@ -55,6 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
+	case "verify":
+		return runVerify(args[1:], stdout, stderr)
+	case "chaos":
+		return runChaos(args[1:], stdout, stderr)
+	case "load":
+		return runLoad(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
 		printVersion(stdout)
 		return 0
