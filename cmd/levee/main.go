@@ -28,11 +28,10 @@ Usage:
   levee serve --config levee.yaml     run the gateway
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
   levee keys show|list|resolve ...    inspect and resolve idempotency keys (admin API; see levee keys help)
-  levee version                       print the version, commit and commit time
   levee verify idempotency|ratelimit  check any API's idempotency or rate limits (docs/testing.md)
   levee chaos --upstream URL          an HTTP fault-injection proxy (docs/testing.md)
   levee load --url URL --rate 500/s   paced load with a report and a plot (docs/testing.md)
-  levee version                       print the version, commit and build time
+  levee version                       print the version, commit and commit time
   levee help                          this text
 
 Signals (serve): SIGHUP reloads the config (so does editing the file);
