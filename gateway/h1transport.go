@@ -44,9 +44,12 @@ import (
 //     idempotency layer, not the transport, decides about retries.
 //  4. The single exception: a request whose method is GET, HEAD, OPTIONS
 //     or TRACE and which has no body (Body nil or http.NoBody), whose
-//     failure happened on a reused connection, while its context is still
-//     live, is sent once more on a freshly dialed connection. Never more
-//     than once, never for any other method, never with a body.
+//     failure happened on a reused connection before any byte of a
+//     response arrived, while its context is still live, is sent once
+//     more on a freshly dialed connection (where net/http's Transport
+//     would). Never more than once, never for any other method, never
+//     with a body, never after a response that arrived malformed (a bad
+//     status line, conflicting lengths, an unsolicited 101).
 //
 // An idle connection closed by the upstream after the check in 1 (a
 // keep-alive timeout racing the request) therefore costs a 502 for a POST,
@@ -162,7 +165,7 @@ func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time,
 		if err == nil {
 			return resp, nil
 		}
-		if attempt == 0 && reused && replayable && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
+		if attempt == 0 && reused && replayable && pc.lr.got == 0 && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
 			continue // rule 4: bodyless GET/HEAD/OPTIONS/TRACE, once, on a new connection
 		}
 		return nil, err
@@ -193,6 +196,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 		_ = pc.c.SetDeadline(deadline)
 		pc.deadline = true
 	}
+	pc.lr.got = 0
 	stop := h1NoStop
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, pc.close)
@@ -425,16 +429,20 @@ func (pc *h1Conn) alive() bool {
 }
 
 // h1LimitReader bounds the bytes read from the connection while a
-// response's headers are parsed (n >= 0); n < 0 means no limit.
+// response's headers are parsed (n >= 0); n < 0 means no limit. got
+// counts the bytes read since the exchange began (rule 4 of h1Transport).
 type h1LimitReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	got int64
 }
 
 // Read implements io.Reader.
 func (l *h1LimitReader) Read(p []byte) (int, error) {
 	if l.n < 0 {
-		return l.r.Read(p)
+		n, err := l.r.Read(p)
+		l.got += int64(n)
+		return n, err
 	}
 	if l.n == 0 {
 		return 0, errH1HeaderTooLong
@@ -444,6 +452,7 @@ func (l *h1LimitReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
+	l.got += int64(n)
 	return n, err
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -931,5 +932,55 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 	tr.mu.Unlock()
 	if left != 1 {
 		t.Fatalf("%d idle connections left, want 1 (the 3 stale ones closed)", left)
+	}
+}
+
+// A bodyless GET is sent again only where net/http's Transport would: the
+// reused connection failed before any byte of a response arrived. A
+// response that arrived malformed is an answer, not a lost request
+// (issue 9, defect 4).
+func TestGetNotResentAfterMalformedResponse(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		second string // what the reused connection answers to the second GET
+		sends  int64  // GETs the upstream sees in all
+	}{
+		"bad status code":        {"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n", 2},
+		"two Content-Lengths":    {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", 2},
+		"unsolicited 101":        {"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n", 2},
+		"garbage":                {"hello\r\n\r\n", 2},
+		"head cut":               {"HTTP/1.1 200 OK\r\nContent-Le", 2},
+		"closed before any byte": {"", 3},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var gets atomic.Int64
+			ln := rawUpstream(t, func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					n := gets.Add(1)
+					if n == 2 {
+						io.WriteString(c, tc.second)
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			})
+			tr := newTestH1(t)
+			url := "http://" + ln.Addr().String() + "/"
+			mustDo(t, tr, http.MethodGet, url, "")
+			_, _, err := h1Do(t, tr, http.MethodGet, url, "")
+			if tc.sends == 2 && err == nil {
+				t.Fatal("a malformed answer passed as a response")
+			}
+			if n := gets.Load(); n != tc.sends {
+				t.Fatalf("the upstream saw %d GETs, want %d", n, tc.sends)
+			}
+		})
 	}
 }
