@@ -627,18 +627,27 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", mbe.Limit)})
 	case errors.As(err, &cbe):
 		// The client's body failed (too slow, hung up): not the upstream's
-		// fault, never counted as an upstream error.
-		if clientGone(cbe.err) || r.Context().Err() != nil {
-			markAborted(w)
-			return
+		// fault, never counted as an upstream error. Either way the
+		// upstream got nothing, so the client must not see a success.
+		switch {
+		case isTimeout(cbe.err):
+			g.clientFailed(r, route, "body_timeout", cbe)
+			w.Header().Set("Connection", "close")
+			problem.Write(w, problem.Problem{Type: problem.RequestTimeout, Status: http.StatusRequestTimeout,
+				Title: "Request body not received in time", Detail: "the request body stalled before server.read_timeout; nothing was sent upstream"})
+		case clientGone(cbe.err) || r.Context().Err() != nil:
+			g.clientFailed(r, route, "gone", cbe)
+			abortClient(w)
+		default:
+			problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
+				Title: "Request body could not be read", Detail: cbe.Error()})
 		}
-		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
-			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
 		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream)}, route, upstream)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		markAborted(w) // the client went away; there is nobody to answer
+		g.clientFailed(r, route, "gone", err)
+		abortClient(w) // the client went away; there is nobody to answer
 	default:
 		g.upstreamFailed(w, ri, err, "unavailable", problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusBadGateway,
 			Title: "Upstream unavailable", Detail: fmt.Sprintf("route %s: upstream %s: %s", route, upstream, upstreamCause(err))}, route, upstream)
@@ -654,6 +663,24 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, ri *reqInfo, err error, 
 	}
 	p.Extra = map[string]any{"route": route, "upstream": upstream}
 	problem.Write(w, p)
+}
+
+// clientFailed counts and logs a request that failed on the client's
+// side (kind body_timeout or gone).
+func (g *Gateway) clientFailed(r *http.Request, route, kind string, err error) {
+	g.metrics.clientErrors.WithLabelValues(route, kind).Inc()
+	g.log.LogAttrs(r.Context(), slog.LevelWarn, "client request failed before reaching the upstream",
+		slog.String("request_id", r.Header.Get("X-Request-Id")), slog.String("route", route),
+		slog.String("kind", kind), slog.String("error", err.Error()))
+}
+
+// abortClient ends a request whose client is gone without any answer: it
+// marks the request aborted (logged and counted as 499) and panics with
+// http.ErrAbortHandler, so that neither server sends the implicit
+// "200 OK" of a handler that wrote nothing.
+func abortClient(w http.ResponseWriter) {
+	markAborted(w)
+	panic(http.ErrAbortHandler)
 }
 
 // markAborted records, on the gateway's statusWriter under w, that the
