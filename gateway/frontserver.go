@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -79,8 +78,11 @@ const (
 )
 
 // newFrontServer serves with fallback's handler, timeouts and logger;
-// fallback serves the connections handed to it.
-func newFrontServer(fallback *http.Server, log *slog.Logger) *frontServer {
+// fallback serves the connections handed to it, through guards (see
+// guardConn) whose refusals reject answers.
+func newFrontServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) *frontServer {
+	handler := fallback.Handler
+	guardServer(fallback, reject)
 	idle := fallback.IdleTimeout
 	if idle == 0 {
 		idle = fallback.ReadTimeout
@@ -90,7 +92,7 @@ func newFrontServer(fallback *http.Server, log *slog.Logger) *frontServer {
 		hdr = fallback.ReadTimeout
 	}
 	return &frontServer{
-		handler:           fallback.Handler,
+		handler:           handler,
 		fallback:          fallback,
 		log:               log,
 		readHeaderTimeout: hdr,
@@ -113,9 +115,15 @@ func (s *frontServer) Serve(ln net.Listener) error {
 		return http.ErrServerClosed
 	}
 	s.mu.Unlock()
-	defer s.handoff.Close() // the fallback stops accepting with us
+	fbDone := make(chan struct{})
+	defer func() {
+		s.handoff.Close() // the fallback stops accepting with us
+		<-fbDone
+	}()
 	go func() {
-		if err := s.fallback.Serve(s.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(fbDone)
+		// Its listener is ours: closed at shutdown, which is no failure.
+		if err := s.fallback.Serve(s.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("fallback server failed", "error", err)
 		}
 	}()
@@ -227,6 +235,8 @@ type frontConn struct {
 	state  atomic.Int32
 	werr   error // first write error: the connection is done
 	linger bool  // closing with request bytes unread
+	// headDeadline bounds the current request's head; a hand-off keeps it.
+	headDeadline time.Time
 }
 
 var (
@@ -262,7 +272,8 @@ func (fc *frontConn) serve() {
 	lastPOST := false
 	for first := true; ; first = false {
 		if first {
-			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.readHeaderTimeout))
+			fc.headDeadline = deadline(time.Now(), s.readHeaderTimeout)
+			_ = fc.c.SetReadDeadline(fc.headDeadline)
 		} else {
 			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.idleTimeout))
 		}
@@ -288,7 +299,8 @@ func (fc *frontConn) serve() {
 		}
 		t0 := time.Now()
 		if !first {
-			_ = fc.c.SetReadDeadline(deadline(t0, s.readHeaderTimeout))
+			fc.headDeadline = deadline(t0, s.readHeaderTimeout)
+			_ = fc.c.SetReadDeadline(fc.headDeadline)
 		}
 		head, err := fc.readHead()
 		if err != nil {
@@ -371,7 +383,7 @@ var crlfcrlf = []byte("\r\n\r\n")
 func (fc *frontConn) handOff() bool {
 	n := fc.br.Buffered()
 	pre, _ := fc.br.Peek(n)
-	hc := &handoffConn{Conn: fc.c, pre: bytes.Clone(pre)}
+	hc := newGuardConn(fc.c, bytes.Clone(pre), fc.s.fallback.MaxHeaderBytes, fc.headDeadline)
 	_ = fc.c.SetDeadline(time.Time{})
 	fc.s.handed.Add(1) // before: net/http may answer before give returns
 	if !fc.s.handoff.give(hc) {
@@ -935,29 +947,4 @@ func (l *handoffListener) give(c net.Conn) bool {
 	case <-l.done:
 		return false
 	}
-}
-
-// handoffConn replays the bytes the front server had read before the
-// connection's own.
-type handoffConn struct {
-	net.Conn
-	pre []byte
-}
-
-func (c *handoffConn) Read(p []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(p, c.pre)
-		c.pre = c.pre[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite lets net/http half-close the connection after an error
-// response, as it does on its own connections.
-func (c *handoffConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return syscall.ENOTSUP
 }

@@ -665,6 +665,33 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, ri *reqInfo, err error, 
 	problem.Write(w, p)
 }
 
+// edgeProblems are the problem types of the HTTP layer's refusals, by
+// status.
+var edgeProblems = map[int]struct{ typ, title string }{
+	http.StatusBadRequest:                  {problem.RequestInvalid, "Malformed request"},
+	http.StatusRequestTimeout:              {problem.RequestTimeout, "Request not received in time"},
+	http.StatusExpectationFailed:           {problem.ExpectationFailed, "Unsupported expectation"},
+	http.StatusRequestHeaderFieldsTooLarge: {problem.RequestHeaderTooLarge, "Request head too large"},
+	http.StatusNotImplemented:              {problem.TransferCodingUnsupported, "Unsupported transfer coding"},
+	http.StatusHTTPVersionNotSupported:     {problem.HTTPVersionUnsupported, "Unsupported HTTP version"},
+}
+
+// rejectEdge is the RejectFunc of the proxy listener's servers: a
+// request refused by the HTTP layer, before routing, gets problem+json
+// with a fresh X-Request-Id, and is counted and logged.
+func (g *Gateway) rejectEdge(w http.ResponseWriter, r *http.Request, e *EdgeError) {
+	p, ok := edgeProblems[e.Status]
+	if !ok {
+		p = edgeProblems[http.StatusBadRequest]
+	}
+	id := newRequestID()
+	w.Header().Set("X-Request-Id", id)
+	g.metrics.clientErrors.WithLabelValues("_edge", p.typ).Inc()
+	g.log.LogAttrs(r.Context(), slog.LevelWarn, "request refused by the HTTP layer", slog.String("request_id", id),
+		slog.Int("status", e.Status), slog.String("detail", e.Detail), slog.String("remote", remoteIP(r)))
+	problem.Write(w, problem.Problem{Type: p.typ, Status: e.Status, Title: p.title, Detail: e.Detail})
+}
+
 // clientFailed counts and logs a request that failed on the client's
 // side (kind body_timeout or gone).
 func (g *Gateway) clientFailed(r *http.Request, route, kind string, err error) {

@@ -44,6 +44,7 @@ type Server struct {
 	proxyLn  net.Listener
 	adminLn  net.Listener
 	watcher  *fsnotify.Watcher
+	serving  sync.WaitGroup // the listeners' serve loops
 	stopOnce sync.Once
 	done     chan struct{}
 }
@@ -150,11 +151,15 @@ func (s *Server) Start() error {
 		}
 	}
 	if sc.Engine == EngineNetHTTP {
-		go s.serve(s.proxy, s.proxyLn, "proxy")
+		guardServer(s.proxy, s.gw.rejectEdge)
+		s.serving.Add(1)
+		go s.serve(s.proxy, guardListener{Listener: s.proxyLn, maxHeaderBytes: s.proxy.MaxHeaderBytes}, "proxy")
 	} else {
-		s.front = newFrontServer(s.proxy, s.log)
+		s.front = newFrontServer(s.proxy, s.log, s.gw.rejectEdge)
 		s.front.onAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
+		s.serving.Add(1)
 		go func() {
+			defer s.serving.Done()
 			if err := s.front.Serve(s.proxyLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("listener failed", "listener", "proxy", "error", err)
 			}
@@ -167,6 +172,7 @@ func (s *Server) Start() error {
 			return fmt.Errorf("gateway: admin listen %s: %w", cfg.Admin.Listen, err)
 		}
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		s.serving.Add(1)
 		go s.serve(s.admin, s.adminLn, "admin")
 	}
 	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
@@ -174,7 +180,9 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// serve runs srv on ln; the caller has added it to s.serving.
 func (s *Server) serve(srv *http.Server, ln net.Listener, name string) {
+	defer s.serving.Done()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Error("listener failed", "listener", name, "error", err)
 	}
@@ -363,6 +371,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.admin != nil {
 			_ = s.admin.Shutdown(ctx)
 		}
+		s.waitServing(ctx)
 		s.gw.CloseIdleConnections()
 		if cerr := s.closeSt(); cerr != nil && err == nil {
 			err = cerr
@@ -376,6 +385,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("levee stopped", "error", errString(err))
 	})
 	return err
+}
+
+// waitServing waits, until ctx is done, for the serve loops to return
+// (and log what they log).
+func (s *Server) waitServing(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { s.serving.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 func errString(err error) string {
