@@ -448,6 +448,9 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 			break
 		}
 		if rerr != nil {
+			if ri := infoFrom(r.Context()); ri != nil {
+				ri.outcomeUnknown = true // answered in part: the request was sent
+			}
 			p.g.log.Warn("upstream response body failed; aborting the client connection",
 				"route", p.name, "upstream", p.target.Host, "error", rerr)
 			panic(http.ErrAbortHandler)

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/h1"
 	"github.com/leveehq/levee/internal/problem"
 	"github.com/leveehq/levee/ratelimit"
 )
@@ -237,6 +238,10 @@ type reqInfo struct {
 	limited     string // policies that denied the request
 	upstreamDur time.Duration
 	upstreamErr string
+	// outcomeUnknown: the whole request reached the upstream and then its
+	// answer was lost (timeout, connection lost, head or body cut); see
+	// h1.OutcomeUnknown. False when it was not sent or was answered.
+	outcomeUnknown bool
 }
 
 type infoKey struct{}
@@ -619,6 +624,9 @@ func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
 // route, the upstream and the cause.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, route, upstream string) {
 	ri := infoFrom(r.Context())
+	if ri != nil && h1.OutcomeUnknown(err) {
+		ri.outcomeUnknown = true
+	}
 	var mbe *http.MaxBytesError
 	var cbe *clientBodyError
 	switch {
@@ -771,6 +779,10 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r2.Body = body
 		r = &r2
 	}
+	// Whether the whole request was written: levee's transport marks its
+	// own errors, net/http's Transport tells through the trace.
+	ctx, wrote := h1.TraceWrote(r.Context())
+	r = r.WithContext(ctx)
 	start := time.Now()
 	resp, err := t.rt.RoundTrip(r)
 	if err != nil && body != nil {
@@ -778,11 +790,46 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			err = &clientBodyError{berr}
 		}
 	}
-	if ri := infoFrom(r.Context()); ri != nil {
+	ri := infoFrom(ctx)
+	if ri != nil {
 		ri.upstreamDur = time.Since(start)
+	}
+	switch {
+	case err != nil && wrote() && !writeFailed(err):
+		err = h1.Unknown(err)
+	case err == nil && ri != nil && resp.Body != nil && resp.Body != http.NoBody && resp.StatusCode != http.StatusSwitchingProtocols:
+		// (A 101's body is the upgraded connection, which ReverseProxy
+		// needs as it is.)
+		resp.Body = &unknownOnCut{rc: resp.Body, ri: ri}
 	}
 	return resp, err
 }
+
+// writeFailed reports whether err is a failure to write to the
+// connection. net/http's Transport reports WroteRequest once the request
+// is in its buffer, before the flush that may still fail.
+func writeFailed(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "write"
+}
+
+// unknownOnCut notes on the request info that a response body failed
+// before its end (ReverseProxy then aborts the client): the request was
+// sent, its outcome is unknown.
+type unknownOnCut struct {
+	rc io.ReadCloser
+	ri *reqInfo
+}
+
+func (b *unknownOnCut) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		b.ri.outcomeUnknown = true
+	}
+	return n, err
+}
+
+func (b *unknownOnCut) Close() error { return b.rc.Close() }
 
 // clientBodyError is a failure to read the client's request body: the
 // client's fault or departure, not the upstream's.

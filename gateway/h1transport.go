@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // h1Transport is an HTTP/1.1 upstream client that sends plain-HTTP
@@ -55,6 +57,11 @@ import (
 // keep-alive timeout racing the request) therefore costs a 502 for a POST,
 // never a duplicate.
 //
+// Every failure after the whole request was flushed to the connection —
+// reading the response head or body, a timeout, a malformed answer — is
+// marked h1.Unknown (the upstream may have acted); dial and write
+// failures are not (see h1.OutcomeUnknown).
+//
 // The idle pool keeps at most maxIdlePerHost connections per host:port
 // (most recently used first); a connection idle for more than 90 s is
 // closed when it would be reused (no background goroutine). The number of
@@ -69,6 +76,8 @@ type h1Transport struct {
 	fallback http.RoundTripper
 	maxIdle  int
 	dialer   net.Dialer
+	// dial, when set, replaces dialer (tests).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu   sync.Mutex
 	idle map[string][]*h1Conn // by host:port, most recently used last
@@ -201,13 +210,19 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, pc.close)
 	}
+	sent := false // the whole request is written: failures are unknown outcomes
 	fail := func(op string, err error) (*http.Response, error) {
 		stop()
 		pc.close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("upstream %s: %s: %w (%w)", pc.addr, op, cerr, err)
+			err = fmt.Errorf("upstream %s: %s: %w (%w)", pc.addr, op, cerr, err)
+		} else {
+			err = fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
 		}
-		return nil, fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
+		if sent {
+			err = h1.Unknown(err)
+		}
+		return nil, err
 	}
 	if err := write(pc.bw); err != nil {
 		return fail("write", err)
@@ -215,6 +230,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 	if err := pc.bw.Flush(); err != nil {
 		return fail("write", err)
 	}
+	sent = true
 	trace := httptrace.ContextClientTrace(ctx)
 	for n1xx := 0; ; {
 		pc.lr.n = h1MaxHeaderBytes
@@ -305,6 +321,13 @@ func (t *h1Transport) getConn(ctx context.Context, addr string, deadline time.Ti
 			return pc, true, nil
 		}
 		pc.close()
+	}
+	if t.dial != nil {
+		c, err := t.dial(ctx, "tcp", addr)
+		if err != nil {
+			return nil, false, err
+		}
+		return newH1Conn(c, addr), false, nil
 	}
 	d := &t.dialer
 	if !deadline.IsZero() {
@@ -489,6 +512,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		if cerr := b.ctx.Err(); cerr != nil {
 			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, cerr, err)
 		}
+		err = h1.Unknown(err) // the response began: the request was sent
 		b.finish(false, err)
 	}
 	return n, err
