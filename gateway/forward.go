@@ -26,7 +26,8 @@ import (
 // httputil.ReverseProxy. The direct path is taken when the upstream is
 // http:// on levee's transport and the request has no body or a body of
 // known length up to 64 KiB, no Upgrade, no "Expect: 100-continue" and no
-// "Connection: close"/"upgrade" token. Everything else (https upstreams,
+// "Connection: upgrade" token (h1Eligible; a client's "Connection: close"
+// is about its own connection and changes nothing). Everything else (https upstreams,
 // WebSockets, streamed or large uploads, a custom Options.Transport) goes
 // through httputil.ReverseProxy. Both paths put the same request on the
 // wire: hop-by-hop headers removed (the fixed list and those the
@@ -78,30 +79,20 @@ func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.direct(w, r)
 }
 
-// directEligible reports whether r can take the direct path.
+// directEligible reports whether r, an incoming request, can take the
+// direct path: what h1Eligible accepts, a ContentLength of 0 meaning no
+// body (a server request's convention). A client's "Connection: close"
+// does not matter here: it is hop-by-hop, about the client's connection.
 func directEligible(r *http.Request) bool {
-	if r.Method == http.MethodConnect {
-		return false
+	bodyLen := int64(0)
+	if r.Body != nil && r.Body != http.NoBody {
+		bodyLen = r.ContentLength
 	}
-	if r.Body != nil && r.Body != http.NoBody && (r.ContentLength < 0 || r.ContentLength > h1MaxBody) {
-		return false
-	}
-	h := r.Header
-	if len(h["Upgrade"]) > 0 || headerHasToken(h["Connection"], "upgrade") || headerHasToken(h["Expect"], "100-continue") {
-		return false
-	}
-	return true
+	return h1Eligible(r.Method, r.Header, bodyLen)
 }
 
 // headPool holds the buffers upstream request heads are written into.
 var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-// readReqs are the requests http.ReadResponse is given: only the method
-// matters (a HEAD response has no body).
-var (
-	readReqHead  = &http.Request{Method: http.MethodHead}
-	readReqOther = &http.Request{Method: http.MethodGet}
-)
 
 func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	ri := infoFrom(r.Context())
@@ -138,12 +129,8 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	if cap(buf) <= 64<<10 {
 		*bp = buf[:0]
 	}
-	readReq := readReqOther
-	if r.Method == http.MethodHead {
-		readReq = readReqHead
-	}
 	start := time.Now()
-	resp, err := p.h1.send(context.Background(), p.addr, deadline, h1Replayable(r), readReq, func(bw *bufio.Writer) error {
+	resp, err := p.h1.send(context.Background(), p.addr, deadline, h1Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
 		_, err := bw.Write(buf)
 		return err
 	})
@@ -287,8 +274,8 @@ func skipRequestHeader(k string, conn []string, trusted bool) bool {
 // contains tok (case-insensitively).
 func headerHasToken(vs []string, tok string) bool {
 	for _, v := range vs {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), tok) {
+		for t := range splitTokens(v) {
+			if strings.EqualFold(t, tok) {
 				return true
 			}
 		}
@@ -398,10 +385,8 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 	defer resp.Body.Close()
 	rh := resp.Header
 	for _, v := range rh["Connection"] {
-		for t := range strings.SplitSeq(v, ",") {
-			if t = strings.TrimSpace(t); t != "" {
-				delete(rh, http.CanonicalHeaderKey(t))
-			}
+		for t := range splitTokens(v) {
+			delete(rh, http.CanonicalHeaderKey(t))
 		}
 	}
 	for _, k := range hopHeaders {
@@ -444,7 +429,7 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 				fl.Flush()
 			}
 		}
-		if rerr == io.EOF {
+		if errors.Is(rerr, io.EOF) {
 			break
 		}
 		if rerr != nil {

@@ -138,8 +138,7 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 		case "Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings":
 			return h, false
 		case "Connection":
-			for t := range strings.SplitSeq(value, ",") {
-				t = strings.Trim(t, " \t")
+			for t := range splitTokens(value) {
 				switch {
 				case strings.EqualFold(t, "close"):
 					h.close = true

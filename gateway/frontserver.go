@@ -65,6 +65,9 @@ type frontServer struct {
 	handed  atomic.Int64 // connections handed to fallback (tests)
 
 	onAccept func() // called for each accepted connection, when set
+	date     dateCache
+	done     chan struct{} // closed by Shutdown: the backoff and linger waits end
+	doneOnce sync.Once
 }
 
 const (
@@ -100,6 +103,7 @@ func newFrontServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) 
 		writeTimeout:      fallback.WriteTimeout,
 		idleTimeout:       idle,
 		conns:             map[*frontConn]struct{}{},
+		done:              make(chan struct{}),
 	}
 }
 
@@ -140,7 +144,9 @@ func (s *frontServer) Serve(ln net.Listener) error {
 			// EMFILE and the like: wait and retry, as net/http does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed; retrying", "error", err, "delay", backoff)
-			time.Sleep(backoff)
+			if !s.wait(backoff) {
+				return http.ErrServerClosed
+			}
 			continue
 		}
 		backoff = 0
@@ -167,6 +173,7 @@ func (s *frontServer) Serve(ln net.Listener) error {
 // them until ctx is done; the fallback server is shut down alongside.
 func (s *frontServer) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.doneOnce.Do(func() { close(s.done) })
 	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
@@ -193,6 +200,18 @@ func (s *frontServer) Shutdown(ctx context.Context) error {
 		err = ferr
 	}
 	return err
+}
+
+// wait waits d, or less when Shutdown comes first (then false).
+func (s *frontServer) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.done:
+		return false
+	}
 }
 
 // closeIdle closes the connections waiting for a request and reports
@@ -257,7 +276,7 @@ func (fc *frontConn) serve() {
 			// the answer before the close resets the connection (as
 			// net/http does).
 			if cw, ok := fc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				time.Sleep(frontLinger)
+				s.wait(frontLinger)
 			}
 		}
 		if !handed {
@@ -518,7 +537,7 @@ func (b *frontBody) Read(p []byte) (int, error) {
 	switch {
 	case b.left == 0:
 		return n, io.EOF
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		b.err = io.ErrUnexpectedEOF
 		return n, b.err
 	case err != nil:
@@ -703,7 +722,7 @@ func (w *frontResponse) commit(first []byte) {
 	writeHeaderFields(bw, h, w)
 	if _, ok := h["Date"]; !ok {
 		bw.WriteString("Date: ")
-		bw.Write(httpDate())
+		bw.Write(w.fc.s.date.now())
 		bw.WriteString("\r\n")
 	}
 	if w.chunked {
@@ -890,25 +909,26 @@ func (w *frontResponse) FlushError() error {
 func (w *frontResponse) SetReadDeadline(t time.Time) error  { return w.fc.c.SetReadDeadline(t) }
 func (w *frontResponse) SetWriteDeadline(t time.Time) error { return w.fc.c.SetWriteDeadline(t) }
 
-// httpDate returns the current time in the HTTP date format, formatted
-// once a second.
-func httpDate() []byte {
-	now := time.Now()
-	sec := now.Unix()
-	if d := dateCache.Load(); d != nil && d.sec == sec {
-		return d.b
-	}
-	d := &cachedDate{sec: sec, b: now.UTC().AppendFormat(make([]byte, 0, 29), http.TimeFormat)}
-	dateCache.Store(d)
-	return d.b
-}
+// dateCache holds the current time in the HTTP date format, formatted
+// once a second (per server: no package state).
+type dateCache struct{ p atomic.Pointer[cachedDate] }
 
 type cachedDate struct {
 	sec int64
 	b   []byte
 }
 
-var dateCache atomic.Pointer[cachedDate]
+// now returns the current HTTP date.
+func (c *dateCache) now() []byte {
+	now := time.Now()
+	sec := now.Unix()
+	if d := c.p.Load(); d != nil && d.sec == sec {
+		return d.b
+	}
+	d := &cachedDate{sec: sec, b: now.UTC().AppendFormat(make([]byte, 0, 29), http.TimeFormat)}
+	c.p.Store(d)
+	return d.b
+}
 
 // handoffListener is the net.Listener the fallback server accepts handed
 // off connections from.

@@ -848,7 +848,7 @@ type bodyErrors struct {
 
 func (b *bodyErrors) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		b.mu.Lock()
 		if b.err == nil {
 			b.err = err

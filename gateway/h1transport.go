@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,10 +27,10 @@ import (
 // hands every request to two goroutines per connection; see
 // docs/benchmarks.md, "Why the stock proxy is at 0.17–0.4×").
 //
-// It handles requests whose URL scheme is "http" and delegates everything
-// else to its fallback: other schemes (TLS, HTTP/2), CONNECT, requests
-// with an Upgrade header, "Expect: 100-continue", req.Close or a
-// "Connection: close"/"Connection: upgrade" request header.
+// It handles the requests h1Handles accepts (http:// URLs, the shapes of
+// h1Eligible) and delegates everything else to its fallback: other
+// schemes (TLS, HTTP/2), CONNECT, Upgrade, "Expect: 100-continue", bodies
+// over 64 KiB or of unknown length, req.Close or "Connection: close".
 //
 // Retry rule — the reason levee exists is that a duplicated POST must
 // never reach the upstream twice, so:
@@ -147,7 +148,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		deadline = dl
 	}
-	resp, err := t.send(ctx, h1Addr(req), deadline, h1Replayable(req), req, func(bw *bufio.Writer) error {
+	resp, err := t.send(ctx, h1Addr(req), deadline, h1Replayable(req), req.Method, req, func(bw *bufio.Writer) error {
 		return req.Write(bw) // closes the body
 	})
 	if err != nil {
@@ -158,10 +159,12 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // send runs one exchange with the retry rules of h1Transport: write is
 // called with the connection's buffered writer (flushed by send) and the
-// final response to readReq (only its Method is read) is returned. A
-// non-zero deadline bounds the whole exchange, reading the body included;
-// ctx's cancellation closes the connection.
-func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time, replayable bool, readReq *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
+// final response to readReq is returned (only its Method is read; nil
+// stands for a request of method on the connection's own http.Request,
+// which the response then points to). A non-zero deadline bounds the
+// whole exchange, reading the body included; ctx's cancellation closes
+// the connection.
+func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time, replayable bool, method string, readReq *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", addr, err)
@@ -170,7 +173,12 @@ func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time,
 		if err != nil {
 			return nil, err // nothing was sent
 		}
-		resp, err := t.exchange(ctx, pc, deadline, readReq, write)
+		req := readReq
+		if req == nil {
+			pc.readReq = http.Request{Method: method}
+			req = &pc.readReq
+		}
+		resp, err := t.exchange(ctx, pc, deadline, req, write)
 		if err == nil {
 			return resp, nil
 		}
@@ -207,8 +215,13 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 	}
 	pc.lr.got = 0
 	stop := h1NoStop
+	pc.canceled.Store(nil)
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, pc.close)
+		stop = context.AfterFunc(ctx, func() {
+			err := ctx.Err()
+			pc.canceled.Store(&err)
+			pc.close()
+		})
 	}
 	sent := false // the whole request is written: failures are unknown outcomes
 	fail := func(op string, err error) (*http.Response, error) {
@@ -258,7 +271,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 			t.release(pc, stop, keep)
 			return resp, nil
 		}
-		resp.Body = &h1Body{t: t, pc: pc, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+		resp.Body = &h1Body{t: t, pc: pc, rc: resp.Body, stop: stop, keep: keep}
 		return resp, nil
 	}
 }
@@ -383,7 +396,10 @@ type h1Conn struct {
 	peekErr   error
 	peekBuf   [1]byte
 	idleSince time.Time
-	deadline  bool // a deadline is set on c
+	deadline  bool         // a deadline is set on c
+	readReq   http.Request // what the response of a direct-path exchange answers
+	// canceled is the context's error once its cancellation closed c.
+	canceled atomic.Pointer[error]
 }
 
 // newH1Conn wraps a dialed connection.
@@ -485,7 +501,6 @@ func (l *h1LimitReader) Read(p []byte) (int, error) {
 type h1Body struct {
 	t    *h1Transport
 	pc   *h1Conn
-	ctx  context.Context
 	rc   io.ReadCloser // http.ReadResponse's body (never closed: it would drain)
 	stop func() bool   // stops the context's AfterFunc
 	keep bool          // neither side asked to close
@@ -506,11 +521,11 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	b.mu.Unlock()
 	n, err := b.rc.Read(p)
 	switch {
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		b.finish(true, io.EOF)
 	case err != nil:
-		if cerr := b.ctx.Err(); cerr != nil {
-			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, cerr, err)
+		if cerr := b.pc.canceled.Load(); cerr != nil {
+			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, *cerr, err)
 		}
 		err = h1.Unknown(err) // the response began: the request was sent
 		b.finish(false, err)
@@ -578,32 +593,36 @@ func (emptyBody) Close() error             { return nil }
 const h1MaxBody = smallBody
 
 // h1Handles reports whether req is for h1Transport rather than its
-// fallback.
+// fallback: an http:// URL, no request to close the connection (req.Close
+// or "Connection: close", which h1Transport's pooled connections do not
+// honour), and what h1Eligible accepts, a body of unknown length being
+// one with ContentLength 0 (a client request's convention).
 func h1Handles(req *http.Request) bool {
-	if req.URL == nil || req.URL.Scheme != "http" || req.Close || req.Method == http.MethodConnect {
+	if req.URL == nil || req.URL.Scheme != "http" || req.Close || headerHasToken(req.Header["Connection"], "close") {
 		return false
 	}
-	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength <= 0 || req.ContentLength > h1MaxBody) {
-		return false
-	}
-	h := req.Header
-	if len(h["Upgrade"]) > 0 {
-		return false
-	}
-	for _, v := range h["Expect"] {
-		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
-			return false
+	bodyLen := int64(0)
+	if req.Body != nil && req.Body != http.NoBody {
+		bodyLen = req.ContentLength
+		if bodyLen == 0 {
+			bodyLen = -1
 		}
 	}
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			tok = strings.TrimSpace(tok)
-			if strings.EqualFold(tok, "close") || strings.EqualFold(tok, "upgrade") {
-				return false
-			}
-		}
+	return h1Eligible(req.Method, req.Header, bodyLen)
+}
+
+// h1Eligible is the one rule for which requests levee's engine sends to
+// an upstream itself — on the direct path (routeProxy) and in
+// h1Transport.RoundTrip — rather than net/http's Transport: not CONNECT,
+// no Upgrade header nor "Connection: upgrade" (a WebSocket), no "Expect:
+// 100-continue", and a body (bodyLen: 0 none, < 0 unknown length) of
+// known length up to h1MaxBody (it is written whole before the response
+// is read; net/http's Transport reads an early answer while it sends).
+func h1Eligible(method string, h http.Header, bodyLen int64) bool {
+	if method == http.MethodConnect || bodyLen < 0 || bodyLen > h1MaxBody {
+		return false
 	}
-	return true
+	return len(h["Upgrade"]) == 0 && !headerHasToken(h["Connection"], "upgrade") && !headerHasToken(h["Expect"], "100-continue")
 }
 
 // h1Replayable reports whether req may be sent again after a failure on a
