@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // routeProxy forwards a route's requests to its upstream.
@@ -49,7 +51,7 @@ type routeProxy struct {
 	addr    string // host:port of target, for the direct path
 	timeout time.Duration
 	trusted []netip.Prefix
-	h1      *h1Transport // nil: every request goes through rp
+	h1      *h1.Transport // nil: every request goes through rp
 	rp      *httputil.ReverseProxy
 }
 
@@ -88,7 +90,7 @@ func directEligible(r *http.Request) bool {
 	if r.Body != nil && r.Body != http.NoBody {
 		bodyLen = r.ContentLength
 	}
-	return h1Eligible(r.Method, r.Header, bodyLen)
+	return h1.Eligible(r.Method, r.Header, bodyLen)
 }
 
 // headPool holds the buffers upstream request heads are written into.
@@ -102,7 +104,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	buf := (*bp)[:0]
 	var err error
 	if buf, err = p.appendHead(buf, r); err != nil {
-		h1CloseBody(r)
+		h1.CloseBody(r)
 		p.g.proxyError(w, r, err, p.name, p.target.Host)
 		return
 	}
@@ -130,7 +132,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 		*bp = buf[:0]
 	}
 	start := time.Now()
-	resp, err := p.h1.send(context.Background(), p.addr, deadline, h1Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
+	resp, err := p.h1.Send(context.Background(), p.addr, deadline, h1.Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
 		_, err := bw.Write(buf)
 		return err
 	})
@@ -150,7 +152,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 // appendHead appends the upstream request's head (request line and
 // headers, through the blank line) to b.
 func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
-	if !h1Token(r.Method) {
+	if !h1.Token(r.Method) {
 		return b, fmt.Errorf("net/http: invalid method %q", r.Method)
 	}
 	b = append(b, r.Method...)
@@ -167,16 +169,16 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			continue
 		}
 		if k == "Te" {
-			if headerHasToken(vs, "trailers") {
+			if h1.HasToken(vs, "trailers") {
 				b = append(b, "Te: trailers\r\n"...)
 			}
 			continue
 		}
-		if !h1Token(k) {
+		if !h1.Token(k) {
 			return b, fmt.Errorf("net/http: invalid header field name %q", k)
 		}
 		for _, v := range vs {
-			if !h1FieldValue(v) {
+			if !h1.ValidFieldValue(v) {
 				return b, fmt.Errorf("net/http: invalid header field value for %q", k)
 			}
 			b = append(b, k...)
@@ -191,7 +193,7 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 		b = append(b, "X-Forwarded-For: "...)
 		if trusted {
 			for _, v := range h["X-Forwarded-For"] {
-				if !h1FieldValue(v) {
+				if !h1.ValidFieldValue(v) {
 					return b, errors.New("net/http: invalid header field value for \"X-Forwarded-For\"")
 				}
 				b = append(b, v...)
@@ -213,7 +215,7 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			fwdProto = v
 		}
 	}
-	if !h1FieldValue(fwdHost) || !h1FieldValue(fwdProto) {
+	if !h1.ValidFieldValue(fwdHost) || !h1.ValidFieldValue(fwdProto) {
 		return b, errors.New("net/http: invalid X-Forwarded-Host or X-Forwarded-Proto value")
 	}
 	b = append(b, "X-Forwarded-Host: "...)
@@ -257,25 +259,12 @@ func skipRequestHeader(k string, conn []string, trusted bool) bool {
 	case "Te":
 		return false // kept as "trailers" only
 	}
-	if isHopHeader(k) || headerHasToken(conn, k) {
+	if isHopHeader(k) || h1.HasToken(conn, k) {
 		return true
 	}
 	if !trusted {
 		for _, s := range spoofableIPHeaders {
 			if s == k {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// headerHasToken reports whether a comma-separated header value list
-// contains tok (case-insensitively).
-func headerHasToken(vs []string, tok string) bool {
-	for _, v := range vs {
-		for t := range splitTokens(v) {
-			if strings.EqualFold(t, tok) {
 				return true
 			}
 		}
@@ -385,7 +374,7 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 	defer resp.Body.Close()
 	rh := resp.Header
 	for _, v := range rh["Connection"] {
-		for t := range splitTokens(v) {
+		for t := range h1.Tokens(v) {
 			delete(rh, http.CanonicalHeaderKey(t))
 		}
 	}

@@ -87,7 +87,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Transport == nil {
-		opts.Transport = newH1Transport(NewTransport(), 1024)
+		opts.Transport = h1.NewTransport(NewTransport(), 1024)
 	}
 	if opts.AccessLog == nil {
 		opts.AccessLog = opts.Logger
@@ -587,7 +587,7 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 		},
 	}
 	rp := &routeProxy{g: g, name: name, target: target, timeout: timeout, trusted: trusted, rp: p}
-	if h1, ok := g.transport.(*h1Transport); ok && target.Scheme == "http" && target.User == nil {
+	if h1, ok := g.transport.(*h1.Transport); ok && target.Scheme == "http" && target.User == nil {
 		rp.h1 = h1
 		rp.addr = target.Host
 		if target.Port() == "" {
@@ -684,10 +684,10 @@ var edgeProblems = map[int]struct{ typ, title string }{
 	http.StatusHTTPVersionNotSupported:     {problem.HTTPVersionUnsupported, "Unsupported HTTP version"},
 }
 
-// rejectEdge is the RejectFunc of the proxy listener's servers: a
+// rejectEdge is the h1.RejectFunc of the proxy listener's servers: a
 // request refused by the HTTP layer, before routing, gets problem+json
 // with a fresh X-Request-Id, and is counted and logged.
-func (g *Gateway) rejectEdge(w http.ResponseWriter, r *http.Request, e *EdgeError) {
+func (g *Gateway) rejectEdge(w http.ResponseWriter, r *http.Request, e *h1.EdgeError) {
 	p, ok := edgeProblems[e.Status]
 	if !ok {
 		p = edgeProblems[http.StatusBadRequest]
@@ -868,7 +868,7 @@ func (b *bodyErrors) failure() error {
 
 // smallBody is the largest request body sent upstream in the same write
 // as the headers.
-const smallBody = 64 << 10
+const smallBody = h1.MaxBody
 
 // bufferPool recycles the 8 KiB copy buffers of the reverse proxy (nginx's
 // proxy buffers are 4–8 KiB; at a thousand connections 32 KiB each cost

@@ -117,8 +117,8 @@ func TestUpstreamOutcomeUnknownClassified(t *testing.T) {
 				// net/http's for what it does not send (a streamed body).
 				nt := NewTransport()
 				nt.DialContext = dial
-				tr := newH1Transport(nt, 4)
-				tr.dial = dial
+				tr := h1.NewTransport(nt, 4)
+				tr.DialContext = dial
 				t.Cleanup(tr.CloseIdleConnections)
 				cfg, err := Parse("t.yaml", []byte(fmt.Sprintf("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: http://%s\n    timeout: 200ms\n", addr)), nil)
 				if err != nil {

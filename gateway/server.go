@@ -19,6 +19,8 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/leveehq/levee/idempotency"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // Server runs a Gateway: the proxy listener, the admin listener, config
@@ -39,7 +41,7 @@ type Server struct {
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
 	proxy    *http.Server // serves every connection, or those front hands off
-	front    *frontServer // levee's HTTP/1.1 server (server.engine levee)
+	front    *h1.Server   // levee's HTTP/1.1 server (server.engine levee)
 	admin    *http.Server
 	proxyLn  net.Listener
 	adminLn  net.Listener
@@ -151,12 +153,12 @@ func (s *Server) Start() error {
 		}
 	}
 	if sc.Engine == EngineNetHTTP {
-		guardServer(s.proxy, s.gw.rejectEdge)
+		h1.GuardServer(s.proxy, s.gw.rejectEdge)
 		s.serving.Add(1)
-		go s.serve(s.proxy, guardListener{Listener: s.proxyLn, maxHeaderBytes: s.proxy.MaxHeaderBytes}, "proxy")
+		go s.serve(s.proxy, h1.GuardListener(s.proxyLn, s.proxy.MaxHeaderBytes), "proxy")
 	} else {
-		s.front = newFrontServer(s.proxy, s.log, s.gw.rejectEdge)
-		s.front.onAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
+		s.front = h1.NewServer(s.proxy, s.log, s.gw.rejectEdge)
+		s.front.OnAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()

@@ -1,7 +1,25 @@
-// Package h1 is levee's HTTP/1.1 engine: the wire-level layer below the
-// gateway's policies. Today it holds the classification of upstream
-// failures every transport path shares (OutcomeUnknown); the front
-// server, request and response parsers and upstream client join it.
+// Package h1 is levee's HTTP/1.1 engine, the wire-level layer below the
+// gateway's policies and the security boundary clients and upstreams talk
+// to. It owns:
+//
+//   - Server: levee's front server for the proxy listener (a strict
+//     subset of HTTP/1.1 parsed in place, one goroutine per connection),
+//     which hands every connection outside that subset to Go's net/http
+//     server (request.go, server.go);
+//   - the guard (GuardServer, GuardListener) through which net/http's
+//     server reads every connection it serves: each head is checked as
+//     net/http will check it, plus the framing rules of RFC 9112 section
+//     6.1, and refusals are answered through the RejectFunc the gateway
+//     passes in (guard.go);
+//   - Transport: the upstream client for http:// upstreams, with its
+//     no-duplicate retry rule, and its response parser (transport.go,
+//     response.go); Eligible is the one rule for what it sends itself;
+//   - the classification of upstream failures as "not sent" or "sent,
+//     outcome unknown" shared by every transport path (OutcomeUnknown);
+//   - the wire-level helpers (Token, ValidFieldValue, Tokens, HasToken).
+//
+// It knows nothing of routes, idempotency or rate limits, and imposes no
+// error format: the gateway composes it.
 package h1
 
 import (

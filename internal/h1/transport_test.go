@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -79,10 +80,56 @@ func (f h1NoFallback) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // newTestH1 returns a transport without fallback whose idle connections
 // are closed at the end of the test.
-func newTestH1(t testing.TB) *h1Transport {
-	tr := newH1Transport(h1NoFallback{t}, 4)
+func newTestH1(t testing.TB) *Transport {
+	tr := NewTransport(h1NoFallback{t}, 4)
 	t.Cleanup(tr.CloseIdleConnections)
 	return tr
+}
+
+// isTimeout reports whether err is a deadline or a net timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// rawUpstream listens on loopback and runs serve on each connection, in
+// its own goroutine, until the test ends; then the connections are closed
+// and the goroutines waited for.
+func rawUpstream(t *testing.T, serve func(net.Conn)) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); serve(c) }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln
 }
 
 // h1Do sends one request through rt with a 5 s bound and reads the body.
@@ -118,7 +165,7 @@ func mustDo(t *testing.T, rt http.RoundTripper, method, url, body string) (*http
 }
 
 // idleCount is the number of pooled connections to u.
-func (t *h1Transport) idleCount(u *h1Upstream) int {
+func (t *Transport) idleCount(u *h1Upstream) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.idle[u.Listener.Addr().String()])
@@ -600,8 +647,8 @@ func TestH1LargeStreamedBodies(t *testing.T) {
 	}
 	// An upload of unknown length (streamed) goes to the fallback, which
 	// reads an early answer while sending; it arrives intact.
-	fb := &h1CountingRT{rt: NewTransport()}
-	tr2 := newH1Transport(fb, 0)
+	fb := &h1CountingRT{rt: &http.Transport{}}
+	tr2 := NewTransport(fb, 0)
 	defer tr2.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -636,7 +683,7 @@ func TestH1Fallback(t *testing.T) {
 	}))
 	defer tlsUp.Close()
 	fb := &h1CountingRT{rt: tlsUp.Client().Transport}
-	tr := newH1Transport(fb, 4)
+	tr := NewTransport(fb, 4)
 	defer tr.CloseIdleConnections()
 	if _, body := mustDo(t, tr, http.MethodGet, tlsUp.URL, ""); body != "tls" || fb.n.Load() != 1 {
 		t.Fatalf("https: body %q, fallback used %d times", body, fb.n.Load())
@@ -645,7 +692,7 @@ func TestH1Fallback(t *testing.T) {
 	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("plain")) }))
 	fb = &h1CountingRT{rt: &http.Transport{}}
 	defer fb.rt.(*http.Transport).CloseIdleConnections()
-	tr = newH1Transport(fb, 4)
+	tr = NewTransport(fb, 4)
 	defer tr.CloseIdleConnections()
 	for i, mod := range []func(*http.Request){
 		func(r *http.Request) { r.Header.Set("Upgrade", "websocket"); r.Header.Set("Connection", "Upgrade") },
@@ -695,7 +742,7 @@ func TestH1RejectsInvalidHeaders(t *testing.T) {
 func TestH1IdleTimeoutAndPoolBound(t *testing.T) {
 	t.Parallel()
 	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	tr := newH1Transport(h1NoFallback{t}, 2)
+	tr := NewTransport(h1NoFallback{t}, 2)
 	defer tr.CloseIdleConnections()
 	var resps []*http.Response
 	for range 3 {
@@ -773,7 +820,7 @@ func TestH1ReverseProxy(t *testing.T) {
 			pr.SetURL(target.URL)
 			pr.SetXForwarded()
 		},
-		Transport: timedTransport{tr},
+		Transport: tr,
 	}
 	front := httptest.NewServer(proxy)
 	defer front.Close()
@@ -808,9 +855,9 @@ func TestH1ReverseProxy(t *testing.T) {
 	}
 }
 
-// BenchmarkH1Transport compares h1Transport with a tuned http.Transport
-// for a small POST through httputil.ReverseProxy (in process, as levee
-// wraps it: timedTransport, 8 KiB copy buffers) to a real loopback
+// BenchmarkH1Transport compares Transport with a tuned http.Transport
+// for a small POST through httputil.ReverseProxy (in process; the
+// gateway's BenchmarkGateway measures levee's own wrapping) to a real loopback
 // upstream, 8 requests in flight per CPU. The upstream runs in the same
 // process and shares the CPUs.
 func BenchmarkH1Transport(b *testing.B) {
@@ -825,14 +872,13 @@ func BenchmarkH1Transport(b *testing.B) {
 		name string
 		rt   http.RoundTripper
 	}{
-		{"h1", newH1Transport(h1NoFallback{b}, 1024)},
+		{"h1", NewTransport(h1NoFallback{b}, 1024)},
 		{"http.Transport", ht},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			proxy := &httputil.ReverseProxy{
-				Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target.URL) },
-				Transport:  timedTransport{c.rt},
-				BufferPool: &bufferPool{},
+				Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target.URL) },
+				Transport: c.rt,
 			}
 			const body = `{"amount":100,"currency":"EUR"}`
 			b.ReportAllocs()
@@ -872,7 +918,7 @@ func TestH1FallbackNeverResendsBodilessPost(t *testing.T) {
 	}))
 	defer up.Close()
 	fallback := up.Client().Transport.(*http.Transport).Clone()
-	tr := newH1Transport(fallback, 0)
+	tr := NewTransport(fallback, 0)
 	defer tr.CloseIdleConnections()
 	mustDo(t, tr, http.MethodGet, up.URL, "") // warm: the POST goes on a reused connection
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

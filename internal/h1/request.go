@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"net/http"
@@ -46,7 +46,7 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 		return h, false
 	}
 	h.method = line[:sp1]
-	if !h1Token(h.method) {
+	if !Token(h.method) {
 		return h, false
 	}
 	line = line[sp1+1:]
@@ -101,7 +101,7 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 			return h, false
 		}
 		name := line[:colon]
-		if !h1Token(name) {
+		if !Token(name) {
 			return h, false // also whitespace before the colon, obs-fold
 		}
 		value := strings.Trim(line[colon+1:], " \t")
@@ -138,7 +138,7 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 		case "Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings":
 			return h, false
 		case "Connection":
-			for t := range splitTokens(value) {
+			for t := range Tokens(value) {
 				switch {
 				case strings.EqualFold(t, "close"):
 					h.close = true

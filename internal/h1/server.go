@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// frontServer is levee's HTTP/1.1 server for the proxy listener. Each
+// Server is levee's HTTP/1.1 server for the proxy listener. Each
 // connection is served by one goroutine that parses requests itself
 // (parseFrontHead), calls the handler and writes the response, with no
 // per-request goroutine, no background read and one write per response.
@@ -45,8 +45,8 @@ import (
 // connection (http.ErrAbortHandler silently, others logged with the
 // stack). Unlike net/http it does not cancel the request's context when
 // the client disconnects (the gateway never aborts an upstream exchange
-// for that; see routeProxy).
-type frontServer struct {
+// for that).
+type Server struct {
 	handler  http.Handler
 	fallback *http.Server
 	handoff  *handoffListener
@@ -64,7 +64,7 @@ type frontServer struct {
 	served  atomic.Int64 // requests served on the fast path (tests)
 	handed  atomic.Int64 // connections handed to fallback (tests)
 
-	onAccept func() // called for each accepted connection, when set
+	OnAccept func() // called for each accepted connection, when set
 	date     dateCache
 	done     chan struct{} // closed by Shutdown: the backoff and linger waits end
 	doneOnce sync.Once
@@ -80,12 +80,12 @@ const (
 	frontLinger = 500 * time.Millisecond
 )
 
-// newFrontServer serves with fallback's handler, timeouts and logger;
+// NewServer serves with fallback's handler, timeouts and logger;
 // fallback serves the connections handed to it, through guards (see
 // guardConn) whose refusals reject answers.
-func newFrontServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) *frontServer {
+func NewServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) *Server {
 	handler := fallback.Handler
-	guardServer(fallback, reject)
+	GuardServer(fallback, reject)
 	idle := fallback.IdleTimeout
 	if idle == 0 {
 		idle = fallback.ReadTimeout
@@ -94,7 +94,7 @@ func newFrontServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) 
 	if hdr == 0 {
 		hdr = fallback.ReadTimeout
 	}
-	return &frontServer{
+	return &Server{
 		handler:           handler,
 		fallback:          fallback,
 		log:               log,
@@ -109,7 +109,7 @@ func newFrontServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) 
 
 // Serve accepts connections on ln until Shutdown. It returns
 // http.ErrServerClosed after Shutdown, or the accept error.
-func (s *frontServer) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.ln = ln
 	s.handoff = newHandoffListener(ln.Addr())
@@ -150,8 +150,8 @@ func (s *frontServer) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if s.onAccept != nil {
-			s.onAccept()
+		if s.OnAccept != nil {
+			s.OnAccept()
 		}
 		fc := &frontConn{s: s, c: c}
 		ctx := context.WithValue(context.WithValue(context.Background(), http.ServerContextKey, s.fallback), http.LocalAddrContextKey, c.LocalAddr())
@@ -171,7 +171,7 @@ func (s *frontServer) Serve(ln net.Listener) error {
 // Shutdown stops accepting, closes idle connections, lets active ones
 // finish their request (answered with "Connection: close") and waits for
 // them until ctx is done; the fallback server is shut down alongside.
-func (s *frontServer) Shutdown(ctx context.Context) error {
+func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	s.doneOnce.Do(func() { close(s.done) })
 	s.mu.Lock()
@@ -203,7 +203,7 @@ func (s *frontServer) Shutdown(ctx context.Context) error {
 }
 
 // wait waits d, or less when Shutdown comes first (then false).
-func (s *frontServer) wait(d time.Duration) bool {
+func (s *Server) wait(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -216,7 +216,7 @@ func (s *frontServer) wait(d time.Duration) bool {
 
 // closeIdle closes the connections waiting for a request and reports
 // whether none is left.
-func (s *frontServer) closeIdle() bool {
+func (s *Server) closeIdle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for fc := range s.conns {
@@ -227,7 +227,7 @@ func (s *frontServer) closeIdle() bool {
 	return len(s.conns) == 0
 }
 
-func (s *frontServer) forget(fc *frontConn) {
+func (s *Server) forget(fc *frontConn) {
 	s.mu.Lock()
 	delete(s.conns, fc)
 	s.mu.Unlock()
@@ -241,7 +241,7 @@ const (
 
 // frontConn is one client connection.
 type frontConn struct {
-	s *frontServer
+	s *Server
 	c net.Conn
 	// tmpl carries what every request on the connection shares: the
 	// remote address and a context holding http.ServerContextKey and
@@ -711,7 +711,7 @@ func (w *frontResponse) commit(first []byte) {
 			h["Content-Type"] = []string{http.DetectContentType(first)}
 		}
 	}
-	if v, ok := h["Connection"]; ok && headerHasToken(v, "close") {
+	if v, ok := h["Connection"]; ok && HasToken(v, "close") {
 		w.closeAfter = true
 	}
 	if w.req.Close || w.fc.s.closing.Load() {
@@ -772,7 +772,7 @@ func writeHeaderFields(bw *bufio.Writer, h http.Header, w *frontResponse) {
 				}
 			}
 		}
-		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix || !h1Token(k) {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix || !Token(k) {
 			continue
 		}
 		for _, v := range vs {
@@ -835,14 +835,14 @@ func (w *frontResponse) finish() {
 func (w *frontResponse) trailerKeys() []string {
 	var keys []string
 	for _, v := range w.header["Trailer"] {
-		for t := range splitTokens(v) {
-			if k := http.CanonicalHeaderKey(t); h1Token(k) {
+		for t := range Tokens(v) {
+			if k := http.CanonicalHeaderKey(t); Token(k) {
 				keys = append(keys, k)
 			}
 		}
 	}
 	for k := range w.header {
-		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix && h1Token(k[len(http.TrailerPrefix):]) {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix && Token(k[len(http.TrailerPrefix):]) {
 			keys = append(keys, k)
 		}
 	}
@@ -854,37 +854,6 @@ func trimTrailerPrefix(k string) string {
 		return k[len(http.TrailerPrefix):]
 	}
 	return k
-}
-
-// splitTokens yields the trimmed, non-empty elements of a comma list.
-func splitTokens(v string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for len(v) > 0 {
-			i := 0
-			for i < len(v) && v[i] != ',' {
-				i++
-			}
-			t := trimOWS(v[:i])
-			if i < len(v) {
-				v = v[i+1:]
-			} else {
-				v = ""
-			}
-			if t != "" && !yield(t) {
-				return
-			}
-		}
-	}
-}
-
-func trimOWS(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // Flush sends the headers and what was written so far (http.Flusher).

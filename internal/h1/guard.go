@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -310,16 +310,16 @@ func serverChecks(req *http.Request, hf *headFields) *EdgeError {
 		return bad("malformed Host header")
 	}
 	for k, vv := range req.Header {
-		if !h1Token(k) {
+		if !Token(k) {
 			return bad("invalid header name")
 		}
 		for _, v := range vv {
-			if !h1FieldValue(v) {
+			if !ValidFieldValue(v) {
 				return bad("invalid header value")
 			}
 		}
 	}
-	if ex := req.Header.Get("Expect"); ex != "" && !headerHasToken(req.Header["Expect"], "100-continue") {
+	if ex := req.Header.Get("Expect"); ex != "" && !HasToken(req.Header["Expect"], "100-continue") {
 		return &EdgeError{Status: http.StatusExpectationFailed, Detail: "unsupported Expect"}
 	}
 	return nil
@@ -402,11 +402,11 @@ func (h guardedHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.next.ServeHTTP(w, r)
 }
 
-// guardServer makes srv serve through guards: its handler answers
+// GuardServer makes srv serve through guards: its handler answers
 // refused heads with reject, and its connections' guards are found from
 // their requests. srv must then serve guarded connections (guardListener
 // or the front server's hand-off).
-func guardServer(srv *http.Server, reject RejectFunc) {
+func GuardServer(srv *http.Server, reject RejectFunc) {
 	srv.Handler = guardedHandler{next: srv.Handler, reject: reject}
 	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if g, ok := c.(*guardConn); ok {
@@ -414,6 +414,14 @@ func guardServer(srv *http.Server, reject RejectFunc) {
 		}
 		return ctx
 	}
+}
+
+// GuardListener returns ln with every accepted connection wrapped in a
+// guard (see GuardServer), heads bounded by maxHeaderBytes (net/http's
+// default when <= 0) plus net/http's 4 KiB of slack. Accept errors are
+// ln's.
+func GuardListener(ln net.Listener, maxHeaderBytes int) net.Listener {
+	return guardListener{Listener: ln, maxHeaderBytes: maxHeaderBytes}
 }
 
 // guardListener wraps every accepted connection in a guard.

@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -118,11 +118,11 @@ func parseResponseHead(head string, req *http.Request) (resp *http.Response, bod
 			return nil, 0
 		}
 		name := line[:colon]
-		if !h1Token(name) {
+		if !Token(name) {
 			return nil, 0
 		}
 		value := strings.Trim(line[colon+1:], " \t")
-		if !h1FieldValue(value) {
+		if !ValidFieldValue(value) {
 			return nil, 0
 		}
 		if !isCanonicalKey(name) {
@@ -142,7 +142,7 @@ func parseResponseHead(head string, req *http.Request) (resp *http.Response, bod
 			}
 			cl = v
 		case "Connection":
-			if headerHasToken([]string{value}, "close") {
+			if HasToken([]string{value}, "close") {
 				closeConn = true
 			}
 		}
