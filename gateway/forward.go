@@ -187,8 +187,25 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			b = append(b, "\r\n"...)
 		}
 	}
-	// X-Forwarded-*: as httputil.ProxyRequest.SetXForwarded, keeping a
-	// trusted proxy's values.
+	b, err := appendForwarded(b, r, trusted)
+	if err != nil {
+		return b, err
+	}
+	if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
+		b = append(b, "Content-Length: "...)
+		b = appendInt(b, r.ContentLength)
+		b = append(b, "\r\n"...)
+	} else if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+		// What net/http sends for a bodiless POST, PUT or PATCH.
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	return append(b, "\r\n"...), nil
+}
+
+// appendForwarded appends X-Forwarded-For, -Host and -Proto, as
+// httputil.ProxyRequest.SetXForwarded, keeping a trusted proxy's values.
+func appendForwarded(b []byte, r *http.Request, trusted bool) ([]byte, error) {
+	h := r.Header
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		b = append(b, "X-Forwarded-For: "...)
 		if trusted {
@@ -222,15 +239,6 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 	b = append(b, fwdHost...)
 	b = append(b, "\r\nX-Forwarded-Proto: "...)
 	b = append(b, fwdProto...)
-	b = append(b, "\r\n"...)
-	if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
-		b = append(b, "Content-Length: "...)
-		b = appendInt(b, r.ContentLength)
-		b = append(b, "\r\n"...)
-	} else if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
-		// What net/http sends for a bodiless POST, PUT or PATCH.
-		b = append(b, "Content-Length: 0\r\n"...)
-	}
 	return append(b, "\r\n"...), nil
 }
 

@@ -40,121 +40,167 @@ func parseFrontHead(head string) (h frontHead, ok bool) {
 	if i < 1 || head[i-1] != '\r' {
 		return h, false
 	}
-	line, rest := head[:i-1], head[i+1:]
-	sp1 := strings.IndexByte(line, ' ')
-	if sp1 <= 0 {
+	if !h.parseRequestLine(head[:i-1]) {
 		return h, false
 	}
-	h.method = line[:sp1]
-	if !Token(h.method) {
-		return h, false
-	}
-	line = line[sp1+1:]
-	sp2 := strings.IndexByte(line, ' ')
-	if sp2 <= 0 || line[sp2+1:] != "HTTP/1.1" {
-		return h, false
-	}
-	h.target = line[:sp2]
-	if h.target[0] != '/' || h.method == http.MethodConnect {
-		return h, false
-	}
-	for j := 0; j < len(h.target); j++ {
-		if c := h.target[j]; c <= ' ' || c >= 0x7f {
-			return h, false
-		}
-	}
-	u, err := url.ParseRequestURI(h.target)
-	if err != nil {
-		return h, false
-	}
-	h.url = u
-
-	// Count the fields to size the value slice once.
-	n := strings.Count(rest, "\n") - 1
-	if n < 0 {
-		return h, false
-	}
-	values := make([]string, n)
-	h.header = make(http.Header, n)
 	hosts, lengths := 0, 0
-	for k := 0; ; k++ {
-		i := strings.IndexByte(rest, '\n')
-		if i < 1 || rest[i-1] != '\r' {
-			return h, false
-		}
-		line := rest[:i-1]
-		rest = rest[i+1:]
-		if line == "" {
-			if rest != "" || hosts != 1 {
-				return h, false
-			}
-			// As net/http: "Pragma: no-cache" implies Cache-Control.
-			if p := h.header["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
-				if _, ok := h.header["Cache-Control"]; !ok {
-					h.header["Cache-Control"] = []string{"no-cache"}
-				}
-			}
-			break
-		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return h, false
-		}
-		name := line[:colon]
-		if !Token(name) {
-			return h, false // also whitespace before the colon, obs-fold
-		}
-		value := strings.Trim(line[colon+1:], " \t")
-		for j := 0; j < len(value); j++ {
-			if c := value[j]; c < ' ' && c != '\t' || c == 0x7f {
-				return h, false
-			}
-		}
-		if !isCanonicalKey(name) {
-			name = textproto.CanonicalMIMEHeaderKey(name)
-		}
+	header, rest, ok := parseFieldLines(head[i+1:], func(name, value string) fieldAction {
 		switch name {
 		case "Host":
 			hosts++
 			if !validFrontHost(value) {
-				return h, false
+				return fieldRefuse
 			}
 			h.host = value
-			continue // net/http keeps Host out of the header map
+			return fieldSkip // net/http keeps Host out of the header map
 		case "Content-Length":
 			lengths++
-			if lengths > 1 || value == "" || len(value) > 18 {
-				return h, false
-			}
-			var cl int64
-			for j := 0; j < len(value); j++ {
-				c := value[j]
-				if c < '0' || c > '9' {
-					return h, false
-				}
-				cl = cl*10 + int64(c-'0')
+			cl, ok := parseFrontLength(value)
+			if lengths > 1 || !ok {
+				return fieldRefuse
 			}
 			h.contentLength = cl
 		case "Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings":
-			return h, false
+			return fieldRefuse
 		case "Connection":
 			for t := range Tokens(value) {
 				switch {
 				case strings.EqualFold(t, "close"):
 					h.close = true
 				case strings.EqualFold(t, "upgrade"):
-					return h, false
+					return fieldRefuse
 				}
 			}
 		}
-		if old, ok := h.header[name]; ok {
-			h.header[name] = append(old, value)
-		} else {
-			values[k] = value
-			h.header[name] = values[k : k+1 : k+1]
+		return fieldKeep
+	})
+	if !ok || rest != "" || hosts != 1 {
+		return h, false
+	}
+	// As net/http: "Pragma: no-cache" implies Cache-Control.
+	if p := header["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
+		if _, ok := header["Cache-Control"]; !ok {
+			header["Cache-Control"] = []string{"no-cache"}
 		}
 	}
+	h.header = header
 	return h, true
+}
+
+// parseRequestLine parses "METHOD origin-form HTTP/1.1" into h.
+func (h *frontHead) parseRequestLine(line string) bool {
+	sp1 := strings.IndexByte(line, ' ')
+	if sp1 <= 0 {
+		return false
+	}
+	h.method = line[:sp1]
+	if !Token(h.method) {
+		return false
+	}
+	line = line[sp1+1:]
+	sp2 := strings.IndexByte(line, ' ')
+	if sp2 <= 0 || line[sp2+1:] != "HTTP/1.1" {
+		return false
+	}
+	h.target = line[:sp2]
+	if h.target[0] != '/' || h.method == http.MethodConnect {
+		return false
+	}
+	for j := 0; j < len(h.target); j++ {
+		if c := h.target[j]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	u, err := url.ParseRequestURI(h.target)
+	if err != nil {
+		return false
+	}
+	h.url = u
+	return true
+}
+
+// parseFrontLength parses a Content-Length value: digits only, at most
+// 18 of them.
+func parseFrontLength(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return 0, false
+	}
+	var cl int64
+	for j := 0; j < len(v); j++ {
+		c := v[j]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		cl = cl*10 + int64(c-'0')
+	}
+	return cl, true
+}
+
+// fieldAction is what a parser's hook decides about one field line.
+type fieldAction int
+
+const (
+	fieldKeep   fieldAction = iota // into the header map
+	fieldSkip                      // not into the map
+	fieldRefuse                    // outside the subset: give up
+)
+
+// parseFieldLines parses field lines — rest runs from after the start
+// line, each line ending in CRLF, through the empty line — the way
+// net/http reads those it accepts: a token name directly followed by the
+// colon (so also no obs-fold), the value trimmed of spaces and tabs and
+// free of control characters but HTAB, the name canonicalised. hook sees
+// each field (canonical name, value) first. It returns the header map
+// (its values share one backing slice: one allocation for them all, one
+// for the map) and what follows the empty line; ok is false for a line
+// outside that subset, a bare LF or CR among them, or when hook refuses.
+// It is the one header-line loop of the request and response parsers.
+func parseFieldLines(rest string, hook func(name, value string) fieldAction) (h http.Header, after string, ok bool) {
+	// Count the fields to size the value slice once.
+	n := strings.Count(rest, "\n") - 1
+	if n < 0 {
+		return nil, "", false
+	}
+	values := make([]string, n)
+	h = make(http.Header, n)
+	for k := 0; ; k++ {
+		i := strings.IndexByte(rest, '\n')
+		if i < 1 || rest[i-1] != '\r' {
+			return nil, "", false
+		}
+		line := rest[:i-1]
+		rest = rest[i+1:]
+		if line == "" {
+			return h, rest, true
+		}
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, "", false
+		}
+		name := line[:colon]
+		if !Token(name) {
+			return nil, "", false // also whitespace before the colon, obs-fold
+		}
+		value := strings.Trim(line[colon+1:], " \t")
+		if !ValidFieldValue(value) {
+			return nil, "", false
+		}
+		if !isCanonicalKey(name) {
+			name = textproto.CanonicalMIMEHeaderKey(name)
+		}
+		switch hook(name, value) {
+		case fieldSkip:
+			continue
+		case fieldRefuse:
+			return nil, "", false
+		}
+		if old, ok := h[name]; ok {
+			h[name] = append(old, value)
+		} else {
+			values[k] = value
+			h[name] = values[k : k+1 : k+1]
+		}
+	}
 }
 
 // isCanonicalKey reports whether k is already in the form

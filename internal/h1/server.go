@@ -270,24 +270,7 @@ func (fc *frontConn) serve() {
 	fc.bw = frontWriters.Get().(*bufio.Writer)
 	fc.bw.Reset(fc)
 	handed := false
-	defer func() {
-		if fc.linger {
-			// Unread request bytes: half-close and let the client read
-			// the answer before the close resets the connection (as
-			// net/http does).
-			if cw, ok := fc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				s.wait(frontLinger)
-			}
-		}
-		if !handed {
-			fc.c.Close()
-		}
-		fc.br.Reset(nil)
-		frontReaders.Put(fc.br)
-		fc.bw.Reset(nil)
-		frontWriters.Put(fc.bw)
-		s.forget(fc)
-	}()
+	defer func() { fc.end(handed) }()
 	lastPOST := false
 	for first := true; ; first = false {
 		if first {
@@ -299,19 +282,8 @@ func (fc *frontConn) serve() {
 		if _, err := fc.br.Peek(1); err != nil {
 			return
 		}
-		if lastPOST {
-			// Some clients send a CRLF after a POST body; net/http skips
-			// up to four such bytes.
-			for i := 0; i < 4; i++ {
-				b, err := fc.br.Peek(1)
-				if err != nil {
-					return
-				}
-				if b[0] != '\r' && b[0] != '\n' {
-					break
-				}
-				fc.br.Discard(1)
-			}
+		if lastPOST && !fc.skipCRLF() {
+			return
 		}
 		if !fc.state.CompareAndSwap(connIdle, connActive) {
 			return // closed by Shutdown
@@ -348,6 +320,42 @@ func (fc *frontConn) serve() {
 			return
 		}
 	}
+}
+
+// skipCRLF skips the CR and LF bytes (up to four) some clients send
+// after a POST body, as net/http does; false when the connection ended.
+func (fc *frontConn) skipCRLF() bool {
+	for i := 0; i < 4; i++ {
+		b, err := fc.br.Peek(1)
+		if err != nil {
+			return false
+		}
+		if b[0] != '\r' && b[0] != '\n' {
+			break
+		}
+		fc.br.Discard(1)
+	}
+	return true
+}
+
+// end releases the connection's buffers and, unless it was handed to
+// net/http, closes it — half-closed first, for the client to read the
+// answer, when request bytes were left unread (as net/http does).
+func (fc *frontConn) end(handed bool) {
+	s := fc.s
+	if fc.linger {
+		if cw, ok := fc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			s.wait(frontLinger)
+		}
+	}
+	if !handed {
+		fc.c.Close()
+	}
+	fc.br.Reset(nil)
+	frontReaders.Put(fc.br)
+	fc.bw.Reset(nil)
+	frontWriters.Put(fc.bw)
+	s.forget(fc)
 }
 
 // readHead returns the buffered bytes of the next request head, through
