@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
@@ -75,6 +76,12 @@ func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// route timeout.
 		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), p.timeout, errUpstreamTimeout)
 		defer cancel()
+		if ri := infoFrom(ctx); ri != nil {
+			// Tells timedTransport whether net/http's Transport wrote the
+			// whole request (an unknown outcome if it then fails).
+			ri.sent = newSentTracker()
+			ctx = httptrace.WithClientTrace(ctx, &ri.sent.trace)
+		}
 		p.rp.ServeHTTP(w, r.WithContext(ctx))
 		return
 	}

@@ -17,6 +17,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"path"
@@ -242,7 +243,31 @@ type reqInfo struct {
 	// answer was lost (timeout, connection lost, head or body cut); see
 	// h1.OutcomeUnknown. False when it was not sent or was answered.
 	outcomeUnknown bool
+	// sent watches, on the ReverseProxy path, whether net/http's
+	// Transport wrote the whole request.
+	sent *sentTracker
 }
+
+// sentTracker is an httptrace.ClientTrace noting that the whole request
+// was written, plus the response body wrapper noting a cut body: one
+// allocation for both, per request on the ReverseProxy path. It is not
+// pooled: the Transport's writing goroutine may report after the handler
+// returned.
+type sentTracker struct {
+	trace httptrace.ClientTrace
+	wrote atomic.Bool
+	cut   unknownOnCut
+}
+
+// newSentTracker returns a tracker whose trace is ready for
+// httptrace.WithClientTrace.
+func newSentTracker() *sentTracker {
+	st := &sentTracker{}
+	st.trace.WroteRequest = st.wroteRequest
+	return st
+}
+
+func (st *sentTracker) wroteRequest(info httptrace.WroteRequestInfo) { st.wrote.Store(info.Err == nil) }
 
 type infoKey struct{}
 
@@ -779,10 +804,6 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r2.Body = body
 		r = &r2
 	}
-	// Whether the whole request was written: levee's transport marks its
-	// own errors, net/http's Transport tells through the trace.
-	ctx, wrote := h1.TraceWrote(r.Context())
-	r = r.WithContext(ctx)
 	start := time.Now()
 	resp, err := t.rt.RoundTrip(r)
 	if err != nil && body != nil {
@@ -790,17 +811,23 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			err = &clientBodyError{berr}
 		}
 	}
-	ri := infoFrom(ctx)
-	if ri != nil {
-		ri.upstreamDur = time.Since(start)
+	ri := infoFrom(r.Context())
+	if ri == nil {
+		return resp, err
 	}
-	switch {
-	case err != nil && wrote() && !writeFailed(err):
+	ri.upstreamDur = time.Since(start)
+	// Whether the whole request was written: levee's transport marks its
+	// own errors, net/http's Transport tells through the trace that
+	// routeProxy set (sent).
+	switch st := ri.sent; {
+	case st == nil:
+	case err != nil && st.wrote.Load() && !writeFailed(err):
 		err = h1.Unknown(err)
-	case err == nil && ri != nil && resp.Body != nil && resp.Body != http.NoBody && resp.StatusCode != http.StatusSwitchingProtocols:
+	case err == nil && resp.Body != nil && resp.Body != http.NoBody && resp.StatusCode != http.StatusSwitchingProtocols:
 		// (A 101's body is the upgraded connection, which ReverseProxy
 		// needs as it is.)
-		resp.Body = &unknownOnCut{rc: resp.Body, ri: ri}
+		st.cut = unknownOnCut{rc: resp.Body, ri: ri}
+		resp.Body = &st.cut
 	}
 	return resp, err
 }

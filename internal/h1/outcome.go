@@ -23,10 +23,7 @@
 package h1
 
 import (
-	"context"
 	"errors"
-	"net/http/httptrace"
-	"sync/atomic"
 )
 
 // UnknownOutcomeError marks an upstream failure after the whole request
@@ -58,18 +55,4 @@ func Unknown(err error) error {
 		return err
 	}
 	return &UnknownOutcomeError{Err: err}
-}
-
-// TraceWrote returns ctx with an httptrace.ClientTrace (composed with any
-// already there) that notes when net/http's Transport has written the
-// whole request, and a function reporting it. With it a caller of
-// http.Transport can tell "sent, outcome unknown" from "not sent": mark
-// the RoundTrip error with Unknown when wrote() is true. It reports false
-// when the Transport failed writing (or never wrote) the request.
-func TraceWrote(ctx context.Context) (_ context.Context, wrote func() bool) {
-	done := new(atomic.Bool) // written by the Transport's writing goroutine
-	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
-		done.Store(info.Err == nil)
-	}}
-	return httptrace.WithClientTrace(ctx, trace), done.Load
 }
