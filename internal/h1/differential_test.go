@@ -79,16 +79,26 @@ func twoServers(t testing.TB, log *requestLog) (levee, plain string) {
 	return lln.Addr().String(), pln.Addr().String()
 }
 
-// sendRaw writes data on a new connection, half-closes it and reads
-// until the server ends it; it returns what the handler saw.
-func sendRaw(t testing.TB, addr string, data []byte, log *requestLog) []seenRequest {
+// sendRaw writes data on a new connection (in writes of chunk bytes
+// when chunk > 0), half-closes it and reads until the server ends it; it
+// returns what the handler saw.
+func sendRaw(t testing.TB, addr string, data []byte, chunk int, log *requestLog) []seenRequest {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, _ = c.Write(data)
+	for rest := data; len(rest) > 0; {
+		n := len(rest)
+		if chunk > 0 {
+			n = min(n, chunk)
+		}
+		if _, err := c.Write(rest[:n]); err != nil {
+			break
+		}
+		rest = rest[n:] // a segment each (no Nagle), read apart often enough
+	}
 	_ = c.(*net.TCPConn).CloseWrite()
 	_, _ = io.Copy(io.Discard, c)
 	return log.take(c.LocalAddr().String())
@@ -154,6 +164,7 @@ var ambiguousRequests = []string{
 	"PUT /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
 	"PUT /a HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nhi",
 	"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 }
 
 // The front server, hand-off included, frames every byte stream as
@@ -163,15 +174,20 @@ var ambiguousRequests = []string{
 // Content-Length with Transfer-Encoding and Transfer-Encoding in HTTP/1.0
 // are refused, and a chunked request ends its connection). Levee never
 // serves a request net/http would not, nor frames one differently.
+//
+// Bytes may come at once or in pieces (chunk bytes a write; 1 is byte by
+// byte).
 func FuzzServerFramingMatchesNetHTTP(f *testing.F) {
 	for _, s := range ambiguousRequests {
-		f.Add([]byte(s))
+		f.Add([]byte(s), uint8(0))
+		f.Add([]byte(s), uint8(1))
+		f.Add([]byte(s), uint8(7))
 	}
 	log := &requestLog{by: map[string][]seenRequest{}}
 	levee, plain := twoServers(f, log)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		got := sendRaw(t, levee, data, log)
-		want := sendRaw(t, plain, data, log)
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
+		got := sendRaw(t, levee, data, int(chunk), log)
+		want := sendRaw(t, plain, data, int(chunk), log)
 		if len(got) > len(want) {
 			t.Fatalf("%q: levee served %d requests, net/http %d:\n levee:    %+v\n net/http: %+v", data, len(got), len(want), got, want)
 		}
