@@ -278,7 +278,21 @@ func TestH1UpstreamClosedIdleConnection(t *testing.T) {
 	}
 	u.CloseClientConnections()
 	u.waitClosed(t, 1)
-	time.Sleep(20 * time.Millisecond) // let the FIN reach the client socket
+	// Wait (bounded) for the FIN to reach the pooled connection's socket,
+	// instead of sleeping a guess.
+	addr := strings.TrimPrefix(u.URL, "http://")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		tr.mu.Lock()
+		list := tr.idle[addr]
+		alive := len(list) == 1 && list[0].alive()
+		tr.mu.Unlock()
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pooled connection never saw the upstream's close")
+		}
+	}
 	_, body, err := h1Do(t, tr, http.MethodPost, u.URL+"/pay", `{"amount":100}`)
 	if err != nil || body != "ok" {
 		t.Fatalf("POST after the upstream closed the idle connection: %v (body %q)", err, body)
@@ -948,11 +962,17 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	tr := newTestH1(t)
-	done := make(chan struct{})
+	done := make(chan error)
 	for i := 0; i < 4; i++ {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			h1Do(t, tr, http.MethodGet, u.URL+"/hold", "")
+		go func() { // no t.Fatal off the test's goroutine: errors are reported on done
+			var err error
+			defer func() { done <- err }()
+			req, _ := http.NewRequest(http.MethodGet, u.URL+"/hold", nil)
+			resp, err := tr.RoundTrip(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
 		}()
 	}
 	for inFlight.Load() < 4 {
@@ -960,7 +980,9 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 	}
 	close(gate)
 	for i := 0; i < 4; i++ {
-		<-done
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 	addr := strings.TrimPrefix(u.URL, "http://")
 	tr.mu.Lock()
