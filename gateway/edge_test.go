@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -330,6 +331,46 @@ func TestShutdownLogsNoError(t *testing.T) {
 			}
 			if logs := g.logs.String(); strings.Contains(logs, `"level":"ERROR"`) {
 				t.Fatalf("shutdown logged an error:\n%s", logs)
+			}
+		})
+	}
+}
+
+// An upgraded connection (a WebSocket) carries raw bytes both ways on
+// both engines: the guard in front of net/http stops reading heads after
+// an Upgrade request.
+func TestUpgradeThroughTheGuard(t *testing.T) {
+	t.Parallel()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		c, brw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		line, _ := brw.ReadString('\n')
+		io.WriteString(c, "echo: "+line)
+	}))
+	t.Cleanup(up.Close)
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			g := startGateway(t, edgeConfig(up.URL, engine, ""))
+			c, br := edgeDial(t, g)
+			io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			// Bytes that look like a malformed head must pass untouched.
+			io.WriteString(c, "GET  /not-http \x00\n")
+			line, err := br.ReadString('\n')
+			if err != nil || line != "echo: GET  /not-http \x00\n" {
+				t.Fatalf("after the upgrade: %q %v", line, err)
 			}
 		})
 	}
