@@ -375,3 +375,23 @@ func TestUpgradeThroughTheGuard(t *testing.T) {
 		})
 	}
 }
+
+// A streamed (chunked) upload that stalls goes through the ReverseProxy
+// path, which may already have started the upstream request: the client
+// still gets 408, never a success.
+func TestStalledChunkedUploadGets408(t *testing.T) {
+	t.Parallel()
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			u := newUpstream(t)
+			g := startGateway(t, edgeConfig(u.srv.URL, engine, ", read_timeout: 300ms"))
+			c, br := edgeDial(t, g)
+			io.WriteString(c, "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+			resp, body := readAnswer(t, br)
+			if resp == nil || resp.StatusCode != http.StatusRequestTimeout {
+				t.Fatalf("answer %v %q, want 408", resp, body)
+			}
+		})
+	}
+}
