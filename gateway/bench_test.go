@@ -29,7 +29,8 @@ func benchGateway(b *testing.B, yaml string) http.Handler {
 }
 
 // BenchmarkGateway compares, through the same in-process gateway handler
-// and a real loopback upstream: a proxied request, a request denied by a
+// and a real loopback upstream: a proxied request (direct path, and a
+// streamed upload on the ReverseProxy path), a request denied by a
 // rate limit (429, never proxied), an idempotent request executed (memory
 // store) and one replayed.
 func BenchmarkGateway(b *testing.B) {
@@ -72,6 +73,22 @@ routes:
 		})
 	}
 	b.Run("Proxied", func(b *testing.B) { run(b, "GET", "/proxied", nil, 200) })
+	// A streamed upload (no Content-Length) takes the ReverseProxy path
+	// and net/http's Transport, as an https upstream would.
+	b.Run("ProxiedStreamed", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				req := httptest.NewRequest("POST", "/proxied", strings.NewReader(`{"amount":1}`))
+				req.ContentLength = -1
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != 200 {
+					b.Fatalf("streamed: %d %s", w.Code, w.Body)
+				}
+			}
+		})
+	})
 	// Spend the only unit so every request below is denied.
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/limited", nil))
 	b.Run("RateLimited429", func(b *testing.B) { run(b, "GET", "/limited", nil, 429) })

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // routeProxy forwards a route's requests to its upstream.
@@ -26,7 +29,8 @@ import (
 // httputil.ReverseProxy. The direct path is taken when the upstream is
 // http:// on levee's transport and the request has no body or a body of
 // known length up to 64 KiB, no Upgrade, no "Expect: 100-continue" and no
-// "Connection: close"/"upgrade" token. Everything else (https upstreams,
+// "Connection: upgrade" token (h1Eligible; a client's "Connection: close"
+// is about its own connection and changes nothing). Everything else (https upstreams,
 // WebSockets, streamed or large uploads, a custom Options.Transport) goes
 // through httputil.ReverseProxy. Both paths put the same request on the
 // wire: hop-by-hop headers removed (the fixed list and those the
@@ -48,7 +52,7 @@ type routeProxy struct {
 	addr    string // host:port of target, for the direct path
 	timeout time.Duration
 	trusted []netip.Prefix
-	h1      *h1Transport // nil: every request goes through rp
+	h1      *h1.Transport // nil: every request goes through rp
 	rp      *httputil.ReverseProxy
 }
 
@@ -72,36 +76,32 @@ func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// route timeout.
 		ctx, cancel := context.WithTimeoutCause(context.WithoutCancel(r.Context()), p.timeout, errUpstreamTimeout)
 		defer cancel()
+		if ri := infoFrom(ctx); ri != nil {
+			// Tells timedTransport whether net/http's Transport wrote the
+			// whole request (an unknown outcome if it then fails).
+			ri.sent = newSentTracker()
+			ctx = httptrace.WithClientTrace(ctx, &ri.sent.trace)
+		}
 		p.rp.ServeHTTP(w, r.WithContext(ctx))
 		return
 	}
 	p.direct(w, r)
 }
 
-// directEligible reports whether r can take the direct path.
+// directEligible reports whether r, an incoming request, can take the
+// direct path: what h1Eligible accepts, a ContentLength of 0 meaning no
+// body (a server request's convention). A client's "Connection: close"
+// does not matter here: it is hop-by-hop, about the client's connection.
 func directEligible(r *http.Request) bool {
-	if r.Method == http.MethodConnect {
-		return false
+	bodyLen := int64(0)
+	if r.Body != nil && r.Body != http.NoBody {
+		bodyLen = r.ContentLength
 	}
-	if r.Body != nil && r.Body != http.NoBody && (r.ContentLength < 0 || r.ContentLength > h1MaxBody) {
-		return false
-	}
-	h := r.Header
-	if len(h["Upgrade"]) > 0 || headerHasToken(h["Connection"], "upgrade") || headerHasToken(h["Expect"], "100-continue") {
-		return false
-	}
-	return true
+	return h1.Eligible(r.Method, r.Header, bodyLen)
 }
 
 // headPool holds the buffers upstream request heads are written into.
 var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-// readReqs are the requests http.ReadResponse is given: only the method
-// matters (a HEAD response has no body).
-var (
-	readReqHead  = &http.Request{Method: http.MethodHead}
-	readReqOther = &http.Request{Method: http.MethodGet}
-)
 
 func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	ri := infoFrom(r.Context())
@@ -111,7 +111,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	buf := (*bp)[:0]
 	var err error
 	if buf, err = p.appendHead(buf, r); err != nil {
-		h1CloseBody(r)
+		h1.CloseBody(r)
 		p.g.proxyError(w, r, err, p.name, p.target.Host)
 		return
 	}
@@ -138,12 +138,8 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 	if cap(buf) <= 64<<10 {
 		*bp = buf[:0]
 	}
-	readReq := readReqOther
-	if r.Method == http.MethodHead {
-		readReq = readReqHead
-	}
 	start := time.Now()
-	resp, err := p.h1.send(context.Background(), p.addr, deadline, h1Replayable(r), readReq, func(bw *bufio.Writer) error {
+	resp, err := p.h1.Send(context.Background(), p.addr, deadline, h1.Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
 		_, err := bw.Write(buf)
 		return err
 	})
@@ -163,7 +159,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 // appendHead appends the upstream request's head (request line and
 // headers, through the blank line) to b.
 func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
-	if !h1Token(r.Method) {
+	if !h1.Token(r.Method) {
 		return b, fmt.Errorf("net/http: invalid method %q", r.Method)
 	}
 	b = append(b, r.Method...)
@@ -180,16 +176,16 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			continue
 		}
 		if k == "Te" {
-			if headerHasToken(vs, "trailers") {
+			if h1.HasToken(vs, "trailers") {
 				b = append(b, "Te: trailers\r\n"...)
 			}
 			continue
 		}
-		if !h1Token(k) {
+		if !h1.Token(k) {
 			return b, fmt.Errorf("net/http: invalid header field name %q", k)
 		}
 		for _, v := range vs {
-			if !h1FieldValue(v) {
+			if !h1.ValidFieldValue(v) {
 				return b, fmt.Errorf("net/http: invalid header field value for %q", k)
 			}
 			b = append(b, k...)
@@ -198,13 +194,30 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			b = append(b, "\r\n"...)
 		}
 	}
-	// X-Forwarded-*: as httputil.ProxyRequest.SetXForwarded, keeping a
-	// trusted proxy's values.
+	b, err := appendForwarded(b, r, trusted)
+	if err != nil {
+		return b, err
+	}
+	if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
+		b = append(b, "Content-Length: "...)
+		b = appendInt(b, r.ContentLength)
+		b = append(b, "\r\n"...)
+	} else if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+		// What net/http sends for a bodiless POST, PUT or PATCH.
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	return append(b, "\r\n"...), nil
+}
+
+// appendForwarded appends X-Forwarded-For, -Host and -Proto, as
+// httputil.ProxyRequest.SetXForwarded, keeping a trusted proxy's values.
+func appendForwarded(b []byte, r *http.Request, trusted bool) ([]byte, error) {
+	h := r.Header
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		b = append(b, "X-Forwarded-For: "...)
 		if trusted {
 			for _, v := range h["X-Forwarded-For"] {
-				if !h1FieldValue(v) {
+				if !h1.ValidFieldValue(v) {
 					return b, errors.New("net/http: invalid header field value for \"X-Forwarded-For\"")
 				}
 				b = append(b, v...)
@@ -226,22 +239,13 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			fwdProto = v
 		}
 	}
-	if !h1FieldValue(fwdHost) || !h1FieldValue(fwdProto) {
+	if !h1.ValidFieldValue(fwdHost) || !h1.ValidFieldValue(fwdProto) {
 		return b, errors.New("net/http: invalid X-Forwarded-Host or X-Forwarded-Proto value")
 	}
 	b = append(b, "X-Forwarded-Host: "...)
 	b = append(b, fwdHost...)
 	b = append(b, "\r\nX-Forwarded-Proto: "...)
 	b = append(b, fwdProto...)
-	b = append(b, "\r\n"...)
-	if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
-		b = append(b, "Content-Length: "...)
-		b = appendInt(b, r.ContentLength)
-		b = append(b, "\r\n"...)
-	} else if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
-		// What net/http sends for a bodiless POST, PUT or PATCH.
-		b = append(b, "Content-Length: 0\r\n"...)
-	}
 	return append(b, "\r\n"...), nil
 }
 
@@ -270,25 +274,12 @@ func skipRequestHeader(k string, conn []string, trusted bool) bool {
 	case "Te":
 		return false // kept as "trailers" only
 	}
-	if isHopHeader(k) || headerHasToken(conn, k) {
+	if isHopHeader(k) || h1.HasToken(conn, k) {
 		return true
 	}
 	if !trusted {
 		for _, s := range spoofableIPHeaders {
 			if s == k {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// headerHasToken reports whether a comma-separated header value list
-// contains tok (case-insensitively).
-func headerHasToken(vs []string, tok string) bool {
-	for _, v := range vs {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), tok) {
 				return true
 			}
 		}
@@ -398,10 +389,8 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 	defer resp.Body.Close()
 	rh := resp.Header
 	for _, v := range rh["Connection"] {
-		for t := range strings.SplitSeq(v, ",") {
-			if t = strings.TrimSpace(t); t != "" {
-				delete(rh, http.CanonicalHeaderKey(t))
-			}
+		for t := range h1.Tokens(v) {
+			delete(rh, http.CanonicalHeaderKey(t))
 		}
 	}
 	for _, k := range hopHeaders {
@@ -444,10 +433,13 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 				fl.Flush()
 			}
 		}
-		if rerr == io.EOF {
+		if errors.Is(rerr, io.EOF) {
 			break
 		}
 		if rerr != nil {
+			if ri := infoFrom(r.Context()); ri != nil {
+				ri.outcomeUnknown = true // answered in part: the request was sent
+			}
 			p.g.log.Warn("upstream response body failed; aborting the client connection",
 				"route", p.name, "upstream", p.target.Host, "error", rerr)
 			panic(http.ErrAbortHandler)

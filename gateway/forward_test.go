@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // headRecorder is an upstream that records each request as read by
@@ -188,23 +191,66 @@ routes:
 }
 
 // rawUpstream listens on loopback and runs serve on each connection, in
-// its own goroutine, until the test ends.
+// its own goroutine, until the test ends; then the connections are closed
+// and the goroutines waited for.
 func rawUpstream(t *testing.T, serve func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go serve(c)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); serve(c) }()
 		}
 	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	return ln
+}
+
+// startFront serves h with levee's HTTP/1.1 server on a loopback port
+// until the test ends.
+func startFront(t *testing.T, h http.Handler) (f struct{ addr string }) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := h1.NewServer(&http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, quiet,
+		func(w http.ResponseWriter, _ *http.Request, e *h1.EdgeError) { w.WriteHeader(e.Status) })
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		<-done
+	})
+	f.addr = ln.Addr().String()
+	return f
 }
 
 // A response body cut by the upstream reaches the client as a cut
@@ -227,7 +273,7 @@ func TestCutUpstreamBodyAbortsTheClient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := startFront(t, g, nil)
+		f := startFront(t, g)
 		resp, err := http.Get("http://" + f.addr + "/x")
 		if err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"path"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/h1"
 	"github.com/leveehq/levee/internal/problem"
 	"github.com/leveehq/levee/ratelimit"
 )
@@ -87,7 +89,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Transport == nil {
-		opts.Transport = newH1Transport(NewTransport(), 1024)
+		opts.Transport = h1.NewTransport(NewTransport(), 1024)
 	}
 	if opts.AccessLog == nil {
 		opts.AccessLog = opts.Logger
@@ -260,7 +262,35 @@ type reqInfo struct {
 	limited     string // policies that denied the request
 	upstreamDur time.Duration
 	upstreamErr string
+	// outcomeUnknown: the whole request reached the upstream and then its
+	// answer was lost (timeout, connection lost, head or body cut); see
+	// h1.OutcomeUnknown. False when it was not sent or was answered.
+	outcomeUnknown bool
+	// sent watches, on the ReverseProxy path, whether net/http's
+	// Transport wrote the whole request.
+	sent *sentTracker
 }
+
+// sentTracker is an httptrace.ClientTrace noting that the whole request
+// was written, plus the response body wrapper noting a cut body: one
+// allocation for both, per request on the ReverseProxy path. It is not
+// pooled: the Transport's writing goroutine may report after the handler
+// returned.
+type sentTracker struct {
+	trace httptrace.ClientTrace
+	wrote atomic.Bool
+	cut   unknownOnCut
+}
+
+// newSentTracker returns a tracker whose trace is ready for
+// httptrace.WithClientTrace.
+func newSentTracker() *sentTracker {
+	st := &sentTracker{}
+	st.trace.WroteRequest = st.wroteRequest
+	return st
+}
+
+func (st *sentTracker) wroteRequest(info httptrace.WroteRequestInfo) { st.wrote.Store(info.Err == nil) }
 
 type infoKey struct{}
 
@@ -526,7 +556,7 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 		},
 	}
 	rp := &routeProxy{g: g, name: name, target: target, timeout: timeout, trusted: trusted, rp: p}
-	if h1, ok := g.transport.(*h1Transport); ok && target.Scheme == "http" && target.User == nil {
+	if h1, ok := g.transport.(*h1.Transport); ok && target.Scheme == "http" && target.User == nil {
 		rp.h1 = h1
 		rp.addr = target.Host
 		if target.Port() == "" {
@@ -563,6 +593,9 @@ func isTrusted(r *http.Request, trusted []netip.Prefix) bool {
 // route, the upstream and the cause.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, route, upstream string) {
 	ri := infoFrom(r.Context())
+	if ri != nil && h1.OutcomeUnknown(err) {
+		ri.outcomeUnknown = true
+	}
 	var mbe *http.MaxBytesError
 	var cbe *clientBodyError
 	switch {
@@ -571,18 +604,27 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", mbe.Limit)})
 	case errors.As(err, &cbe):
 		// The client's body failed (too slow, hung up): not the upstream's
-		// fault, never counted as an upstream error.
-		if clientGone(cbe.err) || r.Context().Err() != nil {
-			markAborted(w)
-			return
+		// fault, never counted as an upstream error. Either way the
+		// upstream got nothing, so the client must not see a success.
+		switch {
+		case isTimeout(cbe.err):
+			g.clientFailed(r, route, "body_timeout", cbe)
+			w.Header().Set("Connection", "close")
+			problem.Write(w, problem.Problem{Type: problem.RequestTimeout, Status: http.StatusRequestTimeout,
+				Title: "Request body not received in time", Detail: "the request body stalled before server.read_timeout; nothing was sent upstream"})
+		case clientGone(cbe.err) || r.Context().Err() != nil:
+			g.clientFailed(r, route, "gone", cbe)
+			abortClient(w)
+		default:
+			writeProblem(w, r, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
+				Title: "Request body could not be read", Detail: cbe.Error()})
 		}
-		writeProblem(w, r, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
-			Title: "Request body could not be read", Detail: cbe.Error()})
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
 		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream)}, route, upstream)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		markAborted(w) // the client went away; there is nobody to answer
+		g.clientFailed(r, route, "gone", err)
+		abortClient(w) // the client went away; there is nobody to answer
 	default:
 		g.upstreamFailed(w, ri, err, "unavailable", problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusBadGateway,
 			Title: "Upstream unavailable", Detail: fmt.Sprintf("route %s: upstream %s: %s", route, upstream, upstreamCause(err))}, route, upstream)
@@ -598,6 +640,51 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, ri *reqInfo, err error, 
 	}
 	p.Extra = map[string]any{"route": route, "upstream": upstream}
 	problem.WriteWith(w, p, ri.renderer())
+}
+
+// edgeProblems are the problem types of the HTTP layer's refusals, by
+// status.
+var edgeProblems = map[int]struct{ typ, title string }{
+	http.StatusBadRequest:                  {problem.RequestInvalid, "Malformed request"},
+	http.StatusRequestTimeout:              {problem.RequestTimeout, "Request not received in time"},
+	http.StatusExpectationFailed:           {problem.ExpectationFailed, "Unsupported expectation"},
+	http.StatusRequestHeaderFieldsTooLarge: {problem.RequestHeaderTooLarge, "Request head too large"},
+	http.StatusNotImplemented:              {problem.TransferCodingUnsupported, "Unsupported transfer coding"},
+	http.StatusHTTPVersionNotSupported:     {problem.HTTPVersionUnsupported, "Unsupported HTTP version"},
+}
+
+// rejectEdge is the h1.RejectFunc of the proxy listener's servers: a
+// request refused by the HTTP layer, before routing, gets problem+json
+// with a fresh X-Request-Id, and is counted and logged.
+func (g *Gateway) rejectEdge(w http.ResponseWriter, r *http.Request, e *h1.EdgeError) {
+	p, ok := edgeProblems[e.Status]
+	if !ok {
+		p = edgeProblems[http.StatusBadRequest]
+	}
+	id := newRequestID()
+	w.Header().Set("X-Request-Id", id)
+	g.metrics.clientErrors.WithLabelValues("_edge", p.typ).Inc()
+	g.log.LogAttrs(r.Context(), slog.LevelWarn, "request refused by the HTTP layer", slog.String("request_id", id),
+		slog.Int("status", e.Status), slog.String("detail", e.Detail), slog.String("remote", remoteIP(r)))
+	problem.Write(w, problem.Problem{Type: p.typ, Status: e.Status, Title: p.title, Detail: e.Detail})
+}
+
+// clientFailed counts and logs a request that failed on the client's
+// side (kind body_timeout or gone).
+func (g *Gateway) clientFailed(r *http.Request, route, kind string, err error) {
+	g.metrics.clientErrors.WithLabelValues(route, kind).Inc()
+	g.log.LogAttrs(r.Context(), slog.LevelWarn, "client request failed before reaching the upstream",
+		slog.String("request_id", r.Header.Get("X-Request-Id")), slog.String("route", route),
+		slog.String("kind", kind), slog.String("error", err.Error()))
+}
+
+// abortClient ends a request whose client is gone without any answer: it
+// marks the request aborted (logged and counted as 499) and panics with
+// http.ErrAbortHandler, so that neither server sends the implicit
+// "200 OK" of a handler that wrote nothing.
+func abortClient(w http.ResponseWriter) {
+	markAborted(w)
+	panic(http.ErrAbortHandler)
 }
 
 // markAborted records, on the gateway's statusWriter under w, that the
@@ -668,11 +755,52 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			err = &clientBodyError{berr}
 		}
 	}
-	if ri := infoFrom(r.Context()); ri != nil {
-		ri.upstreamDur = time.Since(start)
+	ri := infoFrom(r.Context())
+	if ri == nil {
+		return resp, err
+	}
+	ri.upstreamDur = time.Since(start)
+	// Whether the whole request was written: levee's transport marks its
+	// own errors, net/http's Transport tells through the trace that
+	// routeProxy set (sent).
+	switch st := ri.sent; {
+	case st == nil:
+	case err != nil && st.wrote.Load() && !writeFailed(err):
+		err = h1.Unknown(err)
+	case err == nil && resp.Body != nil && resp.Body != http.NoBody && resp.StatusCode != http.StatusSwitchingProtocols:
+		// (A 101's body is the upgraded connection, which ReverseProxy
+		// needs as it is.)
+		st.cut = unknownOnCut{rc: resp.Body, ri: ri}
+		resp.Body = &st.cut
 	}
 	return resp, err
 }
+
+// writeFailed reports whether err is a failure to write to the
+// connection. net/http's Transport reports WroteRequest once the request
+// is in its buffer, before the flush that may still fail.
+func writeFailed(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "write"
+}
+
+// unknownOnCut notes on the request info that a response body failed
+// before its end (ReverseProxy then aborts the client): the request was
+// sent, its outcome is unknown.
+type unknownOnCut struct {
+	rc io.ReadCloser
+	ri *reqInfo
+}
+
+func (b *unknownOnCut) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		b.ri.outcomeUnknown = true
+	}
+	return n, err
+}
+
+func (b *unknownOnCut) Close() error { return b.rc.Close() }
 
 // clientBodyError is a failure to read the client's request body: the
 // client's fault or departure, not the upstream's.
@@ -691,7 +819,7 @@ type bodyErrors struct {
 
 func (b *bodyErrors) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		b.mu.Lock()
 		if b.err == nil {
 			b.err = err
@@ -711,7 +839,7 @@ func (b *bodyErrors) failure() error {
 
 // smallBody is the largest request body sent upstream in the same write
 // as the headers.
-const smallBody = 64 << 10
+const smallBody = h1.MaxBody
 
 // bufferPool recycles the 8 KiB copy buffers of the reverse proxy (nginx's
 // proxy buffers are 4–8 KiB; at a thousand connections 32 KiB each cost

@@ -31,6 +31,7 @@ type Metrics struct {
 	rlFallbacks     *prometheus.CounterVec
 	rlLatency       prometheus.Histogram
 	connections     *prometheus.CounterVec
+	clientErrors    *prometheus.CounterVec
 }
 
 // latency buckets from 0.5 ms to 30 s.
@@ -99,6 +100,11 @@ func NewMetrics(version string) *Metrics {
 		m.connections.WithLabelValues(s)
 	}
 	reg.MustRegister(m.connections)
+	m.clientErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levee_client_errors_total",
+		Help: "Requests that failed on the client's side, by route (_edge: refused by the HTTP layer before routing) and kind: body_timeout (the body stalled: 408), gone (the client left before an answer: none sent), or the problem type the HTTP layer answered with.",
+	}, []string{"route", "kind"})
+	reg.MustRegister(m.clientErrors)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.unknownOutcomes, m.storeOps, m.storeErrors,

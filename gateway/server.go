@@ -19,6 +19,8 @@ import (
 	"github.com/leveehq/levee/idempotency"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/leveehq/levee/internal/h1"
 )
 
 // Server runs a Gateway: the proxy listener, the admin listener, config
@@ -39,11 +41,12 @@ type Server struct {
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
 	proxy    *http.Server // serves every connection, or those front hands off
-	front    *frontServer // levee's HTTP/1.1 server (server.engine levee)
+	front    *h1.Server   // levee's HTTP/1.1 server (server.engine levee)
 	admin    *http.Server
 	proxyLn  net.Listener
 	adminLn  net.Listener
 	watcher  *fsnotify.Watcher
+	serving  sync.WaitGroup // the listeners' serve loops
 	stopOnce sync.Once
 	done     chan struct{}
 }
@@ -150,11 +153,15 @@ func (s *Server) Start() error {
 		}
 	}
 	if sc.Engine == EngineNetHTTP {
-		go s.serve(s.proxy, s.proxyLn, "proxy")
+		h1.GuardServer(s.proxy, s.gw.rejectEdge)
+		s.serving.Add(1)
+		go s.serve(s.proxy, h1.GuardListener(s.proxyLn, s.proxy.MaxHeaderBytes), "proxy")
 	} else {
-		s.front = newFrontServer(s.proxy, s.log)
-		s.front.onAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
+		s.front = h1.NewServer(s.proxy, s.log, s.gw.rejectEdge)
+		s.front.OnAccept = s.metrics.connections.WithLabelValues(EngineLevee).Inc
+		s.serving.Add(1)
 		go func() {
+			defer s.serving.Done()
 			if err := s.front.Serve(s.proxyLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("listener failed", "listener", "proxy", "error", err)
 			}
@@ -167,6 +174,7 @@ func (s *Server) Start() error {
 			return fmt.Errorf("gateway: admin listen %s: %w", cfg.Admin.Listen, err)
 		}
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		s.serving.Add(1)
 		go s.serve(s.admin, s.adminLn, "admin")
 	}
 	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
@@ -174,7 +182,9 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// serve runs srv on ln; the caller has added it to s.serving.
 func (s *Server) serve(srv *http.Server, ln net.Listener, name string) {
+	defer s.serving.Done()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Error("listener failed", "listener", name, "error", err)
 	}
@@ -358,6 +368,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.admin != nil {
 			_ = s.admin.Shutdown(ctx)
 		}
+		s.waitServing(ctx)
 		s.gw.CloseIdleConnections()
 		if cerr := s.closeSt(); cerr != nil && err == nil {
 			err = cerr
@@ -371,6 +382,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("levee stopped", "error", errString(err))
 	})
 	return err
+}
+
+// waitServing waits, until ctx is done, for the serve loops to return
+// (and log what they log).
+func (s *Server) waitServing(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { s.serving.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 func errString(err error) string {

@@ -130,15 +130,15 @@ row() { # row FUNCTION DESCRIPTION
   echo
   echo "| part | function (cumulative) | µs/request |"
   echo "|---|---|---:|"
-  row 'github.com/leveehq/levee/gateway.(*frontConn).serve' 'front server, all of it'
-  row 'github.com/leveehq/levee/gateway.parseFrontHead' 'front server: parse the request head'
-  row 'github.com/leveehq/levee/gateway.(*frontResponse).commit' 'front server: status line and headers'
+  row 'github.com/leveehq/levee/internal/h1.(*frontConn).serve' 'front server, all of it'
+  row 'github.com/leveehq/levee/internal/h1.parseFrontHead' 'front server: parse the request head'
+  row 'github.com/leveehq/levee/internal/h1.(*frontResponse).commit' 'front server: status line and headers'
   row 'github.com/leveehq/levee/gateway.(*routeProxy).direct' 'direct proxy path (upstream write + read)'
   row 'github.com/redis/rueidis.(*pipe)._backgroundWrite' 'Redis writes (rueidis background writer)'
   row 'net/http.(*conn).serve' 'net/http server (engine net/http or handed-off connections)'
   row 'github.com/leveehq/levee/gateway.(*Gateway).ServeHTTP' 'gateway handler, all of it'
-  row 'github.com/leveehq/levee/gateway.readResponse' 'upstream response head (read + parse)'
-  row 'github.com/leveehq/levee/gateway.(*h1Conn).alive' 'idle upstream connection check (MSG_PEEK)'
+  row 'github.com/leveehq/levee/internal/h1.readResponse' 'upstream response head (read + parse)'
+  row 'github.com/leveehq/levee/internal/h1.(*h1Conn).alive' 'idle upstream connection check (MSG_PEEK)'
   row 'github.com/leveehq/levee/idempotency.(*Engine).serve' 'idempotency middleware, upstream call included'
   row 'net/http/httputil.(*ReverseProxy).ServeHTTP' 'ReverseProxy (requests off the direct path)'
   row 'github.com/leveehq/levee/gateway.(*Gateway).finish' 'gateway.finish (metrics + access log)'

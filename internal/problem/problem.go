@@ -26,6 +26,12 @@ const (
 	IdempotencyOutcomeUnknown = "idempotency-outcome-unknown"
 	RequestBodyTooLarge       = "request-body-too-large"
 	RequestCanceled           = "request-canceled"
+	RequestTimeout            = "request-timeout"
+	RequestInvalid            = "request-invalid"
+	RequestHeaderTooLarge     = "request-header-too-large"
+	TransferCodingUnsupported = "transfer-coding-unsupported"
+	HTTPVersionUnsupported    = "http-version-unsupported"
+	ExpectationFailed         = "expectation-failed"
 	UpstreamUnavailable       = "upstream-unavailable"
 	UpstreamTimeout           = "upstream-timeout"
 	RouteNotFound             = "route-not-found"
@@ -52,6 +58,7 @@ var Types = []string{
 	IdempotencyResponseLost, IdempotencyStoreDown, RequestBodyTooLarge, RequestCanceled,
 	UpstreamUnavailable, UpstreamTimeout, RouteNotFound, RateLimited, RateLimitStoreUnavailable,
 	IdempotencyOutcomeUnknown, AdminEndpointDisabled, AdminUnauthorized, AdminRequestInvalid,
+	RequestTimeout, RequestInvalid, RequestHeaderTooLarge, TransferCodingUnsupported, HTTPVersionUnsupported, ExpectationFailed,
 	WebhookHeaderMissing, WebhookHeaderMalformed, WebhookSignatureInvalid, WebhookTimestampStale,
 	WebhookTimestampFuture, WebhookJSONMalformed, WebhookIDMissing, WebhookInFlight, WebhookUnavailable,
 }

@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -10,13 +10,13 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// h1Transport is an HTTP/1.1 upstream client that sends plain-HTTP
+// Transport is an HTTP/1.1 upstream client that sends plain-HTTP
 // requests on pooled keep-alive connections in the caller's goroutine: the
 // request is written with one flush (headers and a small in-memory body in
 // one write) and the response is read by the same goroutine, with no
@@ -24,10 +24,10 @@ import (
 // hands every request to two goroutines per connection; see
 // docs/benchmarks.md, "Why the stock proxy is at 0.17–0.4×").
 //
-// It handles requests whose URL scheme is "http" and delegates everything
-// else to its fallback: other schemes (TLS, HTTP/2), CONNECT, requests
-// with an Upgrade header, "Expect: 100-continue", req.Close or a
-// "Connection: close"/"Connection: upgrade" request header.
+// It handles the requests h1Handles accepts (http:// URLs, the shapes of
+// Eligible) and delegates everything else to its fallback: other
+// schemes (TLS, HTTP/2), CONNECT, Upgrade, "Expect: 100-continue", bodies
+// over 64 KiB or of unknown length, req.Close or "Connection: close".
 //
 // Retry rule — the reason levee exists is that a duplicated POST must
 // never reach the upstream twice, so:
@@ -44,13 +44,21 @@ import (
 //     idempotency layer, not the transport, decides about retries.
 //  4. The single exception: a request whose method is GET, HEAD, OPTIONS
 //     or TRACE and which has no body (Body nil or http.NoBody), whose
-//     failure happened on a reused connection, while its context is still
-//     live, is sent once more on a freshly dialed connection. Never more
-//     than once, never for any other method, never with a body.
+//     failure happened on a reused connection before any byte of a
+//     response arrived, while its context is still live, is sent once
+//     more on a freshly dialed connection (where net/http's Transport
+//     would). Never more than once, never for any other method, never
+//     with a body, never after a response that arrived malformed (a bad
+//     status line, conflicting lengths, an unsolicited 101).
 //
 // An idle connection closed by the upstream after the check in 1 (a
 // keep-alive timeout racing the request) therefore costs a 502 for a POST,
 // never a duplicate.
+//
+// Every failure after the whole request was flushed to the connection —
+// reading the response head or body, a timeout, a malformed answer — is
+// marked Unknown (the upstream may have acted); dial and write
+// failures are not (see OutcomeUnknown).
 //
 // The idle pool keeps at most maxIdlePerHost connections per host:port
 // (most recently used first); a connection idle for more than 90 s is
@@ -62,17 +70,20 @@ import (
 // takes no proxy from the environment, and writes the whole request before
 // reading the response (an upstream that answers early and stops reading a
 // large streamed body makes the write fail or time out).
-type h1Transport struct {
+type Transport struct {
 	fallback http.RoundTripper
 	maxIdle  int
 	dialer   net.Dialer
+	// DialContext, when set before the first request, replaces the
+	// default dialer (5 s timeout, 30 s keep-alive).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu   sync.Mutex
 	idle map[string][]*h1Conn // by host:port, most recently used last
 }
 
 const (
-	// h1DefaultMaxIdlePerHost is used when newH1Transport gets maxIdlePerHost <= 0
+	// h1DefaultMaxIdlePerHost is used when NewTransport gets maxIdlePerHost <= 0
 	// (the figure of NewTransport).
 	h1DefaultMaxIdlePerHost = 1024
 	// h1IdleTimeout is how long a pooled connection may stay unused.
@@ -102,17 +113,18 @@ var (
 	errH1HeaderTooLong = errors.New("response headers exceed 1 MiB")
 )
 
-// newH1Transport returns an h1Transport that delegates the requests it
-// does not handle to fallback (NewTransport() when nil) and keeps up to
+// NewTransport returns an Transport that delegates the requests it
+// does not handle to fallback (http.DefaultTransport when nil; the
+// gateway passes a Transport tuned for a proxy) and keeps up to
 // maxIdlePerHost idle connections per upstream (1024 when <= 0).
-func newH1Transport(fallback http.RoundTripper, maxIdlePerHost int) *h1Transport {
+func NewTransport(fallback http.RoundTripper, maxIdlePerHost int) *Transport {
 	if fallback == nil {
-		fallback = NewTransport()
+		fallback = http.DefaultTransport
 	}
 	if maxIdlePerHost <= 0 {
 		maxIdlePerHost = h1DefaultMaxIdlePerHost
 	}
-	return &h1Transport{
+	return &Transport{
 		fallback: fallback,
 		maxIdle:  maxIdlePerHost,
 		dialer:   net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
@@ -120,14 +132,14 @@ func newH1Transport(fallback http.RoundTripper, maxIdlePerHost int) *h1Transport
 	}
 }
 
-// RoundTrip implements http.RoundTripper; see h1Transport for what it
+// RoundTrip implements http.RoundTripper; see Transport for what it
 // handles and when it sends a request again.
-func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !h1Handles(req) {
 		return t.fallback.RoundTrip(notReplayable(req))
 	}
 	if err := h1Validate(req); err != nil {
-		h1CloseBody(req)
+		CloseBody(req)
 		return nil, err
 	}
 	ctx := req.Context()
@@ -135,21 +147,23 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		deadline = dl
 	}
-	resp, err := t.send(ctx, h1Addr(req), deadline, h1Replayable(req), req, func(bw *bufio.Writer) error {
+	resp, err := t.Send(ctx, h1Addr(req), deadline, Replayable(req), req.Method, req, func(bw *bufio.Writer) error {
 		return req.Write(bw) // closes the body
 	})
 	if err != nil {
-		h1CloseBody(req) // a no-op when req.Write already closed it
+		CloseBody(req) // a no-op when req.Write already closed it
 	}
 	return resp, err
 }
 
-// send runs one exchange with the retry rules of h1Transport: write is
+// send runs one exchange with the retry rules of Transport: write is
 // called with the connection's buffered writer (flushed by send) and the
-// final response to readReq (only its Method is read) is returned. A
-// non-zero deadline bounds the whole exchange, reading the body included;
-// ctx's cancellation closes the connection.
-func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time, replayable bool, readReq *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
+// final response to readReq is returned (only its Method is read; nil
+// stands for a request of method on the connection's own http.Request,
+// which the response then points to). A non-zero deadline bounds the
+// whole exchange, reading the body included; ctx's cancellation closes
+// the connection.
+func (t *Transport) Send(ctx context.Context, addr string, deadline time.Time, replayable bool, method string, readReq *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", addr, err)
@@ -158,11 +172,16 @@ func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time,
 		if err != nil {
 			return nil, err // nothing was sent
 		}
-		resp, err := t.exchange(ctx, pc, deadline, readReq, write)
+		req := readReq
+		if req == nil {
+			pc.readReq = http.Request{Method: method}
+			req = &pc.readReq
+		}
+		resp, err := t.exchange(ctx, pc, deadline, req, write)
 		if err == nil {
 			return resp, nil
 		}
-		if attempt == 0 && reused && replayable && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
+		if attempt == 0 && reused && replayable && pc.lr.got == 0 && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
 			continue // rule 4: bodyless GET/HEAD/OPTIONS/TRACE, once, on a new connection
 		}
 		return nil, err
@@ -170,7 +189,7 @@ func (t *h1Transport) send(ctx context.Context, addr string, deadline time.Time,
 }
 
 // CloseIdleConnections closes the pooled connections, and the fallback's.
-func (t *h1Transport) CloseIdleConnections() {
+func (t *Transport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
 	t.idle = make(map[string][]*h1Conn)
@@ -188,22 +207,34 @@ func (t *h1Transport) CloseIdleConnections() {
 // exchange writes req on pc and reads the final response. On error pc is
 // closed. On success pc belongs to the response body (or is back in the
 // pool when the response has no body).
-func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, req *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
+func (t *Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, req *http.Request, write func(*bufio.Writer) error) (*http.Response, error) {
 	if !deadline.IsZero() {
 		_ = pc.c.SetDeadline(deadline)
 		pc.deadline = true
 	}
+	pc.lr.got = 0
 	stop := h1NoStop
+	pc.canceled.Store(nil)
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, pc.close)
+		stop = context.AfterFunc(ctx, func() {
+			err := ctx.Err()
+			pc.canceled.Store(&err)
+			pc.close()
+		})
 	}
+	sent := false // the whole request is written: failures are unknown outcomes
 	fail := func(op string, err error) (*http.Response, error) {
 		stop()
 		pc.close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("upstream %s: %s: %w (%w)", pc.addr, op, cerr, err)
+			err = fmt.Errorf("upstream %s: %s: %w (%w)", pc.addr, op, cerr, err)
+		} else {
+			err = fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
 		}
-		return nil, fmt.Errorf("upstream %s: %s: %w", pc.addr, op, err)
+		if sent {
+			err = Unknown(err)
+		}
+		return nil, err
 	}
 	if err := write(pc.bw); err != nil {
 		return fail("write", err)
@@ -211,6 +242,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 	if err := pc.bw.Flush(); err != nil {
 		return fail("write", err)
 	}
+	sent = true
 	trace := httptrace.ContextClientTrace(ctx)
 	for n1xx := 0; ; {
 		pc.lr.n = h1MaxHeaderBytes
@@ -238,7 +270,7 @@ func (t *h1Transport) exchange(ctx context.Context, pc *h1Conn, deadline time.Ti
 			t.release(pc, stop, keep)
 			return resp, nil
 		}
-		resp.Body = &h1Body{t: t, pc: pc, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+		resp.Body = &h1Body{t: t, pc: pc, rc: resp.Body, stop: stop, keep: keep}
 		return resp, nil
 	}
 }
@@ -250,7 +282,7 @@ func h1NoStop() bool { return true }
 // release ends pc's exchange: it goes back to the pool when both sides
 // keep it alive, the context did not close it and nothing unread is
 // buffered; otherwise it is closed.
-func (t *h1Transport) release(pc *h1Conn, stop func() bool, keep bool) {
+func (t *Transport) release(pc *h1Conn, stop func() bool, keep bool) {
 	if !stop() || !keep || pc.br.Buffered() > 0 {
 		pc.close()
 		return
@@ -291,7 +323,7 @@ func closeAll(conns []*h1Conn) {
 
 // getConn returns a live idle connection to addr (reused true) or dials
 // one. fresh skips the pool.
-func (t *h1Transport) getConn(ctx context.Context, addr string, deadline time.Time, fresh bool) (pc *h1Conn, reused bool, err error) {
+func (t *Transport) getConn(ctx context.Context, addr string, deadline time.Time, fresh bool) (pc *h1Conn, reused bool, err error) {
 	for !fresh {
 		pc := t.popIdle(addr)
 		if pc == nil {
@@ -301,6 +333,13 @@ func (t *h1Transport) getConn(ctx context.Context, addr string, deadline time.Ti
 			return pc, true, nil
 		}
 		pc.close()
+	}
+	if t.DialContext != nil {
+		c, err := t.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, false, err
+		}
+		return newH1Conn(c, addr), false, nil
 	}
 	d := &t.dialer
 	if !deadline.IsZero() {
@@ -317,7 +356,7 @@ func (t *h1Transport) getConn(ctx context.Context, addr string, deadline time.Ti
 
 // popIdle takes the most recently used idle connection to addr, closing
 // the ones idle for longer than h1IdleTimeout.
-func (t *h1Transport) popIdle(addr string) *h1Conn {
+func (t *Transport) popIdle(addr string) *h1Conn {
 	t.mu.Lock()
 	list := t.idle[addr]
 	n := len(list)
@@ -356,7 +395,10 @@ type h1Conn struct {
 	peekErr   error
 	peekBuf   [1]byte
 	idleSince time.Time
-	deadline  bool // a deadline is set on c
+	deadline  bool         // a deadline is set on c
+	readReq   http.Request // what the response of a direct-path exchange answers
+	// canceled is the context's error once its cancellation closed c.
+	canceled atomic.Pointer[error]
 }
 
 // newH1Conn wraps a dialed connection.
@@ -416,7 +458,7 @@ func (pc *h1Conn) alive() bool {
 	// deadline already in the past would fail the read before it reaches
 	// the socket, so it is set just ahead; a FIN that has arrived is then
 	// seen as EOF. A dead connection missed here costs an error, never a
-	// duplicate (see the rules on h1Transport).
+	// duplicate (see the rules on Transport).
 	_ = pc.c.SetReadDeadline(time.Now().Add(time.Microsecond))
 	_, err := pc.br.Peek(1)
 	_ = pc.c.SetReadDeadline(time.Time{})
@@ -425,16 +467,20 @@ func (pc *h1Conn) alive() bool {
 }
 
 // h1LimitReader bounds the bytes read from the connection while a
-// response's headers are parsed (n >= 0); n < 0 means no limit.
+// response's headers are parsed (n >= 0); n < 0 means no limit. got
+// counts the bytes read since the exchange began (rule 4 of Transport).
 type h1LimitReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	got int64
 }
 
 // Read implements io.Reader.
 func (l *h1LimitReader) Read(p []byte) (int, error) {
 	if l.n < 0 {
-		return l.r.Read(p)
+		n, err := l.r.Read(p)
+		l.got += int64(n)
+		return n, err
 	}
 	if l.n == 0 {
 		return 0, errH1HeaderTooLong
@@ -444,6 +490,7 @@ func (l *h1LimitReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
+	l.got += int64(n)
 	return n, err
 }
 
@@ -451,9 +498,8 @@ func (l *h1LimitReader) Read(p []byte) (int, error) {
 // with keep-alive on both sides, the connection goes back to the pool;
 // closed early or failed, it is closed.
 type h1Body struct {
-	t    *h1Transport
+	t    *Transport
 	pc   *h1Conn
-	ctx  context.Context
 	rc   io.ReadCloser // http.ReadResponse's body (never closed: it would drain)
 	stop func() bool   // stops the context's AfterFunc
 	keep bool          // neither side asked to close
@@ -474,12 +520,13 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	b.mu.Unlock()
 	n, err := b.rc.Read(p)
 	switch {
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		b.finish(true, io.EOF)
 	case err != nil:
-		if cerr := b.ctx.Err(); cerr != nil {
-			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, cerr, err)
+		if cerr := b.pc.canceled.Load(); cerr != nil {
+			err = fmt.Errorf("upstream %s: reading the body: %w (%w)", b.pc.addr, *cerr, err)
 		}
+		err = Unknown(err) // the response began: the request was sent
 		b.finish(false, err)
 	}
 	return n, err
@@ -538,44 +585,48 @@ type emptyBody struct{}
 func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
-// h1MaxBody is the largest request body h1Transport sends. Larger or
+// MaxBody is the largest request body Transport sends. Larger or
 // unknown-length (streamed) uploads go to the fallback, which reads an
 // upstream's early answer (a 413, say) while it is still sending; h1
 // writes the whole request before reading.
-const h1MaxBody = smallBody
+const MaxBody = 64 << 10
 
-// h1Handles reports whether req is for h1Transport rather than its
-// fallback.
+// h1Handles reports whether req is for Transport rather than its
+// fallback: an http:// URL, no request to close the connection (req.Close
+// or "Connection: close", which Transport's pooled connections do not
+// honour), and what Eligible accepts, a body of unknown length being
+// one with ContentLength 0 (a client request's convention).
 func h1Handles(req *http.Request) bool {
-	if req.URL == nil || req.URL.Scheme != "http" || req.Close || req.Method == http.MethodConnect {
+	if req.URL == nil || req.URL.Scheme != "http" || req.Close || HasToken(req.Header["Connection"], "close") {
 		return false
 	}
-	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength <= 0 || req.ContentLength > h1MaxBody) {
-		return false
-	}
-	h := req.Header
-	if len(h["Upgrade"]) > 0 {
-		return false
-	}
-	for _, v := range h["Expect"] {
-		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
-			return false
+	bodyLen := int64(0)
+	if req.Body != nil && req.Body != http.NoBody {
+		bodyLen = req.ContentLength
+		if bodyLen == 0 {
+			bodyLen = -1
 		}
 	}
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			tok = strings.TrimSpace(tok)
-			if strings.EqualFold(tok, "close") || strings.EqualFold(tok, "upgrade") {
-				return false
-			}
-		}
-	}
-	return true
+	return Eligible(req.Method, req.Header, bodyLen)
 }
 
-// h1Replayable reports whether req may be sent again after a failure on a
+// Eligible is the one rule for which requests levee's engine sends to
+// an upstream itself — on the gateway's direct path and in
+// Transport.RoundTrip — rather than net/http's Transport: not CONNECT,
+// no Upgrade header nor "Connection: upgrade" (a WebSocket), no "Expect:
+// 100-continue", and a body (bodyLen: 0 none, < 0 unknown length) of
+// known length up to MaxBody (it is written whole before the response
+// is read; net/http's Transport reads an early answer while it sends).
+func Eligible(method string, h http.Header, bodyLen int64) bool {
+	if method == http.MethodConnect || bodyLen < 0 || bodyLen > MaxBody {
+		return false
+	}
+	return len(h["Upgrade"]) == 0 && !HasToken(h["Connection"], "upgrade") && !HasToken(h["Expect"], "100-continue")
+}
+
+// Replayable reports whether req may be sent again after a failure on a
 // reused connection: a safe method and no body.
-func h1Replayable(req *http.Request) bool {
+func Replayable(req *http.Request) bool {
 	return h1SafeMethod(req.Method) && (req.Body == nil || req.Body == http.NoBody)
 }
 
@@ -602,15 +653,15 @@ func h1Validate(req *http.Request) error {
 	if req.URL.Host == "" {
 		return errors.New("http: no Host in request URL")
 	}
-	if req.Method != "" && !h1Token(req.Method) {
+	if req.Method != "" && !Token(req.Method) {
 		return fmt.Errorf("net/http: invalid method %q", req.Method)
 	}
 	for k, vs := range req.Header {
-		if !h1Token(k) {
+		if !Token(k) {
 			return fmt.Errorf("net/http: invalid header field name %q", k)
 		}
 		for _, v := range vs {
-			if !h1FieldValue(v) {
+			if !ValidFieldValue(v) {
 				return fmt.Errorf("net/http: invalid header field value for %q", k)
 			}
 		}
@@ -618,36 +669,9 @@ func h1Validate(req *http.Request) error {
 	return nil
 }
 
-// h1Token reports whether s is a non-empty RFC 9110 token.
-func h1Token(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			continue
-		}
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// h1FieldValue reports whether s holds no control character but HTAB.
-func h1FieldValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// h1CloseBody closes the request body, as a RoundTripper must even when
+// CloseBody closes the request body, as a RoundTripper must even when
 // it fails.
-func h1CloseBody(req *http.Request) {
+func CloseBody(req *http.Request) {
 	if req.Body != nil {
 		_ = req.Body.Close()
 	}

@@ -1,6 +1,7 @@
-package gateway
+package h1
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -78,10 +80,56 @@ func (f h1NoFallback) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // newTestH1 returns a transport without fallback whose idle connections
 // are closed at the end of the test.
-func newTestH1(t testing.TB) *h1Transport {
-	tr := newH1Transport(h1NoFallback{t}, 4)
+func newTestH1(t testing.TB) *Transport {
+	tr := NewTransport(h1NoFallback{t}, 4)
 	t.Cleanup(tr.CloseIdleConnections)
 	return tr
+}
+
+// isTimeout reports whether err is a deadline or a net timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// rawUpstream listens on loopback and runs serve on each connection, in
+// its own goroutine, until the test ends; then the connections are closed
+// and the goroutines waited for.
+func rawUpstream(t *testing.T, serve func(net.Conn)) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); serve(c) }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln
 }
 
 // h1Do sends one request through rt with a 5 s bound and reads the body.
@@ -117,7 +165,7 @@ func mustDo(t *testing.T, rt http.RoundTripper, method, url, body string) (*http
 }
 
 // idleCount is the number of pooled connections to u.
-func (t *h1Transport) idleCount(u *h1Upstream) int {
+func (t *Transport) idleCount(u *h1Upstream) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.idle[u.Listener.Addr().String()])
@@ -230,7 +278,21 @@ func TestH1UpstreamClosedIdleConnection(t *testing.T) {
 	}
 	u.CloseClientConnections()
 	u.waitClosed(t, 1)
-	time.Sleep(20 * time.Millisecond) // let the FIN reach the client socket
+	// Wait (bounded) for the FIN to reach the pooled connection's socket,
+	// instead of sleeping a guess.
+	addr := strings.TrimPrefix(u.URL, "http://")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		tr.mu.Lock()
+		list := tr.idle[addr]
+		alive := len(list) == 1 && list[0].alive()
+		tr.mu.Unlock()
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pooled connection never saw the upstream's close")
+		}
+	}
 	_, body, err := h1Do(t, tr, http.MethodPost, u.URL+"/pay", `{"amount":100}`)
 	if err != nil || body != "ok" {
 		t.Fatalf("POST after the upstream closed the idle connection: %v (body %q)", err, body)
@@ -599,8 +661,8 @@ func TestH1LargeStreamedBodies(t *testing.T) {
 	}
 	// An upload of unknown length (streamed) goes to the fallback, which
 	// reads an early answer while sending; it arrives intact.
-	fb := &h1CountingRT{rt: NewTransport()}
-	tr2 := newH1Transport(fb, 0)
+	fb := &h1CountingRT{rt: &http.Transport{}}
+	tr2 := NewTransport(fb, 0)
 	defer tr2.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -635,7 +697,7 @@ func TestH1Fallback(t *testing.T) {
 	}))
 	defer tlsUp.Close()
 	fb := &h1CountingRT{rt: tlsUp.Client().Transport}
-	tr := newH1Transport(fb, 4)
+	tr := NewTransport(fb, 4)
 	defer tr.CloseIdleConnections()
 	if _, body := mustDo(t, tr, http.MethodGet, tlsUp.URL, ""); body != "tls" || fb.n.Load() != 1 {
 		t.Fatalf("https: body %q, fallback used %d times", body, fb.n.Load())
@@ -644,7 +706,7 @@ func TestH1Fallback(t *testing.T) {
 	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("plain")) }))
 	fb = &h1CountingRT{rt: &http.Transport{}}
 	defer fb.rt.(*http.Transport).CloseIdleConnections()
-	tr = newH1Transport(fb, 4)
+	tr = NewTransport(fb, 4)
 	defer tr.CloseIdleConnections()
 	for i, mod := range []func(*http.Request){
 		func(r *http.Request) { r.Header.Set("Upgrade", "websocket"); r.Header.Set("Connection", "Upgrade") },
@@ -694,7 +756,7 @@ func TestH1RejectsInvalidHeaders(t *testing.T) {
 func TestH1IdleTimeoutAndPoolBound(t *testing.T) {
 	t.Parallel()
 	u := newH1Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	tr := newH1Transport(h1NoFallback{t}, 2)
+	tr := NewTransport(h1NoFallback{t}, 2)
 	defer tr.CloseIdleConnections()
 	var resps []*http.Response
 	for range 3 {
@@ -772,7 +834,7 @@ func TestH1ReverseProxy(t *testing.T) {
 			pr.SetURL(target.URL)
 			pr.SetXForwarded()
 		},
-		Transport: timedTransport{tr},
+		Transport: tr,
 	}
 	front := httptest.NewServer(proxy)
 	defer front.Close()
@@ -807,9 +869,9 @@ func TestH1ReverseProxy(t *testing.T) {
 	}
 }
 
-// BenchmarkH1Transport compares h1Transport with a tuned http.Transport
-// for a small POST through httputil.ReverseProxy (in process, as levee
-// wraps it: timedTransport, 8 KiB copy buffers) to a real loopback
+// BenchmarkH1Transport compares Transport with a tuned http.Transport
+// for a small POST through httputil.ReverseProxy (in process; the
+// gateway's BenchmarkGateway measures levee's own wrapping) to a real loopback
 // upstream, 8 requests in flight per CPU. The upstream runs in the same
 // process and shares the CPUs.
 func BenchmarkH1Transport(b *testing.B) {
@@ -824,14 +886,13 @@ func BenchmarkH1Transport(b *testing.B) {
 		name string
 		rt   http.RoundTripper
 	}{
-		{"h1", newH1Transport(h1NoFallback{b}, 1024)},
+		{"h1", NewTransport(h1NoFallback{b}, 1024)},
 		{"http.Transport", ht},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			proxy := &httputil.ReverseProxy{
-				Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target.URL) },
-				Transport:  timedTransport{c.rt},
-				BufferPool: &bufferPool{},
+				Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target.URL) },
+				Transport: c.rt,
 			}
 			const body = `{"amount":100,"currency":"EUR"}`
 			b.ReportAllocs()
@@ -871,7 +932,7 @@ func TestH1FallbackNeverResendsBodilessPost(t *testing.T) {
 	}))
 	defer up.Close()
 	fallback := up.Client().Transport.(*http.Transport).Clone()
-	tr := newH1Transport(fallback, 0)
+	tr := NewTransport(fallback, 0)
 	defer tr.CloseIdleConnections()
 	mustDo(t, tr, http.MethodGet, up.URL, "") // warm: the POST goes on a reused connection
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -901,11 +962,17 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	tr := newTestH1(t)
-	done := make(chan struct{})
+	done := make(chan error)
 	for i := 0; i < 4; i++ {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			h1Do(t, tr, http.MethodGet, u.URL+"/hold", "")
+		go func() { // no t.Fatal off the test's goroutine: errors are reported on done
+			var err error
+			defer func() { done <- err }()
+			req, _ := http.NewRequest(http.MethodGet, u.URL+"/hold", nil)
+			resp, err := tr.RoundTrip(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
 		}()
 	}
 	for inFlight.Load() < 4 {
@@ -913,7 +980,9 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 	}
 	close(gate)
 	for i := 0; i < 4; i++ {
-		<-done
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 	addr := strings.TrimPrefix(u.URL, "http://")
 	tr.mu.Lock()
@@ -931,5 +1000,55 @@ func TestH1StaleIdleConnectionsAreClosed(t *testing.T) {
 	tr.mu.Unlock()
 	if left != 1 {
 		t.Fatalf("%d idle connections left, want 1 (the 3 stale ones closed)", left)
+	}
+}
+
+// A bodyless GET is sent again only where net/http's Transport would: the
+// reused connection failed before any byte of a response arrived. A
+// response that arrived malformed is an answer, not a lost request
+// (issue 9, defect 4).
+func TestGetNotResentAfterMalformedResponse(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		second string // what the reused connection answers to the second GET
+		sends  int64  // GETs the upstream sees in all
+	}{
+		"bad status code":        {"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n", 2},
+		"two Content-Lengths":    {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", 2},
+		"unsolicited 101":        {"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n", 2},
+		"garbage":                {"hello\r\n\r\n", 2},
+		"head cut":               {"HTTP/1.1 200 OK\r\nContent-Le", 2},
+		"closed before any byte": {"", 3},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var gets atomic.Int64
+			ln := rawUpstream(t, func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					n := gets.Add(1)
+					if n == 2 {
+						io.WriteString(c, tc.second)
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			})
+			tr := newTestH1(t)
+			url := "http://" + ln.Addr().String() + "/"
+			mustDo(t, tr, http.MethodGet, url, "")
+			_, _, err := h1Do(t, tr, http.MethodGet, url, "")
+			if tc.sends == 2 && err == nil {
+				t.Fatal("a malformed answer passed as a response")
+			}
+			if n := gets.Load(); n != tc.sends {
+				t.Fatalf("the upstream saw %d GETs, want %d", n, tc.sends)
+			}
+		})
 	}
 }

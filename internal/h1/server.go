@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -14,11 +14,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
-// frontServer is levee's HTTP/1.1 server for the proxy listener. Each
+// Server is levee's HTTP/1.1 server for the proxy listener. Each
 // connection is served by one goroutine that parses requests itself
 // (parseFrontHead), calls the handler and writes the response, with no
 // per-request goroutine, no background read and one write per response.
@@ -46,8 +45,8 @@ import (
 // connection (http.ErrAbortHandler silently, others logged with the
 // stack). Unlike net/http it does not cancel the request's context when
 // the client disconnects (the gateway never aborts an upstream exchange
-// for that; see routeProxy).
-type frontServer struct {
+// for that).
+type Server struct {
 	handler  http.Handler
 	fallback *http.Server
 	handoff  *handoffListener
@@ -65,7 +64,10 @@ type frontServer struct {
 	served  atomic.Int64 // requests served on the fast path (tests)
 	handed  atomic.Int64 // connections handed to fallback (tests)
 
-	onAccept func() // called for each accepted connection, when set
+	OnAccept func() // called for each accepted connection, when set
+	date     dateCache
+	done     chan struct{} // closed by Shutdown: the backoff and linger waits end
+	doneOnce sync.Once
 }
 
 const (
@@ -78,9 +80,12 @@ const (
 	frontLinger = 500 * time.Millisecond
 )
 
-// newFrontServer serves with fallback's handler, timeouts and logger;
-// fallback serves the connections handed to it.
-func newFrontServer(fallback *http.Server, log *slog.Logger) *frontServer {
+// NewServer serves with fallback's handler, timeouts and logger;
+// fallback serves the connections handed to it, through guards (see
+// guardConn) whose refusals reject answers.
+func NewServer(fallback *http.Server, log *slog.Logger, reject RejectFunc) *Server {
+	handler := fallback.Handler
+	GuardServer(fallback, reject)
 	idle := fallback.IdleTimeout
 	if idle == 0 {
 		idle = fallback.ReadTimeout
@@ -89,8 +94,8 @@ func newFrontServer(fallback *http.Server, log *slog.Logger) *frontServer {
 	if hdr == 0 {
 		hdr = fallback.ReadTimeout
 	}
-	return &frontServer{
-		handler:           fallback.Handler,
+	return &Server{
+		handler:           handler,
 		fallback:          fallback,
 		log:               log,
 		readHeaderTimeout: hdr,
@@ -98,12 +103,13 @@ func newFrontServer(fallback *http.Server, log *slog.Logger) *frontServer {
 		writeTimeout:      fallback.WriteTimeout,
 		idleTimeout:       idle,
 		conns:             map[*frontConn]struct{}{},
+		done:              make(chan struct{}),
 	}
 }
 
 // Serve accepts connections on ln until Shutdown. It returns
 // http.ErrServerClosed after Shutdown, or the accept error.
-func (s *frontServer) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.ln = ln
 	s.handoff = newHandoffListener(ln.Addr())
@@ -113,9 +119,15 @@ func (s *frontServer) Serve(ln net.Listener) error {
 		return http.ErrServerClosed
 	}
 	s.mu.Unlock()
-	defer s.handoff.Close() // the fallback stops accepting with us
+	fbDone := make(chan struct{})
+	defer func() {
+		s.handoff.Close() // the fallback stops accepting with us
+		<-fbDone
+	}()
 	go func() {
-		if err := s.fallback.Serve(s.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(fbDone)
+		// Its listener is ours: closed at shutdown, which is no failure.
+		if err := s.fallback.Serve(s.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("fallback server failed", "error", err)
 		}
 	}()
@@ -132,12 +144,14 @@ func (s *frontServer) Serve(ln net.Listener) error {
 			// EMFILE and the like: wait and retry, as net/http does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed; retrying", "error", err, "delay", backoff)
-			time.Sleep(backoff)
+			if !s.wait(backoff) {
+				return http.ErrServerClosed
+			}
 			continue
 		}
 		backoff = 0
-		if s.onAccept != nil {
-			s.onAccept()
+		if s.OnAccept != nil {
+			s.OnAccept()
 		}
 		fc := &frontConn{s: s, c: c}
 		ctx := context.WithValue(context.WithValue(context.Background(), http.ServerContextKey, s.fallback), http.LocalAddrContextKey, c.LocalAddr())
@@ -157,8 +171,9 @@ func (s *frontServer) Serve(ln net.Listener) error {
 // Shutdown stops accepting, closes idle connections, lets active ones
 // finish their request (answered with "Connection: close") and waits for
 // them until ctx is done; the fallback server is shut down alongside.
-func (s *frontServer) Shutdown(ctx context.Context) error {
+func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.doneOnce.Do(func() { close(s.done) })
 	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
@@ -187,9 +202,21 @@ func (s *frontServer) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// wait waits d, or less when Shutdown comes first (then false).
+func (s *Server) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
 // closeIdle closes the connections waiting for a request and reports
 // whether none is left.
-func (s *frontServer) closeIdle() bool {
+func (s *Server) closeIdle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for fc := range s.conns {
@@ -200,7 +227,7 @@ func (s *frontServer) closeIdle() bool {
 	return len(s.conns) == 0
 }
 
-func (s *frontServer) forget(fc *frontConn) {
+func (s *Server) forget(fc *frontConn) {
 	s.mu.Lock()
 	delete(s.conns, fc)
 	s.mu.Unlock()
@@ -214,7 +241,7 @@ const (
 
 // frontConn is one client connection.
 type frontConn struct {
-	s *frontServer
+	s *Server
 	c net.Conn
 	// tmpl carries what every request on the connection shares: the
 	// remote address and a context holding http.ServerContextKey and
@@ -227,6 +254,8 @@ type frontConn struct {
 	state  atomic.Int32
 	werr   error // first write error: the connection is done
 	linger bool  // closing with request bytes unread
+	// headDeadline bounds the current request's head; a hand-off keeps it.
+	headDeadline time.Time
 }
 
 var (
@@ -241,54 +270,28 @@ func (fc *frontConn) serve() {
 	fc.bw = frontWriters.Get().(*bufio.Writer)
 	fc.bw.Reset(fc)
 	handed := false
-	defer func() {
-		if fc.linger {
-			// Unread request bytes: half-close and let the client read
-			// the answer before the close resets the connection (as
-			// net/http does).
-			if cw, ok := fc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				time.Sleep(frontLinger)
-			}
-		}
-		if !handed {
-			fc.c.Close()
-		}
-		fc.br.Reset(nil)
-		frontReaders.Put(fc.br)
-		fc.bw.Reset(nil)
-		frontWriters.Put(fc.bw)
-		s.forget(fc)
-	}()
+	defer func() { fc.end(handed) }()
 	lastPOST := false
 	for first := true; ; first = false {
 		if first {
-			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.readHeaderTimeout))
+			fc.headDeadline = deadline(time.Now(), s.readHeaderTimeout)
+			_ = fc.c.SetReadDeadline(fc.headDeadline)
 		} else {
 			_ = fc.c.SetReadDeadline(deadline(time.Now(), s.idleTimeout))
 		}
 		if _, err := fc.br.Peek(1); err != nil {
 			return
 		}
-		if lastPOST {
-			// Some clients send a CRLF after a POST body; net/http skips
-			// up to four such bytes.
-			for i := 0; i < 4; i++ {
-				b, err := fc.br.Peek(1)
-				if err != nil {
-					return
-				}
-				if b[0] != '\r' && b[0] != '\n' {
-					break
-				}
-				fc.br.Discard(1)
-			}
+		if lastPOST && !fc.skipCRLF() {
+			return
 		}
 		if !fc.state.CompareAndSwap(connIdle, connActive) {
 			return // closed by Shutdown
 		}
 		t0 := time.Now()
 		if !first {
-			_ = fc.c.SetReadDeadline(deadline(t0, s.readHeaderTimeout))
+			fc.headDeadline = deadline(t0, s.readHeaderTimeout)
+			_ = fc.c.SetReadDeadline(fc.headDeadline)
 		}
 		head, err := fc.readHead()
 		if err != nil {
@@ -317,6 +320,42 @@ func (fc *frontConn) serve() {
 			return
 		}
 	}
+}
+
+// skipCRLF skips the CR and LF bytes (up to four) some clients send
+// after a POST body, as net/http does; false when the connection ended.
+func (fc *frontConn) skipCRLF() bool {
+	for i := 0; i < 4; i++ {
+		b, err := fc.br.Peek(1)
+		if err != nil {
+			return false
+		}
+		if b[0] != '\r' && b[0] != '\n' {
+			break
+		}
+		fc.br.Discard(1)
+	}
+	return true
+}
+
+// end releases the connection's buffers and, unless it was handed to
+// net/http, closes it — half-closed first, for the client to read the
+// answer, when request bytes were left unread (as net/http does).
+func (fc *frontConn) end(handed bool) {
+	s := fc.s
+	if fc.linger {
+		if cw, ok := fc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			s.wait(frontLinger)
+		}
+	}
+	if !handed {
+		fc.c.Close()
+	}
+	fc.br.Reset(nil)
+	frontReaders.Put(fc.br)
+	fc.bw.Reset(nil)
+	frontWriters.Put(fc.bw)
+	s.forget(fc)
 }
 
 // readHead returns the buffered bytes of the next request head, through
@@ -371,7 +410,7 @@ var crlfcrlf = []byte("\r\n\r\n")
 func (fc *frontConn) handOff() bool {
 	n := fc.br.Buffered()
 	pre, _ := fc.br.Peek(n)
-	hc := &handoffConn{Conn: fc.c, pre: bytes.Clone(pre)}
+	hc := newGuardConn(fc.c, bytes.Clone(pre), fc.s.fallback.MaxHeaderBytes, fc.headDeadline)
 	_ = fc.c.SetDeadline(time.Time{})
 	fc.s.handed.Add(1) // before: net/http may answer before give returns
 	if !fc.s.handoff.give(hc) {
@@ -506,7 +545,7 @@ func (b *frontBody) Read(p []byte) (int, error) {
 	switch {
 	case b.left == 0:
 		return n, io.EOF
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		b.err = io.ErrUnexpectedEOF
 		return n, b.err
 	case err != nil:
@@ -680,7 +719,7 @@ func (w *frontResponse) commit(first []byte) {
 			h["Content-Type"] = []string{http.DetectContentType(first)}
 		}
 	}
-	if v, ok := h["Connection"]; ok && headerHasToken(v, "close") {
+	if v, ok := h["Connection"]; ok && HasToken(v, "close") {
 		w.closeAfter = true
 	}
 	if w.req.Close || w.fc.s.closing.Load() {
@@ -691,7 +730,7 @@ func (w *frontResponse) commit(first []byte) {
 	writeHeaderFields(bw, h, w)
 	if _, ok := h["Date"]; !ok {
 		bw.WriteString("Date: ")
-		bw.Write(httpDate())
+		bw.Write(w.fc.s.date.now())
 		bw.WriteString("\r\n")
 	}
 	if w.chunked {
@@ -741,7 +780,7 @@ func writeHeaderFields(bw *bufio.Writer, h http.Header, w *frontResponse) {
 				}
 			}
 		}
-		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix || !h1Token(k) {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix || !Token(k) {
 			continue
 		}
 		for _, v := range vs {
@@ -804,14 +843,14 @@ func (w *frontResponse) finish() {
 func (w *frontResponse) trailerKeys() []string {
 	var keys []string
 	for _, v := range w.header["Trailer"] {
-		for t := range splitTokens(v) {
-			if k := http.CanonicalHeaderKey(t); h1Token(k) {
+		for t := range Tokens(v) {
+			if k := http.CanonicalHeaderKey(t); Token(k) {
 				keys = append(keys, k)
 			}
 		}
 	}
 	for k := range w.header {
-		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix && h1Token(k[len(http.TrailerPrefix):]) {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix && Token(k[len(http.TrailerPrefix):]) {
 			keys = append(keys, k)
 		}
 	}
@@ -823,37 +862,6 @@ func trimTrailerPrefix(k string) string {
 		return k[len(http.TrailerPrefix):]
 	}
 	return k
-}
-
-// splitTokens yields the trimmed, non-empty elements of a comma list.
-func splitTokens(v string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for len(v) > 0 {
-			i := 0
-			for i < len(v) && v[i] != ',' {
-				i++
-			}
-			t := trimOWS(v[:i])
-			if i < len(v) {
-				v = v[i+1:]
-			} else {
-				v = ""
-			}
-			if t != "" && !yield(t) {
-				return
-			}
-		}
-	}
-}
-
-func trimOWS(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // Flush sends the headers and what was written so far (http.Flusher).
@@ -878,25 +886,26 @@ func (w *frontResponse) FlushError() error {
 func (w *frontResponse) SetReadDeadline(t time.Time) error  { return w.fc.c.SetReadDeadline(t) }
 func (w *frontResponse) SetWriteDeadline(t time.Time) error { return w.fc.c.SetWriteDeadline(t) }
 
-// httpDate returns the current time in the HTTP date format, formatted
-// once a second.
-func httpDate() []byte {
-	now := time.Now()
-	sec := now.Unix()
-	if d := dateCache.Load(); d != nil && d.sec == sec {
-		return d.b
-	}
-	d := &cachedDate{sec: sec, b: now.UTC().AppendFormat(make([]byte, 0, 29), http.TimeFormat)}
-	dateCache.Store(d)
-	return d.b
-}
+// dateCache holds the current time in the HTTP date format, formatted
+// once a second (per server: no package state).
+type dateCache struct{ p atomic.Pointer[cachedDate] }
 
 type cachedDate struct {
 	sec int64
 	b   []byte
 }
 
-var dateCache atomic.Pointer[cachedDate]
+// now returns the current HTTP date.
+func (c *dateCache) now() []byte {
+	now := time.Now()
+	sec := now.Unix()
+	if d := c.p.Load(); d != nil && d.sec == sec {
+		return d.b
+	}
+	d := &cachedDate{sec: sec, b: now.UTC().AppendFormat(make([]byte, 0, 29), http.TimeFormat)}
+	c.p.Store(d)
+	return d.b
+}
 
 // handoffListener is the net.Listener the fallback server accepts handed
 // off connections from.
@@ -935,29 +944,4 @@ func (l *handoffListener) give(c net.Conn) bool {
 	case <-l.done:
 		return false
 	}
-}
-
-// handoffConn replays the bytes the front server had read before the
-// connection's own.
-type handoffConn struct {
-	net.Conn
-	pre []byte
-}
-
-func (c *handoffConn) Read(p []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(p, c.pre)
-		c.pre = c.pre[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite lets net/http half-close the connection after an error
-// response, as it does on its own connections.
-func (c *handoffConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return syscall.ENOTSUP
 }

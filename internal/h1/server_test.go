@@ -1,4 +1,4 @@
-package gateway
+package h1
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 )
 
 type frontFixture struct {
-	s    *frontServer
+	s    *Server
 	addr string
 	logs *syncBuf
 }
@@ -43,7 +43,7 @@ func startFront(t *testing.T, h http.Handler, tune func(*http.Server)) *frontFix
 	if tune != nil {
 		tune(fb)
 	}
-	s := newFrontServer(fb, slog.New(slog.NewJSONHandler(logs, nil)))
+	s := NewServer(fb, slog.New(slog.NewJSONHandler(logs, nil)), testReject)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Serve(ln) }()
 	t.Cleanup(func() {
@@ -53,6 +53,13 @@ func startFront(t *testing.T, h http.Handler, tune func(*http.Server)) *frontFix
 		<-done
 	})
 	return &frontFixture{s: s, addr: ln.Addr().String(), logs: logs}
+}
+
+// testReject answers a refused head with its status and detail.
+func testReject(w http.ResponseWriter, _ *http.Request, e *EdgeError) {
+	w.Header().Set("Content-Type", "text/x-refused")
+	w.WriteHeader(e.Status)
+	io.WriteString(w, e.Detail)
 }
 
 // rawConn is a client connection that writes raw bytes and reads

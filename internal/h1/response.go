@@ -1,11 +1,11 @@
-package gateway
+package h1
 
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
-	"net/textproto"
 	"strconv"
 	"strings"
 )
@@ -85,88 +85,38 @@ func wellFormedLines(b []byte) bool {
 // 1xx, 204, 304).
 func parseResponseHead(head string, req *http.Request) (resp *http.Response, bodyLen int64) {
 	i := strings.Index(head, "\r\n")
-	line, rest := head[:i], head[i+2:]
-	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+	code, ok := parseStatusLine(head[:i])
+	if !ok {
 		return nil, 0
 	}
-	code := 0
-	for _, c := range []byte(line[9:12]) {
-		if c < '0' || c > '9' {
-			return nil, 0
-		}
-		code = code*10 + int(c-'0')
-	}
-	if code < 100 {
-		return nil, 0
-	}
-	status := line[9:]
-	n := strings.Count(rest, "\n") - 1
-	values := make([]string, n)
-	h := make(http.Header, n)
 	cl, lengths := int64(-1), 0
 	closeConn := false
-	for k := 0; ; k++ {
-		j := strings.Index(rest, "\r\n")
-		line := rest[:j]
-		rest = rest[j+2:]
-		if line == "" {
-			break
-		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return nil, 0
-		}
-		name := line[:colon]
-		if !h1Token(name) {
-			return nil, 0
-		}
-		value := strings.Trim(line[colon+1:], " \t")
-		if !h1FieldValue(value) {
-			return nil, 0
-		}
-		if !isCanonicalKey(name) {
-			name = textproto.CanonicalMIMEHeaderKey(name)
-		}
+	h, _, ok := parseFieldLines(head[i+2:], func(name, value string) fieldAction {
 		switch name {
 		case "Transfer-Encoding", "Trailer":
-			return nil, 0
+			return fieldRefuse
 		case "Content-Length":
 			lengths++
 			if lengths > 1 || value == "" || len(value) > 18 {
-				return nil, 0
+				return fieldRefuse
 			}
 			v, err := strconv.ParseInt(value, 10, 64)
 			if err != nil || v < 0 || value[0] == '+' {
-				return nil, 0
+				return fieldRefuse
 			}
 			cl = v
 		case "Connection":
-			if headerHasToken([]string{value}, "close") {
+			if HasToken([]string{value}, "close") {
 				closeConn = true
 			}
 		}
-		if old, ok := h[name]; ok {
-			h[name] = append(old, value)
-		} else {
-			values[k] = value
-			h[name] = values[k : k+1 : k+1]
-		}
+		return fieldKeep
+	})
+	if !ok {
+		return nil, 0
 	}
-	noBody := req.Method == http.MethodHead || code/100 == 1 || code == http.StatusNoContent || code == http.StatusNotModified
-	if !noBody {
-		bodyLen = cl // cl >= 0 past the switch below
-	}
-	switch {
-	case noBody:
-		if req.Method != http.MethodHead || cl < 0 {
-			// http.ReadResponse reports 0 for bodiless statuses and -1 for
-			// a HEAD without a length; HEAD keeps a declared length.
-			cl = 0
-			if req.Method == http.MethodHead {
-				cl = -1
-			}
-		}
-	case cl < 0:
+	cl, bodyLen, ok = responseLength(req.Method, code, cl)
+	if !ok {
 		return nil, 0 // read until close: http.ReadResponse
 	}
 	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
@@ -176,9 +126,42 @@ func parseResponseHead(head string, req *http.Request) (resp *http.Response, bod
 		delete(h, "Connection") // as http.ReadResponse does
 	}
 	return &http.Response{
-		Status: status, StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Status: head[9:i], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: cl, Close: closeConn, Request: req,
 	}, bodyLen
+}
+
+// parseStatusLine parses "HTTP/1.1 NNN[ reason]" (NNN >= 100).
+func parseStatusLine(line string) (code int, ok bool) {
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+		return 0, false
+	}
+	for _, c := range []byte(line[9:12]) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	return code, code >= 100
+}
+
+// responseLength is what http.ReadResponse reports as ContentLength for
+// a response to method with status code and declared length cl (-1:
+// none), and the length of the body that follows; ok is false for a body
+// read until the connection closes.
+func responseLength(method string, code int, cl int64) (contentLength, bodyLen int64, ok bool) {
+	noBody := method == http.MethodHead || code/100 == 1 || code == http.StatusNoContent || code == http.StatusNotModified
+	switch {
+	case !noBody && cl < 0:
+		return 0, 0, false
+	case !noBody:
+		return cl, cl, true
+	case method != http.MethodHead:
+		return 0, 0, true // bodiless statuses report 0
+	case cl < 0:
+		return -1, 0, true // a HEAD without a length
+	}
+	return cl, 0, true // HEAD keeps a declared length
 }
 
 // clBody is a response body of known length read from the connection's
@@ -200,7 +183,7 @@ func (b *clBody) Read(p []byte) (int, error) {
 	if b.left == 0 {
 		return n, io.EOF
 	}
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
