@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/leveehq/levee/idempotency"
 	"io"
 	"net"
 	"net/http"
@@ -71,6 +72,22 @@ func isHopHeader(k string) bool {
 }
 
 func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if ri := infoFrom(r.Context()); ri != nil {
+		// The whole request reached the upstream and its answer was lost
+		// (timeout, connection lost, head or body cut): tell the
+		// idempotency middleware, which then holds the key instead of
+		// releasing it — also when the copy below panics to abort the
+		// client. Reported before returning, as the middleware requires.
+		defer func() {
+			if ri.outcomeUnknown {
+				cause := "upstream outcome unknown"
+				if ri.upstreamErr != "" {
+					cause += ": " + ri.upstreamErr
+				}
+				idempotency.ReportUnknownOutcome(r.Context(), errors.New(cause))
+			}
+		}()
+	}
 	if p.h1 == nil || !directEligible(r) {
 		// Detached from the client like the direct path; bounded by the
 		// route timeout.
@@ -439,6 +456,7 @@ func (p *routeProxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *
 		if rerr != nil {
 			if ri := infoFrom(r.Context()); ri != nil {
 				ri.outcomeUnknown = true // answered in part: the request was sent
+				ri.upstreamErr = "response body cut: " + rerr.Error()
 			}
 			p.g.log.Warn("upstream response body failed; aborting the client connection",
 				"route", p.name, "upstream", p.target.Host, "error", rerr)
