@@ -1,10 +1,13 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -284,3 +287,35 @@ const get = (u) => new Promise((res, rej) => http.get(u, r => { let b = ''; r.on
   console.log(JSON.stringify(out));
 })().catch(e => { console.error(e); process.exit(1); });
 `
+
+// TestEdgeErrorsTakeTheGlobalEnvelope: a request refused by the HTTP layer
+// (no route applies yet) is rendered with the global errors template.
+func TestEdgeErrorsTakeTheGlobalEnvelope(t *testing.T) {
+	t.Parallel()
+	for _, engine := range []string{"levee", "net/http"} {
+		u := newUpstream(t)
+		g := startGateway(t, fmt.Sprintf("listen: 127.0.0.1:0\nadmin: {listen: \"off\"}\nstore: {type: memory}\nserver: {engine: %s}\nerrors: {format: template, template_file: %q}\nroutes:\n  - name: a\n    match: {path_prefix: /}\n    upstream: %s\n",
+			engine, exampleTemplate(t, "google.json.tmpl"), u.srv.URL))
+		c, err := net.Dial("tcp", g.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", engine, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		var doc struct {
+			Error struct {
+				Code   int    `json:"code"`
+				Status string `json:"status"`
+			} `json:"error"`
+		}
+		if resp.StatusCode != 400 || resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(b, &doc) != nil ||
+			doc.Error.Code != 400 || doc.Error.Status != "INVALID_ARGUMENT" || resp.Header.Get("X-Request-Id") == "" {
+			t.Fatalf("%s: %d %v %s", engine, resp.StatusCode, resp.Header, b)
+		}
+	}
+}

@@ -666,7 +666,9 @@ func (g *Gateway) rejectEdge(w http.ResponseWriter, r *http.Request, e *h1.EdgeE
 	g.metrics.clientErrors.WithLabelValues("_edge", p.typ).Inc()
 	g.log.LogAttrs(r.Context(), slog.LevelWarn, "request refused by the HTTP layer", slog.String("request_id", id),
 		slog.Int("status", e.Status), slog.String("detail", e.Detail), slog.String("remote", remoteIP(r)))
-	problem.Write(w, problem.Problem{Type: p.typ, Status: e.Status, Title: p.title, Detail: e.Detail})
+	// No route applies at the edge: the global errors format does.
+	sw := &statusWriter{ResponseWriter: w, requestID: id, route: "_edge", render: g.state.Load().render}
+	problem.Write(sw, problem.Problem{Type: p.typ, Status: e.Status, Title: p.title, Detail: e.Detail})
 }
 
 // clientFailed counts and logs a request that failed on the client's
