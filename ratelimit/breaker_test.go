@@ -34,6 +34,8 @@ func (s *gatedStore) Decide(ctx context.Context, now time.Time, ds []ratelimit.D
 	return s.local.Decide(ctx, now, ds, rs)
 }
 
+func (s *gatedStore) Features() ratelimit.Features { return ratelimit.Features{} }
+
 func (s *gatedStore) Release(ctx context.Context, ds []ratelimit.Demand, t ratelimit.Ticket) error {
 	return s.local.Release(ctx, ds, t)
 }
@@ -179,6 +181,8 @@ func (s slowKeyStore) Decide(ctx context.Context, now time.Time, ds []ratelimit.
 	return s.local.Decide(ctx, now, ds, rs)
 }
 
+func (s slowKeyStore) Features() ratelimit.Features { return ratelimit.Features{} }
+
 func (s slowKeyStore) Release(ctx context.Context, ds []ratelimit.Demand, t ratelimit.Ticket) error {
 	return s.local.Release(ctx, ds, t)
 }
@@ -260,6 +264,8 @@ func (s *countingStore) Decide(context.Context, time.Time, []ratelimit.Demand, [
 	s.calls.Add(1)
 	return ratelimit.Ticket{}, s.err
 }
+
+func (s *countingStore) Features() ratelimit.Features { return ratelimit.Features{} }
 
 func (s *countingStore) Release(context.Context, []ratelimit.Demand, ratelimit.Ticket) error {
 	return s.err

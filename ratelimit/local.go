@@ -382,3 +382,6 @@ func (l *Local) Release(_ context.Context, demands []Demand, t Ticket) error {
 }
 
 var _ Store = (*Local)(nil)
+
+// Features implements Store: in process, on the caller's clock.
+func (l *Local) Features() Features { return Features{InProcess: true, CallerClock: true} }

@@ -14,8 +14,7 @@ import (
 func TestLocalConformance(t *testing.T) {
 	t.Parallel()
 	ratelimittest.Run(t, ratelimittest.Harness{
-		NewStore:  func(testing.TB) ratelimit.Store { return ratelimit.NewLocal(ratelimit.LocalOptions{}) },
-		FakeClock: true,
+		NewStore: func(testing.TB) ratelimit.Store { return ratelimit.NewLocal(ratelimit.LocalOptions{}) },
 	})
 }
 
@@ -23,8 +22,7 @@ func TestLocalConformance(t *testing.T) {
 func TestLocalConformanceOneShard(t *testing.T) {
 	t.Parallel()
 	ratelimittest.Run(t, ratelimittest.Harness{
-		NewStore:  func(testing.TB) ratelimit.Store { return ratelimit.NewLocal(ratelimit.LocalOptions{Shards: 1}) },
-		FakeClock: true,
+		NewStore: func(testing.TB) ratelimit.Store { return ratelimit.NewLocal(ratelimit.LocalOptions{Shards: 1}) },
 	})
 }
 

@@ -229,7 +229,7 @@ func newMiddleware(opts Options) (*middleware, error) {
 	if m.store == nil {
 		m.store = NewLocal(LocalOptions{})
 	}
-	_, m.local = m.store.(*Local)
+	m.local = m.store.Features().InProcess
 	if m.fallback == nil {
 		m.fallback = NewLocal(LocalOptions{})
 	}

@@ -240,6 +240,8 @@ func (s failingStore) Decide(context.Context, time.Time, []ratelimit.Demand, []r
 	return ratelimit.Ticket{}, s.err
 }
 
+func (s failingStore) Features() ratelimit.Features { return ratelimit.Features{} }
+
 func (s failingStore) Release(context.Context, []ratelimit.Demand, ratelimit.Ticket) error {
 	return s.err
 }

@@ -115,6 +115,24 @@ type Store interface {
 	// ones passed to the Decide that returned t. Call it exactly once per
 	// ticket that Holds slots, when the request ends.
 	Release(ctx context.Context, demands []Demand, t Ticket) error
+
+	// Features declares what the store offers beyond these methods; the
+	// middleware and ratelimittest read it (never a type assertion).
+	Features() Features
+}
+
+// Features declares a Store's capabilities. The zero value is a networked
+// store on its own clock (Redis): the middleware bounds its calls with
+// Timeout, MaxWait and the Breaker.
+type Features struct {
+	// InProcess reports that decisions never wait on I/O (Local): the
+	// middleware calls the store directly, without a timeout, the breaker
+	// or a goroutine.
+	InProcess bool
+	// CallerClock reports that decisions use the time passed to Decide
+	// (Local), not the store's own clock (Redis TIME): ratelimittest then
+	// drives it with a fake clock.
+	CallerClock bool
 }
 
 // ErrInvalidDemand is wrapped by errors for demands a store refuses

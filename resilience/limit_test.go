@@ -46,6 +46,8 @@ func (brokenStore) Decide(context.Context, time.Time, []ratelimit.Demand, []rate
 	return ratelimit.Ticket{}, errors.New("store down")
 }
 
+func (brokenStore) Features() ratelimit.Features { return ratelimit.Features{} }
+
 func (brokenStore) Release(context.Context, []ratelimit.Demand, ratelimit.Ticket) error { return nil }
 
 func TestLimitStoreDown(t *testing.T) {

@@ -30,14 +30,14 @@ type Harness struct {
 	// NewStore returns a store for one test. Stores from different calls
 	// may share a backend: the suite gives every test its own policy
 	// names. Clean up with t.Cleanup.
+	//
+	// A store whose Features().CallerClock is true (ratelimit.Local)
+	// decides with the time passed to Decide: the suite then drives a fake
+	// clock per test and checks exact values. Otherwise the store has its
+	// own clock (Redis TIME): the suite passes time.Now, waits in real
+	// time (a few seconds in all), and allows for the milliseconds that
+	// pass between calls.
 	NewStore func(t testing.TB) ratelimit.Store
-	// FakeClock reports that the store decides with the time passed to
-	// Decide (ratelimit.Local): the suite then drives a fake clock per
-	// test and checks exact values. When false the store has its own clock
-	// (Redis TIME): the suite passes time.Now, waits in real time (a few
-	// seconds in all), and allows for the milliseconds that pass between
-	// calls.
-	FakeClock bool
 }
 
 // Run runs the whole suite.
@@ -73,7 +73,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := &env{h: h, prefix: run + "-" + strconv.Itoa(i), store: h.NewStore(t)}
-			if h.FakeClock {
+			if e.store.Features().CallerClock {
 				e.clock = fakeclock.New(t0)
 			}
 			tc.fn(t, e)

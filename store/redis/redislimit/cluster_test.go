@@ -67,7 +67,9 @@ func TestConformanceCluster(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ratelimittest.Run(t, ratelimittest.Harness{
-				NewStore: func(t testing.TB) ratelimit.Store { return newClusterStore(t, c, redislimit.Options{ShardByKey: shard}) },
+				NewStore: func(t testing.TB) ratelimit.Store {
+					return newClusterStore(t, c, redislimit.Options{ShardByKey: shard})
+				},
 			})
 		})
 	}

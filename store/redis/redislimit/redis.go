@@ -147,6 +147,9 @@ type Store struct {
 
 var _ ratelimit.Store = (*Store)(nil)
 
+// Features implements ratelimit.Store: a networked store on Redis's clock.
+func (s *Store) Features() ratelimit.Features { return ratelimit.Features{} }
+
 // New returns a Store that keeps its state in Redis through client. It
 // does no I/O; see Load. It fails with ErrNoContextTimeout for a
 // *goredis.Client, *goredis.Ring or *goredis.ClusterClient created

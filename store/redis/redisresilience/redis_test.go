@@ -16,8 +16,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/leveehq/levee/ratelimit"
-	rlredis "github.com/leveehq/levee/store/redis/redislimit"
 	"github.com/leveehq/levee/resilience"
+	rlredis "github.com/leveehq/levee/store/redis/redislimit"
 	"github.com/leveehq/levee/store/redis/redisresilience"
 )
 
