@@ -252,6 +252,93 @@ func newMiddleware(opts Options) (*middleware, error) {
 	return m, nil
 }
 
+// failClosed answers 503 when the store could not decide and one of the
+// request's non-shadow policies fails closed, reporting whether it did.
+func (m *middleware) failClosed(w http.ResponseWriter, r *http.Request, demands []Demand, ruleOf []int, err error, start time.Time) bool {
+	var closed []string
+	for i := range demands {
+		if !demands[i].Shadow && m.rules[ruleOf[i]].OnStoreError == FailClosed {
+			closed = append(closed, demands[i].Policy.Name)
+		}
+	}
+	if len(closed) == 0 {
+		return false
+	}
+	lat := time.Since(start)
+	for i := range demands {
+		m.emit(Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeError, Err: err, Latency: lat})
+	}
+	problem.Write(w, problem.Problem{Type: problem.RateLimitStoreUnavailable, Status: http.StatusServiceUnavailable,
+		Title:      "Rate limit store unavailable",
+		Detail:     fmt.Sprintf("the rate limit store could not decide and %s %s fail closed", plural(len(closed), "policy", "policies"), quoteList(closed)),
+		Extra:      map[string]any{"policies": closed},
+		RetryAfter: m.unavailRetry})
+	return true
+}
+
+// fallbackDemands turns the demands into their fallback policies' (in
+// place). The fallback's policies may have a smaller burst than a
+// request's cost: the same check as for the store's policies, so stop
+// reports that the request was answered.
+func (m *middleware) fallbackDemands(w http.ResponseWriter, r *http.Request, demands []Demand, ruleOf []int, start time.Time) (kept []Demand, keptRules []int, stop bool) {
+	kept, keptRules = demands[:0], ruleOf[:0]
+	for i := range demands {
+		d := demands[i]
+		d.Policy = m.fallbackRules[ruleOf[i]]
+		if m.overBurst(w, r, d, ruleOf[i], false, start) {
+			if d.Shadow {
+				continue
+			}
+			return nil, nil, true
+		}
+		kept, keptRules = append(kept, d), append(keptRules, ruleOf[i])
+	}
+	return kept, keptRules, false
+}
+
+// answer reports every demand's outcome, sets the RateLimit fields of the
+// tightest policy, and answers 429 when the request is not admitted; it
+// reports whether the request may go on.
+func (m *middleware) answer(w http.ResponseWriter, r *http.Request, demands []Demand, results []Result, fallback bool, cause error, start time.Time) bool {
+	admitted := Admitted(demands, results)
+	lat := time.Since(start)
+	var violated []string
+	var retry time.Duration
+	best := -1
+	for i := range demands {
+		res := &results[i]
+		ev := Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeAllowed, Fallback: fallback, Err: cause, Latency: lat}
+		switch {
+		case res.Allowed:
+		case demands[i].Shadow:
+			ev.Outcome = OutcomeShadowDenied
+		default:
+			ev.Outcome = OutcomeDenied
+			violated = append(violated, demands[i].Policy.Name)
+			retry = max(retry, res.RetryAfter)
+		}
+		m.emit(ev)
+		if demands[i].Shadow {
+			continue
+		}
+		if best < 0 || tighter(admitted, res, &results[best]) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		SetHeaders(w.Header(), demands[best].Policy, results[best])
+	}
+	if !admitted {
+		problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
+			Title:      "Too many requests",
+			Detail:     fmt.Sprintf("rate limit exceeded for %s %s; retry after %d s", plural(len(violated), "policy", "policies"), quoteList(violated), problem.RetryAfterSeconds(retry)),
+			Extra:      map[string]any{problem.ViolatedPolicies: violated},
+			RetryAfter: retry})
+		return false
+	}
+	return true
+}
+
 // overBurst handles a rate or calendar demand whose cost exceeds its
 // policy's burst (or quota), which no wait can ever admit: a shadow
 // demand is reported and should be dropped, any other is answered 429,
@@ -359,40 +446,16 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		}
 	}
 	if err != nil {
-		var closed []string
-		for i := range demands {
-			if !demands[i].Shadow && m.rules[ruleOf[i]].OnStoreError == FailClosed {
-				closed = append(closed, demands[i].Policy.Name)
-			}
-		}
-		if len(closed) > 0 {
-			lat := time.Since(start)
-			for i := range demands {
-				m.emit(Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeError, Err: err, Latency: lat})
-			}
-			problem.Write(w, problem.Problem{Type: problem.RateLimitStoreUnavailable, Status: http.StatusServiceUnavailable,
-				Title:      "Rate limit store unavailable",
-				Detail:     fmt.Sprintf("the rate limit store could not decide and %s %s fail closed", plural(len(closed), "policy", "policies"), quoteList(closed)),
-				Extra:      map[string]any{"policies": closed},
-				RetryAfter: m.unavailRetry})
+		if m.failClosed(w, r, demands, ruleOf, err, start) {
 			return
 		}
 		fallback, cause = true, err
-		// The fallback's policies may have a smaller burst than a
-		// request's cost: the same check as for the store's policies.
-		kept, keptRules := demands[:0], ruleOf[:0]
-		for i := range demands {
-			d := demands[i]
-			d.Policy = m.fallbackRules[ruleOf[i]]
-			if m.overBurst(w, r, d, ruleOf[i], false, start) {
-				if d.Shadow {
-					continue
-				}
-				return
-			}
-			kept, keptRules = append(kept, d), append(keptRules, ruleOf[i])
+		var stop bool
+		demands, ruleOf, stop = m.fallbackDemands(w, r, demands, ruleOf, start)
+		if stop {
+			return
 		}
-		demands, ruleOf, results = kept, keptRules, results[:len(kept)]
+		results = results[:len(demands)]
 		if len(demands) == 0 {
 			next.ServeHTTP(w, r)
 			return
@@ -403,41 +466,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			panic("ratelimit: fallback decision failed: " + err.Error())
 		}
 	}
-
-	admitted := Admitted(demands, results)
-	lat := time.Since(start)
-	var violated []string
-	var retry time.Duration
-	best := -1
-	for i := range demands {
-		res := &results[i]
-		ev := Event{Request: r, Policy: demands[i].Policy.Name, Outcome: OutcomeAllowed, Fallback: fallback, Err: cause, Latency: lat}
-		switch {
-		case res.Allowed:
-		case demands[i].Shadow:
-			ev.Outcome = OutcomeShadowDenied
-		default:
-			ev.Outcome = OutcomeDenied
-			violated = append(violated, demands[i].Policy.Name)
-			retry = max(retry, res.RetryAfter)
-		}
-		m.emit(ev)
-		if demands[i].Shadow {
-			continue
-		}
-		if best < 0 || tighter(admitted, res, &results[best]) {
-			best = i
-		}
-	}
-	if best >= 0 {
-		SetHeaders(w.Header(), demands[best].Policy, results[best])
-	}
-	if !admitted {
-		problem.Write(w, problem.Problem{Type: problem.RateLimited, Status: http.StatusTooManyRequests,
-			Title:      "Too many requests",
-			Detail:     fmt.Sprintf("rate limit exceeded for %s %s; retry after %d s", plural(len(violated), "policy", "policies"), quoteList(violated), problem.RetryAfterSeconds(retry)),
-			Extra:      map[string]any{problem.ViolatedPolicies: violated},
-			RetryAfter: retry})
+	if !m.answer(w, r, demands, results, fallback, cause, start) {
 		return
 	}
 	if tk.Holds() {
