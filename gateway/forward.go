@@ -71,22 +71,26 @@ func isHopHeader(k string) bool {
 	return false
 }
 
+// reportUnknownOutcome tells the idempotency middleware when the whole
+// request reached the upstream and its answer was lost (timeout,
+// connection lost, head or body cut): it then holds the key instead of
+// releasing it — also when the copy panics to abort the client. Deferred
+// by the proxy, so it runs before the handler returns, as the middleware
+// requires.
+func reportUnknownOutcome(ctx context.Context, ri *reqInfo) {
+	if !ri.outcomeUnknown {
+		return
+	}
+	cause := "upstream outcome unknown"
+	if ri.upstreamErr != "" {
+		cause += ": " + ri.upstreamErr
+	}
+	idempotency.ReportUnknownOutcome(ctx, errors.New(cause))
+}
+
 func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ri := infoFrom(r.Context()); ri != nil {
-		// The whole request reached the upstream and its answer was lost
-		// (timeout, connection lost, head or body cut): tell the
-		// idempotency middleware, which then holds the key instead of
-		// releasing it — also when the copy below panics to abort the
-		// client. Reported before returning, as the middleware requires.
-		defer func() {
-			if ri.outcomeUnknown {
-				cause := "upstream outcome unknown"
-				if ri.upstreamErr != "" {
-					cause += ": " + ri.upstreamErr
-				}
-				idempotency.ReportUnknownOutcome(r.Context(), errors.New(cause))
-			}
-		}()
+		defer reportUnknownOutcome(r.Context(), ri)
 	}
 	if p.h1 == nil || !directEligible(r) {
 		// Detached from the client like the direct path; bounded by the

@@ -229,28 +229,8 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		next.ServeHTTP(w, r)
 		return
 	}
-	values := r.Header.Values(o.Header)
-	switch {
-	case len(values) == 0 && o.Required:
-		e.emit(ctx, OutcomeInvalid, "", nil)
-		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMissing, Status: http.StatusBadRequest,
-			Title: "Idempotency key missing", Detail: fmt.Sprintf("%s %s requires the %s header", r.Method, r.URL.Path, o.Header)})
-		return
-	case len(values) == 0:
-		e.emit(ctx, OutcomePassthrough, "", nil)
-		next.ServeHTTP(w, r)
-		return
-	case len(values) > 1:
-		e.emit(ctx, OutcomeInvalid, "", nil)
-		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
-			Title: "Invalid idempotency key", Detail: fmt.Sprintf("the %s header was sent %d times; send it once", o.Header, len(values))})
-		return
-	}
-	key, err := ParseKey(values[0])
-	if err != nil {
-		e.emit(ctx, OutcomeInvalid, "", err)
-		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
-			Title: "Invalid idempotency key", Detail: fmt.Sprintf("%s header: %s (expected 1 to %d visible ASCII characters, optionally as a quoted string)", o.Header, strings.TrimPrefix(err.Error(), "idempotency: "), MaxKeyLen)})
+	key, ok := e.requestKey(w, r, next, o)
+	if !ok {
 		return
 	}
 	body, err := readBody(r, o.MaxRequestBody)
@@ -282,6 +262,17 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	case err == nil:
 		e.execute(w, r, next, o, stored, lease, skey, body)
 		return
+	default:
+		e.refuse(w, r, next, skey, body, err)
+	}
+}
+
+// refuse answers a request whose claim was not granted (err from Begin):
+// key reuse, a held key, a duplicate in flight, the store down (or, with
+// FailOpen, runs it unprotected), or a caller that went away.
+func (e *Engine) refuse(w http.ResponseWriter, r *http.Request, next http.Handler, skey string, body []byte, err error) {
+	ctx := r.Context()
+	switch {
 	case errors.Is(err, ErrMismatch):
 		e.emit(ctx, OutcomeMismatch, skey, nil)
 		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMismatch, Status: http.StatusUnprocessableEntity,
@@ -321,6 +312,38 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 		problem.Write(w, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusServiceUnavailable, RetryAfter: e.opts.RetryAfter,
 			Title: "Request canceled", Detail: err.Error()})
 	}
+}
+
+// requestKey reads the request's idempotency key, answering the request
+// itself when there is none to use: 400 when it is missing but required or
+// malformed, or passing it on uncovered when it is missing and optional.
+func (e *Engine) requestKey(w http.ResponseWriter, r *http.Request, next http.Handler, o *HTTPOptions) (string, bool) {
+	ctx := r.Context()
+	values := r.Header.Values(o.Header)
+	switch {
+	case len(values) == 0 && o.Required:
+		e.emit(ctx, OutcomeInvalid, "", nil)
+		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyMissing, Status: http.StatusBadRequest,
+			Title: "Idempotency key missing", Detail: fmt.Sprintf("%s %s requires the %s header", r.Method, r.URL.Path, o.Header)})
+		return "", false
+	case len(values) == 0:
+		e.emit(ctx, OutcomePassthrough, "", nil)
+		next.ServeHTTP(w, r)
+		return "", false
+	case len(values) > 1:
+		e.emit(ctx, OutcomeInvalid, "", nil)
+		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
+			Title: "Invalid idempotency key", Detail: fmt.Sprintf("the %s header was sent %d times; send it once", o.Header, len(values))})
+		return "", false
+	}
+	key, err := ParseKey(values[0])
+	if err != nil {
+		e.emit(ctx, OutcomeInvalid, "", err)
+		problem.Write(w, problem.Problem{Type: problem.IdempotencyKeyInvalid, Status: http.StatusBadRequest,
+			Title: "Invalid idempotency key", Detail: fmt.Sprintf("%s header: %s (expected 1 to %d visible ASCII characters, optionally as a quoted string)", o.Header, strings.TrimPrefix(err.Error(), "idempotency: "), MaxKeyLen)})
+		return "", false
+	}
+	return key, true
 }
 
 var errBodyTooLarge = errors.New("idempotency: request body too large")
