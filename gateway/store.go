@@ -145,76 +145,91 @@ func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() er
 		}
 		return st, st.Close, nil
 	case "redis":
-		// rueidis: it pipelines the commands of concurrent requests on
-		// shared connections, half the client CPU of go-redis per call
-		// under load (docs/decisions.md).
-		client, err := rueidis.NewClient(rueidis.ClientOption{
-			InitAddress: []string{c.Redis.Addr}, Username: c.Redis.Username, Password: c.Redis.Password,
-			SelectDB: c.Redis.DB, DisableCache: true,
-			Dialer:           net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second},
-			ConnWriteTimeout: 2 * time.Second, // idempotency.store_timeout bounds every call
-			// While other commands are outstanding, wait up to flush_delay
-			// for more, so that one write and one read carry those of many
-			// concurrent requests (a lone command is written at once).
-			MaxFlushDelay: c.Redis.flushDelay(),
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: store redis %s: %w", c.Redis.Addr, err)
-		}
-		st := redis.NewRueidis(client, redis.Options{Prefix: c.Redis.Prefix})
-		if err := st.Load(ctx); err != nil {
-			client.Close()
-			return nil, nil, fmt.Errorf("gateway: store redis %s: %w", c.Redis.Addr, err)
-		}
-		return st, func() error { client.Close(); return nil }, nil
+		return openRedisStore(ctx, c.Redis)
 	case "postgres":
-		pcfg, err := pgxpool.ParseConfig(c.Postgres.URL)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
-		}
-		if !strings.Contains(c.Postgres.URL, "pool_max_conns") {
-			pcfg.MaxConns = 32 // pgxpool's default (4 on small machines) starves a gateway
-		}
-		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
-		}
-		st, err := postgres.New(pool, postgres.Options{Schema: c.Postgres.Schema})
-		if err == nil {
-			err = st.Migrate(ctx)
-		}
-		if err != nil {
-			pool.Close()
-			return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
-		}
-		return st, func() error { pool.Close(); return nil }, nil
+		return openPostgresStore(ctx, c.Postgres)
 	case "dynamodb":
-		var optFns []func(*awsconfig.LoadOptions) error
-		if c.DynamoDB.Region != "" {
-			optFns = append(optFns, awsconfig.WithRegion(c.DynamoDB.Region))
-		}
-		awsCfg, err := awsconfig.LoadDefaultConfig(ctx, optFns...)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
-		}
-		client := awsdynamodb.NewFromConfig(awsCfg, func(o *awsdynamodb.Options) {
-			if c.DynamoDB.Endpoint != "" {
-				o.BaseEndpoint = aws.String(c.DynamoDB.Endpoint)
-			}
-		})
-		opts := dynamodb.Options{Table: c.DynamoDB.Table}
-		if c.DynamoDB.CreateTable {
-			if err := dynamodb.CreateTable(ctx, client, opts); err != nil {
-				return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
-			}
-		}
-		st, err := dynamodb.New(client, opts)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
-		}
-		return st, nop, nil
+		return openDynamoDBStore(ctx, c.DynamoDB)
 	}
 	return nil, nil, fmt.Errorf("gateway: unknown store type %q", c.Type)
+}
+
+// openRedisStore opens the Redis idempotency store on rueidis.
+func openRedisStore(ctx context.Context, r RedisConfig) (idempotency.Store, func() error, error) {
+	// rueidis: it pipelines the commands of concurrent requests on
+	// shared connections, half the client CPU of go-redis per call
+	// under load (docs/decisions.md).
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{r.Addr}, Username: r.Username, Password: r.Password,
+		SelectDB: r.DB, DisableCache: true,
+		Dialer:           net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second},
+		ConnWriteTimeout: 2 * time.Second, // idempotency.store_timeout bounds every call
+		// While other commands are outstanding, wait up to flush_delay
+		// for more, so that one write and one read carry those of many
+		// concurrent requests (a lone command is written at once).
+		MaxFlushDelay: r.flushDelay(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway: store redis %s: %w", r.Addr, err)
+	}
+	st := redis.NewRueidis(client, redis.Options{Prefix: r.Prefix})
+	if err := st.Load(ctx); err != nil {
+		client.Close()
+		return nil, nil, fmt.Errorf("gateway: store redis %s: %w", r.Addr, err)
+	}
+	return st, func() error { client.Close(); return nil }, nil
+}
+
+// openPostgresStore opens the PostgreSQL store and migrates its schema.
+func openPostgresStore(ctx context.Context, pc PostgresConfig) (idempotency.Store, func() error, error) {
+	pcfg, err := pgxpool.ParseConfig(pc.URL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+	}
+	if !strings.Contains(pc.URL, "pool_max_conns") {
+		pcfg.MaxConns = 32 // pgxpool's default (4 on small machines) starves a gateway
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+	}
+	st, err := postgres.New(pool, postgres.Options{Schema: pc.Schema})
+	if err == nil {
+		err = st.Migrate(ctx)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
+	}
+	return st, func() error { pool.Close(); return nil }, nil
+}
+
+// openDynamoDBStore opens the DynamoDB store (creating its table if asked).
+func openDynamoDBStore(ctx context.Context, d DynamoDBConfig) (idempotency.Store, func() error, error) {
+	var optFns []func(*awsconfig.LoadOptions) error
+	if d.Region != "" {
+		optFns = append(optFns, awsconfig.WithRegion(d.Region))
+	}
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, optFns...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+	}
+	client := awsdynamodb.NewFromConfig(awsCfg, func(o *awsdynamodb.Options) {
+		if d.Endpoint != "" {
+			o.BaseEndpoint = aws.String(d.Endpoint)
+		}
+	})
+	opts := dynamodb.Options{Table: d.Table}
+	if d.CreateTable {
+		if err := dynamodb.CreateTable(ctx, client, opts); err != nil {
+			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+		}
+	}
+	st, err := dynamodb.New(client, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
+	}
+	return st, func() error { return nil }, nil
 }
 
 // flushDelay is flush_delay with its default.
