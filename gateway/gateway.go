@@ -1,8 +1,12 @@
 // Package gateway turns a levee.yaml into an http.Handler: a reverse proxy
-// that puts levee's guarantees (idempotency today; rate limits and egress
-// resilience plug into the same route model) in front of services written
-// in any language. Server runs it with an admin listener, reloads and
-// graceful shutdown; cmd/levee is a thin main around it.
+// that puts levee's guarantees (rate limits, idempotency, error envelopes)
+// in front of services written in any language. It only composes: each
+// capability owns its config section and builds its middleware (the
+// section files: store.go, serverconfig.go, ratelimit.go, idempotency.go,
+// errors.go); this package holds the route table, the order of a route's
+// policy chain (buildRoute), the proxy, admin, reload and shutdown. The
+// HTTP/1.1 wire work is internal/h1's. Server runs it with an admin
+// listener; cmd/levee is a thin main around it.
 package gateway
 
 import (
@@ -68,8 +72,8 @@ type Options struct {
 	// cheaper than going through slog).
 	AccessLogWriter io.Writer
 	// Transport defaults to levee's HTTP/1.1 transport for http://
-	// upstreams (one goroutine per request, never resends a request with
-	// a body), falling back to a tuned *http.Transport (NewTransport) for
+	// upstreams (it runs in the caller's goroutine and never resends a
+	// request with a body), falling back to a tuned *http.Transport (NewTransport) for
 	// https, Upgrade, Expect: 100-continue and large or streamed uploads,
 	// made unable to replay a request. A custom Transport must itself
 	// never send a non-idempotent request twice.
