@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/leveehq/levee/internal/poll"
 )
 
 type syncWriter struct {
@@ -37,18 +39,9 @@ func TestLineBuffer(t *testing.T) {
 		t.Fatal("lines were written before a flush")
 	}
 	// The timer flushes within a second or so (bounded wait, not a speed assertion).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if s, n := out.get(); strings.Count(s, "\n") == 100 {
-			if n != 1 {
-				t.Fatalf("100 lines took %d writes, want 1", n)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("buffered lines were never flushed")
-		}
-		time.Sleep(10 * time.Millisecond)
+	poll.Until(t, 10*time.Second, func() bool { s, _ := out.get(); return strings.Count(s, "\n") == 100 }, "buffered lines were never flushed")
+	if _, n := out.get(); n != 1 {
+		t.Fatalf("100 lines took %d writes, want 1", n)
 	}
 	// Filling the buffer flushes at once; Close flushes the rest.
 	line := strings.Repeat("x", 1000) + "\n"

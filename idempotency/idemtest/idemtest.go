@@ -27,6 +27,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/fakeclock"
+	"github.com/leveehq/levee/internal/poll"
 )
 
 // Harness tells the suite how to reach a store.
@@ -909,13 +910,7 @@ func testRoundTrips(t *testing.T, h Harness, k keys) {
 // assertion) and fails the test if it never holds.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, cond, "condition not reached")
 }
 
 func countStatus(rs []reply, code int) int {

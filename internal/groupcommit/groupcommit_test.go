@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/poll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -53,13 +54,7 @@ func TestBatches(t *testing.T) {
 		})
 	}
 	// The first batch is held: the queue fills up (its bound is 8).
-	deadline := time.Now().Add(10 * time.Second)
-	for q.Queued() < 8 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d operations queued", q.Queued())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, func() bool { return q.Queued() >= 8 }, "only %d operations queued", q.Queued())
 	close(gate)
 	wg.Wait()
 	if err := <-done; err != nil || lone.out != 2 {

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/leveehq/levee/internal/poll"
 )
 
 // h1Upstream is a loopback upstream that counts the connections it
@@ -49,12 +51,7 @@ func newH1Upstream(t testing.TB, h http.Handler) *h1Upstream {
 // waitClosed waits (bounded) until the upstream has seen n connections end.
 func (u *h1Upstream) waitClosed(t *testing.T, n int64) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); u.closed.Load() < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("upstream closed %d connections, want %d", u.closed.Load(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, func() bool { return u.closed.Load() >= n }, "upstream closed %d connections, want %d", u.closed.Load(), n)
 }
 
 // h1CountingRT counts the requests handed to a fallback.
@@ -329,12 +326,7 @@ func TestH1AliveCheck(t *testing.T) {
 	// eventually waits (bounded) for the peer's action to reach the socket.
 	eventuallyDead := func(pc *h1Conn, what string) {
 		t.Helper()
-		for deadline := time.Now().Add(2 * time.Second); pc.alive(); {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: connection still reported alive", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		poll.Until(t, 2*time.Second, func() bool { return !pc.alive() }, "%s: connection still reported alive", what)
 	}
 
 	pc, _ := dial()

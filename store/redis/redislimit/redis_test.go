@@ -20,6 +20,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/ratelimit"
 	"github.com/leveehq/levee/ratelimit/ratelimittest"
 	"github.com/leveehq/levee/store/redis/redislimit"
@@ -370,15 +371,8 @@ func startRedis(t *testing.T) *ownRedis {
 	})
 	c := goredis.NewClient(&goredis.Options{Addr: r.addr, MaxRetries: -1})
 	defer c.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c.Ping(context.Background()).Err() == nil {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s did not start", r.addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis-server on %s did not start", r.addr)
+	return r
 }
 
 type events struct {
