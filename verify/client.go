@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/leveehq/levee/resilience"
 )
 
 // maxBody bounds how much of each response is read.
@@ -128,22 +130,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// parseRetryAfter parses a Retry-After value: delay-seconds or an
-// HTTP-date (RFC 9110 §10.2.3), relative to now.
+// parseRetryAfter parses a Retry-After value (delay-seconds or an
+// HTTP-date, RFC 9110 §10.2.3) relative to now: the same parser levee's
+// own clients use, so what verify accepts is what they honour.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 {
-			return 0, false
-		}
-		return time.Duration(n) * time.Second, true
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0, false
-	}
-	return max(t.Sub(now), 0), true
+	return resilience.ParseRetryAfter(v, now)
 }

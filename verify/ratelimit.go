@@ -339,7 +339,11 @@ func (r *rlRun) fields(admitted, refusals []exchange, t time.Time) {
 			if !hasQ {
 				probs = append(probs, fmt.Sprintf("RateLimit-Policy member %q has no integer q", m.name))
 			}
-			if q == p.Limit && (!hasW || time.Duration(w)*time.Second == p.Period) || q == burst && hasW && time.Duration(w)*time.Second == time.Duration(burst)*p.Interval() {
+			// Either the window form (q = limit per period), or the GCRA
+			// form levee and others use: q = burst, w = the time the burst
+			// takes to refill, in whole seconds rounded up.
+			refill := (time.Duration(burst)*p.Interval() + time.Second - 1) / time.Second
+			if q == p.Limit && (!hasW || time.Duration(w)*time.Second == p.Period) || q == burst && hasW && w == int64(refill) {
 				found, name = true, m.name
 			}
 		}
