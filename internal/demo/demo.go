@@ -1,7 +1,11 @@
 package demo
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +20,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/gateway"
+	"github.com/leveehq/levee/idempotency"
 )
 
 // Options configure Run.
@@ -61,7 +66,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "levee.yaml")
-	yaml := fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String())
+	token := newToken()
+	yaml := strings.Replace(fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()),
+		"admin:\n  listen: 127.0.0.1:0\n", fmt.Sprintf(demoAdmin, token), 1)
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, fmt.Errorf("demo: writing config: %w", err)
 	}
@@ -84,7 +91,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  levee gateway in front of it:   %s   (SQLite store: %s)\n", base, filepath.Join(dir, "levee.db"))
 	fmt.Fprintf(out, "  levee admin (metrics, health):  http://%s/metrics\n\n", srv.AdminAddr())
 
-	t := &tour{out: out, base: base, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{}}
+	t := &tour{out: out, base: base, admin: "http://" + srv.AdminAddr(), token: token, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{}}
 	if err := t.run(ctx); err != nil {
 		return t.res, err
 	}
@@ -99,6 +106,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  curl -s %s/v1/charges            # what the upstream really executed\n", base)
 	fmt.Fprintf(out, "  curl -s -X POST 'http://%s/admin/flaky?fail=2'   # make the upstream fail the next 2 charges\n", upLn.Addr())
 	fmt.Fprintf(out, "  curl -s http://%s/metrics | grep levee_idempotency\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  export LEVEE_ADMIN_TOKEN=%s\n", token)
+	fmt.Fprintf(out, "  go run ./cmd/levee keys list --admin http://%s --route charges --state unknown   # keys held after a lost answer\n", srv.AdminAddr())
 	<-ctx.Done()
 	fmt.Fprintf(out, "\nstopping\n")
 	return t.res, nil
@@ -128,9 +137,18 @@ routes:
       retention: 24h
 `
 
+// demoAdmin is the generated config's admin block: a token for the key
+// tools, made fresh for each run.
+const demoAdmin = `admin:
+  listen: 127.0.0.1:0
+  token: %q
+`
+
 type tour struct {
 	out    io.Writer
 	base   string
+	admin  string // the admin listener, for the key tools
+	token  string
 	client *http.Client
 	pay    *Payments
 	res    *Result
@@ -268,6 +286,60 @@ func (t *tour) run(ctx context.Context) error {
 		return err
 	}
 	t.executed(" — the failed attempt charged nothing, the retry charged once")
-	fmt.Fprintf(t.out, "Tour complete: 11 requests reached levee; the upstream executed %d charges, each exactly once.\n", t.pay.Executed())
+	if err := t.lostAnswer(ctx, one); err != nil {
+		return err
+	}
+	fmt.Fprintf(t.out, "Tour complete: 15 requests reached levee; the upstream executed %d charges, each exactly once.\n", t.pay.Executed())
 	return nil
+}
+
+// lostAnswer is the unknown-outcome step: the upstream charges and the
+// connection drops before its answer. levee cannot know whether the
+// charge happened, so it holds the key instead of letting the retry charge
+// again; an operator reconciles with the upstream and stores what it did.
+func (t *tour) lostAnswer(ctx context.Context, one func(name, key, body string) (exchange, error)) error {
+	t.header("the upstream charges, then the connection drops",
+		"The whole request reached the upstream and its answer was lost: levee holds the key (never a blind re-run).")
+	t.pay.DropNext(1)
+	if _, err := one("lost", "order-1004", `{"amount":60}`); err != nil {
+		return err
+	}
+	if _, err := one("held", "order-1004", `{"amount":60}`); err != nil {
+		return err
+	}
+	t.executed(" — the retry was refused: the first attempt may have charged")
+
+	t.header("an operator reconciles with the upstream", "levee keys resolve --response stores what the upstream did; the client's retry then replays it.")
+	key, err := idempotency.KeyFor("charges", "Bearer demo-merchant", "order-1004")
+	if err != nil {
+		return err
+	}
+	last := t.pay.Last()
+	found, _ := json.Marshal(map[string]any{"response": map[string]any{"status": 201,
+		"header": map[string][]string{"Content-Type": {"application/json"}}, "body": append(last, '\n')}})
+	fmt.Fprintf(t.out, "  $ levee keys resolve --route charges --key order-1004 --tenant-credential 'Bearer demo-merchant' --response found.http\n")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.admin+"/keys/"+key+"/resolve?route=charges", bytes.NewReader(found))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+t.token)
+	req.Header.Set("X-Levee-Operator", "demo")
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("demo: resolve: %w", err)
+	}
+	resp.Body.Close()
+	fmt.Fprintf(t.out, "  ← %d %s: stored the charge found upstream (%s)\n", resp.StatusCode, http.StatusText(resp.StatusCode), last)
+	t.record("resolve", resp.StatusCode)
+	if _, err := one("replayed", "order-1004", `{"amount":60}`); err != nil {
+		return err
+	}
+	t.executed(" — the lost answer was recovered without a second charge")
+	return nil
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

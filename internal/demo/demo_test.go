@@ -15,12 +15,13 @@ func TestTour(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tour: %v\n%s", err, out.String())
 	}
-	if res.Executed != 3 {
-		t.Fatalf("upstream executed %d charges, want 3\n%s", res.Executed, out.String())
+	if res.Executed != 4 {
+		t.Fatalf("upstream executed %d charges, want 4\n%s", res.Executed, out.String())
 	}
 	want := map[string][]int{
 		"first": {201}, "retry": {201}, "concurrent": {201, 409, 409, 409, 409},
 		"mismatch": {422}, "missing": {400}, "failure": {503}, "failure-retry": {201},
+		"lost": {502}, "held": {409}, "resolve": {200}, "replayed": {201},
 	}
 	for _, s := range res.Steps {
 		if w, ok := want[s.Name]; !ok || !slices.Equal(s.Statuses, w) {

@@ -23,6 +23,7 @@ type Payments struct {
 	mu      sync.Mutex
 	charges []Charge
 	failN   int
+	dropN   int
 }
 
 // Charge is one executed charge.
@@ -44,6 +45,25 @@ func (p *Payments) Executed() int {
 func (p *Payments) FailNext(n int) {
 	p.mu.Lock()
 	p.failN = n
+	p.mu.Unlock()
+}
+
+// Last returns the JSON of the last executed charge.
+func (p *Payments) Last() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.charges) == 0 {
+		return nil
+	}
+	out, _ := json.Marshal(p.charges[len(p.charges)-1])
+	return out
+}
+
+// DropNext makes the next n charges execute and then lose their answer:
+// the connection is closed before any response (a crash, a cut network).
+func (p *Payments) DropNext(n int) {
+	p.mu.Lock()
+	p.dropN = n
 	p.mu.Unlock()
 }
 
@@ -95,9 +115,19 @@ func (p *Payments) charge(w http.ResponseWriter, r *http.Request) {
 	}
 	c := Charge{ID: fmt.Sprintf("ch_%d", len(p.charges)+1), Amount: in.Amount, Currency: in.Currency, Status: "succeeded"}
 	p.charges = append(p.charges, c)
+	drop := p.dropN > 0
+	if drop {
+		p.dropN--
+	}
 	p.mu.Unlock()
 	if p.Log != nil {
 		fmt.Fprintf(p.Log, "  upstream: EXECUTED charge %s of %d %s\n", c.ID, c.Amount, c.Currency)
+	}
+	if drop {
+		if p.Log != nil {
+			fmt.Fprintf(p.Log, "  upstream: ...and the connection drops before the answer (simulated crash)\n")
+		}
+		panic(http.ErrAbortHandler) // closes the connection without a response
 	}
 	out, _ := json.Marshal(c)
 	w.Header().Set("Content-Type", "application/json")
