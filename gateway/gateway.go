@@ -639,7 +639,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 			writeProblem(w, r, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 				Title: "Request body could not be read", Detail: cbe.Error()})
 		}
-	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err) || errors.Is(err, resilience.ErrAttemptTimeout):
+	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err) || errors.Is(err, resilience.ErrAttemptTimeout) || errors.Is(err, errUpstreamTimeout):
 		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream)}, route, upstream)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:

@@ -32,10 +32,11 @@ type UpstreamConfig struct {
 	// if any, prefixes the request path. Required.
 	URL string `yaml:"url"`
 	// Timeout bounds one request to the upstream, every attempt and wait
-	// included. Default 30s; -1s: only the route's timeout.
+	// included. Default 30s. A route using the upstream needs a timeout at
+	// least as long.
 	Timeout Duration `yaml:"timeout"`
 	// AttemptTimeout bounds each attempt (the response body included on
-	// the direct path). Default 5s; -1s: only Timeout.
+	// the direct path). Default 5s; at most Timeout.
 	AttemptTimeout Duration `yaml:"attempt_timeout"`
 	// Retry configures retries.
 	Retry UpstreamRetry `yaml:"retry"`
@@ -348,13 +349,12 @@ func (c *Config) validateUpstreams(r *config.Report) {
 		if u.url == nil {
 			continue // reported at upstreams[j].url
 		}
-		if t := u.Timeout.D(); t == 0 || t > 0 {
-			if t == 0 {
-				t = 30 * time.Second
-			}
-			if rc.Timeout.D() < t {
-				r.Bad(fmt.Sprintf("routes[%d].timeout", i), "%v is shorter than upstream %q's timeout %v: its retries would be cut short; set the route's timeout to at least %v (or lower the upstream's)", rc.Timeout.D(), u.Name, t, t)
-			}
+		t := u.Timeout.D()
+		if t == 0 {
+			t = 30 * time.Second
+		}
+		if rc.Timeout.D() < t {
+			r.Bad(fmt.Sprintf("routes[%d].timeout", i), "%v is shorter than upstream %q's timeout %v: its retries would be cut short; set the route's timeout to at least %v (or lower the upstream's)", rc.Timeout.D(), u.Name, t, t)
 		}
 	}
 }

@@ -424,3 +424,41 @@ func TestUpstreamConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// An upstream that does not answer within the timeouts is a 504
+// upstream-timeout (not a 502), whichever deadline fires first, on both
+// paths; the attempts and retries are exported on the gateway's registry.
+func TestUpstreamTimeoutIs504(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cfg := strings.NewReplacer("timeout: 5s", "timeout: 300ms", "attempt_timeout: 1s", "attempt_timeout: 300ms").
+		Replace(upstreamConfig(srv.URL, ", max_attempts: 1", ""))
+	g := startGateway(t, cfg)
+	for _, chunked := range []bool{false, true} {
+		resp, body := do(t, "PUT", g.base+"/v1/x", "{}", chunked)
+		if resp.StatusCode != 504 || problemTypeOf(t, body) != "upstream-timeout" {
+			t.Fatalf("chunked=%v: %d %q", chunked, resp.StatusCode, body)
+		}
+	}
+	mfs, err := g.srv.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "levee_resilience_attempts_total" {
+			for _, m := range mf.GetMetric() {
+				found = found || m.GetCounter().GetValue() >= 2
+			}
+		}
+	}
+	if !found {
+		t.Fatal("levee_resilience_attempts_total not exported with 2 attempts")
+	}
+}
