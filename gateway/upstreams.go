@@ -238,6 +238,7 @@ func (u *UpstreamConfig) build() (resilience.Settings, string, error) {
 			if err != nil {
 				return s, fmt.Sprintf("limit.policies[%d]", i), err
 			}
+			pol.Name = spec // names the policy in upstream-quota-exhausted; the state is keyed by the upstream
 			ls.Policies = append(ls.Policies, pol)
 		}
 		s.Limit = ls

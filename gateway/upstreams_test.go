@@ -462,3 +462,21 @@ func TestUpstreamTimeoutIs504(t *testing.T) {
 		t.Fatal("levee_resilience_attempts_total not exported with 2 attempts")
 	}
 }
+
+// The client-side quota: a request beyond the upstream's quota is not
+// sent and gets 429 upstream-quota-exhausted with Retry-After.
+func TestUpstreamQuota(t *testing.T) {
+	t.Parallel()
+	f := newFlaky(t, failFirst(0, ""))
+	g := startGateway(t, upstreamConfig(f.srv.URL, "}\n    limit: {policies: [1/minute burst 1]}\n    #{", ""))
+	if resp, _ := do(t, "GET", g.base+"/v1/x", "", false); resp.StatusCode != 200 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	resp, body := do(t, "GET", g.base+"/v1/x", "", false)
+	if resp.StatusCode != 429 || problemTypeOf(t, body) != "upstream-quota-exhausted" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("%d %q %q", resp.StatusCode, resp.Header, body)
+	}
+	if f.n.Load() != 1 {
+		t.Fatalf("%d calls", f.n.Load())
+	}
+}
