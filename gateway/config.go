@@ -50,6 +50,9 @@ type Config struct {
 	// retries, breaker, bulkhead, quotas) that routes use by name
 	// (upstreams.go). Default none.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
+	// UpstreamStore is where shared upstreams keep their state
+	// (upstream_store.go). Default memory.
+	UpstreamStore UpstreamStoreConfig `yaml:"upstream_store"`
 
 	trusted []netip.Prefix
 	file    string // the file Parse read, for paths relative to it
@@ -285,6 +288,7 @@ func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 func (c *Config) Defaults() {
 	config.Default(&c.Listen, ":8080")
 	c.RateLimit.inheritRedis(c.Store.Redis)
+	c.UpstreamStore.inheritRedis(c.Store.Redis)
 	base := filepath.Dir(c.file)
 	c.Errors.base = base
 	for i := range c.Routes {

@@ -106,6 +106,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
 	}
 	if err := g.Apply(cfg); err != nil {
+		_ = g.CloseUpstreamStore()
 		return nil, err
 	}
 	return g, nil

@@ -54,6 +54,9 @@ type UpstreamConfig struct {
 	// Limit, when present, is a client-side rate limit on the upstream's
 	// quota.
 	Limit *UpstreamLimit `yaml:"limit"`
+	// Shared keeps the breaker, pauses and quota in upstream_store (Redis),
+	// so that every replica shares them. Default false: per process.
+	Shared bool `yaml:"shared"`
 
 	url      *url.URL
 	settings resilience.Settings
@@ -326,6 +329,11 @@ func (c *Config) validateUpstreams(r *config.Report) {
 		}
 		byName[u.Name] = i
 	}
+	for i := range c.Upstreams {
+		if c.Upstreams[i].Shared && c.UpstreamStore.Type != "redis" {
+			r.Bad(fmt.Sprintf("upstreams[%d].shared", i), "needs upstream_store.type: redis (the store replicas share)")
+		}
+	}
 	for i := range c.Routes {
 		rc := &c.Routes[i]
 		field := fmt.Sprintf("routes[%d].upstream", i)
@@ -369,6 +377,7 @@ type upstreamSet struct {
 	obs    *resmetrics.Observer
 	obsErr error
 	once   sync.Once
+	shared *sharedStores // opened for the first shared upstream
 }
 
 type upstreamExec struct {
@@ -396,6 +405,16 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 		}
 		s := u.settings
 		s.Observer = us.obs
+		if u.Shared {
+			if us.shared == nil {
+				st, err := openShared(cfg.UpstreamStore)
+				if err != nil {
+					return nil, err
+				}
+				us.shared = st
+			}
+			us.shared.share(&s)
+		}
 		e, err := resilience.New(s)
 		if err != nil {
 			return nil, fmt.Errorf("gateway: upstreams[%d] (%s): %w", i, u.Name, err)
