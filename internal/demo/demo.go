@@ -54,6 +54,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	up := &http.Server{Handler: pay, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = up.Serve(upLn) }()
 	defer up.Close()
+	partner := &Partner{Log: out}
+	partnerLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo: partner listener: %w", err)
+	}
+	ps := &http.Server{Handler: partner, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = ps.Serve(partnerLn) }()
+	defer ps.Close()
 
 	dir, err := os.MkdirTemp("", "levee-demo-")
 	if err != nil {
@@ -61,7 +69,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "levee.yaml")
-	yaml := fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String())
+	yaml := fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()) +
+		fmt.Sprintf(egressConfig, "http://"+partnerLn.Addr().String())
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, fmt.Errorf("demo: writing config: %w", err)
 	}
@@ -84,7 +93,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  levee gateway in front of it:   %s   (SQLite store: %s)\n", base, filepath.Join(dir, "levee.db"))
 	fmt.Fprintf(out, "  levee admin (metrics, health):  http://%s/metrics\n\n", srv.AdminAddr())
 
-	t := &tour{out: out, base: base, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{}}
+	t := &tour{out: out, base: base, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, partner: partner, res: &Result{}}
 	if err := t.run(ctx); err != nil {
 		return t.res, err
 	}
@@ -129,12 +138,13 @@ routes:
 `
 
 type tour struct {
-	out    io.Writer
-	base   string
-	client *http.Client
-	pay    *Payments
-	res    *Result
-	step   int
+	out     io.Writer
+	base    string
+	client  *http.Client
+	pay     *Payments
+	partner *Partner
+	res     *Result
+	step    int
 }
 
 type exchange struct {
@@ -268,6 +278,6 @@ func (t *tour) run(ctx context.Context) error {
 		return err
 	}
 	t.executed(" — the failed attempt charged nothing, the retry charged once")
-	fmt.Fprintf(t.out, "Tour complete: 11 requests reached levee; the upstream executed %d charges, each exactly once.\n", t.pay.Executed())
-	return nil
+	fmt.Fprintf(t.out, "Inbound tour complete: 11 requests reached levee; the upstream executed %d charges, each exactly once.\n\n", t.pay.Executed())
+	return t.egress(ctx)
 }
