@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -103,7 +102,8 @@ type directCall struct {
 	method  string
 	h1Repl  bool
 	ownKey  string
-	unknown bool // an attempt was sent whole and its answer lost
+	routeDL time.Time // the route timeout's deadline
+	unknown bool      // an attempt was sent whole and its answer lost
 	sendFn  resilience.AttemptFunc
 	writeFn func(*bufio.Writer) error
 }
@@ -121,35 +121,27 @@ func (up *proxyUpstream) send(p *routeProxy, r *http.Request, ri *reqInfo, buf [
 	if up.passKey {
 		key = ownKey
 	}
-	dc.p, dc.buf, dc.headEnd, dc.method, dc.h1Repl, dc.ownKey, dc.unknown = p, buf, headEnd, r.Method, h1.Replayable(r), ownKey, false
+	dc.p, dc.buf, dc.headEnd, dc.method, dc.h1Repl, dc.ownKey, dc.routeDL, dc.unknown = p, buf, headEnd, r.Method, h1.Replayable(r), ownKey, deadline, false
 	dc.c = resilience.Call{Method: r.Method, Key: key, Replayable: true, EnforcesDeadline: true, Send: dc.sendFn}
 	if up.exec.NeedsTarget() {
 		dc.c.Target = r.URL.RequestURI()
 	}
-	// Detached from the client (as the plain direct path), bounded by the
-	// route timeout; the executor's waits select on it.
-	ctx, cancel := context.WithDeadlineCause(context.Background(), deadline, errUpstreamTimeout)
-	resp, err := up.exec.Do(ctx, &dc.c)
-	if err != nil {
-		cancel()
-		if dc.unknown && ri != nil {
-			ri.outcomeUnknown = true
-		}
-		return nil, err
+	// Detached from the client, as the plain direct path. No context
+	// deadline is needed (nor its allocations): the executor's own Timeout
+	// bounds every attempt and wait, and config validation keeps it within
+	// the route's timeout, which each attempt's deadline is capped by too.
+	resp, err := up.exec.Do(context.Background(), &dc.c)
+	if err != nil && dc.unknown && ri != nil {
+		ri.outcomeUnknown = true
 	}
-	if resp.Body == nil || resp.Body == http.NoBody {
-		cancel()
-	} else {
-		resp.Body = cancelBody{resp.Body, cancel}
-	}
-	return resp, nil
+	return resp, err
 }
 
 // send is the Call's Send: one attempt through levee's HTTP/1.1 client.
 func (dc *directCall) send(ctx context.Context, c *resilience.Call) (*http.Response, error) {
 	dl := c.Deadline()
-	if d, ok := ctx.Deadline(); ok && (dl.IsZero() || d.Before(dl)) {
-		dl = d
+	if dl.IsZero() || dc.routeDL.Before(dl) {
+		dl = dc.routeDL
 	}
 	resp, err := dc.p.h1.Send(ctx, dc.p.addr, dl, dc.h1Repl, dc.method, nil, dc.writeFn)
 	if err != nil && h1.OutcomeUnknown(err) {
@@ -172,21 +164,6 @@ func (dc *directCall) write(bw *bufio.Writer) error {
 		return err
 	}
 	_, err := bw.Write(dc.buf)
-	return err
-}
-
-// cancelBody releases the call's context once the response body is
-// closed.
-type cancelBody struct {
-	rc     io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (b cancelBody) Read(p []byte) (int, error) { return b.rc.Read(p) }
-
-func (b cancelBody) Close() error {
-	err := b.rc.Close()
-	b.cancel()
 	return err
 }
 
