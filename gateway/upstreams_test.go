@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leveehq/levee/gateway"
 	"github.com/leveehq/levee/resilience"
 )
 
@@ -478,5 +479,50 @@ func TestUpstreamQuota(t *testing.T) {
 	}
 	if f.n.Load() != 1 {
 		t.Fatalf("%d calls", f.n.Load())
+	}
+}
+
+// An egress route to an https third party (the ReverseProxy path): the
+// prefix is removed, no X-Forwarded-* leaves, and a 503 is retried with
+// the same generated key.
+func TestEgressRouteHTTPS(t *testing.T) {
+	t.Parallel()
+	var (
+		mu    sync.Mutex
+		seen  []string
+		calls atomic.Int64
+	)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		seen = append(seen, r.URL.Path+" key="+r.Header.Get("Idempotency-Key")+" xff="+r.Header.Get("X-Forwarded-For")+r.Header.Get("X-Forwarded-Host"))
+		mu.Unlock()
+		if calls.Add(1) == 1 {
+			w.WriteHeader(503)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	cfg, err := parseString(upstreamConfig(srv.URL, ", dedupes_keys: true, auto_key: true",
+		"  - name: egress\n    match: {path_prefix: /egress/partner}\n    upstream: partner\n    egress: true\n    timeout: 5s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(cfg, gateway.Options{Transport: srv.Client().Transport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("POST", "/egress/partner/v1/charges", strings.NewReader(`{"amount":1}`))
+	req.Header.Set("X-Forwarded-For", "10.1.2.3")
+	w := httptest.NewRecorder()
+	g.ServeHTTP(w, req)
+	if w.Code != 200 || w.Body.String() != "ok" {
+		t.Fatalf("%d %q", w.Code, w.Body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 || seen[0] != seen[1] || !strings.HasPrefix(seen[0], "/v1/charges key=") || strings.HasSuffix(seen[0], "key= xff=") || !strings.HasSuffix(seen[0], " xff=") {
+		t.Fatalf("the partner saw %q", seen)
 	}
 }
