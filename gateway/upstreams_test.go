@@ -526,3 +526,34 @@ func TestEgressRouteHTTPS(t *testing.T) {
 		t.Fatalf("the partner saw %q", seen)
 	}
 }
+
+// FuzzUpstreamsConfig: whatever upstreams block validation accepts, the
+// gateway builds (resilience.New agrees with the YAML validation), and
+// every route naming an upstream names one that exists.
+func FuzzUpstreamsConfig(f *testing.F) {
+	for _, u := range []string{"", ", max_attempts: 200", ", max_attempts: 10", ", auto_key: true, dedupes_keys: true",
+		"}\n    budget: {ratio: 11}\n    #{", "}\n    breaker: {failure_ratio: 0.5, window: 1s, min_calls: 3}\n    #{",
+		"}\n    limit: {policies: [100/s burst 100, 5000/day]}\n    #{", "}\n    throttle: {k: 0.5}\n    #{",
+		"}\n    bulkhead: {max_in_flight: 2, max_wait: 1s}\n    pace: {max_pause: 1m}\n    #{", ", statuses: [500, 501]"} {
+		f.Add(u, "partner")
+	}
+	f.Fuzz(func(t *testing.T, upstream, ref string) {
+		y := strings.Replace(upstreamConfig("http://127.0.0.1:1", upstream, ""), "upstream: partner", "upstream: "+ref, 1)
+		cfg, err := parseString(y)
+		if err != nil {
+			return
+		}
+		names := map[string]bool{}
+		for _, u := range cfg.Upstreams {
+			names[u.Name] = true
+		}
+		for _, r := range cfg.Routes {
+			if !strings.Contains(r.Upstream, "://") && !names[r.Upstream] {
+				t.Fatalf("route %q names unknown upstream %q", r.Name, r.Upstream)
+			}
+		}
+		if _, err := gateway.New(cfg, gateway.Options{}); err != nil {
+			t.Fatalf("validated config does not build: %v\n%s", err, y)
+		}
+	})
+}
