@@ -35,8 +35,8 @@ type UpstreamConfig struct {
 	// included. Default 30s. A route using the upstream needs a timeout at
 	// least as long.
 	Timeout Duration `yaml:"timeout"`
-	// AttemptTimeout bounds each attempt (the response body included on
-	// the direct path). Default 5s; at most Timeout.
+	// AttemptTimeout bounds each attempt, reading the response body
+	// included. Default 5s; at most Timeout.
 	AttemptTimeout Duration `yaml:"attempt_timeout"`
 	// Retry configures retries.
 	Retry UpstreamRetry `yaml:"retry"`
