@@ -557,3 +557,21 @@ func FuzzUpstreamsConfig(f *testing.F) {
 		}
 	})
 }
+
+// upstream_store cannot change on reload (the connection is opened once);
+// upstreams can.
+func TestUpstreamStoreNeedsRestart(t *testing.T) {
+	t.Parallel()
+	a, err := parseString(upstreamConfig("http://127.0.0.1:1", "", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := parseString(upstreamConfig("http://127.0.0.1:2", ", max_attempts: 2", "") + "upstream_store: {type: redis}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(a.RestartChanges(b), " ")
+	if !strings.Contains(got, "upstream_store.type") || strings.Contains(got, "upstreams") {
+		t.Fatalf("restart changes: %q", got)
+	}
+}
