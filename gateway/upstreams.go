@@ -390,6 +390,9 @@ type upstreamExec struct {
 // Apply changes nothing.
 func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 	us := &g.upstreams
+	if len(cfg.Upstreams) == 0 {
+		return nil, nil // no collectors registered for nothing
+	}
 	us.once.Do(func() { us.obs, us.obsErr = resmetrics.New(g.metrics.Registry) })
 	if us.obsErr != nil {
 		return nil, fmt.Errorf("gateway: upstream metrics: %w", us.obsErr)
