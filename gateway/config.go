@@ -46,6 +46,13 @@ type Config struct {
 	// Routes map requests to upstreams. First the exact `path` matches,
 	// then the longest `path_prefix`; ties go to the earlier route.
 	Routes []RouteConfig `yaml:"routes"`
+	// Upstreams are named upstreams with resilience policies (timeouts,
+	// retries, breaker, bulkhead, quotas) that routes use by name
+	// (upstreams.go). Default none.
+	Upstreams []UpstreamConfig `yaml:"upstreams"`
+	// UpstreamStore is where shared upstreams keep their state
+	// (upstream_store.go). Default memory.
+	UpstreamStore UpstreamStoreConfig `yaml:"upstream_store"`
 
 	trusted []netip.Prefix
 	file    string // the file Parse read, for paths relative to it
@@ -142,9 +149,15 @@ type RouteConfig struct {
 	Name string `yaml:"name"`
 	// Match selects requests.
 	Match MatchConfig `yaml:"match"`
-	// Upstream is the absolute http(s) URL requests are forwarded to; its
-	// path, if any, prefixes the request path. Required.
+	// Upstream is the absolute http(s) URL requests are forwarded to (its
+	// path, if any, prefixes the request path), or the name of an entry
+	// of upstreams, whose URL and policies then apply. Required.
 	Upstream string `yaml:"upstream"`
+	// Egress makes this an egress route: local callers reach a third
+	// party through it (upstreams.go). The matched path_prefix is removed
+	// before forwarding and no X-Forwarded-* headers are sent. Needs a
+	// named upstream and a path_prefix. Default false.
+	Egress bool `yaml:"egress"`
 	// Timeout bounds the whole upstream exchange. Default 30s.
 	Timeout Duration `yaml:"timeout"`
 	// Idempotency, when present, applies the idempotency contract.
@@ -156,7 +169,9 @@ type RouteConfig struct {
 	// global errors block. Default: the global block.
 	Errors *ErrorsConfig `yaml:"errors"`
 
-	upstream *url.URL
+	upstream    *url.URL
+	upstreamRef string          // Upstream when it names an upstreams entry
+	named       *UpstreamConfig // that entry, resolved by Config.Validate
 }
 
 // Defaults implements config.Section.
@@ -168,6 +183,13 @@ func (rc *RouteConfig) Defaults() {
 func (rc *RouteConfig) Validate(r *config.Report, p string) {
 	if rc.Name == "" {
 		r.Bad(p+".name", "required")
+	}
+	if rc.Egress && rc.Match.PathPrefix == "" {
+		r.Bad(p+".match.path_prefix", "an egress route needs a path_prefix (removed before forwarding)")
+	}
+	if !strings.Contains(rc.Upstream, "://") && upstreamName.MatchString(rc.Upstream) {
+		rc.upstreamRef = rc.Upstream // resolved by Config.Validate
+		return
 	}
 	u, err := url.Parse(rc.Upstream)
 	switch {
@@ -266,6 +288,7 @@ func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 func (c *Config) Defaults() {
 	config.Default(&c.Listen, ":8080")
 	c.RateLimit.inheritRedis(c.Store.Redis)
+	c.UpstreamStore.inheritRedis(c.Store.Redis)
 	base := filepath.Dir(c.file)
 	c.Errors.base = base
 	for i := range c.Routes {
@@ -312,6 +335,7 @@ func (c *Config) Validate(r *config.Report, _ string) {
 		}
 	}
 	c.validatePolicyNames(r)
+	c.validateUpstreams(r)
 }
 
 // drainNeeded is the longest a request can take once accepted: its route

@@ -55,6 +55,7 @@ type routeProxy struct {
 	trusted []netip.Prefix
 	h1      *h1.Transport // nil: every request goes through rp
 	rp      *httputil.ReverseProxy
+	up      *proxyUpstream // the named upstream's policies; nil: none (upstream_proxy.go)
 }
 
 // hopHeaders are removed from requests and responses (RFC 9110 section
@@ -89,6 +90,9 @@ func reportUnknownOutcome(ctx context.Context, ri *reqInfo) {
 }
 
 func (p *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.up != nil && p.up.strip != "" {
+		r = p.up.stripPrefix(r)
+	}
 	if ri := infoFrom(r.Context()); ri != nil {
 		defer reportUnknownOutcome(r.Context(), ri)
 	}
@@ -136,6 +140,7 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 		p.g.proxyError(w, r, err, p.name, p.target.Host)
 		return
 	}
+	headEnd := len(buf)
 	// The small body is read into the same buffer, so that head and body
 	// leave in one write.
 	if r.Body != nil && r.Body != http.NoBody {
@@ -160,10 +165,15 @@ func (p *routeProxy) direct(w http.ResponseWriter, r *http.Request) {
 		*bp = buf[:0]
 	}
 	start := time.Now()
-	resp, err := p.h1.Send(context.Background(), p.addr, deadline, h1.Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
-		_, err := bw.Write(buf)
-		return err
-	})
+	var resp *http.Response
+	if p.up != nil {
+		resp, err = p.up.send(p, r, ri, buf, headEnd, deadline)
+	} else {
+		resp, err = p.h1.Send(context.Background(), p.addr, deadline, h1.Replayable(r), r.Method, nil, func(bw *bufio.Writer) error {
+			_, err := bw.Write(buf)
+			return err
+		})
+	}
 	if ri != nil {
 		ri.upstreamDur = time.Since(start)
 	}
@@ -215,9 +225,11 @@ func (p *routeProxy) appendHead(b []byte, r *http.Request) ([]byte, error) {
 			b = append(b, "\r\n"...)
 		}
 	}
-	b, err := appendForwarded(b, r, trusted)
-	if err != nil {
-		return b, err
+	if p.up == nil || !p.up.egress { // a third party is not told our addresses
+		var err error
+		if b, err = appendForwarded(b, r, trusted); err != nil {
+			return b, err
+		}
 	}
 	if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
 		b = append(b, "Content-Length: "...)

@@ -36,6 +36,7 @@ import (
 	"github.com/leveehq/levee/internal/h1"
 	"github.com/leveehq/levee/internal/problem"
 	"github.com/leveehq/levee/ratelimit"
+	"github.com/leveehq/levee/resilience"
 )
 
 // Gateway is the proxy handler. Its routes are swapped atomically by
@@ -51,6 +52,7 @@ type Gateway struct {
 	accessW   io.Writer // when set, lines are encoded by writeAccessLine
 	transport http.RoundTripper
 	buffers   bufferPool
+	upstreams upstreamSet // the executors of named upstreams (upstreams.go)
 
 	state atomic.Pointer[routeTable]
 }
@@ -108,6 +110,7 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
 	}
 	if err := g.Apply(cfg); err != nil {
+		_ = g.CloseUpstreamStore()
 		return nil, err
 	}
 	return g, nil
@@ -135,9 +138,13 @@ func NewTransport() *http.Transport {
 // routes. Requests in flight finish on the routes they started with.
 func (g *Gateway) Apply(cfg *Config) error {
 	t := &routeTable{cfg: cfg, exact: map[string][]*route{}, trusted: cfg.trusted, render: cfg.Errors.renderer()}
+	execs, err := g.executors(cfg)
+	if err != nil {
+		return err
+	}
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
-		rt, err := g.buildRoute(cfg, rc, i)
+		rt, err := g.buildRoute(cfg, rc, i, execs)
 		if err != nil {
 			return err
 		}
@@ -148,6 +155,7 @@ func (g *Gateway) Apply(cfg *Config) error {
 		}
 	}
 	sort.SliceStable(t.prefixes, func(i, j int) bool { return len(t.prefixes[i].prefix) > len(t.prefixes[j].prefix) })
+	g.commitExecutors(execs)
 	g.state.Store(t)
 	return nil
 }
@@ -294,7 +302,14 @@ func newSentTracker() *sentTracker {
 	return st
 }
 
-func (st *sentTracker) wroteRequest(info httptrace.WroteRequestInfo) { st.wrote.Store(info.Err == nil) }
+// wroteRequest notes a request written whole; sticky, so that a retried
+// attempt that fails before writing does not hide an earlier one that
+// was sent.
+func (st *sentTracker) wroteRequest(info httptrace.WroteRequestInfo) {
+	if info.Err == nil {
+		st.wrote.Store(true)
+	}
+}
 
 type infoKey struct{}
 
@@ -496,7 +511,7 @@ func remoteIP(r *http.Request) string {
 // gateway's: rate limits outermost (a denied request costs nothing else),
 // then idempotency, then the proxy. Each capability's section builds its
 // own middleware.
-func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, error) {
+func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int, execs map[string]*upstreamExec) (*route, error) {
 	rt := &route{
 		name:    rc.Name,
 		prefix:  rc.Match.PathPrefix,
@@ -514,7 +529,7 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 	if err != nil {
 		return nil, fmt.Errorf("gateway: routes[%d] (%s): %w", idx, rc.Name, err)
 	}
-	var h http.Handler = g.newProxy(rc, cfg.trusted)
+	var h http.Handler = g.newProxy(rc, cfg.trusted, execs)
 	for _, mw := range []func(http.Handler) http.Handler{idem, limits} { // innermost first
 		if mw != nil {
 			h = mw(h)
@@ -525,7 +540,7 @@ func (g *Gateway) buildRoute(cfg *Config, rc *RouteConfig, idx int) (*route, err
 }
 
 // newProxy builds the reverse proxy for one route.
-func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler {
+func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix, execs map[string]*upstreamExec) http.Handler {
 	target := rc.upstream
 	timeout := rc.Timeout.D()
 	name := rc.Name
@@ -567,6 +582,9 @@ func (g *Gateway) newProxy(rc *RouteConfig, trusted []netip.Prefix) http.Handler
 			rp.addr = net.JoinHostPort(target.Hostname(), "80")
 		}
 	}
+	if ue := execs[rc.upstreamRef]; ue != nil && rc.named != nil {
+		g.useUpstream(rp, rc, ue)
+	}
 	return rp
 }
 
@@ -600,6 +618,9 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 	if ri != nil && h1.OutcomeUnknown(err) {
 		ri.outcomeUnknown = true
 	}
+	if g.upstreamPolicyError(w, ri, err, route, upstream) {
+		return
+	}
 	var mbe *http.MaxBytesError
 	var cbe *clientBodyError
 	switch {
@@ -623,7 +644,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error, 
 			writeProblem(w, r, problem.Problem{Type: problem.RequestCanceled, Status: http.StatusBadRequest,
 				Title: "Request body could not be read", Detail: cbe.Error()})
 		}
-	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err):
+	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout) || isTimeout(err) || errors.Is(err, resilience.ErrAttemptTimeout) || errors.Is(err, errUpstreamTimeout):
 		g.upstreamFailed(w, ri, err, "timeout", problem.Problem{Type: problem.UpstreamTimeout, Status: http.StatusGatewayTimeout,
 			Title: "Upstream timed out", Detail: fmt.Sprintf("route %s: upstream %s did not answer in time", route, upstream)}, route, upstream)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:

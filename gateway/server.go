@@ -370,6 +370,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.waitServing(ctx)
 		s.gw.CloseIdleConnections()
+		if cerr := s.gw.CloseUpstreamStore(); cerr != nil && err == nil {
+			err = cerr
+		}
 		if cerr := s.closeSt(); cerr != nil && err == nil {
 			err = cerr
 		}

@@ -59,6 +59,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	up := &http.Server{Handler: pay, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = up.Serve(upLn) }()
 	defer up.Close()
+	partner := &Partner{Log: out}
+	partnerLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo: partner listener: %w", err)
+	}
+	ps := &http.Server{Handler: partner, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = ps.Serve(partnerLn) }()
+	defer ps.Close()
 
 	dir, err := os.MkdirTemp("", "levee-demo-")
 	if err != nil {
@@ -68,7 +76,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	cfgPath := filepath.Join(dir, "levee.yaml")
 	token := newToken()
 	yaml := strings.Replace(fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()),
-		"admin:\n  listen: 127.0.0.1:0\n", fmt.Sprintf(demoAdmin, token), 1)
+		"admin:\n  listen: 127.0.0.1:0\n", fmt.Sprintf(demoAdmin, token), 1) +
+		fmt.Sprintf(egressConfig, "http://"+partnerLn.Addr().String())
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, fmt.Errorf("demo: writing config: %w", err)
 	}
@@ -91,7 +100,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  levee gateway in front of it:   %s   (SQLite store: %s)\n", base, filepath.Join(dir, "levee.db"))
 	fmt.Fprintf(out, "  levee admin (metrics, health):  http://%s/metrics\n\n", srv.AdminAddr())
 
-	t := &tour{out: out, base: base, admin: "http://" + srv.AdminAddr(), token: token, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{}}
+	t := &tour{out: out, base: base, admin: "http://" + srv.AdminAddr(), token: token, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, partner: partner, res: &Result{}}
 	if err := t.run(ctx); err != nil {
 		return t.res, err
 	}
@@ -145,14 +154,15 @@ const demoAdmin = `admin:
 `
 
 type tour struct {
-	out    io.Writer
-	base   string
-	admin  string // the admin listener, for the key tools
-	token  string
-	client *http.Client
-	pay    *Payments
-	res    *Result
-	step   int
+	out     io.Writer
+	base    string
+	admin   string // the admin listener, for the key tools
+	token   string
+	client  *http.Client
+	pay     *Payments
+	partner *Partner
+	res     *Result
+	step    int
 }
 
 type exchange struct {
@@ -289,8 +299,8 @@ func (t *tour) run(ctx context.Context) error {
 	if err := t.lostAnswer(ctx, one); err != nil {
 		return err
 	}
-	fmt.Fprintf(t.out, "Tour complete: 15 requests reached levee; the upstream executed %d charges, each exactly once.\n", t.pay.Executed())
-	return nil
+	fmt.Fprintf(t.out, "Inbound tour complete: 15 requests reached levee; the upstream executed %d charges, each exactly once.\n\n", t.pay.Executed())
+	return t.egress(ctx)
 }
 
 // lostAnswer is the unknown-outcome step: the upstream charges and the

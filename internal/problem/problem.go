@@ -49,6 +49,13 @@ const (
 	WebhookIDMissing          = "webhook-id-missing"
 	WebhookInFlight           = "webhook-in-flight"
 	WebhookUnavailable        = "webhook-unavailable"
+	// Egress resilience (gateway upstreams: policies).
+	UpstreamCircuitOpen       = "upstream-circuit-open"
+	UpstreamBulkheadFull      = "upstream-bulkhead-full"
+	UpstreamThrottled         = "upstream-throttled"
+	UpstreamQuotaExhausted    = "upstream-quota-exhausted"
+	UpstreamRetryBudget       = "upstream-retry-budget-exhausted"
+	UpstreamRetryAfterTooLong = "upstream-retry-after-too-long"
 )
 
 // Types lists every slug above, for tools that must handle them all
@@ -61,6 +68,8 @@ var Types = []string{
 	RequestTimeout, RequestInvalid, RequestHeaderTooLarge, TransferCodingUnsupported, HTTPVersionUnsupported, ExpectationFailed,
 	WebhookHeaderMissing, WebhookHeaderMalformed, WebhookSignatureInvalid, WebhookTimestampStale,
 	WebhookTimestampFuture, WebhookJSONMalformed, WebhookIDMissing, WebhookInFlight, WebhookUnavailable,
+	UpstreamCircuitOpen, UpstreamBulkheadFull, UpstreamThrottled, UpstreamQuotaExhausted, UpstreamRetryBudget,
+	UpstreamRetryAfterTooLong,
 }
 
 // ViolatedPolicies is the member of a rate-limited problem naming the
