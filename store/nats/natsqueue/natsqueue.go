@@ -39,7 +39,7 @@ import (
 // Defaults of Options.
 const (
 	DefaultPrefix       = "LEVEE"
-	DefaultAckWait      = 60 * time.Second
+	DefaultAckWait      = 30 * time.Second
 	DefaultDedupeWindow = queue.DefaultDedupeWindow
 	// DefaultHandBackDelay is how long a message claimed for a target that
 	// is disabled, excluded or over its share waits before it is offered
@@ -54,10 +54,12 @@ type Options struct {
 	// (<Prefix>.m.…, <Prefix>.dlq.…). Letters, digits, '-' and '_'.
 	// Default DefaultPrefix.
 	Prefix string
-	// AckWait is the lease: a claimed message not settled within it is
-	// redelivered by the server. Set WorkerConfig.Lease to the same value
-	// (ClaimRequest.LeaseUntil is not honoured). Default DefaultAckWait
-	// (60s, the worker's default lease).
+	// AckWait is the consumer's AckWait: how long the server waits for a
+	// claimed message's outcome, after the last sign of life, before it
+	// redelivers it. A claim asking for a longer lease (the worker's Lease)
+	// is kept alive by "in progress" acks every AckWait/3 until its lease
+	// ends, so AckWait is how soon a crashed process's messages come back.
+	// Default DefaultAckWait (30s).
 	AckWait time.Duration
 	// DedupeWindow is the stream's duplicate window (Nats-Msg-Id); it
 	// replaces queue.Config.DedupeWindow, which should be set equal.
@@ -97,6 +99,8 @@ type Backend struct {
 	targets   map[string]map[string]queue.TargetState
 	watchers  map[string]jetstream.KeyWatcher
 	closed    bool
+	stop      chan struct{}
+	beating   sync.WaitGroup
 }
 
 // held is a message claimed by this Backend and not yet settled.
@@ -107,7 +111,9 @@ type held struct {
 	attempts int    // attempts recorded before this claim
 	deliv    uint64 // NumDelivered of this delivery
 	stateful bool   // a state record may exist
-	deadline time.Time
+	// deadline is when the server may redeliver it, on this process's
+	// clock (a margin early); beatUntil is when the requested lease ends.
+	deadline, beatUntil time.Time
 }
 
 // ErrClosed is returned by every call after Close.
@@ -140,7 +146,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts Options) (*Backend, e
 		opts.Now = time.Now
 	}
 	b := &Backend{js: js, opts: opts, consumers: map[string]jetstream.Consumer{}, held: map[string]*held{},
-		targets: map[string]map[string]queue.TargetState{}, watchers: map[string]jetstream.KeyWatcher{}}
+		targets: map[string]map[string]queue.TargetState{}, watchers: map[string]jetstream.KeyWatcher{}, stop: make(chan struct{})}
 	p := opts.Prefix
 	var err error
 	if b.msgs, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -174,23 +180,70 @@ func New(ctx context.Context, js jetstream.JetStream, opts Options) (*Backend, e
 	if b.dedupKV, err = kv("DEDUPE", opts.DedupeWindow); err != nil {
 		return nil, err
 	}
+	b.beating.Add(1)
+	go b.heartbeat()
 	return b, nil
+}
+
+// margin is how much earlier than the server this process considers a
+// lease over (the server's timer starts before the delivery arrives).
+func (b *Backend) margin() time.Duration { return b.opts.AckWait / 20 }
+
+// heartbeat sends "in progress" for held messages whose requested lease
+// is longer than AckWait, and forgets held messages whose lease is over.
+func (b *Backend) heartbeat() {
+	defer b.beating.Done()
+	t := time.NewTicker(max(b.opts.AckWait/3, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var beat []*held
+		b.mu.Lock()
+		for k, h := range b.held {
+			switch {
+			case now.After(h.deadline):
+				delete(b.held, k) // lost: the server redelivers it
+			case now.Before(h.beatUntil):
+				beat = append(beat, h)
+			}
+		}
+		b.mu.Unlock()
+		for _, h := range beat {
+			if h.msg.InProgress() == nil {
+				b.mu.Lock()
+				h.deadline = now.Add(b.opts.AckWait - b.margin())
+				b.mu.Unlock()
+			}
+		}
+	}
 }
 
 // Prefix returns the prefix the Backend's streams and buckets are named by.
 func (b *Backend) Prefix() string { return b.opts.Prefix }
 
-// Close stops the target watchers. It does not close the NATS connection
-// or delete anything; messages it holds are redelivered after AckWait.
-// It always returns nil.
+// Close stops the heartbeat and the target watchers; later calls return
+// ErrClosed. It does not close the NATS connection or delete anything;
+// messages it holds are redelivered after AckWait. It always returns nil;
+// a second Close does nothing.
 func (b *Backend) Close() error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
 	b.closed = true
+	close(b.stop)
 	for _, w := range b.watchers {
 		_ = w.Stop()
 	}
 	b.watchers = map[string]jetstream.KeyWatcher{}
+	b.mu.Unlock()
+	b.beating.Wait()
 	return nil
 }
 
@@ -457,8 +510,9 @@ func heldKey(q, id string) string { return q + "\x00" + id }
 // Claim fetches up to req.Limit messages the server offers now (no wait).
 // A message for a disabled or excluded target, or beyond req.PerTarget, is
 // handed back (NakWithDelay(HandBackDelay)) without counting an attempt.
-// req.Now and req.LeaseUntil are not used: the lease is the consumer's
-// AckWait, running from the server's delivery. Order is the stream's
+// The lease is the consumer's AckWait from the server's delivery, extended
+// by heartbeats to req.LeaseUntil-req.Now (measured on this process's
+// clock from the claim); req.Now is not otherwise used. Order is the stream's
 // (publish order; redeliveries first). A fetch error is returned wrapped.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if err := b.check(); err != nil {
@@ -480,6 +534,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		excluded[t] = true
 	}
 	perTarget := map[string]int{}
+	lease := req.LeaseUntil.Sub(req.Now)
 	var out []queue.Claimed
 	var firstErr error
 	for jm := range batch.Messages() {
@@ -521,8 +576,9 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		// Deliveries since the last recorded outcome count as attempts
 		// (a worker that vanished holding one lost its attempt).
 		attempt := st.Attempts + int(meta.NumDelivered-st.Settled)
+		now := time.Now()
 		h := &held{msg: jm, token: int64(meta.Sequence.Consumer), seq: meta.Sequence.Stream, attempts: st.Attempts,
-			deliv: meta.NumDelivered, stateful: stateful, deadline: time.Now().Add(b.opts.AckWait - b.opts.AckWait/20)}
+			deliv: meta.NumDelivered, stateful: stateful, deadline: now.Add(b.opts.AckWait - b.margin()), beatUntil: now.Add(lease)}
 		b.mu.Lock()
 		b.held[heldKey(req.Queue, m.ID)] = h
 		b.mu.Unlock()

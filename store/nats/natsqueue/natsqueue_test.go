@@ -284,3 +284,29 @@ func TestTargetsExcludedAndDisabled(t *testing.T) {
 func BenchmarkQueue(b *testing.B) {
 	queuetest.Bench(b, func(b *testing.B) queue.Backend { return newBackend(b, natsqueue.Options{}) })
 }
+
+// TestLongLeaseHeartbeat: a claim asking for a lease longer than AckWait
+// is kept alive by in-progress acks while its process lives; when the
+// process stops (Close, as a crash would), the server redelivers it to
+// another process after AckWait, as attempt 2.
+func TestLongLeaseHeartbeat(t *testing.T) {
+	t.Parallel()
+	opts := natsqueue.Options{AckWait: 600 * time.Millisecond}
+	b1 := newBackend(t, opts)
+	b2 := reopen(t, b1, opts)
+	enqueue(t, b1, &queue.Message{ID: "a"})
+	now := time.Now()
+	cs, err := b1.Claim(ctx, queue.ClaimRequest{Queue: "q", Now: now, LeaseUntil: now.Add(time.Hour), Limit: 1})
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("Claim: %v, %v", cs, err)
+	}
+	noClaim(t, b2, 2*time.Second) // more than three AckWaits
+	_ = b1.Close()
+	got := claimAll(t, b2, 1, 0)[0]
+	if got.ID != "a" || got.Attempt != 2 {
+		t.Fatalf("after the holder stopped: %+v, want a attempt 2", got)
+	}
+	if err := b1.Ack(ctx, "q", "a", cs[0].Token); !errors.Is(err, natsqueue.ErrClosed) {
+		t.Fatalf("Ack on a closed backend: %v", err)
+	}
+}
