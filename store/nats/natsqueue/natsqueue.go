@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -280,14 +281,18 @@ func hash(s string) string {
 	return hex.EncodeToString(h[:16])
 }
 
-// Headers carried by every message.
-const (
-	hID       = "Levee-Id"
-	hTarget   = "Levee-Target"
-	hDedupe   = "Levee-Dedupe"
-	hEnqueued = "Levee-Enqueued"
-	hHeaders  = "Levee-Headers"
-)
+// hMeta is the header carrying a message's metadata as one JSON object:
+// JSON escapes every control character, so no id, target or header value
+// can break the NATS header block (CR/LF) or inject a header.
+const hMeta = "Levee-Meta"
+
+type meta struct {
+	ID         string      `json:"id"`
+	Target     string      `json:"target,omitempty"`
+	DedupeID   string      `json:"dedupe_id,omitempty"`
+	EnqueuedAt time.Time   `json:"enqueued_at"`
+	Headers    http.Header `json:"headers,omitempty"`
+}
 
 func (b *Backend) subject(q string) string { return b.opts.Prefix + ".m." + tok(q) }
 
@@ -295,43 +300,54 @@ func (b *Backend) dlqSubject(q, id string) string {
 	return b.opts.Prefix + ".dlq." + tok(q) + "." + hash(id)
 }
 
+// validUTF8 reports whether the message's strings survive JSON unchanged.
+func validUTF8(m *queue.Message) bool {
+	if !utf8.ValidString(m.ID) || !utf8.ValidString(m.Target) || !utf8.ValidString(m.DedupeID) {
+		return false
+	}
+	for k, vs := range m.Headers {
+		if !utf8.ValidString(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ErrInvalidUTF8 is returned (wrapped) by Enqueue for a message whose ID,
+// Target, DedupeID or headers are not valid UTF-8; nothing of the call is
+// stored.
+var ErrInvalidUTF8 = errors.New("natsqueue: ID, Target, DedupeID and headers must be valid UTF-8")
+
 func (b *Backend) natsMsg(m *queue.Message) (*nats.Msg, error) {
+	if !validUTF8(m) {
+		return nil, fmt.Errorf("natsqueue: message %q: %w", m.ID, ErrInvalidUTF8)
+	}
+	mj, err := json.Marshal(meta{ID: m.ID, Target: m.Target, DedupeID: m.DedupeID, EnqueuedAt: m.EnqueuedAt.UTC(), Headers: m.Headers})
+	if err != nil {
+		return nil, fmt.Errorf("natsqueue: message %q: %w", m.ID, err)
+	}
 	nm := nats.NewMsg(b.subject(m.Queue))
 	nm.Data = m.Payload
-	nm.Header.Set(hID, m.ID)
-	nm.Header.Set(hTarget, m.Target)
-	if m.DedupeID != "" {
-		nm.Header.Set(hDedupe, m.DedupeID)
-	}
-	nm.Header.Set(hEnqueued, m.EnqueuedAt.UTC().Format(time.RFC3339Nano))
-	if len(m.Headers) > 0 {
-		hj, err := json.Marshal(m.Headers)
-		if err != nil {
-			return nil, fmt.Errorf("natsqueue: headers of %q: %w", m.ID, err)
-		}
-		nm.Header.Set(hHeaders, string(hj))
-	}
+	nm.Header.Set(hMeta, string(mj))
 	return nm, nil
 }
 
+// parseMessage reads a message natsMsg wrote; anything else is an error.
 func parseMessage(q string, h nats.Header, data []byte) (queue.Message, error) {
-	m := queue.Message{ID: h.Get(hID), Queue: q, Target: h.Get(hTarget), DedupeID: h.Get(hDedupe), Payload: data}
-	if m.ID == "" {
-		return m, errors.New("natsqueue: message without " + hID)
+	var md meta
+	if err := json.Unmarshal([]byte(h.Get(hMeta)), &md); err != nil {
+		return queue.Message{}, fmt.Errorf("natsqueue: message without a valid %s header: %w", hMeta, err)
 	}
-	if t := h.Get(hEnqueued); t != "" {
-		at, err := time.Parse(time.RFC3339Nano, t)
-		if err != nil {
-			return m, fmt.Errorf("natsqueue: message %q: %s: %w", m.ID, hEnqueued, err)
-		}
-		m.EnqueuedAt = at
+	if md.ID == "" {
+		return queue.Message{}, errors.New("natsqueue: message without an id")
 	}
-	if hj := h.Get(hHeaders); hj != "" {
-		if err := json.Unmarshal([]byte(hj), &m.Headers); err != nil {
-			return m, fmt.Errorf("natsqueue: message %q: %s: %w", m.ID, hHeaders, err)
-		}
-	}
-	return m, nil
+	return queue.Message{ID: md.ID, Queue: q, Target: md.Target, DedupeID: md.DedupeID, EnqueuedAt: md.EnqueuedAt,
+		Headers: md.Headers, Payload: data}, nil
 }
 
 func (b *Backend) check() error {
@@ -344,8 +360,10 @@ func (b *Backend) check() error {
 }
 
 // Enqueue publishes the messages (asynchronously, then waits for every
-// PubAck: each is stored on the server's disk when its ack arrives) with
-// Nats-Msg-Id "d:<queue>:<DedupeID>" or, without a DedupeID, "i:<queue>:<ID>".
+// PubAck: each is in the server's file store when its ack arrives) with
+// Nats-Msg-Id "d:<queue>:<hash of DedupeID>" or, without a DedupeID,
+// "i:<queue>:<hash of ID>". A message with invalid UTF-8 fails the call
+// (ErrInvalidUTF8) before anything is published.
 // A duplicate within the stream's window is reported with the first
 // message's ID (from the DEDUPE bucket, or the original still in the
 // stream). req.Now and req.DedupeUntil are not used: the window is the
@@ -355,16 +373,22 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 	if err := b.check(); err != nil {
 		return nil, err
 	}
+	nms := make([]*nats.Msg, len(req.Messages))
+	for i, m := range req.Messages {
+		var err error
+		if nms[i], err = b.natsMsg(m); err != nil {
+			return nil, err // before anything is published
+		}
+	}
 	futs := make([]jetstream.PubAckFuture, len(req.Messages))
 	var kvFuts []jetstream.PubAckFuture
 	for i, m := range req.Messages {
-		nm, err := b.natsMsg(m)
-		if err != nil {
-			return nil, err
-		}
-		msgID := "i:" + tok(m.Queue) + ":" + m.ID
+		nm := nms[i]
+		var err error
+		// Hashed: an id is any UTF-8, a header value must not hold CR/LF.
+		msgID := "i:" + tok(m.Queue) + ":" + hash(m.ID)
 		if m.DedupeID != "" {
-			msgID = "d:" + tok(m.Queue) + ":" + m.DedupeID
+			msgID = "d:" + tok(m.Queue) + ":" + hash(m.DedupeID)
 		}
 		if futs[i], err = b.js.PublishMsgAsync(nm, jetstream.WithMsgID(msgID)); err != nil {
 			return nil, fmt.Errorf("natsqueue: enqueue %q: %w", m.ID, err)
@@ -372,6 +396,7 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 	}
 	res := make([]queue.EnqueueResult, len(req.Messages))
 	var dups []int
+	origSeq := make([]uint64, len(req.Messages))
 	for i, f := range futs {
 		m := req.Messages[i]
 		select {
@@ -380,6 +405,7 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 			if ack.Duplicate {
 				if m.DedupeID != "" {
 					dups = append(dups, i)
+					origSeq[i] = ack.Sequence // the first message's
 				}
 				continue
 			}
@@ -409,10 +435,19 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 	for _, i := range dups {
 		m := req.Messages[i]
 		e, err := b.dedupKV.Get(ctx, tok(m.Queue)+"."+hash(m.DedupeID))
-		if err != nil {
-			return nil, fmt.Errorf("natsqueue: enqueue %q: first message of dedupe id %q: %w", m.ID, m.DedupeID, err)
+		if err == nil {
+			res[i].ID = string(e.Value())
+			continue
 		}
-		res[i].ID = string(e.Value())
+		// No entry (its writer died after the PubAck): the first message
+		// may still be queued.
+		if rm, gerr := b.msgs.GetMsg(ctx, origSeq[i]); gerr == nil {
+			if first, perr := parseMessage(m.Queue, rm.Header, rm.Data); perr == nil && first.DedupeID == m.DedupeID {
+				res[i].ID = first.ID
+				continue
+			}
+		}
+		return nil, fmt.Errorf("natsqueue: enqueue %q: first message of dedupe id %q: %w", m.ID, m.DedupeID, err)
 	}
 	return res, nil
 }
@@ -838,7 +873,7 @@ func (b *Backend) GetDead(ctx context.Context, q, id string) (*queue.DeadMessage
 }
 
 // Requeue republishes each dead message to the queue (Nats-Msg-Id
-// "r:<queue>:<id>:<dlq seq>", so a retried Requeue is deduplicated and the
+// "r:<queue>:<hash of id>:<dlq seq>", so a retried Requeue is deduplicated and the
 // original's dedupe entry does not drop it; the id and DedupeID are kept),
 // then deletes its DLQ entry. now is not used (available at once). An
 // error stops it; the count so far is returned with it.
@@ -856,7 +891,7 @@ func (b *Backend) Requeue(ctx context.Context, q string, ids []string, now time.
 		if err != nil {
 			return n, err
 		}
-		if _, err := b.js.PublishMsg(ctx, nm, jetstream.WithMsgID("r:"+tok(q)+":"+id+":"+strconv.FormatInt(d.Seq, 10))); err != nil {
+		if _, err := b.js.PublishMsg(ctx, nm, jetstream.WithMsgID("r:"+tok(q)+":"+hash(id)+":"+strconv.FormatInt(d.Seq, 10))); err != nil {
 			return n, fmt.Errorf("natsqueue: requeue %q: %w", id, err)
 		}
 		if err := b.dlq.DeleteMsg(ctx, uint64(d.Seq)); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -310,3 +310,61 @@ func TestLongLeaseHeartbeat(t *testing.T) {
 		t.Fatalf("Ack on a closed backend: %v", err)
 	}
 }
+
+// TestDedupeWithoutEntry: when the DEDUPE entry is missing (its writer
+// died after the PubAck), a duplicate still gets the first id while the
+// first message is queued, and an error (never a wrong id) after.
+func TestDedupeWithoutEntry(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, natsqueue.Options{})
+	enqueue(t, b, &queue.Message{ID: "1", DedupeID: "evt"})
+	js := connect(t)
+	kv, err := js.KeyValue(ctx, b.Prefix()+"_DEDUPE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for k := range keys.Keys() {
+		n++
+		if err := kv.Purge(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d dedupe entries, want 1", n)
+	}
+	if res := enqueue(t, b, &queue.Message{ID: "2", DedupeID: "evt"}); res[0] != (queue.EnqueueResult{ID: "1", Duplicate: true}) {
+		t.Fatalf("first message still queued: %+v", res)
+	}
+	c := claimAll(t, b, 1, 0)[0]
+	if err := b.Ack(ctx, "q", c.ID, c.Token); err != nil {
+		t.Fatal(err)
+	}
+	m := &queue.Message{ID: "3", DedupeID: "evt", Queue: "q", EnqueuedAt: time.Now()}
+	if res, err := b.Enqueue(ctx, queue.EnqueueRequest{Messages: []*queue.Message{m}}); err == nil {
+		t.Fatalf("first message gone and no entry: %+v, want an error", res)
+	}
+}
+
+// TestHostileFields: ids, targets and header values with CR/LF travel
+// through the server unchanged (no header injection); invalid UTF-8 is
+// refused before anything is stored.
+func TestHostileFields(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, natsqueue.Options{})
+	m := &queue.Message{ID: "id\r\nLevee-Meta: {}", Target: "t\nx", Headers: map[string][]string{"X-A": {"v\r\n\x00w"}}, Payload: []byte("\r\n")}
+	enqueue(t, b, m)
+	c := claimAll(t, b, 1, 0)[0]
+	if c.ID != m.ID || c.Target != m.Target || c.Headers.Get("X-A") != "v\r\n\x00w" || string(c.Payload) != "\r\n" {
+		t.Fatalf("claimed %+v, want %+v", c.Message, m)
+	}
+	bad := &queue.Message{ID: "ok", Target: "\xff", Queue: "q", EnqueuedAt: time.Now()}
+	if _, err := b.Enqueue(ctx, queue.EnqueueRequest{Messages: []*queue.Message{{ID: "first", Queue: "q", EnqueuedAt: time.Now()}, bad}}); !errors.Is(err, natsqueue.ErrInvalidUTF8) {
+		t.Fatalf("invalid UTF-8: %v", err)
+	}
+	noClaim(t, b, 200*time.Millisecond) // "first" was not stored either
+}
