@@ -575,14 +575,16 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	for jm := range batch.Messages() {
 		meta, err := jm.Metadata()
 		if err != nil {
-			firstErr = cmp(firstErr, err)
+			firstErr = firstOf(firstErr, err)
 			continue
 		}
 		m, err := parseMessage(req.Queue, jm.Headers(), jm.Data())
 		if err != nil {
-			// Not levee's: keep it out of the way, do not lose it.
+			// Not written by levee (no valid Levee-Meta): terminate it, so
+			// that it is never redelivered and cannot wedge the queue
+			// (JetStream reports it with a MSG_TERMINATED advisory).
 			_ = jm.Term()
-			firstErr = cmp(firstErr, err)
+			firstErr = firstOf(firstErr, err)
 			continue
 		}
 		st := msgState{}
@@ -590,11 +592,11 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		if stateful {
 			if e, err := b.state.Get(ctx, b.stateKey(req.Queue, meta.Sequence.Stream)); err == nil {
 				if err := json.Unmarshal(e.Value(), &st); err != nil {
-					firstErr = cmp(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+					firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
 				}
 			} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 				_ = jm.Nak()
-				firstErr = cmp(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+				firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
 				continue
 			}
 		}
@@ -603,7 +605,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		b.mu.Unlock()
 		if disabled || excluded[m.Target] || (req.PerTarget > 0 && perTarget[m.Target] >= req.PerTarget) {
 			if err := b.handBack(ctx, req.Queue, jm, meta, st, b.opts.HandBackDelay); err != nil {
-				firstErr = cmp(firstErr, err)
+				firstErr = firstOf(firstErr, err)
 			}
 			continue
 		}
@@ -620,7 +622,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		out = append(out, queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History})
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		firstErr = cmp(firstErr, err)
+		firstErr = firstOf(firstErr, err)
 	}
 	if len(out) == 0 && firstErr != nil {
 		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, firstErr)
@@ -628,7 +630,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	return out, nil
 }
 
-func cmp(first, err error) error {
+func firstOf(first, err error) error {
 	if first != nil {
 		return first
 	}
