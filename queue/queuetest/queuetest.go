@@ -44,6 +44,20 @@ type Harness struct {
 type Features struct {
 	// NoDeadFilters: ListDead and DeleteDead support only Queue and IDs.
 	NoDeadFilters bool
+	// ServerClock: leases, backoff delays, dedupe windows and claim order
+	// follow the service's own clock and publish order (NATS JetStream), not
+	// the times passed in; the checks that move a fake clock or pass
+	// EnqueuedAt out of order are skipped (the backend tests those itself,
+	// with real, short durations).
+	ServerClock bool
+}
+
+// needsClock skips t when the backend runs on its service's clock.
+func needsClock(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Features.ServerClock {
+		t.Skip("Features.ServerClock: the backend does not honour the times passed in")
+	}
 }
 
 // wait bounds every wait of the suite.
@@ -92,6 +106,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("EnqueueClaimAck", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		enqueue(t, b, msg("q", "a", "x"), msg("q", "b", "y"), msg("other", "c", "x"))
 		if cs := claim(t, b, t0.Add(-time.Second), 10, 0); len(cs) != 0 {
@@ -125,6 +140,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("OldestFirst", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		for i := range 5 {
 			m := msg("q", "m"+strconv.Itoa(i), "x")
@@ -144,6 +160,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("Dedupe", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		m1, m2, m3 := msg("q", "1", "x"), msg("q", "2", "x"), msg("q", "3", "x")
 		m1.DedupeID, m2.DedupeID, m3.DedupeID = "evt", "evt", "evt"
@@ -179,6 +196,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("LeaseExpiryAndFencing", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		enqueue(t, b, msg("q", "a", "x"))
 		first := claim(t, b, t0, 1, 0)
@@ -209,6 +227,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("NackKeepsHistory", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		enqueue(t, b, msg("q", "a", "x"))
 		c := claim(t, b, t0, 1, 0)[0]
@@ -231,6 +250,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("BackoffDoesNotBlockOthers", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		enqueue(t, b, msg("q", "a", "x"))
 		c := claim(t, b, t0, 1, 0)[0]
@@ -245,6 +265,7 @@ func runBackend(t *testing.T, h Harness) {
 
 	t.Run("PerTargetExcludeDisabled", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		b := h.NewBackend(t)
 		for i := range 5 {
 			enqueue(t, b, msg("q", "x"+strconv.Itoa(i), "x"))
@@ -656,6 +677,7 @@ func runQueue(t *testing.T, h Harness) {
 
 	t.Run("RetryAfterHonouredAndCapped", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		clock := fakeclock.New(t0)
 		b := h.NewBackend(t)
 		q := newQueue(t, b, clock)
@@ -689,6 +711,7 @@ func runQueue(t *testing.T, h Harness) {
 
 	t.Run("CrashedWorkerRedeliveredAfterLease", func(t *testing.T) {
 		t.Parallel()
+		needsClock(t, h)
 		clock := fakeclock.New(t0)
 		b := h.NewBackend(t)
 		q := newQueue(t, b, clock)

@@ -1,0 +1,5 @@
+//go:build !race
+
+package natsqueue_test
+
+const raceEnabled = false
