@@ -46,6 +46,15 @@ type Config struct {
 	// Routes map requests to upstreams. First the exact `path` matches,
 	// then the longest `path_prefix`; ties go to the earlier route.
 	Routes []RouteConfig `yaml:"routes"`
+	// QueueStore is where the queues keep messages and dead letters.
+	// Default: sqlite, in store.sqlite.path (queues.go).
+	QueueStore QueueStoreConfig `yaml:"queue_store" reload:"restart"`
+	// Queues are durable queues delivered to internal upstreams, with a
+	// DLQ; a queue with a path also accepts async work. Default none.
+	Queues []QueueConfig `yaml:"queues" reload:"restart"`
+	// Webhooks are signed-event ingest routes feeding the queues
+	// (webhooks.go). Default none.
+	Webhooks []WebhookConfig `yaml:"webhooks"`
 
 	trusted []netip.Prefix
 	file    string // the file Parse read, for paths relative to it
@@ -266,6 +275,7 @@ func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 func (c *Config) Defaults() {
 	config.Default(&c.Listen, ":8080")
 	c.RateLimit.inheritRedis(c.Store.Redis)
+	c.QueueStore.inherit(c.Store)
 	base := filepath.Dir(c.file)
 	c.Errors.base = base
 	for i := range c.Routes {
@@ -296,7 +306,7 @@ func (c *Config) Validate(r *config.Report, _ string) {
 		}
 		c.trusted = append(c.trusted, p.Masked())
 	}
-	if len(c.Routes) == 0 {
+	if len(c.Routes) == 0 && len(c.Webhooks) == 0 && len(c.Queues) == 0 {
 		r.Bad("routes", "at least one route is required")
 	}
 	if need := c.drainNeeded(); c.Server.ShutdownTimeout.D() < need {
@@ -312,6 +322,7 @@ func (c *Config) Validate(r *config.Report, _ string) {
 		}
 	}
 	c.validatePolicyNames(r)
+	c.validateQueues(r)
 }
 
 // drainNeeded is the longest a request can take once accepted: its route
