@@ -448,3 +448,26 @@ func mustGet(t *testing.T, u string) *http.Request {
 	}
 	return req
 }
+
+// Webhook secrets are redacted in /config; the cross-section rules name
+// the field at fault.
+func TestAsyncConfig(t *testing.T) {
+	cfg, err := gateway.Parse("x.yaml", []byte(asyncConfig("", "http://127.0.0.1:1/x")), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	red := cfg.Redacted()
+	if s := red.Webhooks[0].Secrets[0]; s == testWebhookSecret || !strings.Contains(s, "REDACTED") {
+		t.Fatalf("secret shown as %q", s)
+	}
+	if cfg.QueueStore.Type != "sqlite" || cfg.QueueStore.SQLite.Path != cfg.Store.SQLite.Path {
+		t.Fatalf("queue store %+v, want the store's sqlite file", cfg.QueueStore)
+	}
+	bad := strings.NewReplacer("queue: events", "queue: nope", "scheme: standard-webhooks", "scheme: carrier-pigeon").Replace(asyncConfig("", "ftp://x"))
+	_, err = gateway.Parse("x.yaml", []byte(bad), noEnv)
+	for _, want := range []string{"webhooks[0].queue", "no queue named \"nope\"", "webhooks[0].scheme", "queues[0].target"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %v, want it to name %s", err, want)
+		}
+	}
+}
