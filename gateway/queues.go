@@ -88,6 +88,11 @@ type QueueConfig struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// AttemptTimeout bounds one delivery. Default 30s.
 	AttemptTimeout Duration `yaml:"attempt_timeout"`
+	// Lease is how long a claimed message stays invisible to other
+	// workers: after a crash (kill -9) its messages are delivered again
+	// once it ends. It must exceed attempt_timeout. Default
+	// attempt_timeout + 30s.
+	Lease Duration `yaml:"lease"`
 	// BackoffBase and BackoffMax bound the jittered exponential backoff.
 	// Defaults 1s and 10m.
 	BackoffBase Duration `yaml:"backoff_base"`
@@ -117,6 +122,7 @@ func (c *QueueConfig) Defaults() {
 	config.Default(&c.Concurrency, queue.DefaultConcurrency)
 	config.Default(&c.MaxAttempts, queue.DefaultMaxAttempts)
 	config.Default(&c.AttemptTimeout, Duration(queue.DefaultAttemptTimeout))
+	config.Default(&c.Lease, c.AttemptTimeout+Duration(30*time.Second))
 	config.Default(&c.BackoffBase, Duration(queue.DefaultBackoffBase))
 	config.Default(&c.BackoffMax, Duration(queue.DefaultBackoffMax))
 	config.Default(&c.MaxRetryAfter, Duration(queue.DefaultMaxRetryAfter))
@@ -144,6 +150,9 @@ func (c *QueueConfig) Validate(r *config.Report, p string) {
 	}
 	if c.Concurrency < 1 || c.MaxAttempts < 1 {
 		r.Bad(p, "concurrency and max_attempts must be at least 1")
+	}
+	if c.Lease <= c.AttemptTimeout {
+		r.Bad(config.Join(p, "lease"), "must exceed attempt_timeout (%v)", c.AttemptTimeout.D())
 	}
 	if c.BackoffMax < c.BackoffBase {
 		r.Bad(config.Join(p, "backoff_max"), "must be at least backoff_base (%v)", c.BackoffBase.D())
@@ -298,12 +307,13 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 			return nil, fmt.Errorf("gateway: queues[%d] (%s): %w", i, qc.Name, err)
 		}
 		gq := &gwQueue{cfg: qc, q: q, parent: qs}
-		eng := idempotency.New(opts.Store, idempotency.Options{Retention: qc.DeliveredRetention.D()})
+		eng := idempotency.New(opts.Store, idempotency.Options{Lease: qc.Lease.D(), Retention: qc.DeliveredRetention.D()})
 		w, err := q.NewWorker(queue.WorkerConfig{
 			Handler:        queue.Idempotent(engineDeduper{eng}, queue.HandlerFunc(gq.deliver)),
 			Concurrency:    qc.Concurrency,
 			MaxAttempts:    qc.MaxAttempts,
 			AttemptTimeout: qc.AttemptTimeout.D(),
+			Lease:          qc.Lease.D(),
 			BackoffBase:    qc.BackoffBase.D(),
 			BackoffMax:     qc.BackoffMax.D(),
 			MaxRetryAfter:  qc.MaxRetryAfter.D(),
