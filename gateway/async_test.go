@@ -471,3 +471,65 @@ func TestAsyncConfig(t *testing.T) {
 		}
 	}
 }
+
+// A reload rotates webhook secrets without touching the queues: messages
+// accepted before it are all delivered; a reload that changes a queue is
+// refused, naming the field.
+func TestReloadKeepsQueuedMessages(t *testing.T) {
+	rc := newReceiver(t, "X-Levee-Message-Id")
+	rc.setFail(true)
+	cfg := asyncConfig(fmt.Sprintf("store: {type: sqlite, sqlite: {path: %s}}\n", filepath.Join(t.TempDir(), "levee.db")), rc.url)
+	cfg = strings.Replace(cfg, "max_attempts: 3\n    idempotency", "max_attempts: 1000\n    idempotency", 1)
+	g := startGateway(t, cfg)
+	var ids []string
+	for i := range 20 {
+		resp, body := do(t, mustPost(t, g.base+"/async/partner", fmt.Sprintf(`{"n":%d}`, i)))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("enqueue: %d %s", resp.StatusCode, body)
+		}
+		var out struct{ ID string }
+		_ = json.Unmarshal([]byte(body), &out)
+		ids = append(ids, out.ID)
+	}
+	const newSecret = "whsec_dGhlIG5ldyBzZWNyZXQgYWZ0ZXIgcm90YXRpb24="
+	rotated := strings.Replace(cfg, "secrets: ["+testWebhookSecret+"]", "secrets: ["+newSecret+", "+testWebhookSecret+"]", 1)
+	if err := os.WriteFile(g.path, []byte(rotated), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.srv.Reload(); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	s, _ := webhook.NewStandardWebhooks(webhook.Config{Secrets: []string{newSecret}})
+	req := mustPost(t, g.base+"/webhooks/provider", `{}`)
+	if err := s.Sign(req.Header, "evt_rotated", []byte(`{}`), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := do(t, req); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("webhook signed with the new secret after reload: %d %s", resp.StatusCode, body)
+	}
+	if err := os.WriteFile(g.path, []byte(strings.Replace(rotated, "max_attempts: 1000", "max_attempts: 5", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.srv.Reload(); err == nil || !strings.Contains(err.Error(), "queues") {
+		t.Fatalf("reload changing a queue: %v, want it refused naming queues", err)
+	}
+	rc.setFail(false)
+	waitFor(t, "every message accepted before the reloads", func() bool {
+		for _, id := range ids {
+			if rc.count(id) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func mustPost(t *testing.T, u, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, u, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return req
+}
