@@ -74,6 +74,7 @@ func (s *Server) registerDLQ(mux *http.ServeMux) {
 	mux.HandleFunc("GET /dlq/{queue}/{id}", s.requireToken(s.handleDLQShow))
 	mux.HandleFunc("POST /dlq/{queue}/replay", s.requireToken(s.handleDLQOp("replay")))
 	mux.HandleFunc("POST /dlq/{queue}/purge", s.requireToken(s.handleDLQOp("purge")))
+	s.registerDLQPage(mux)
 }
 
 // dlqFilter reads target, reason, older_than, limit, after and id from
