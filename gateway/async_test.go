@@ -396,6 +396,9 @@ func TestEnqueueDeadLetterAndReplay(t *testing.T) {
 				adminCall(t, g, http.MethodGet, "/dlq?queue=partner", &list)
 				return len(list.Messages) == 1
 			})
+			if d := gauge(t, g, "levee_queue_depth", "queue", "partner", "state", "dead"); d != 1 {
+				t.Fatalf("levee_queue_depth{dead} = %v, want 1", d)
+			}
 			var dm gateway.DLQMessage
 			if code := adminCall(t, g, http.MethodGet, "/dlq/partner/"+id, &dm); code != http.StatusOK {
 				t.Fatalf("show: %d", code)
@@ -532,4 +535,33 @@ func mustPost(t *testing.T, u, body string) *http.Request {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	return req
+}
+
+// gauge is metric for gauges.
+func gauge(t *testing.T, g *running, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := g.srv.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	sample:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue sample
+				}
+			}
+			n += m.GetGauge().GetValue()
+		}
+	}
+	return n
 }

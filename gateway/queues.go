@@ -299,6 +299,9 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		return nil, err
 	}
 	qs.closeBk = closeBk
+	if d, ok := bk.(depther); ok && reg != nil {
+		reg.MustRegister(depthCollector{qs: qs, d: d})
+	}
 	for i := range cfg.Queues {
 		qc := cfg.Queues[i]
 		q, err := queue.New(bk, queue.Config{Name: qc.Name, DedupeWindow: qc.DedupeWindow.D(), ReplayRate: rate.Limit(qc.ReplayRate), Logger: opts.Logger})
@@ -579,4 +582,36 @@ func writeStatusJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// depther is implemented by the queue backends that can count (both of
+// levee's).
+type depther interface {
+	Depth(ctx context.Context, queue string) (queued, dead int64, err error)
+}
+
+var depthDesc = prometheus.NewDesc("levee_queue_depth",
+	"Messages in a queue now, by queue and state (queued: ready, in backoff or being delivered; dead: in the DLQ). Counted at scrape time; absent when the count fails.",
+	[]string{"queue", "state"}, nil)
+
+// depthCollector counts each queue's messages at scrape time, bounded by
+// 2s; a queue whose count fails is left out of that scrape.
+type depthCollector struct {
+	qs *Queues
+	d  depther
+}
+
+func (c depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc }
+
+func (c depthCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, name := range c.qs.order {
+		queued, dead, err := c.d.Depth(ctx, name)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(queued), name, "queued")
+		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(dead), name, "dead")
+	}
 }
