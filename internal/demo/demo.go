@@ -33,6 +33,10 @@ type Options struct {
 type Result struct {
 	Executed int // charges the upstream executed
 	Steps    []StepResult
+	// WebhookDeliveries is how many times the internal service received
+	// the webhook sent three times; LedgerDeliveries how many times the
+	// ledger received the replayed message.
+	WebhookDeliveries, LedgerDeliveries int
 }
 
 // StepResult is what one tour step observed.
@@ -55,13 +59,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	go func() { _ = up.Serve(upLn) }()
 	defer up.Close()
 
+	events := newEvents()
+	evLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo: events listener: %w", err)
+	}
+	evSrv := &http.Server{Handler: events, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = evSrv.Serve(evLn) }()
+	defer evSrv.Close()
+	evBase := "http://" + evLn.Addr().String()
+
 	dir, err := os.MkdirTemp("", "levee-demo-")
 	if err != nil {
 		return nil, fmt.Errorf("demo: temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "levee.yaml")
-	yaml := fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String())
+	token := demoToken()
+	yaml := fmt.Sprintf(demoConfig, token, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()) +
+		fmt.Sprintf(asyncConfig, evBase+"/events", evBase+"/ledger")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, fmt.Errorf("demo: writing config: %w", err)
 	}
@@ -84,8 +100,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  levee gateway in front of it:   %s   (SQLite store: %s)\n", base, filepath.Join(dir, "levee.db"))
 	fmt.Fprintf(out, "  levee admin (metrics, health):  http://%s/metrics\n\n", srv.AdminAddr())
 
-	t := &tour{out: out, base: base, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{}}
+	t := &tour{out: out, base: base, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, res: &Result{},
+		events: events, admin: "http://" + srv.AdminAddr(), token: token}
 	if err := t.run(ctx); err != nil {
+		return t.res, err
+	}
+	if err := t.runAsync(ctx); err != nil {
 		return t.res, err
 	}
 	t.res.Executed = pay.Executed()
@@ -99,6 +119,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  curl -s %s/v1/charges            # what the upstream really executed\n", base)
 	fmt.Fprintf(out, "  curl -s -X POST 'http://%s/admin/flaky?fail=2'   # make the upstream fail the next 2 charges\n", upLn.Addr())
 	fmt.Fprintf(out, "  curl -s http://%s/metrics | grep levee_idempotency\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  curl -s -X POST %s/async/ledger -d '{\"entry\":\"x\"}'   # 202 + id; the ledger is up again\n", base)
+	fmt.Fprintf(out, "  export LEVEE_ADMIN_TOKEN=%s\n", token)
+	fmt.Fprintf(out, "  levee dlq list --admin http://%s            # the dead-letter queues\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  open http://%s/dlq/ui                        # the same in a browser (sign in with the token)\n", srv.AdminAddr())
 	<-ctx.Done()
 	fmt.Fprintf(out, "\nstopping\n")
 	return t.res, nil
@@ -108,6 +132,7 @@ const demoConfig = `# levee demo config (generated)
 listen: 127.0.0.1:0
 admin:
   listen: 127.0.0.1:0
+  token: %q
 store:
   type: sqlite
   sqlite:
@@ -135,6 +160,9 @@ type tour struct {
 	pay    *Payments
 	res    *Result
 	step   int
+	events *Events // the internal service the queues deliver to
+	admin  string  // admin listener URL
+	token  string  // admin token (the DLQ API)
 }
 
 type exchange struct {
@@ -268,6 +296,6 @@ func (t *tour) run(ctx context.Context) error {
 		return err
 	}
 	t.executed(" — the failed attempt charged nothing, the retry charged once")
-	fmt.Fprintf(t.out, "Tour complete: 11 requests reached levee; the upstream executed %d charges, each exactly once.\n", t.pay.Executed())
+	fmt.Fprintf(t.out, "Tour complete: 11 requests reached levee; the upstream executed %d charges, each exactly once.\n\n", t.pay.Executed())
 	return nil
 }

@@ -21,6 +21,13 @@ func TestTour(t *testing.T) {
 	want := map[string][]int{
 		"first": {201}, "retry": {201}, "concurrent": {201, 409, 409, 409, 409},
 		"mismatch": {422}, "missing": {400}, "failure": {503}, "failure-retry": {201},
+		"webhook": {202, 202, 202}, "webhook-tampered": {403}, "enqueue": {202}, "replay": {200},
+	}
+	if len(res.Steps) != len(want) {
+		t.Errorf("%d steps recorded, want %d", len(res.Steps), len(want))
+	}
+	if res.WebhookDeliveries != 1 || res.LedgerDeliveries != 1 {
+		t.Errorf("webhook delivered %d times, replayed message %d times; want once each\n%s", res.WebhookDeliveries, res.LedgerDeliveries, out.String())
 	}
 	for _, s := range res.Steps {
 		if w, ok := want[s.Name]; !ok || !slices.Equal(s.Statuses, w) {
