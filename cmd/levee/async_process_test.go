@@ -24,6 +24,20 @@ import (
 // the deliveries in flight at the kill reach the wire twice.
 func TestKill9MidDeliveryLosesNothing(t *testing.T) {
 	t.Parallel()
+	dir := t.TempDir()
+	stores := map[string]string{
+		"sqlite": fmt.Sprintf("store: {type: sqlite, sqlite: {path: %s}}\n", filepath.Join(dir, "levee.db")),
+	}
+	t.Run("sqlite", func(t *testing.T) { t.Parallel(); testKill9MidDelivery(t, stores["sqlite"]) })
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		st := postgresStore(t) // "  type: postgres\n  postgres: {url: …, schema: S}"
+		schema := st[strings.LastIndex(st, "schema: ")+len("schema: ") : len(st)-1]
+		testKill9MidDelivery(t, "store:\n"+st+"\nqueue_store: {type: postgres, postgres: {schema: "+schema+"}}\n")
+	})
+}
+
+func testKill9MidDelivery(t *testing.T, store string) {
 	n := 400
 	var (
 		mu    sync.Mutex
@@ -52,8 +66,7 @@ func TestKill9MidDeliveryLosesNothing(t *testing.T) {
 		p := filepath.Join(dir, "levee-"+randID()+".yaml")
 		y := fmt.Sprintf(`listen: %s
 admin: {listen: %s}
-store: {type: sqlite, sqlite: {path: %s}}
-queues:
+%squeues:
   - name: jobs
     target: http://%s/jobs
     path: /async/jobs
@@ -62,7 +75,7 @@ queues:
     lease: 2s
     backoff_base: 10ms
     backoff_max: 50ms
-`, addr, admin, filepath.Join(dir, "levee.db"), rcvAddr, concurrency)
+`, addr, admin, store, rcvAddr, concurrency)
 		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
