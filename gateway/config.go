@@ -53,6 +53,15 @@ type Config struct {
 	// UpstreamStore is where shared upstreams keep their state
 	// (upstream_store.go). Default memory.
 	UpstreamStore UpstreamStoreConfig `yaml:"upstream_store"`
+	// QueueStore is where the queues keep messages and dead letters.
+	// Default: sqlite, in store.sqlite.path (queues.go).
+	QueueStore QueueStoreConfig `yaml:"queue_store" reload:"restart"`
+	// Queues are durable queues delivered to internal upstreams, with a
+	// DLQ; a queue with a path also accepts async work. Default none.
+	Queues []QueueConfig `yaml:"queues" reload:"restart"`
+	// Webhooks are signed-event ingest routes feeding the queues
+	// (webhooks.go). Default none.
+	Webhooks []WebhookConfig `yaml:"webhooks"`
 
 	trusted []netip.Prefix
 	file    string // the file Parse read, for paths relative to it
@@ -289,6 +298,7 @@ func (c *Config) Defaults() {
 	config.Default(&c.Listen, ":8080")
 	c.RateLimit.inheritRedis(c.Store.Redis)
 	c.UpstreamStore.inheritRedis(c.Store.Redis)
+	c.QueueStore.inherit(c.Store)
 	base := filepath.Dir(c.file)
 	c.Errors.base = base
 	for i := range c.Routes {
@@ -319,7 +329,7 @@ func (c *Config) Validate(r *config.Report, _ string) {
 		}
 		c.trusted = append(c.trusted, p.Masked())
 	}
-	if len(c.Routes) == 0 {
+	if len(c.Routes) == 0 && len(c.Webhooks) == 0 && len(c.Queues) == 0 {
 		r.Bad("routes", "at least one route is required")
 	}
 	if need := c.drainNeeded(); c.Server.ShutdownTimeout.D() < need {
@@ -336,6 +346,7 @@ func (c *Config) Validate(r *config.Report, _ string) {
 	}
 	c.validatePolicyNames(r)
 	c.validateUpstreams(r)
+	c.validateQueues(r)
 }
 
 // drainNeeded is the longest a request can take once accepted: its route

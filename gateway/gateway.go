@@ -53,6 +53,7 @@ type Gateway struct {
 	transport http.RoundTripper
 	buffers   bufferPool
 	upstreams upstreamSet // the executors of named upstreams (upstreams.go)
+	queues    *Queues     // fixed for the gateway's life (queues cannot change on reload)
 
 	state atomic.Pointer[routeTable]
 }
@@ -84,6 +85,9 @@ type Options struct {
 	// ratelimit.Local (limits per replica). It is kept across Apply, so a
 	// reload keeps every policy's state.
 	RateLimits ratelimit.Store
+	// Queues are the open queues that queues: paths and webhooks: routes
+	// feed (OpenQueues). Required when the config has either.
+	Queues *Queues
 }
 
 // New builds a Gateway for cfg.
@@ -108,6 +112,10 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		breaker: ratelimit.NewBreaker(ratelimit.BreakerOptions{OpenFor: cfg.RateLimit.StoreBackoff.D()})}
 	if opts.Store != nil {
 		g.store = instrumentedStore{Store: opts.Store, m: opts.Metrics}
+	}
+	g.queues = opts.Queues
+	if g.queues == nil {
+		g.queues = &Queues{byName: map[string]*gwQueue{}, m: newAsyncMetrics(nil), closeBk: func() error { return nil }}
 	}
 	if err := g.Apply(cfg); err != nil {
 		_ = g.CloseUpstreamStore()
@@ -153,6 +161,9 @@ func (g *Gateway) Apply(cfg *Config) error {
 		} else {
 			t.prefixes = append(t.prefixes, rt)
 		}
+	}
+	if err := g.applyAsync(cfg, t); err != nil {
+		return err
 	}
 	sort.SliceStable(t.prefixes, func(i, j int) bool { return len(t.prefixes[i].prefix) > len(t.prefixes[j].prefix) })
 	g.commitExecutors(execs)

@@ -37,6 +37,7 @@ type Server struct {
 	store   idempotency.Store
 	closeSt func() error
 	closeRL func() error
+	queues  *Queues // durable queues; their workers stop before the stores close
 
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
@@ -107,8 +108,15 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		return nil, err
 	}
 	s.closeRL = closeRL
-	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, AccessLog: access, AccessLogWriter: accessW, RateLimits: limits})
+	s.queues, err = OpenQueues(ctx, cfg, QueuesOptions{Store: st, Metrics: s.metrics, Logger: s.log})
 	if err != nil {
+		_ = closer()
+		_ = closeRL()
+		return nil, err
+	}
+	s.gw, err = New(cfg, Options{Store: st, Metrics: s.metrics, Logger: s.log, AccessLog: access, AccessLogWriter: accessW, RateLimits: limits, Queues: s.queues})
+	if err != nil {
+		_ = s.queues.Stop()
 		_ = closer()
 		_ = closeRL()
 		return nil, err
@@ -177,6 +185,13 @@ func (s *Server) Start() error {
 		s.serving.Add(1)
 		go s.serve(s.admin, s.adminLn, "admin")
 	}
+	if err := s.queues.Start(context.Background()); err != nil {
+		_ = s.proxyLn.Close()
+		if s.adminLn != nil {
+			_ = s.adminLn.Close()
+		}
+		return err
+	}
 	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
 		"store", cfg.Store.Type, "routes", len(cfg.Routes), "version", s.version)
 	return nil
@@ -232,6 +247,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /keys", s.requireToken(s.handleKeyList))
 	mux.HandleFunc("GET /keys/{key}", s.requireToken(s.handleKeyShow))
 	mux.HandleFunc("POST /keys/{key}/resolve", s.requireToken(s.handleKeyResolve))
+	s.registerDLQ(mux)
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		red := s.cfg.Redacted()
@@ -370,6 +386,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.waitServing(ctx)
 		s.gw.CloseIdleConnections()
+		if cerr := s.queues.Stop(); cerr != nil && err == nil { // workers stop before the stores close
+			err = cerr
+		}
 		if cerr := s.gw.CloseUpstreamStore(); cerr != nil && err == nil {
 			err = cerr
 		}

@@ -28,6 +28,7 @@ Usage:
   levee serve --config levee.yaml     run the gateway
   levee validate --config levee.yaml  check a config file and exit (errors name line and field)
   levee keys show|list|resolve ...    inspect and resolve idempotency keys (admin API; see levee keys help)
+  levee dlq list|show|replay|purge    operate the dead-letter queues (admin API; see levee dlq help)
   levee verify idempotency|ratelimit  check any API's idempotency or rate limits (docs/testing.md)
   levee chaos --upstream URL          an HTTP fault-injection proxy (docs/testing.md)
   levee load --url URL --rate 500/s   paced load with a report and a plot (docs/testing.md)
@@ -58,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
+	case "dlq":
+		return runDLQ(args[1:], stdout, stderr)
 	case "verify":
 		return runVerify(args[1:], stdout, stderr)
 	case "chaos":

@@ -23,7 +23,7 @@ func TestCommandLine(t *testing.T) {
 		t.Fatalf("unknown command: %d %q", code, errb.String())
 	}
 	out.Reset()
-	if code := run([]string{"validate", "--config", "../../examples/levee.yaml"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "OK (2 routes") {
+	if code := run([]string{"validate", "--config", "../../examples/levee.yaml"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "OK (3 routes") {
 		t.Fatalf("validate example: %d %q %q", code, out.String(), errb.String())
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")

@@ -48,6 +48,13 @@ func redactNode(n *yaml.Node, t reflect.Type) {
 				if v.Kind == yaml.ScalarNode && v.Value != "" {
 					v.Value, v.Tag, v.Style = Redacted, "!!str", 0
 				}
+				if v.Kind == yaml.SequenceNode { // a list of secrets (webhooks[].secrets)
+					for _, c := range v.Content {
+						if c.Kind == yaml.ScalarNode && c.Value != "" {
+							c.Value, c.Tag, c.Style = Redacted, "!!str", 0
+						}
+					}
+				}
 			case "dsn":
 				if v.Kind == yaml.ScalarNode {
 					v.Value = RedactDSN(v.Value)

@@ -3,8 +3,6 @@ package demo
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +36,10 @@ type Options struct {
 type Result struct {
 	Executed int // charges the upstream executed
 	Steps    []StepResult
+	// WebhookDeliveries is how many times the internal service received
+	// the webhook sent three times; LedgerDeliveries how many times the
+	// ledger received the replayed message.
+	WebhookDeliveries, LedgerDeliveries int
 }
 
 // StepResult is what one tour step observed.
@@ -68,16 +70,26 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	go func() { _ = ps.Serve(partnerLn) }()
 	defer ps.Close()
 
+	events := newEvents()
+	evLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo: events listener: %w", err)
+	}
+	evSrv := &http.Server{Handler: events, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = evSrv.Serve(evLn) }()
+	defer evSrv.Close()
+	evBase := "http://" + evLn.Addr().String()
+
 	dir, err := os.MkdirTemp("", "levee-demo-")
 	if err != nil {
 		return nil, fmt.Errorf("demo: temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "levee.yaml")
-	token := newToken()
-	yaml := strings.Replace(fmt.Sprintf(demoConfig, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()),
-		"admin:\n  listen: 127.0.0.1:0\n", fmt.Sprintf(demoAdmin, token), 1) +
-		fmt.Sprintf(egressConfig, "http://"+partnerLn.Addr().String())
+	token := demoToken()
+	yaml := fmt.Sprintf(demoConfig, token, filepath.Join(dir, "levee.db"), "http://"+upLn.Addr().String()) +
+		fmt.Sprintf(egressConfig, "http://"+partnerLn.Addr().String()) +
+		fmt.Sprintf(asyncConfig, evBase+"/events", evBase+"/ledger")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return nil, fmt.Errorf("demo: writing config: %w", err)
 	}
@@ -100,8 +112,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  levee gateway in front of it:   %s   (SQLite store: %s)\n", base, filepath.Join(dir, "levee.db"))
 	fmt.Fprintf(out, "  levee admin (metrics, health):  http://%s/metrics\n\n", srv.AdminAddr())
 
-	t := &tour{out: out, base: base, admin: "http://" + srv.AdminAddr(), token: token, client: &http.Client{Timeout: 10 * time.Second}, pay: pay, partner: partner, res: &Result{}}
+	t := &tour{out: out, base: base, admin: "http://" + srv.AdminAddr(), token: token, client: &http.Client{Timeout: 10 * time.Second},
+		pay: pay, partner: partner, events: events, res: &Result{}}
 	if err := t.run(ctx); err != nil {
+		return t.res, err
+	}
+	if err := t.runAsync(ctx); err != nil {
 		return t.res, err
 	}
 	t.res.Executed = pay.Executed()
@@ -117,6 +133,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  curl -s http://%s/metrics | grep levee_idempotency\n", srv.AdminAddr())
 	fmt.Fprintf(out, "  export LEVEE_ADMIN_TOKEN=%s\n", token)
 	fmt.Fprintf(out, "  go run ./cmd/levee keys list --admin http://%s --route charges --state unknown   # keys held after a lost answer\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  curl -s -X POST %s/async/ledger -d '{\"entry\":\"x\"}'   # 202 + id; the ledger is up again\n", base)
+	fmt.Fprintf(out, "  levee dlq list --admin http://%s            # the dead-letter queues\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  open http://%s/dlq/ui                        # the same in a browser (sign in with the token)\n", srv.AdminAddr())
 	<-ctx.Done()
 	fmt.Fprintf(out, "\nstopping\n")
 	return t.res, nil
@@ -126,6 +145,7 @@ const demoConfig = `# levee demo config (generated)
 listen: 127.0.0.1:0
 admin:
   listen: 127.0.0.1:0
+  token: %q
 store:
   type: sqlite
   sqlite:
@@ -146,21 +166,15 @@ routes:
       retention: 24h
 `
 
-// demoAdmin is the generated config's admin block: a token for the key
-// tools, made fresh for each run.
-const demoAdmin = `admin:
-  listen: 127.0.0.1:0
-  token: %q
-`
-
 type tour struct {
 	out     io.Writer
 	base    string
-	admin   string // the admin listener, for the key tools
-	token   string
+	admin   string // the admin listener, for the key tools and the DLQ API
+	token   string // its admin token
 	client  *http.Client
 	pay     *Payments
 	partner *Partner
+	events  *Events // the internal service the queues deliver to
 	res     *Result
 	step    int
 }
@@ -346,10 +360,4 @@ func (t *tour) lostAnswer(ctx context.Context, one func(name, key, body string) 
 	}
 	t.executed(" — the lost answer was recovered without a second charge")
 	return nil
-}
-
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

@@ -24,6 +24,19 @@ func TestTour(t *testing.T) {
 		"lost": {502}, "held": {409}, "resolve": {200}, "replayed": {201},
 		"egress-retry-after": {201}, "egress-same-key": {201}, "egress-down": {500}, "egress-open": {503},
 		"egress-recovered": {201}, "egress-429": {503}, "egress-paused": {429},
+		"webhook": {202, 202, 202}, "webhook-tampered": {403}, "enqueue": {202}, "replay": {200},
+	}
+	recorded := map[string]bool{}
+	for _, s := range res.Steps {
+		recorded[s.Name] = true
+	}
+	for name := range want {
+		if !recorded[name] {
+			t.Errorf("step %s was not recorded", name)
+		}
+	}
+	if res.WebhookDeliveries != 1 || res.LedgerDeliveries != 1 {
+		t.Errorf("webhook delivered %d times, replayed message %d times; want once each\n%s", res.WebhookDeliveries, res.LedgerDeliveries, out.String())
 	}
 	for _, s := range res.Steps {
 		if w, ok := want[s.Name]; !ok || !slices.Equal(s.Statuses, w) {

@@ -1,0 +1,288 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/config"
+	"github.com/leveehq/levee/queue"
+	"github.com/leveehq/levee/webhook"
+)
+
+// WebhookConfig is one entry of the webhooks section: a path where a
+// provider's signed events are verified, deduplicated by event id,
+// stored durably in a queue and answered 202; the queue delivers them to
+// its target (the internal upstream). Webhook routes are rebuilt on
+// reload (secrets rotate without a restart); the queue they feed is not.
+type WebhookConfig struct {
+	// Name identifies the route in metrics, logs and dedupe keys.
+	// Required, unique among routes and webhooks.
+	Name string `yaml:"name"`
+	// Path is the exact path providers POST to. Required.
+	Path string `yaml:"path"`
+	// Scheme is standard-webhooks, stripe, github, shopify, slack or hmac.
+	// Required.
+	Scheme string `yaml:"scheme"`
+	// Secrets verify signatures, the current one first; use ${ENV}.
+	// Required.
+	Secrets []string `yaml:"secrets" redact:"secret"`
+	// Tolerance is the largest distance between the signed timestamp and
+	// now, both ways. Default 5m (schemes without a timestamp: unset).
+	Tolerance Duration `yaml:"tolerance"`
+	// MaxBodyBytes bounds a webhook body. Default 1MiB.
+	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+	// IDPath takes the event id from the JSON body (dotted path, e.g.
+	// data.object.id) instead of the scheme's id header. Default none.
+	IDPath string `yaml:"id_path"`
+	// HMAC configures scheme hmac.
+	HMAC WebhookHMACConfig `yaml:"hmac"`
+	// Queue names the queue (queues[].name) events are stored in.
+	// Required.
+	Queue string `yaml:"queue"`
+	// Dedupe drops an event whose id was accepted before (on the
+	// gateway's idempotency store). Default true.
+	Dedupe *bool `yaml:"dedupe"`
+	// DedupeRetention is how long an accepted event id is remembered.
+	// Default 72h (providers retry for up to 3 days).
+	DedupeRetention Duration `yaml:"dedupe_retention"`
+	// InFlightWait is how long a concurrent delivery of an event being
+	// accepted waits for it (and then answers 202 duplicate) before
+	// answering 409. Default 5s.
+	InFlightWait Duration `yaml:"in_flight_wait"`
+
+	scheme webhook.Scheme
+}
+
+// WebhookHMACConfig is the generic HMAC scheme's settings.
+type WebhookHMACConfig struct {
+	// Header carries the signature. Required for scheme hmac.
+	Header string `yaml:"header"`
+	// Encoding is hex (default) or base64.
+	Encoding string `yaml:"encoding"`
+	// Prefix begins the header value, e.g. "sha256=". Default none.
+	Prefix string `yaml:"prefix"`
+	// TimestampHeader holds the Unix send time; it is then signed as
+	// "<ts><sep><body>". Default none.
+	TimestampHeader string `yaml:"timestamp_header"`
+	// TimestampSeparator sits between timestamp and body. Default ".".
+	TimestampSeparator string `yaml:"timestamp_separator"`
+	// IDHeader holds the event id. Default none.
+	IDHeader string `yaml:"id_header"`
+}
+
+func (c *WebhookConfig) dedupe() bool { return c.Dedupe == nil || *c.Dedupe }
+
+// Defaults implements config.Section.
+func (c *WebhookConfig) Defaults() {
+	if c.Dedupe == nil {
+		t := true
+		c.Dedupe = &t
+	}
+	config.Default(&c.MaxBodyBytes, ByteSize(webhook.DefaultMaxBodyBytes))
+	config.Default(&c.DedupeRetention, Duration(72*time.Hour))
+	config.Default(&c.InFlightWait, Duration(5*time.Second))
+}
+
+// Validate implements config.Section: it builds the scheme, so that every
+// constructor error is reported at the field it concerns.
+func (c *WebhookConfig) Validate(r *config.Report, p string) {
+	if c.Name == "" {
+		r.Bad(config.Join(p, "name"), "required")
+	}
+	if c.Path == "" {
+		r.Bad(config.Join(p, "path"), "required: the path the provider POSTs to, e.g. /webhooks/stripe")
+	} else {
+		validMatchPath(r, config.Join(p, "path"), c.Path)
+	}
+	if c.Queue == "" {
+		r.Bad(config.Join(p, "queue"), "required: the queue (queues[].name) events are stored in")
+	}
+	if c.IDPath != "" {
+		if err := webhook.ValidateIDPath(c.IDPath); err != nil {
+			r.Bad(config.Join(p, "id_path"), "%v", err)
+		}
+	}
+	if len(c.Secrets) == 0 {
+		r.Bad(config.Join(p, "secrets"), "at least one secret is required (use ${ENV})")
+		return
+	}
+	sc := webhook.Config{Secrets: c.Secrets, Tolerance: c.Tolerance.D()}
+	var (
+		s   webhook.Scheme
+		err error
+	)
+	switch c.Scheme {
+	case "standard-webhooks":
+		s, err = webhook.NewStandardWebhooks(sc)
+	case "stripe":
+		s, err = webhook.NewStripe(sc)
+	case "github":
+		s, err = webhook.NewGitHub(sc)
+	case "shopify":
+		s, err = webhook.NewShopify(sc)
+	case "slack":
+		s, err = webhook.NewSlack(sc)
+	case "hmac":
+		h := c.HMAC
+		s, err = webhook.NewHMAC(webhook.HMACConfig{Secrets: c.Secrets, Header: h.Header, Encoding: webhook.Encoding(h.Encoding),
+			Prefix: h.Prefix, TimestampHeader: h.TimestampHeader, TimestampSeparator: h.TimestampSeparator, IDHeader: h.IDHeader,
+			Tolerance: c.Tolerance.D()})
+	default:
+		r.Bad(config.Join(p, "scheme"), "unknown scheme %q (want standard-webhooks, stripe, github, shopify, slack or hmac)", c.Scheme)
+		return
+	}
+	if err != nil {
+		r.Bad(p, "%v", err) // the library's message names the field; never a secret
+		return
+	}
+	c.scheme = s
+}
+
+// webhookRoute builds the route for one webhooks entry.
+func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
+	gq := g.queues.byName[wc.Queue]
+	if gq == nil || wc.scheme == nil {
+		return nil, fmt.Errorf("gateway: webhooks[%d] (%s): queue %q is not open", idx, wc.Name, wc.Queue)
+	}
+	m := g.queues.m
+	name := wc.Name
+	opts := webhook.Options{
+		Source:       name,
+		MaxBodyBytes: int64(wc.MaxBodyBytes),
+		IDPath:       wc.IDPath,
+		OnResult: func(r *http.Request, res webhook.Result) {
+			typ := res.Type
+			if typ == "" {
+				typ = "none"
+			}
+			m.webhooks.WithLabelValues(name, string(res.Outcome), typ).Inc()
+			if res.Outcome == webhook.OutcomeRejected || res.Outcome == webhook.OutcomeFailed {
+				attrs := []slog.Attr{slog.String("route", name), slog.String("outcome", string(res.Outcome)), slog.String("type", res.Type), slog.Int("status", res.Status)}
+				if res.Err != nil {
+					attrs = append(attrs, slog.String("error", res.Err.Error()))
+				}
+				g.log.LogAttrs(r.Context(), slog.LevelWarn, "webhook refused", attrs...)
+			}
+		},
+	}
+	if wc.dedupe() {
+		if g.store == nil {
+			return nil, fmt.Errorf("gateway: webhooks[%d] (%s): dedupe needs a store", idx, wc.Name)
+		}
+		opts.Dedupe = NewWebhookDedupe(g.store, wc.DedupeRetention.D(), wc.InFlightWait.D())
+	}
+	h, err := webhook.NewHandler(wc.scheme, webhookSink{gq}, opts)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: webhooks[%d] (%s): %w", idx, wc.Name, err)
+	}
+	return &route{name: name, methods: []string{http.MethodPost}, maxBody: int64(wc.MaxBodyBytes), handler: h}, nil
+}
+
+// webhookSink stores a verified event in the queue (durably: Enqueue
+// returns after the commit), keeping the headers the target may verify
+// again, and dedupes by event id in the queue's window too.
+type webhookSink struct{ gq *gwQueue }
+
+// notForwarded are, with hopHeaders, the request headers a stored
+// webhook does not carry to its target.
+var notForwarded = []string{"Content-Length", "Host", "Expect"}
+
+func (s webhookSink) Accept(ctx context.Context, ev webhook.Event) error {
+	h := ev.Header.Clone()
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	for _, k := range notForwarded {
+		h.Del(k)
+	}
+	h.Set("X-Levee-Webhook-Source", ev.Source)
+	if ev.ID != "" {
+		h.Set("X-Levee-Webhook-Id", ev.ID)
+	}
+	msg := &queue.Message{Target: s.gq.cfg.Target, Payload: append([]byte(nil), ev.Body...), Headers: h}
+	if ev.ID != "" {
+		msg.DedupeID = webhookKey(ev.Source, ev.ID)
+	}
+	res, err := s.gq.q.Enqueue(ctx, msg)
+	if err != nil {
+		return fmt.Errorf("gateway: webhook %s: %w", ev.Source, err)
+	}
+	if !res[0].Duplicate {
+		s.gq.parent.m.enqueued.WithLabelValues(s.gq.cfg.Name, "webhook").Inc()
+	}
+	return nil
+}
+
+// webhookKey is the dedupe key of an event: its source and a hash of its
+// id (ids are sender-chosen and unbounded).
+func webhookKey(source, id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "levee:webhook:" + source + ":" + hex.EncodeToString(sum[:16])
+}
+
+// NewWebhookDedupe returns a webhook.Dedupe over the idempotency engine on
+// st: an event id accepted once is seen for retention; a concurrent
+// delivery of an event being accepted waits up to inFlightWait and is
+// then seen (both callers get 2xx) or, if the first is still running,
+// refused with webhook.ErrInFlight (409 + Retry-After); a failed sink
+// releases the claim. The fingerprint is constant: the event id is the
+// identity, so a provider re-sending an event with a re-encoded body is
+// still a duplicate. A store failure is returned as is (503).
+func NewWebhookDedupe(st idempotency.Store, retention, inFlightWait time.Duration) webhook.Dedupe {
+	return engineDedupe{idempotency.New(st, idempotency.Options{Retention: retention, InFlightWait: inFlightWait})}
+}
+
+type engineDedupe struct{ e *idempotency.Engine }
+
+func (d engineDedupe) Claim(ctx context.Context, ev webhook.Event) (func(context.Context, error) error, bool, error) {
+	lease, rec, err := d.e.Begin(ctx, webhookKey(ev.Source, ev.ID), idempotency.FingerprintOf(nil))
+	switch {
+	case errors.Is(err, idempotency.ErrInFlight):
+		return nil, false, fmt.Errorf("%w: %w", webhook.ErrInFlight, err)
+	case err != nil:
+		return nil, false, fmt.Errorf("gateway: webhook dedupe: %w", err)
+	case rec != nil:
+		return nil, true, nil
+	}
+	return func(ctx context.Context, sinkErr error) error {
+		if sinkErr != nil {
+			return lease.Release(ctx)
+		}
+		return lease.Complete(ctx, idempotency.Response{Status: http.StatusAccepted})
+	}, false, nil
+}
+
+// applyAsync adds the queues' enqueue paths and the webhook routes to t.
+func (g *Gateway) applyAsync(cfg *Config, t *routeTable) error {
+	for i := range cfg.Queues {
+		qc := &cfg.Queues[i]
+		if qc.Path == "" {
+			continue
+		}
+		gq := g.queues.byName[qc.Name]
+		if gq == nil {
+			return fmt.Errorf("gateway: queues[%d] (%s): the queue is not open (Options.Queues)", i, qc.Name)
+		}
+		idem, eng, err := qc.Idempotency.middleware(g, "queue:"+qc.Name)
+		if err != nil {
+			return fmt.Errorf("gateway: queues[%d] (%s): %w", i, qc.Name, err)
+		}
+		t.prefixes = append(t.prefixes, &route{name: "queue:" + qc.Name, prefix: qc.Path, maxBody: int64(cfg.Server.MaxBodyBytes),
+			handler: gq.enqueueHandler(idem), engine: eng})
+	}
+	for i := range cfg.Webhooks {
+		rt, err := g.webhookRoute(&cfg.Webhooks[i], i)
+		if err != nil {
+			return err
+		}
+		t.exact[cfg.Webhooks[i].Path] = append(t.exact[cfg.Webhooks[i].Path], rt)
+	}
+	return nil
+}
