@@ -1,0 +1,94 @@
+package dynamodb_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/store/dynamodb"
+)
+
+// TestSingleTable: in a shared table the store's items sit at
+// (prefix+key, SortKeyValue) and the table's other items, even under the
+// same partition key, are never read, overwritten or deleted.
+func TestSingleTable(t *testing.T) { forEachServer(t, testSingleTable) }
+
+func testSingleTable(t *testing.T, endpoint string) {
+	opts := newTableFor(t, endpoint, singleTable)
+	c := newClient(t, endpoint, nil)
+	ctx := context.Background()
+	s, err := dynamodb.New(c, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := func(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+	// Other entities: one under the same partition key, one whose key is
+	// the idempotency key without the prefix.
+	others := []map[string]types.AttributeValue{
+		{"PK": str("IDEMPOTENCY#k"), "SK": str("profile"), "name": str("same partition")},
+		{"PK": str("k"), "SK": str("levee"), "name": str("no prefix")},
+	}
+	for _, it := range others {
+		if _, err := c.PutItem(ctx, &ddb.PutItemInput{TableName: aws.String(opts.Table), Item: it}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	req := idempotency.ClaimRequest{Key: "k", Token: 3, Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+	if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
+		t.Fatalf("Claim beside other items = %+v, %v, want claimed", res, err)
+	}
+	item := rawItemOpts(t, c, opts, "k")
+	if _, ok := item["expiresAt"]; !ok || number(t, item, "st") != "1" {
+		t.Fatalf("store item = %v, want an in-progress item with TTL attribute expiresAt", item)
+	}
+	if err := s.Complete(ctx, "k", 3, idempotency.Response{Status: 201, Body: []byte("ok")}, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Lookup(ctx, "k", now)
+	if err != nil || rec.Response == nil || string(rec.Response.Body) != "ok" {
+		t.Fatalf("Lookup = %+v, %v", rec, err)
+	}
+	// A new claim after expiry and a release delete only the store's item.
+	later := now.Add(2 * time.Hour)
+	if res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: "k", Token: 4, Now: later, LeaseUntil: later.Add(time.Minute), ExpiresAt: later.Add(time.Hour)}); err != nil || !res.Claimed {
+		t.Fatalf("reclaim = %+v, %v", res, err)
+	}
+	if err := s.Release(ctx, "k", 4); err != nil {
+		t.Fatal(err)
+	}
+	if item := rawItemOpts(t, c, opts, "k"); len(item) != 0 {
+		t.Fatalf("released item still there: %v", item)
+	}
+	for _, want := range others {
+		out, err := c.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(opts.Table), ConsistentRead: aws.Bool(true),
+			Key: map[string]types.AttributeValue{"PK": want["PK"], "SK": want["SK"]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Item) != 3 || out.Item["name"].(*types.AttributeValueMemberS).Value != want["name"].(*types.AttributeValueMemberS).Value {
+			t.Errorf("other item %v became %v", want, out.Item)
+		}
+	}
+	// The key schemas must match the options, both ways.
+	err = dynamodb.CreateTable(ctx, c, dynamodb.Options{Table: opts.Table, PartitionKey: "PK"})
+	if err == nil || !strings.Contains(err.Error(), "key schema") {
+		t.Errorf("CreateTable(dedicated) over a single table = %v, want a key schema error", err)
+	}
+	dedicated := newTable(t, endpoint)
+	withSK := singleTable
+	withSK.Table = dedicated
+	withSK.PartitionKey = "pk"
+	if err := dynamodb.CreateTable(ctx, c, withSK); err == nil || !strings.Contains(err.Error(), `sort key "SK"`) {
+		t.Errorf("CreateTable(single-table) over a dedicated table = %v, want a key schema error", err)
+	}
+	if err := dynamodb.CreateTable(ctx, c, opts); err != nil {
+		t.Errorf("CreateTable over the matching single table = %v", err)
+	}
+}
