@@ -2,6 +2,7 @@ package dynamodb_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +91,53 @@ func testSingleTable(t *testing.T, endpoint string) {
 	}
 	if err := dynamodb.CreateTable(ctx, c, opts); err != nil {
 		t.Errorf("CreateTable over the matching single table = %v", err)
+	}
+}
+
+// BenchmarkCalls reports DynamoDB requests per engine operation, counted at
+// the HTTP client (SDK retries included), per layout on minidyn: a new
+// request (Claim + Complete) and a replay (Claim answered by ALL_OLD).
+func BenchmarkCalls(b *testing.B) {
+	endpoint := startMinidyn(b)
+	for _, l := range layouts {
+		s := openStoreOpts(b, endpoint, newTableFor(b, endpoint, l.opts), false)
+		ctx := context.Background()
+		now := time.Now()
+		resp := idempotency.Response{Status: 201, Body: []byte(`{"id":"ch_1"}`)}
+		b.Run(l.name+"/NewRequest", func(b *testing.B) {
+			start := s.trips.Load()
+			i := 0
+			for b.Loop() {
+				i++
+				key := "new-" + strconv.Itoa(i)
+				req := idempotency.ClaimRequest{Key: key, Token: uint64(i), Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+				if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
+					b.Fatal(res, err)
+				}
+				if err := s.Complete(ctx, key, uint64(i), resp, now, now.Add(time.Hour)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(s.trips.Load()-start)/float64(i), "calls/op")
+		})
+		b.Run(l.name+"/Replay", func(b *testing.B) {
+			req := idempotency.ClaimRequest{Key: "replay", Token: 1, Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}
+			if _, err := s.Claim(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Complete(ctx, "replay", 1, resp, now, now.Add(time.Hour)); err != nil {
+				b.Fatal(err)
+			}
+			req.Token = 2
+			start := s.trips.Load()
+			i := 0
+			for b.Loop() {
+				i++
+				if res, err := s.Claim(ctx, req); err != nil || res.Existing == nil {
+					b.Fatal(res, err)
+				}
+			}
+			b.ReportMetric(float64(s.trips.Load()-start)/float64(i), "calls/op")
+		})
 	}
 }
