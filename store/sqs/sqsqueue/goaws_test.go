@@ -28,7 +28,7 @@ import (
 // buildGoaws builds testdata/goaws (goaws v0.4.5 with the JSON front the
 // SDK v2 needs; see its doc comment) or takes LEVEE_GOAWS. A build that
 // fails (no module proxy) skips, or fails with CI=true.
-func buildGoaws(t *testing.T) string {
+func buildGoaws(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("LEVEE_GOAWS"); p != "" {
 		return p
@@ -49,7 +49,7 @@ func buildGoaws(t *testing.T) string {
 }
 
 // startGoaws runs bin on a free 127.0.0.1 port until t ends.
-func startGoaws(t *testing.T, bin string) string {
+func startGoaws(t testing.TB, bin string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

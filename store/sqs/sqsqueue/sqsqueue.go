@@ -31,7 +31,8 @@
 // retry's delay AvailableAt-now (at most SQS's 15 minutes per hop; a later
 // message is handed back, still hidden, until it is due). Whether a
 // message is due is also checked against the envelope with the caller's
-// clock. A lease held by this process ends at the real time
+// clock, to the second (SQS's delays are whole seconds: a message due
+// within a second of the claim's Now is claimed). A lease held by this process ends at the real time
 // Options.Clock reports; Ack, Nack and Bury on a lapsed lease return
 // queue.ErrLeaseLost and change nothing, because SQS may have handed the
 // message to another worker. Tokens are this process's own (SQS's receipt
@@ -277,6 +278,16 @@ func seconds(d time.Duration, maxSec int32) int32 {
 	return int32(s)
 }
 
+// enqueueDelay is the SQS delay of a message available d after the
+// enqueue's Now: none below a second (a message due within a second is
+// due, as in Claim), else d rounded up, at most 15 minutes.
+func enqueueDelay(d time.Duration) int32 {
+	if d < time.Second {
+		return 0
+	}
+	return seconds(d, maxDelay)
+}
+
 const (
 	maxDelay      = 900   // SQS's DelaySeconds limit
 	maxVisibility = 43200 // SQS's visibility timeout limit (12 h)
@@ -354,7 +365,7 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 			m := req.Messages[p.i]
 			entries[j] = types.SendMessageBatchRequestEntry{
 				Id: aws.String(strconv.Itoa(j)), MessageBody: aws.String(p.body),
-				DelaySeconds: seconds(m.EnqueuedAt.Sub(req.Now), maxDelay),
+				DelaySeconds: enqueueDelay(m.EnqueuedAt.Sub(req.Now)),
 			}
 		}
 		out, err := b.api.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: aws.String(u.main), Entries: entries})
@@ -414,9 +425,17 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 				env = envelope{ID: env.ID, Target: env.Target, Payload: env.Payload, Headers: env.Headers,
 					DedupeID: env.DedupeID, EnqueuedAt: env.EnqueuedAt, AvailableAt: req.Now}
 			}
-			due := !env.AvailableAt.After(req.Now)
+			// Due by the caller's clock. A message due within a second
+			// counts as due: SQS's delays are whole seconds, so handing it
+			// back would hide it for a second (and a claim whose Now was
+			// read just before an Enqueue would do that to every message).
+			due := env.AvailableAt.Sub(req.Now) < time.Second
 			if !due || disabled[env.Target] || excluded[env.Target] || (req.PerTarget > 0 && perTarget[env.Target] >= req.PerTarget) {
-				if err := b.handBack(ctx, u.main, m, env, req.Now); err != nil {
+				var delay int32 // due: visible again at once
+				if !due {
+					delay = seconds(env.AvailableAt.Sub(req.Now), maxDelay)
+				}
+				if err := b.handBack(ctx, u.main, m, env, delay); err != nil {
 					return out, err
 				}
 				continue
@@ -443,16 +462,16 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	return out, nil
 }
 
-// handBack replaces a received message with a fresh copy, hidden until
-// it is due (at most SQS's 15-minute delay), so that its receive count
-// keeps counting lost leases only.
-func (b *Backend) handBack(ctx context.Context, url string, m types.Message, env envelope, now time.Time) error {
+// handBack replaces a received message with a fresh copy, hidden for
+// delay seconds, so that its receive count keeps counting lost leases
+// only.
+func (b *Backend) handBack(ctx context.Context, url string, m types.Message, env envelope, delay int32) error {
 	body, err := encode(&env)
 	if err != nil {
 		return err
 	}
 	if _, err := b.api.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: aws.String(url), MessageBody: aws.String(body),
-		DelaySeconds: seconds(env.AvailableAt.Sub(now), maxDelay)}); err != nil {
+		DelaySeconds: delay}); err != nil {
 		return fmt.Errorf("sqsqueue: claim: handing back %q: %w", env.ID, err)
 	}
 	if _, err := b.api.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(url), ReceiptHandle: m.ReceiptHandle}); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/leveehq/levee/internal/fakeclock"
 	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/queue"
+	"github.com/leveehq/levee/queue/queuetest"
 	"github.com/leveehq/levee/store/sqs/sqsqueue"
 )
 
@@ -120,6 +121,23 @@ func TestGoaws(t *testing.T) {
 		}
 		if err := b.Ack(ctx, "q", "a", c.Token); !errors.Is(err, queue.ErrLeaseLost) {
 			t.Fatalf("second Ack: %v, want ErrLeaseLost", err)
+		}
+	})
+
+	t.Run("HandBackOfADueMessageIsNotDelayed", func(t *testing.T) {
+		t.Parallel()
+		b, _ := e.backend(t, 60, 0)
+		// Due 100ms after the claim's Now (an Enqueue racing a claim):
+		// due, since SQS's delays are whole seconds.
+		m := msg("q", "a", "x")
+		m.EnqueuedAt = t0.Add(100 * time.Millisecond)
+		enqueue(t, b, m)
+		if cs := claim(t, b, t0, 10, 0, "x"); len(cs) != 0 {
+			t.Fatalf("claimed %v of an excluded target", ids(cs))
+		}
+		// Handed back visible at once, not after SQS's one-second minimum.
+		if got := ids(claim(t, b, t0, 10, 0)); !slices.Equal(got, []string{"a"}) {
+			t.Fatalf("right after the hand-back: claimed %v, want [a]", got)
 		}
 	})
 
@@ -454,4 +472,24 @@ func TestOptions(t *testing.T) {
 		t.Error("a FIFO queue was accepted")
 	}
 	_ = aws.String
+}
+
+// BenchmarkQueue runs the shared queue benchmarks on goaws (one process on
+// 127.0.0.1, behind the JSON front): they measure the backend, the SDK and
+// an emulator round trip, not SQS's latency.
+//
+//	go test -run '^$' -bench . -benchtime 2000x ./store/sqs/sqsqueue/
+func BenchmarkQueue(b *testing.B) {
+	endpoint := startGoaws(b, buildGoaws(b))
+	c := newClient(b, endpoint)
+	api := newFidelity(c) // target states (tags) are what goaws lacks
+	queuetest.Bench(b, func(b *testing.B) queue.Backend {
+		prefix := randomPrefix()
+		createQueues(b, c, prefix, 30, 0, "bench")
+		be, err := sqsqueue.New(api, sqsqueue.Options{Prefix: prefix})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return be
+	})
 }
