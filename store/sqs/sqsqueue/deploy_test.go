@@ -153,7 +153,7 @@ func terraformQueueSpec(t *testing.T, path string) queueSpec {
 // works on queues created with those names.
 func TestDeployFiles(t *testing.T) {
 	dir := filepath.Join("..", "..", "..", "deploy", "aws")
-	var endpoint string
+	endpoint := startGoaws(t, buildGoaws(t))
 	for _, tc := range []struct {
 		file string
 		spec func(*testing.T, string) queueSpec
@@ -170,9 +170,6 @@ func TestDeployFiles(t *testing.T) {
 				if !slices.Contains(s.actions, a) {
 					t.Errorf("policy lacks %s (a method of sqsqueue.API)", a)
 				}
-			}
-			if endpoint == "" {
-				endpoint = startGoaws(t, buildGoaws(t))
 			}
 			c := newClient(t, endpoint)
 			// Unique per run: goaws outlives subtests. The suffix goes on
