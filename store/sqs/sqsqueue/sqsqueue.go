@@ -848,6 +848,16 @@ type tagState struct {
 	Since    time.Time `json:"s"`
 }
 
+// parseTag decodes a target-state tag value.
+func parseTag(v string) (tagState, error) {
+	var ts tagState
+	raw, err := base64.RawURLEncoding.DecodeString(v)
+	if err == nil {
+		err = json.Unmarshal(raw, &ts)
+	}
+	return ts, err
+}
+
 func tagKey(target string) string {
 	sum := sha256.Sum256([]byte(target))
 	return tagPrefix + hex.EncodeToString(sum[:16])
@@ -913,11 +923,7 @@ func (b *Backend) fetchTargets(ctx context.Context, q string, u queueURLs) (map[
 		if !strings.HasPrefix(k, tagPrefix) {
 			continue
 		}
-		raw, err := base64.RawURLEncoding.DecodeString(v)
-		var ts tagState
-		if err == nil {
-			err = json.Unmarshal(raw, &ts)
-		}
+		ts, err := parseTag(v)
 		if err != nil {
 			return nil, fmt.Errorf("sqsqueue: target states: tag %s: %w", k, err)
 		}
