@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"go.uber.org/goleak"
 
 	"github.com/leveehq/levee/store/sqs/sqsqueue"
 )
@@ -72,6 +73,10 @@ func startGoaws(t testing.TB, bin string) string {
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("goaws log (last 4 KB):\n%s", out[max(0, len(out)-4096):])
+		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -251,3 +256,5 @@ func (f *fidelity) StartMessageMoveTask(ctx context.Context, in *sqs.StartMessag
 }
 
 var _ sqsqueue.API = (*fidelity)(nil)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

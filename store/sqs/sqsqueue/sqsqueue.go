@@ -403,6 +403,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	}
 	perTarget := map[string]int{}
 	vis := seconds(req.LeaseUntil.Sub(req.Now), maxVisibility)
+	b.pruneLeases()
 	var out []queue.Claimed
 	for len(out) < req.Limit {
 		want := int32(min(req.Limit-len(out), maxBatch))
@@ -478,6 +479,19 @@ func (b *Backend) handBack(ctx context.Context, url string, m types.Message, env
 		return fmt.Errorf("sqsqueue: claim: handing back %q: %w", env.ID, err)
 	}
 	return nil
+}
+
+// pruneLeases forgets lapsed leases that were never settled (their
+// messages are SQS's again), so that the map stays bounded.
+func (b *Backend) pruneLeases() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.opts.Clock()
+	for tok, l := range b.leases {
+		if !now.Before(l.deadline) {
+			delete(b.leases, tok)
+		}
+	}
 }
 
 // take returns the live lease for token, or queue.ErrLeaseLost (dropping

@@ -24,6 +24,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Admiral-Piett/goaws/app"
@@ -55,7 +56,14 @@ func main() {
 	log.Fatal(http.Serve(l, &front{goaws: router.New()}))
 }
 
-type front struct{ goaws http.Handler }
+// front translates, and runs queue creation alone: goaws v0.4.5 reads its
+// queue map without its lock in most handlers (GetQueueUrl, SendMessage,
+// ReceiveMessage, ...), so a CreateQueue beside them can crash it with a
+// concurrent map write.
+type front struct {
+	goaws http.Handler
+	mu    sync.RWMutex
+}
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	target := r.Header.Get("X-Amz-Target")
@@ -76,6 +84,13 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	form.Set("Action", action)
+	if action == "CreateQueue" || action == "DeleteQueue" {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+	} else {
+		f.mu.RLock()
+		defer f.mu.RUnlock()
+	}
 	req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	rec := httptest.NewRecorder()
