@@ -51,6 +51,9 @@ func (e *ThrottledError) Error() string {
 	if e.RetryQuotaExceeded {
 		msg += ", SDK retry quota exhausted"
 	}
+	if e.Err == nil {
+		return msg
+	}
 	return msg + ": " + e.Err.Error()
 }
 

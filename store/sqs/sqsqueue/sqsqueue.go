@@ -414,7 +414,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		if err != nil {
 			return out, fmt.Errorf("sqsqueue: claim: %w", err)
 		}
-		real := b.opts.Clock()
+		realNow := b.opts.Clock()
 		for _, m := range r.Messages {
 			env, err := decode(aws.ToString(m.Body))
 			if err != nil {
@@ -448,7 +448,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 			b.next++
 			tok := b.next
 			b.leases[tok] = &lease{queue: req.Queue, id: env.ID, receipt: aws.ToString(m.ReceiptHandle),
-				deadline: real.Add(time.Duration(vis) * time.Second), claimNow: req.Now, claimReal: real, env: env}
+				deadline: realNow.Add(time.Duration(vis) * time.Second), claimNow: req.Now, claimReal: realNow, env: env}
 			b.mu.Unlock()
 			out = append(out, queue.Claimed{
 				Message: queue.Message{ID: env.ID, Queue: req.Queue, Target: env.Target, Payload: env.Payload,
