@@ -90,7 +90,7 @@
 // write and read units); items written plain, by any version, read back
 // unchanged. A response that still does not fit is stored without its
 // body, with BodyOmitted set, so a retry is told the request ran (409,
-// idempotency-response-lost) and is not executed a second time; configure
+// idempotency-response-not-stored) and is not executed a second time; configure
 // the middleware's MaxStoredBody below about 400 KB to make that explicit.
 // The budget is exact: 400 KB less a 512-byte reserve for the store's
 // attributes, the key value (prefix included), the key attribute names and

@@ -2,8 +2,12 @@ package dynamodb_test
 
 import (
 	"context"
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,4 +144,48 @@ func BenchmarkCalls(b *testing.B) {
 			b.ReportMetric(float64(s.trips.Load()-start)/float64(i), "calls/op")
 		})
 	}
+}
+
+// TestTooLargeForAnItemRunsOnce: through the HTTP middleware, a response
+// that fits the middleware's cap but not a DynamoDB item (even
+// compressed) is sent whole the first time; its retry is the 409
+// response-not-stored problem with the original status, and the handler
+// never runs again. Both layouts; dynalite enforces the 400 KB limit.
+func TestTooLargeForAnItemRunsOnce(t *testing.T) {
+	forEachServer(t, func(t *testing.T, endpoint string) {
+		for _, l := range layouts {
+			t.Run(l.name, func(t *testing.T) {
+				s := openStoreOpts(t, endpoint, newTableFor(t, endpoint, l.opts), false)
+				engine := idempotency.New(s, idempotency.Options{})
+				body := make([]byte, 600<<10)
+				_, _ = rand.Read(body) // incompressible
+				var runs atomic.Int64
+				h := engine.Middleware(idempotency.HTTPOptions{MaxStoredBody: 1 << 20})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					runs.Add(1)
+					w.Header().Set("Content-Type", "application/octet-stream")
+					w.WriteHeader(http.StatusCreated)
+					_, _ = w.Write(body)
+				}))
+				send := func() *httptest.ResponseRecorder {
+					r := httptest.NewRequest(http.MethodPost, "/exports", strings.NewReader(`{"n":1}`))
+					r.Header.Set("Idempotency-Key", "export-1")
+					w := httptest.NewRecorder()
+					h.ServeHTTP(w, r)
+					return w
+				}
+				first := send()
+				if first.Code != http.StatusCreated || first.Body.Len() != len(body) {
+					t.Fatalf("first: %d, %d bytes", first.Code, first.Body.Len())
+				}
+				retry := send()
+				if retry.Code != http.StatusConflict || !strings.Contains(retry.Body.String(), "idempotency-response-not-stored") ||
+					!strings.Contains(retry.Body.String(), `"original_status":201`) || retry.Header().Get("Idempotent-Replayed") != "true" {
+					t.Fatalf("retry: %d %s", retry.Code, retry.Body.String())
+				}
+				if n := runs.Load(); n != 1 {
+					t.Fatalf("handler ran %d times, want 1", n)
+				}
+			})
+		}
+	})
 }
