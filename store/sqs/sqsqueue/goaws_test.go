@@ -160,6 +160,7 @@ func createQueues(t testing.TB, c *sqs.Client, prefix string, visSec, maxReceive
 type fidelity struct {
 	*sqs.Client
 	mu       sync.Mutex
+	calls    int            // ReceiveMessage calls
 	receives map[string]int
 	tags     map[string]map[string]string
 	arns     map[string]string // ARN -> URL
@@ -176,6 +177,7 @@ func (f *fidelity) ReceiveMessage(ctx context.Context, in *sqs.ReceiveMessageInp
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls++
 	for i := range out.Messages {
 		m := &out.Messages[i]
 		id := aws.ToString(m.MessageId)

@@ -382,7 +382,8 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 }
 
 // Claim implements queue.Backend with ReceiveMessage (up to ten messages a
-// request, as many requests as Limit needs while SQS answers full ones).
+// request, at most as many requests as Limit needs, fewer when SQS answers
+// less than asked).
 // Messages not due yet, of excluded or disabled targets, or over their
 // target's share are handed back as fresh copies.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
@@ -405,7 +406,10 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	vis := seconds(req.LeaseUntil.Sub(req.Now), maxVisibility)
 	b.pruneLeases()
 	var out []queue.Claimed
-	for len(out) < req.Limit {
+	// At most as many receives as Limit needs: a backlog of messages that
+	// are all handed back (an excluded target's) must not keep one Claim
+	// receiving.
+	for rounds := (req.Limit + maxBatch - 1) / maxBatch; rounds > 0 && len(out) < req.Limit; rounds-- {
 		want := int32(min(req.Limit-len(out), maxBatch))
 		r, err := b.api.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl: aws.String(u.main), MaxNumberOfMessages: want, VisibilityTimeout: vis,

@@ -141,6 +141,33 @@ func TestGoaws(t *testing.T) {
 		}
 	})
 
+	t.Run("ExcludedBacklogBoundsAClaim", func(t *testing.T) {
+		// Not parallel: it counts the shared wrapper's receives.
+		b, _ := e.backend(t, 60, 0)
+		var ms []*queue.Message
+		for i := range 30 {
+			ms = append(ms, msg("q", "x"+strconv.Itoa(i), "x"))
+		}
+		enqueue(t, b, ms[:10]...)
+		enqueue(t, b, ms[10:20]...)
+		enqueue(t, b, ms[20:]...)
+		e.api.mu.Lock()
+		before := e.api.calls
+		e.api.mu.Unlock()
+		if cs := claim(t, b, t0, 10, 0, "x"); len(cs) != 0 {
+			t.Fatalf("claimed %v of an excluded target", ids(cs))
+		}
+		e.api.mu.Lock()
+		n := e.api.calls - before
+		e.api.mu.Unlock()
+		if n != 1 {
+			t.Fatalf("Claim(Limit 10) over an excluded backlog made %d receives, want 1", n)
+		}
+		if got := len(claim(t, b, t0, 30, 0)); got == 0 {
+			t.Fatal("the handed-back backlog is not claimable")
+		}
+	})
+
 	t.Run("DedupeWithinACall", func(t *testing.T) {
 		t.Parallel()
 		b, _ := e.backend(t, 60, 0)
