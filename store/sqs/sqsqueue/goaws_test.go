@@ -160,7 +160,7 @@ func createQueues(t testing.TB, c *sqs.Client, prefix string, visSec, maxReceive
 type fidelity struct {
 	*sqs.Client
 	mu       sync.Mutex
-	calls    int            // ReceiveMessage calls
+	calls    int // ReceiveMessage calls
 	receives map[string]int
 	tags     map[string]map[string]string
 	arns     map[string]string // ARN -> URL
