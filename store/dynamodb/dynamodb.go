@@ -4,8 +4,14 @@
 //
 // # Data model
 //
-// Each idempotency key is one item in a table whose partition key (of type
-// S, default name "pk") is the key itself. The item's other attributes are
+// Each idempotency key is one item. In a dedicated table (the default) the
+// table's only key is a partition key of type S (default name "pk") whose
+// value is the idempotency key itself. In a table shared with other data
+// (single-table design, Options.SortKey set) the table has a partition key
+// and a sort key, both of type S; the store's items have the partition key
+// Options.PartitionKeyPrefix + key and the constant sort key
+// Options.SortKeyValue, so they never meet the table's other items. The
+// item's other attributes are
 //
 //	fp     B  the request fingerprint (32 bytes)
 //	st     N  1 in progress, 2 completed, 3 unknown outcome (held)
@@ -60,10 +66,17 @@
 //
 // # Failures
 //
-// A DynamoDB error (throttling after the SDK's retries, a network failure,
-// a missing table, a canceled context) is returned wrapped with the
-// operation's name; the store adds no retries of its own to the SDK's
-// retryer. A write whose condition failed changed nothing. A write whose
+// A DynamoDB error (a network failure, a missing table, a canceled
+// context) is returned wrapped with the operation's name; the store adds
+// no retries of its own to the SDK's retryer. Throttling
+// (ProvisionedThroughputExceededException, ThrottlingException,
+// RequestLimitExceeded and the SDK's other throttle codes) is retried by
+// the SDK with its backoff; when the SDK gives up, the error is a
+// *ThrottledError (errors.Is ErrThrottled) carrying the AWS error code as
+// its Reason, for metrics. A throttled write changed nothing and is never
+// read as a failed condition: a throttled Claim is an error, never a
+// duplicate, and a throttled Complete or Release is an error, never
+// idempotency.ErrFenced. A write whose condition failed changed nothing. A write whose
 // answer was lost may or may not have been applied, as with any remote
 // store: a claim applied that way blocks its key until its lease lapses,
 // and a claim retried by the SDK after its first attempt was applied
@@ -74,11 +87,15 @@
 //
 // DynamoDB items are limited to 400 KB. Encoded responses over 4 KiB are
 // stored DEFLATE-compressed when that makes them smaller (which also cuts
-// write and read units). A response that still does not fit is stored
-// without its body, with BodyOmitted set, so a retry is told the request
-// ran and is not executed a second time; configure the middleware's
-// MaxStoredBody below about 400 KB to make that explicit. Keys are limited
-// to 2048 bytes by DynamoDB (levee's scoped keys are far shorter).
+// write and read units); items written plain, by any version, read back
+// unchanged. A response that still does not fit is stored without its
+// body, with BodyOmitted set, so a retry is told the request ran (409,
+// idempotency-response-not-stored) and is not executed a second time; configure
+// the middleware's MaxStoredBody below about 400 KB to make that explicit.
+// The budget is exact: 400 KB less a 512-byte reserve for the store's
+// attributes, the key value (prefix included), the key attribute names and
+// the TTL attribute name. Keys are limited to 2048 bytes by DynamoDB
+// (levee's scoped keys are far shorter).
 package dynamodb
 
 import (
@@ -114,8 +131,23 @@ type Options struct {
 	// creates a suitable one.
 	Table string
 	// PartitionKey is the name of the table's partition key attribute, of
-	// type S; the table must have no sort key. Default "pk".
+	// type S. Default "pk".
 	PartitionKey string
+	// PartitionKeyPrefix is prepended to every idempotency key to form the
+	// partition key value, to keep the store's items apart from other data
+	// in a shared table (for example "IDEMPOTENCY#"). Default "" (the key
+	// itself). Changing it orphans the items already stored.
+	PartitionKeyPrefix string
+	// SortKey is the name of the table's sort key attribute, of type S,
+	// for a table shared with other data (single-table design). Default ""
+	// (a dedicated table with no sort key). The table's key schema must
+	// match: a mismatch fails every operation with DynamoDB's
+	// ValidationException.
+	SortKey string
+	// SortKeyValue is the sort key value of every item the store writes
+	// when SortKey is set. Default "levee#idempotency". It must be empty
+	// when SortKey is.
+	SortKeyValue string
 	// TTLAttribute is the attribute holding the item's deletion time in
 	// Unix seconds, for DynamoDB's TTL clean-up (see CreateTable). Default
 	// "ttl".
@@ -164,10 +196,19 @@ func (o *Options) setDefaults() error {
 	if o.TTLAttribute == "" {
 		o.TTLAttribute = "ttl"
 	}
+	switch {
+	case o.SortKey == "" && o.SortKeyValue != "":
+		return errors.New("dynamodb: Options.SortKeyValue is set but Options.SortKey is not")
+	case o.SortKey != "" && o.SortKeyValue == "":
+		o.SortKeyValue = "levee#idempotency"
+	}
 	owned := []string{attrFP, attrState, attrToken, attrLease, attrExp, attrResp, attrEnc}
 	for _, a := range owned {
 		if o.PartitionKey == a {
 			return fmt.Errorf("dynamodb: Options.PartitionKey %q is an attribute the store uses itself", a)
+		}
+		if o.SortKey == a {
+			return fmt.Errorf("dynamodb: Options.SortKey %q is an attribute the store uses itself", a)
 		}
 		if o.TTLAttribute == a {
 			return fmt.Errorf("dynamodb: Options.TTLAttribute %q is an attribute the store uses itself", a)
@@ -175,6 +216,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.PartitionKey == o.TTLAttribute {
 		return fmt.Errorf("dynamodb: Options.TTLAttribute %q is the partition key", o.TTLAttribute)
+	}
+	if o.SortKey != "" && (o.SortKey == o.PartitionKey || o.SortKey == o.TTLAttribute) {
+		return fmt.Errorf("dynamodb: Options.SortKey %q is the partition key or the TTL attribute", o.SortKey)
 	}
 	return nil
 }
@@ -230,7 +274,11 @@ func New(client API, opts Options) (*Store, error) {
 }
 
 func (s *Store) key(key string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{s.opts.PartitionKey: &types.AttributeValueMemberS{Value: key}}
+	k := map[string]types.AttributeValue{s.opts.PartitionKey: &types.AttributeValueMemberS{Value: s.opts.PartitionKeyPrefix + key}}
+	if s.opts.SortKey != "" {
+		k[s.opts.SortKey] = &types.AttributeValueMemberS{Value: s.opts.SortKeyValue}
+	}
+	return k
 }
 
 func num(v int64) types.AttributeValue {
@@ -290,7 +338,7 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	}
 	ccf, ok := isConditionFailed(err)
 	if !ok {
-		return idempotency.ClaimResult{}, fmt.Errorf("dynamodb: claim: %w", err)
+		return idempotency.ClaimResult{}, wrap("claim", err)
 	}
 	if len(ccf.Item) > 0 {
 		// The item that failed the condition, from the same request: it is
@@ -306,7 +354,7 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	// at req.Now, report no record so that the engine claims again.
 	rec, err := s.get(ctx, req.Key)
 	if err != nil {
-		return idempotency.ClaimResult{}, fmt.Errorf("dynamodb: claim: reading the blocking record: %w", err)
+		return idempotency.ClaimResult{}, wrap("claim: reading the blocking record", err)
 	}
 	if rec == nil || rec.Claimable(req.Now) {
 		return idempotency.ClaimResult{}, nil
@@ -422,7 +470,7 @@ func fenced(op string, err error) error {
 	if _, ok := isConditionFailed(err); ok {
 		return idempotency.ErrFenced
 	}
-	return fmt.Errorf("dynamodb: %s: %w", op, err)
+	return wrap(op, err)
 }
 
 // Lookup implements idempotency.Store with one strongly consistent
@@ -430,7 +478,7 @@ func fenced(op string, err error) error {
 func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempotency.Record, error) {
 	rec, err := s.get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("dynamodb: lookup: %w", err)
+		return nil, wrap("lookup", err)
 	}
 	if rec == nil || !now.Before(rec.ExpiresAt) {
 		return nil, idempotency.ErrNotFound
@@ -457,7 +505,8 @@ func (s *Store) get(ctx context.Context, key string) (*idempotency.Record, error
 // encodeResponse returns the bytes to store for resp and whether they are
 // compressed, degrading to a body-less response if it cannot fit the item.
 func (s *Store) encodeResponse(key string, resp idempotency.Response) ([]byte, bool, error) {
-	budget := maxItemBytes - itemReserve - len(key) - len(s.opts.PartitionKey) - len(s.opts.TTLAttribute)
+	budget := maxItemBytes - itemReserve - len(s.opts.PartitionKeyPrefix) - len(key) - len(s.opts.PartitionKey) -
+		len(s.opts.SortKey) - len(s.opts.SortKeyValue) - len(s.opts.TTLAttribute)
 	enc := idempotency.MarshalResponse(resp)
 	compressed := false
 	if len(enc) > compressAbove {

@@ -1,6 +1,7 @@
 package dynamodb_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -152,14 +153,32 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// newTable creates a table of its own for tb with CreateTable and deletes
-// it when tb ends.
+// newTable creates a dedicated table of its own for tb with CreateTable
+// and deletes it when tb ends.
 func newTable(tb testing.TB, endpoint string) string {
+	return newTableFor(tb, endpoint, dynamodb.Options{}).Table
+}
+
+// singleTable is the single-table layout the tests use: a composite key
+// with names unlike the defaults, and a prefix.
+var singleTable = dynamodb.Options{PartitionKey: "PK", SortKey: "SK", PartitionKeyPrefix: "IDEMPOTENCY#", SortKeyValue: "levee", TTLAttribute: "expiresAt"}
+
+// layouts are the table layouts every store test runs on.
+var layouts = []struct {
+	name string
+	opts dynamodb.Options
+}{{"dedicated", dynamodb.Options{}}, {"single-table", singleTable}}
+
+// newTableFor creates a table of its own for tb with CreateTable and the
+// layout of opts (whose Table is ignored), deletes it when tb ends, and
+// returns opts with Table set.
+func newTableFor(tb testing.TB, endpoint string, opts dynamodb.Options) dynamodb.Options {
 	table := randomName("levee-test-")
+	opts.Table = table
 	admin := newClient(tb, endpoint, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := dynamodb.CreateTable(ctx, admin, dynamodb.Options{Table: table}); err != nil {
+	if err := dynamodb.CreateTable(ctx, admin, opts); err != nil {
 		tb.Fatalf("CreateTable(%s) at %s: %v", table, endpoint, err)
 	}
 	tb.Cleanup(func() {
@@ -171,13 +190,13 @@ func newTable(tb testing.TB, endpoint string) string {
 			tb.Errorf("deleting table %s: %v", table, err)
 		}
 	})
-	return table
+	return opts
 }
 
 // counted is a store with its own client and request counter.
 type counted struct {
 	*dynamodb.Store
-	table string
+	opts  dynamodb.Options
 	trips *atomic.Int64
 }
 
@@ -195,16 +214,20 @@ func (w withoutAllOld) UpdateItem(ctx context.Context, in *ddb.UpdateItemInput, 
 }
 
 func openStore(tb testing.TB, endpoint, table string, hideAllOld bool) *counted {
+	return openStoreOpts(tb, endpoint, dynamodb.Options{Table: table}, hideAllOld)
+}
+
+func openStoreOpts(tb testing.TB, endpoint string, opts dynamodb.Options, hideAllOld bool) *counted {
 	n := new(atomic.Int64)
 	var api dynamodb.API = newClient(tb, endpoint, n)
 	if hideAllOld {
 		api = withoutAllOld{api}
 	}
-	s, err := dynamodb.New(api, dynamodb.Options{Table: table})
+	s, err := dynamodb.New(api, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &counted{Store: s, table: table, trips: n}
+	return &counted{Store: s, opts: opts, trips: n}
 }
 
 // returnsAllOld probes whether the server returns the existing item from a
@@ -236,13 +259,13 @@ func returnsAllOld(t *testing.T, endpoint string) bool {
 	return len(ccf.Item) > 0
 }
 
-func harness(endpoint string, hideAllOld bool, replayTrips int64) idemtest.Harness {
+func harness(endpoint string, layout dynamodb.Options, hideAllOld bool, replayTrips int64) idemtest.Harness {
 	return idemtest.Harness{
 		NewStore: func(tb testing.TB) idempotency.Store {
-			return openStore(tb, endpoint, newTable(tb, endpoint), hideAllOld)
+			return openStoreOpts(tb, endpoint, newTableFor(tb, endpoint, layout), hideAllOld)
 		},
 		Replica: func(tb testing.TB, s idempotency.Store) idempotency.Store {
-			return openStore(tb, endpoint, s.(*counted).table, hideAllOld)
+			return openStoreOpts(tb, endpoint, s.(*counted).opts, hideAllOld)
 		},
 		RoundTrips:       func(s idempotency.Store) int64 { return s.(*counted).trips.Load() },
 		ReplayRoundTrips: replayTrips,
@@ -257,7 +280,9 @@ func runSuite(t *testing.T, endpoint string) {
 	} else {
 		t.Logf("%s does not return ALL_OLD on a failed condition: ReplayRoundTrips = 2 (UpdateItem + GetItem)", t.Name())
 	}
-	idemtest.Run(t, harness(endpoint, false, replay))
+	for _, l := range layouts {
+		t.Run(l.name, func(t *testing.T) { idemtest.Run(t, harness(endpoint, l.opts, false, replay)) })
+	}
 }
 
 // ---- the conformance suite, on each emulator ----
@@ -265,7 +290,7 @@ func runSuite(t *testing.T, endpoint string) {
 func TestConformance(t *testing.T) {
 	t.Run("minidyn", func(t *testing.T) { runSuite(t, startMinidyn(t)) })
 	t.Run("minidyn-without-ALL_OLD", func(t *testing.T) {
-		idemtest.Run(t, harness(startMinidyn(t), true, 2))
+		idemtest.Run(t, harness(startMinidyn(t), dynamodb.Options{}, true, 2))
 	})
 	t.Run("dynalite", func(t *testing.T) { runSuite(t, startDynalite(t)) })
 }
@@ -288,6 +313,10 @@ func TestOptionsValidation(t *testing.T) {
 		{dynamodb.Options{Table: "t", PartitionKey: "tok"}, "Options.PartitionKey"},
 		{dynamodb.Options{Table: "t", TTLAttribute: "exp"}, "Options.TTLAttribute"},
 		{dynamodb.Options{Table: "t", TTLAttribute: "pk"}, "Options.TTLAttribute"},
+		{dynamodb.Options{Table: "t", SortKeyValue: "x"}, "Options.SortKey"},
+		{dynamodb.Options{Table: "t", SortKey: "st"}, "Options.SortKey"},
+		{dynamodb.Options{Table: "t", SortKey: "pk"}, "Options.SortKey"},
+		{dynamodb.Options{Table: "t", SortKey: "ttl"}, "Options.SortKey"},
 	} {
 		_, err := dynamodb.New(c, tc.opts)
 		if err == nil || !strings.Contains(err.Error(), tc.field) || !strings.HasPrefix(err.Error(), "dynamodb: ") {
@@ -336,6 +365,20 @@ func testCreateTable(t *testing.T, endpoint string) {
 	if _, ok := item["expires_at"]; !ok {
 		t.Fatalf("item %v has no expires_at attribute", item)
 	}
+}
+
+// rawItemOpts reads the item the store keeps for key under opts' layout.
+func rawItemOpts(t *testing.T, c *ddb.Client, opts dynamodb.Options, key string) map[string]types.AttributeValue {
+	t.Helper()
+	k := map[string]types.AttributeValue{cmp.Or(opts.PartitionKey, "pk"): &types.AttributeValueMemberS{Value: opts.PartitionKeyPrefix + key}}
+	if opts.SortKey != "" {
+		k[opts.SortKey] = &types.AttributeValueMemberS{Value: opts.SortKeyValue}
+	}
+	out, err := c.GetItem(context.Background(), &ddb.GetItemInput{TableName: aws.String(opts.Table), Key: k, ConsistentRead: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Item
 }
 
 func rawItem(t *testing.T, c *ddb.Client, table, pk, key string) map[string]types.AttributeValue {
@@ -437,15 +480,22 @@ func testItemLayout(t *testing.T, endpoint string) {
 
 // TestResponseSizes checks compression and the degradation of responses
 // that cannot fit a 400 KB item.
-func TestResponseSizes(t *testing.T) { forEachServer(t, testResponseSizes) }
+func TestResponseSizes(t *testing.T) {
+	forEachServer(t, func(t *testing.T, endpoint string) {
+		for _, l := range layouts {
+			t.Run(l.name, func(t *testing.T) { testResponseSizes(t, endpoint, l.opts) })
+		}
+	})
+}
 
-func testResponseSizes(t *testing.T, endpoint string) {
-	table := newTable(t, endpoint)
+func testResponseSizes(t *testing.T, endpoint string, layout dynamodb.Options) {
+	opts := newTableFor(t, endpoint, layout)
 	c := newClient(t, endpoint, nil)
-	s, err := dynamodb.New(c, dynamodb.Options{Table: table})
+	s, err := dynamodb.New(c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	pk, ttl := cmp.Or(opts.PartitionKey, "pk"), cmp.Or(opts.TTLAttribute, "ttl")
 	ctx := context.Background()
 	now := time.Now()
 	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
@@ -455,9 +505,11 @@ func testResponseSizes(t *testing.T, endpoint string) {
 		return b
 	}
 	// The response budget for keys "size-N": DynamoDB's 400 KB less the
-	// store's 512-byte reserve for the other attributes, the key and the
-	// names of the key and TTL attributes. dynalite enforces the limit.
-	budget := 400*1024 - 512 - len("size-0") - len("pk") - len("ttl")
+	// store's 512-byte reserve for the other attributes, the key value
+	// (prefix included), the sort key and the names of the key and TTL
+	// attributes. dynalite enforces the limit.
+	budget := 400*1024 - 512 - len(opts.PartitionKeyPrefix) - len("size-0") - len(pk) - len(ttl) -
+		len(opts.SortKey) - len(opts.SortKeyValue)
 	json := []byte(strings.Repeat(`{"id":"ch_123","amount":100,"currency":"usd"},`, 2000)) // ~96 KB
 	for i, tc := range []struct {
 		name        string
@@ -480,7 +532,7 @@ func testResponseSizes(t *testing.T, endpoint string) {
 		if err := s.Complete(ctx, key, req.Token, resp, now, now.Add(time.Hour)); err != nil {
 			t.Fatalf("%s: Complete: %v", tc.name, err)
 		}
-		item := rawItem(t, c, table, "pk", key)
+		item := rawItemOpts(t, c, opts, key)
 		if z := number(t, item, "renc") == "1"; z != tc.compressed {
 			t.Errorf("%s: compressed = %v, want %v", tc.name, z, tc.compressed)
 		}

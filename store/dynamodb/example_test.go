@@ -2,6 +2,8 @@ package dynamodb_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log"
 	"net/http"
 	"time"
@@ -49,4 +51,34 @@ func ExampleCreateTable() {
 	if err := dynamodb.CreateTable(ctx, awsdynamodb.NewFromConfig(cfg), dynamodb.Options{Table: "levee-idempotency"}); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// A table shared with other data (single-table design): the store's items
+// get the partition key "IDEMPOTENCY#"+key and the sort key "levee" in a
+// table keyed (PK, SK), with TTL on "expiresAt".
+func ExampleOptions_singleTable() {
+	opts := dynamodb.Options{
+		Table:              "app",
+		PartitionKey:       "PK",
+		PartitionKeyPrefix: "IDEMPOTENCY#",
+		SortKey:            "SK",
+		SortKeyValue:       "levee",
+		TTLAttribute:       "expiresAt",
+	}
+	_, err := dynamodb.New(awsdynamodb.New(awsdynamodb.Options{Region: "us-east-1"}), opts)
+	fmt.Println(err)
+	// Output: <nil>
+}
+
+// Labelling store failures by their throttle reason, for metrics: the
+// engine's *idempotency.StoreError wraps the store's *ThrottledError.
+func ExampleThrottledError() {
+	err := fmt.Errorf("idempotency: claim: %w", &dynamodb.ThrottledError{
+		Op: "claim", Reason: "ProvisionedThroughputExceededException", Attempts: 3, Err: errors.New("api error"),
+	})
+	var te *dynamodb.ThrottledError
+	if errors.As(err, &te) {
+		fmt.Println("throttled:", te.Reason, errors.Is(err, dynamodb.ErrThrottled))
+	}
+	// Output: throttled: ProvisionedThroughputExceededException true
 }

@@ -22,7 +22,8 @@ type TableAPI interface {
 }
 
 // CreateTable creates the table described by opts (on-demand capacity,
-// partition key opts.PartitionKey of type S, no sort key), waits until it
+// partition key opts.PartitionKey of type S, and the sort key
+// opts.SortKey of type S if set, else none), waits until it
 // is ACTIVE, and enables DynamoDB's TTL on opts.TTLAttribute. It is
 // idempotent: an existing table is accepted if its key schema matches, and
 // TTL already enabled on that attribute is left alone.
@@ -39,11 +40,17 @@ func CreateTable(ctx context.Context, client TableAPI, opts Options) error {
 	if err := opts.setDefaults(); err != nil {
 		return err
 	}
+	attrs := []types.AttributeDefinition{{AttributeName: aws.String(opts.PartitionKey), AttributeType: types.ScalarAttributeTypeS}}
+	schema := []types.KeySchemaElement{{AttributeName: aws.String(opts.PartitionKey), KeyType: types.KeyTypeHash}}
+	if opts.SortKey != "" {
+		attrs = append(attrs, types.AttributeDefinition{AttributeName: aws.String(opts.SortKey), AttributeType: types.ScalarAttributeTypeS})
+		schema = append(schema, types.KeySchemaElement{AttributeName: aws.String(opts.SortKey), KeyType: types.KeyTypeRange})
+	}
 	_, err := client.CreateTable(ctx, &ddb.CreateTableInput{
 		TableName:            aws.String(opts.Table),
 		BillingMode:          types.BillingModePayPerRequest,
-		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String(opts.PartitionKey), AttributeType: types.ScalarAttributeTypeS}},
-		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String(opts.PartitionKey), KeyType: types.KeyTypeHash}},
+		AttributeDefinitions: attrs,
+		KeySchema:            schema,
 	})
 	var inUse *types.ResourceInUseException
 	if err != nil && !errors.As(err, &inUse) {
@@ -90,13 +97,26 @@ func waitActive(ctx context.Context, client TableAPI, table string) (*types.Tabl
 }
 
 func checkSchema(desc *types.TableDescription, opts Options) error {
-	ks := desc.KeySchema
-	if len(ks) != 1 || aws.ToString(ks[0].AttributeName) != opts.PartitionKey || ks[0].KeyType != types.KeyTypeHash {
-		return fmt.Errorf("dynamodb: table %q exists with another key schema: want only the partition key %q", opts.Table, opts.PartitionKey)
+	var hash, rng string
+	for _, k := range desc.KeySchema {
+		switch k.KeyType {
+		case types.KeyTypeHash:
+			hash = aws.ToString(k.AttributeName)
+		case types.KeyTypeRange:
+			rng = aws.ToString(k.AttributeName)
+		}
+	}
+	if hash != opts.PartitionKey || rng != opts.SortKey {
+		want := fmt.Sprintf("only the partition key %q", opts.PartitionKey)
+		if opts.SortKey != "" {
+			want = fmt.Sprintf("the partition key %q and the sort key %q", opts.PartitionKey, opts.SortKey)
+		}
+		return fmt.Errorf("dynamodb: table %q exists with another key schema: want %s", opts.Table, want)
 	}
 	for _, ad := range desc.AttributeDefinitions {
-		if aws.ToString(ad.AttributeName) == opts.PartitionKey && ad.AttributeType != types.ScalarAttributeTypeS {
-			return fmt.Errorf("dynamodb: table %q: partition key %q is of type %s, want S", opts.Table, opts.PartitionKey, ad.AttributeType)
+		name := aws.ToString(ad.AttributeName)
+		if (name == opts.PartitionKey || name == opts.SortKey) && ad.AttributeType != types.ScalarAttributeTypeS {
+			return fmt.Errorf("dynamodb: table %q: key attribute %q is of type %s, want S", opts.Table, name, ad.AttributeType)
 		}
 	}
 	return nil
