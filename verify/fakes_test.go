@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/leveehq/levee/gateway"
+	"github.com/leveehq/levee/internal/dynalite"
 	"github.com/leveehq/levee/ratelimit"
 )
 
@@ -75,6 +76,10 @@ func startLeveeWith(t *testing.T, store, up, limit, idem string) string {
 		st = redisStore(t)
 	case "postgres":
 		st = postgresStore(t)
+	case "dynamodb":
+		// dynalite (skips without it); the caller sets AWS credentials
+		// in the environment, which dynalite ignores but the SDK needs.
+		st = fmt.Sprintf("{type: dynamodb, dynamodb: {table: verify-%s, region: us-east-1, endpoint: %q, create_table: true}}", randID(), dynalite.Start(t))
 	default:
 		t.Fatalf("unknown store %q", store)
 	}

@@ -108,6 +108,21 @@ func TestIdempotencyAgainstLevee(t *testing.T) {
 	}
 }
 
+// TestIdempotencyAgainstLeveeDynamoDB is the same run on the DynamoDB
+// store (dynalite; not parallel: it sets the AWS credentials the SDK
+// needs in the environment).
+func TestIdempotencyAgainstLeveeDynamoDB(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "levee-test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "levee-test")
+	up := startServer(t, &payments{delay: 20 * time.Millisecond})
+	base := startLevee(t, "dynamodb", up.URL, "100/s")
+	rep := runIdem(t, verify.IdempotencyOptions{URL: base + "/v1/pay", EffectURL: up.URL + "/count", Concurrency: 30})
+	allPass(t, rep, map[string]verify.Verdict{verify.CaseRetention: verify.Skip})
+	if rep.Failed() {
+		t.Fatal("report failed")
+	}
+}
+
 // With in_flight_wait, duplicates wait for the first and replay it: the
 // in-flight case accepts that documented wait.
 func TestIdempotencyAgainstLeveeWaiting(t *testing.T) {

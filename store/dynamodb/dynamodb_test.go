@@ -6,12 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +23,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/idempotency/idemtest"
+	"github.com/leveehq/levee/internal/dynalite"
 	"github.com/leveehq/levee/store/dynamodb"
 )
 
@@ -60,61 +57,9 @@ func (l *tableLock) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.h.ServeHTTP(w, r)
 }
 
-// startDynalite runs dynalite (env LEVEE_DYNALITE, or dynalite on PATH) on
-// a free loopback port for the life of t, or skips: it is optional, in CI
-// too.
-func startDynalite(t testing.TB) string {
-	path := os.Getenv("LEVEE_DYNALITE")
-	if path == "" {
-		p, err := exec.LookPath("dynalite")
-		if err != nil {
-			t.Skip("dynalite not available: set LEVEE_DYNALITE to a dynalite executable or put dynalite on PATH (npm install dynalite@4)")
-		}
-		path = p
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	_, port, _ := net.SplitHostPort(addr)
-	l.Close()
-	logPath := filepath.Join(t.TempDir(), "dynalite.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(path, "--host", "127.0.0.1", "--port", port,
-		"--createTableMs", "50", "--deleteTableMs", "0", "--updateTableMs", "0")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting dynalite %s: %v", path, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); logFile.Close() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case err := <-exited:
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("dynalite %s exited before listening: %v\n%s", path, err, out)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("dynalite %s not listening on %s after 15s\n%s", path, addr, out)
-		}
-	}
-}
+// startDynalite runs dynalite for the life of t, or skips (see
+// internal/dynalite).
+func startDynalite(t testing.TB) string { return dynalite.Start(t) }
 
 // ---- clients and tables ----
 
