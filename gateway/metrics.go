@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/store/dynamodb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -23,6 +24,7 @@ type Metrics struct {
 	unknownOutcomes *prometheus.CounterVec
 	storeOps        *prometheus.HistogramVec
 	storeErrors     *prometheus.CounterVec
+	storeThrottled  *prometheus.CounterVec
 	configReloads   *prometheus.CounterVec
 	upstreamErrors  *prometheus.CounterVec
 	configTimestamp prometheus.Gauge
@@ -66,6 +68,9 @@ func NewMetrics(version string) *Metrics {
 		storeOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "levee_store_operation_duration_seconds", Help: "Idempotency store operation latency by operation.", Buckets: latencyBuckets,
 		}, []string{"op"}),
+		storeThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levee_store_throttled_total", Help: "Idempotency store operations the store throttled after the SDK's retries (DynamoDB), by operation and the AWS error code; they also count in levee_store_errors_total.",
+		}, []string{"op", "reason"}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "levee_store_errors_total", Help: "Idempotency store operations that failed (not counting fencing or not-found answers), by operation.",
 		}, []string{"op"}),
@@ -107,7 +112,7 @@ func NewMetrics(version string) *Metrics {
 	reg.MustRegister(m.clientErrors)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "levee_build_info", Help: "Build information."}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.unknownOutcomes, m.storeOps, m.storeErrors,
+	reg.MustRegister(m.requests, m.duration, m.upstream, m.inFlight, m.idempotency, m.unknownOutcomes, m.storeOps, m.storeErrors, m.storeThrottled,
 		m.configReloads, m.upstreamErrors, m.configTimestamp, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "failure"} {
@@ -126,6 +131,10 @@ func (s instrumentedStore) observe(op string, start time.Time, err error) {
 	s.m.storeOps.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil && !errors.Is(err, idempotency.ErrFenced) && !errors.Is(err, idempotency.ErrNotFound) {
 		s.m.storeErrors.WithLabelValues(op).Inc()
+		var te *dynamodb.ThrottledError
+		if errors.As(err, &te) {
+			s.m.storeThrottled.WithLabelValues(op, te.Reason).Inc()
+		}
 	}
 }
 

@@ -93,6 +93,20 @@ type DynamoDBConfig struct {
 	Endpoint string `yaml:"endpoint"`
 	// CreateTable creates the table at start if it is missing. Default false.
 	CreateTable bool `yaml:"create_table"`
+	// PartitionKey is the table's partition key attribute. Default "pk".
+	PartitionKey string `yaml:"partition_key"`
+	// PartitionKeyPrefix starts every partition key value, to keep levee's
+	// items apart in a table shared with other data. Default "".
+	PartitionKeyPrefix string `yaml:"partition_key_prefix"`
+	// SortKey is the sort key attribute of a shared (single-table) table.
+	// Default "" (a dedicated table without a sort key).
+	SortKey string `yaml:"sort_key"`
+	// SortKeyValue is the sort key of every levee item when sort_key is
+	// set. Default "levee#idempotency".
+	SortKeyValue string `yaml:"sort_key_value"`
+	// TTLAttribute holds each item's deletion time for DynamoDB's TTL.
+	// Default "ttl".
+	TTLAttribute string `yaml:"ttl_attribute"`
 }
 
 // Defaults implements config.Section.
@@ -123,6 +137,9 @@ func (c *StoreConfig) Validate(r *config.Report, path string) {
 		}
 	default:
 		r.Bad(config.Join(path, "type"), "unknown store %q (want sqlite, memory, redis, postgres or dynamodb)", c.Type)
+	}
+	if c.DynamoDB.SortKeyValue != "" && c.DynamoDB.SortKey == "" {
+		r.Bad(config.Join(path, "dynamodb.sort_key_value"), "needs dynamodb.sort_key (a single-table layout)")
 	}
 	if d := c.Redis.FlushDelay; d != nil && (*d < 0 || d.D() > 10*time.Millisecond) {
 		r.Bad(config.Join(path, "redis.flush_delay"), "must be between 0 and 10ms, got %v", d.D())
@@ -219,7 +236,8 @@ func openDynamoDBStore(ctx context.Context, d DynamoDBConfig) (idempotency.Store
 			o.BaseEndpoint = aws.String(d.Endpoint)
 		}
 	})
-	opts := dynamodb.Options{Table: d.Table}
+	opts := dynamodb.Options{Table: d.Table, PartitionKey: d.PartitionKey, PartitionKeyPrefix: d.PartitionKeyPrefix,
+		SortKey: d.SortKey, SortKeyValue: d.SortKeyValue, TTLAttribute: d.TTLAttribute}
 	if d.CreateTable {
 		if err := dynamodb.CreateTable(ctx, client, opts); err != nil {
 			return nil, nil, fmt.Errorf("gateway: store dynamodb: %w", err)
