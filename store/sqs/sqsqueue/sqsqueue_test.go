@@ -21,14 +21,11 @@ import (
 	"github.com/leveehq/levee/store/sqs/sqsqueue"
 )
 
-// The queuetest conformance suite cannot run on SQS as it stands: it
-// drives every lease, delay and dedupe window with a fake clock passed in
-// (queue.Backend's "times are passed in"), while SQS times visibility and
-// delays on its own clock; and it asserts claim order, cross-call dedupe
-// and exact per-target claims, which SQS standard queues do not provide.
-// queuetest.Features has no flags for these (it is outside this package),
-// so the guarantees SQS can keep are tested here, on goaws, in the
-// suite's terms, and the ones it cannot are listed in docs/queue.md.
+// The shared queuetest suite runs on goaws in TestConformance, with
+// ServerClock and NoCrossCallDedupe declared; the suite's checks that drive
+// leases, delays and dedupe windows with a fake clock skip there. TestGoaws
+// checks those guarantees as SQS keeps them, on SQS's clock, in the
+// suite's terms.
 
 const wait = 30 * time.Second
 
