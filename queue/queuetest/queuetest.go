@@ -48,10 +48,12 @@ type Features struct {
 	// follow the service's own clock and publish order (NATS JetStream), not
 	// the times passed in; the checks that move a fake clock are skipped
 	// (the backend tests those itself, with real, short durations), and
-	// OldestFirst takes age to be publish order. Also skipped, as they were
-	// before ServerClock's skips were narrowed, since NATS does not meet
-	// them: Dedupe's "an id still queued is a duplicate" and
-	// PerTargetExcludeDisabled.
+	// OldestFirst takes age to be publish order. Also skipped, as before
+	// ServerClock's skips were narrowed, since NATS does not meet them:
+	// PerTargetExcludeDisabled (a message a claim passes over is handed back
+	// with a delay on the service's clock, NATS's HandBackDelay, so the next
+	// claim at the same instant does not see it) and Dedupe's "an id still
+	// queued is a duplicate".
 	ServerClock bool
 	// NoCrossCallDedupe: a DedupeID (or a message ID still queued) is a
 	// duplicate only within one Enqueue call, not across calls (SQS
