@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/leveehq/levee/gateway"
 	"github.com/leveehq/levee/resilience"
 )
 
@@ -168,4 +169,25 @@ func TestUpstreamFallbackConfigErrors(t *testing.T) {
 			t.Errorf("%q: err = %v, want %q", c.fallback, err, c.want)
 		}
 	}
+}
+
+// Every fallback block that validates builds a gateway (a secondary is
+// always resolvable when executors are built).
+func FuzzUpstreamFallbackConfig(f *testing.F) {
+	for _, c := range [][2]string{{"{stale_if_error: 30s}", ""}, {"{secondary: backup}", "http://127.0.0.1:2"},
+		{"{secondary: backup, stale_if_error: 1m}", "http://127.0.0.1:2"}, {"{secondary: partner}", ""},
+		{"{secondary: backup}", "http://127.0.0.1:2\n    fallback: {secondary: partner}"}, {"{stale_if_error: -1s}", ""}} {
+		f.Add(c[0], c[1])
+	}
+	f.Fuzz(func(t *testing.T, fallback, secondary string) {
+		cfg, err := parseString(fallbackConfig("http://127.0.0.1:1", secondary, fallback))
+		if err != nil {
+			return
+		}
+		g, err := gateway.New(cfg, gateway.Options{})
+		if err != nil {
+			t.Fatalf("validated config does not build: %v", err)
+		}
+		_ = g.CloseUpstreamStore()
+	})
 }

@@ -440,6 +440,7 @@ type upstreamSet struct {
 type upstreamExec struct {
 	hash      string
 	exec      *resilience.Executor
+	url       *url.URL
 	secondary bool // a secondary fallback: routes take the ReverseProxy path
 }
 
@@ -522,7 +523,7 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway: upstreams[%d] (%s): %w", i, u.Name, err)
 		}
-		out[u.Name] = &upstreamExec{hash: hash, exec: e, secondary: sec != nil}
+		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil}
 	}
 	return out, nil
 }
@@ -532,6 +533,17 @@ func (g *Gateway) commitExecutors(execs map[string]*upstreamExec) {
 	g.upstreams.mu.Lock()
 	g.upstreams.execs = execs
 	g.upstreams.mu.Unlock()
+}
+
+// upstreamFor returns the executor and URL of the named upstream in the
+// running config (queues delivering to it), or nils.
+func (g *Gateway) upstreamFor(name string) (*resilience.Executor, *url.URL) {
+	g.upstreams.mu.Lock()
+	defer g.upstreams.mu.Unlock()
+	if e := g.upstreams.execs[name]; e != nil {
+		return e.exec, e.url
+	}
+	return nil, nil
 }
 
 // Executor returns the resilience executor of the named upstream in the
