@@ -117,6 +117,8 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 	if g.queues == nil {
 		g.queues = &Queues{byName: map[string]*gwQueue{}, m: newAsyncMetrics(nil), closeBk: func() error { return nil }}
 	}
+	up := g.upstreamFor
+	g.queues.upstream.Store(&up) // queues targeting a named upstream deliver through its executor
 	if err := g.Apply(cfg); err != nil {
 		_ = g.CloseUpstreamStore()
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -70,7 +71,12 @@ type QueueConfig struct {
 	// Required, unique.
 	Name string `yaml:"name"`
 	// Target is the absolute http(s) URL every message is POSTed to (an
-	// internal upstream). Required.
+	// internal upstream), or the name of one of upstreams:, optionally
+	// followed by a path ("partner/v1/sync"): then every delivery goes
+	// through that upstream's executor (its rate limit, breaker, pacing,
+	// retries), so a burst of messages is smoothed to the third party's
+	// quota; a local refusal (open breaker, no quota slot, a pause) is
+	// a retryable failure after the policy's Retry-After. Required.
 	Target string `yaml:"target"`
 	// Path, when set, accepts async work: a POST to it stores its body
 	// and answers 202 with the message id and a Location to its status
@@ -111,7 +117,9 @@ type QueueConfig struct {
 	// Default 50.
 	ReplayRate float64 `yaml:"replay_rate"`
 
-	target *url.URL
+	target       *url.URL
+	upstreamRef  string // Target names an upstream
+	upstreamPath string // the path after its name, "" or starting with '/'
 }
 
 // Defaults implements config.Section.
@@ -137,7 +145,13 @@ func (c *QueueConfig) Validate(r *config.Report, p string) {
 		r.Bad(config.Join(p, "name"), "required: up to 100 characters, no slash or space, got %q", c.Name)
 	}
 	u, err := url.Parse(c.Target)
+	name, rest, _ := strings.Cut(c.Target, "/")
 	switch {
+	case c.Target != "" && !strings.Contains(c.Target, "://") && upstreamName.MatchString(name):
+		c.upstreamRef = name
+		if rest != "" {
+			c.upstreamPath = "/" + rest
+		}
 	case c.Target == "":
 		r.Bad(config.Join(p, "target"), "required: the URL messages are POSTed to, e.g. http://127.0.0.1:3000/events")
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
@@ -188,6 +202,15 @@ func (c *Config) validateQueues(r *config.Report) {
 			paths[q.Path] = fmt.Sprintf("queues[%d]", i)
 		}
 	}
+	for i := range c.Queues {
+		if n := c.Queues[i].upstreamRef; n != "" && c.upstream(n) == nil {
+			byName := map[string]int{}
+			for j := range c.Upstreams {
+				byName[c.Upstreams[j].Name] = j
+			}
+			r.Bad(fmt.Sprintf("queues[%d].target", i), "unknown upstream %q (an absolute http(s) URL, or one of upstreams: %s)", n, strings.Join(upstreamNames(byName), ", "))
+		}
+	}
 	routeNames := map[string]bool{}
 	for i := range c.Routes {
 		routeNames[c.Routes[i].Name] = true
@@ -220,6 +243,9 @@ type Queues struct {
 	m       *asyncMetrics
 	closeBk func() error
 	started bool
+	// upstream finds a named upstream's executor and URL in the running
+	// config (set by New; nil before: deliveries to named upstreams wait).
+	upstream atomic.Pointer[func(name string) (*resilience.Executor, *url.URL)]
 }
 
 type gwQueue struct {
@@ -411,7 +437,13 @@ func (qs *Queues) Names() []string {
 func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 	name := gq.cfg.Name
 	m := gq.parent.m
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Target, bytes.NewReader(d.Payload))
+	client, target, err := gq.client(d.Target)
+	if err != nil {
+		m.failed.WithLabelValues(name, "network").Inc()
+		gq.maybeDead(d)
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(d.Payload))
 	if err != nil {
 		m.failed.WithLabelValues(name, "permanent").Inc()
 		gq.countDead()
@@ -422,7 +454,15 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 	}
 	req.Header.Set("X-Levee-Message-Id", d.ID)
 	req.Header.Set("X-Levee-Attempt", fmt.Sprint(d.Attempt))
-	resp, err := gq.parent.client.Do(req)
+	resp, err := client.Do(req)
+	if ra, ok := resilience.RetryAfter(err, time.Now()); ok {
+		// One of the upstream's policies refused (open breaker, no
+		// quota slot, a pause) or its Retry-After was above the cap:
+		// retryable, after that delay (capped by max_retry_after).
+		m.failed.WithLabelValues(name, "refused").Inc()
+		gq.maybeDead(d)
+		return queue.RetryAfter(max(ra, time.Millisecond), fmt.Errorf("gateway: queue %s: deliver: %w", name, err))
+	}
 	if err != nil {
 		m.failed.WithLabelValues(name, "network").Inc()
 		gq.maybeDead(d)
@@ -451,6 +491,36 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 		gq.countDead()
 		return queue.Permanent(he)
 	}
+}
+
+// client returns the client and URL a delivery to target uses: the
+// queue's plain client for a URL; for a named upstream ("name/path"),
+// one sending through that upstream's executor (resilience.Transport)
+// in the running config. An upstream not (yet) known is a retryable
+// error.
+func (gq *gwQueue) client(target string) (*http.Client, string, error) {
+	if gq.cfg.upstreamRef == "" || strings.Contains(target, "://") {
+		return gq.parent.client, target, nil
+	}
+	name, rest, _ := strings.Cut(target, "/")
+	var (
+		exec *resilience.Executor
+		base *url.URL
+	)
+	if f := gq.parent.upstream.Load(); f != nil {
+		exec, base = (*f)(name)
+	}
+	if exec == nil || base == nil {
+		return nil, "", fmt.Errorf("gateway: queue %s: upstream %q is not running", gq.cfg.Name, name)
+	}
+	u := *base
+	if rest != "" {
+		u.Path = strings.TrimSuffix(u.Path, "/") + "/" + rest
+		u.RawPath = ""
+	}
+	c := *gq.parent.client
+	c.Transport = &resilience.Transport{Base: gq.parent.client.Transport, Executor: exec}
+	return &c, u.String(), nil
 }
 
 func (gq *gwQueue) maybeDead(d *queue.Delivery) {

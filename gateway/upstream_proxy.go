@@ -63,6 +63,11 @@ func (g *Gateway) useUpstream(rp *routeProxy, rc *RouteConfig, ue *upstreamExec)
 		return dc
 	}
 	rp.up = up
+	if ue.secondary {
+		// The Secondary policy sends from the outbound *http.Request
+		// (resilience.RoundTripTo), which only this path has.
+		rp.h1 = nil
+	}
 	rt := &resilience.Transport{Base: attemptTransport{base: g.transport, keyHeader: up.keyHeader}, Executor: ue.exec}
 	rp.rp.Transport = timedTransport{hideKey{rt: rt, keyHeader: up.keyHeader, pass: up.passKey}}
 	if rc.Egress {

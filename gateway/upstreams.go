@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"regexp"
 	"sort"
@@ -54,6 +55,10 @@ type UpstreamConfig struct {
 	// Limit, when present, is a client-side rate limit on the upstream's
 	// quota.
 	Limit *UpstreamLimit `yaml:"limit"`
+	// Fallback, when present, answers for the upstream when it fails:
+	// the last good response of a GET or HEAD (stale_if_error), and/or
+	// the same request sent to a secondary upstream (secondary).
+	Fallback *UpstreamFallback `yaml:"fallback"`
 	// Shared keeps the breaker, pauses and quota in upstream_store (Redis),
 	// so that every replica shares them. Default false: per process.
 	Shared bool `yaml:"shared"`
@@ -162,6 +167,30 @@ type UpstreamLimit struct {
 	MaxWait Duration `yaml:"max_wait"`
 }
 
+// UpstreamFallback configures an upstream's fallbacks
+// (resilience.StaleSettings and resilience.SecondarySettings). With both,
+// the stale response is tried first, then the secondary.
+type UpstreamFallback struct {
+	// StaleIfError, when set, keeps the last 200 response of every GET
+	// and HEAD target (in this process, up to 1000 targets of up to
+	// 1 MiB) and serves it, with Age and Levee-Stale: true, when the
+	// upstream fails (an error, a local rejection such as an open
+	// breaker, or a 500, 502, 503 or 504) for this long past the
+	// response's max-age (RFC 5861; the response's own stale-if-error=N
+	// wins). Unsafe methods are never served stale.
+	StaleIfError Duration `yaml:"stale_if_error"`
+	// Secondary names another upstream (one of upstreams:, itself
+	// without a secondary) the request is sent to, through that
+	// upstream's own policies, when this one fails: same method, path,
+	// headers and body; only the scheme and host change. An unsafe
+	// method without an idempotency key falls back only when the
+	// primary certainly did not get it (a local rejection or a connect
+	// error). A route using an upstream with a secondary always takes
+	// the ReverseProxy path (the secondary is sent from the outbound
+	// *http.Request).
+	Secondary string `yaml:"secondary"`
+}
+
 var upstreamName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Defaults implements config.Section (the library supplies every
@@ -245,6 +274,14 @@ func (u *UpstreamConfig) build() (resilience.Settings, string, error) {
 			ls.Policies = append(ls.Policies, pol)
 		}
 		s.Limit = ls
+	}
+	if f := u.Fallback; f != nil {
+		if f.StaleIfError.D() < 0 {
+			return s, "fallback.stale_if_error", fmt.Errorf("must not be negative, got %v", f.StaleIfError.D())
+		}
+		if f.StaleIfError.D() > 0 {
+			s.Stale = &resilience.StaleSettings{MaxStale: f.StaleIfError.D()}
+		}
 	}
 	return s, "", nil
 }
@@ -330,6 +367,22 @@ func (c *Config) validateUpstreams(r *config.Report) {
 		byName[u.Name] = i
 	}
 	for i := range c.Upstreams {
+		f := c.Upstreams[i].Fallback
+		if f == nil || f.Secondary == "" {
+			continue
+		}
+		field := fmt.Sprintf("upstreams[%d].fallback.secondary", i)
+		j, ok := byName[f.Secondary]
+		switch {
+		case !ok:
+			r.Bad(field, "unknown upstream %q (upstreams: %s)", f.Secondary, strings.Join(upstreamNames(byName), ", "))
+		case j == i || f.Secondary == c.Upstreams[i].Name:
+			r.Bad(field, "upstream %q cannot be its own secondary", f.Secondary)
+		case c.Upstreams[j].Fallback != nil && c.Upstreams[j].Fallback.Secondary != "":
+			r.Bad(field, "upstream %q has a secondary of its own (%q): chains of secondaries are not supported", f.Secondary, c.Upstreams[j].Fallback.Secondary)
+		}
+	}
+	for i := range c.Upstreams {
 		if c.Upstreams[i].Shared && c.UpstreamStore.Type != "redis" {
 			r.Bad(fmt.Sprintf("upstreams[%d].shared", i), "needs upstream_store.type: redis (the store replicas share)")
 		}
@@ -345,12 +398,7 @@ func (c *Config) validateUpstreams(r *config.Report) {
 		}
 		j, ok := byName[rc.upstreamRef]
 		if !ok {
-			names := make([]string, 0, len(byName))
-			for n := range byName {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			r.Bad(field, "unknown upstream %q (upstreams: %s)", rc.upstreamRef, strings.Join(names, ", "))
+			r.Bad(field, "unknown upstream %q (upstreams: %s)", rc.upstreamRef, strings.Join(upstreamNames(byName), ", "))
 			continue
 		}
 		u := &c.Upstreams[j]
@@ -368,6 +416,15 @@ func (c *Config) validateUpstreams(r *config.Report) {
 	}
 }
 
+func upstreamNames(byName map[string]int) []string {
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
 // upstreamSet holds the executors of the named upstreams, kept across
 // reloads while an upstream's settings do not change (they hold breaker,
 // budget and bulkhead state).
@@ -381,8 +438,28 @@ type upstreamSet struct {
 }
 
 type upstreamExec struct {
-	hash string
-	exec *resilience.Executor
+	hash      string
+	exec      *resilience.Executor
+	url       *url.URL
+	secondary bool // a secondary fallback: routes take the ReverseProxy path
+}
+
+// secondary returns the name of u's secondary upstream, or "".
+func (u *UpstreamConfig) secondary() string {
+	if u.Fallback == nil {
+		return ""
+	}
+	return u.Fallback.Secondary
+}
+
+// upstream returns the named upstream of c, or nil.
+func (c *Config) upstream(name string) *UpstreamConfig {
+	for i := range c.Upstreams {
+		if c.Upstreams[i].Name == name {
+			return &c.Upstreams[i]
+		}
+	}
+	return nil
 }
 
 // executors builds (or keeps) one executor per upstream of cfg and
@@ -400,14 +477,38 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 	us.mu.Lock()
 	defer us.mu.Unlock()
 	out := make(map[string]*upstreamExec, len(cfg.Upstreams))
-	for i := range cfg.Upstreams {
+	// Upstreams with a secondary last: their Settings hold the
+	// secondary's executor (validation refuses chains of secondaries).
+	order := make([]int, 0, len(cfg.Upstreams))
+	for pass := 0; pass < 2; pass++ {
+		for i := range cfg.Upstreams {
+			if (cfg.Upstreams[i].secondary() != "") == (pass == 1) {
+				order = append(order, i)
+			}
+		}
+	}
+	for _, i := range order {
 		u := &cfg.Upstreams[i]
-		if old := us.execs[u.Name]; old != nil && old.hash == u.hash {
+		hash := u.hash
+		var sec *upstreamExec
+		if n := u.secondary(); n != "" {
+			if sec = out[n]; sec == nil {
+				return nil, fmt.Errorf("gateway: upstreams[%d] (%s): unknown secondary %q", i, u.Name, n)
+			}
+			hash += "\x00secondary:" + sec.hash // a new secondary executor rebuilds this one
+		}
+		if old := us.execs[u.Name]; old != nil && old.hash == hash {
 			out[u.Name] = old
 			continue
 		}
 		s := u.settings
 		s.Observer = us.obs
+		if sec != nil {
+			su := cfg.upstream(u.secondary())
+			kh := sec.exec.KeyHeader()
+			s.Secondary = &resilience.SecondarySettings{Executor: sec.exec,
+				Send: resilience.RoundTripTo(attemptTransport{base: g.transport, keyHeader: http.CanonicalHeaderKey(kh)}, su.url, kh)}
+		}
 		if u.Shared {
 			if us.shared == nil {
 				st, err := openShared(cfg.UpstreamStore)
@@ -422,7 +523,7 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway: upstreams[%d] (%s): %w", i, u.Name, err)
 		}
-		out[u.Name] = &upstreamExec{hash: u.hash, exec: e}
+		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil}
 	}
 	return out, nil
 }
@@ -432,6 +533,17 @@ func (g *Gateway) commitExecutors(execs map[string]*upstreamExec) {
 	g.upstreams.mu.Lock()
 	g.upstreams.execs = execs
 	g.upstreams.mu.Unlock()
+}
+
+// upstreamFor returns the executor and URL of the named upstream in the
+// running config (queues delivering to it), or nils.
+func (g *Gateway) upstreamFor(name string) (*resilience.Executor, *url.URL) {
+	g.upstreams.mu.Lock()
+	defer g.upstreams.mu.Unlock()
+	if e := g.upstreams.execs[name]; e != nil {
+		return e.exec, e.url
+	}
+	return nil, nil
 }
 
 // Executor returns the resilience executor of the named upstream in the
