@@ -22,6 +22,7 @@ import (
 	"github.com/truora/minidyn/server"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/dynalite"
 	"github.com/leveehq/levee/store/dynamodb"
 	"github.com/leveehq/levee/store/memory"
 )
@@ -42,7 +43,8 @@ func eventFile(t testing.TB, name string) []byte {
 }
 
 // stores runs fn against the memory store and DynamoDB (minidyn, in
-// process), each counting its round trips in n.
+// process, and dynalite when scripts/test installed it), each counting
+// its round trips in n.
 func stores(t *testing.T, fn func(t *testing.T, s idempotency.Store, n *atomic.Int64)) {
 	t.Run("memory", func(t *testing.T) {
 		var n atomic.Int64
@@ -52,6 +54,33 @@ func stores(t *testing.T, fn func(t *testing.T, s idempotency.Store, n *atomic.I
 		var n atomic.Int64
 		fn(t, newDynamo(t, &n), &n)
 	})
+	t.Run("dynalite", func(t *testing.T) {
+		endpoint := dynalite.Start(t)
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		table := "levee-lambda-" + hex.EncodeToString(b[:])
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := dynamodb.CreateTable(ctx, newDynamoClient(t, endpoint, nil), dynamodb.Options{Table: table}); err != nil {
+			t.Fatalf("CreateTable: %v", err)
+		}
+		var n atomic.Int64
+		s, err := dynamodb.New(newDynamoClient(t, endpoint, &n), dynamodb.Options{Table: table})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(t, s, &n)
+	})
+}
+
+// replayRoundTrips is what a replay costs the store under test: 1, and 2
+// on dynalite, which lacks ReturnValuesOnConditionCheckFailure (the store
+// falls back to a consistent read; see docs/idempotency.md).
+func replayRoundTrips(t *testing.T) int64 {
+	if strings.Contains(t.Name(), "/dynalite") {
+		return 2
+	}
+	return 1
 }
 
 // countingStore counts the store calls the engine makes, as idemtest's

@@ -52,7 +52,9 @@ type StepResult struct {
 // with a SQLite store in a temporary directory, runs the tour, and (with
 // Serve) keeps serving until ctx ends.
 func Run(ctx context.Context, o Options) (*Result, error) {
-	out := o.Out
+	// The sample services log from their own goroutines while the tour
+	// prints: one lock keeps the lines whole and the writer race-free.
+	out := &lockedWriter{w: o.Out}
 	pay := &Payments{Delay: 300 * time.Millisecond, Log: out}
 	upLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -360,4 +362,16 @@ func (t *tour) lostAnswer(ctx context.Context, one func(name, key, body string) 
 	}
 	t.executed(" — the lost answer was recovered without a second charge")
 	return nil
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
