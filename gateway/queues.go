@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/leveehq/levee/internal/problem"
 	"github.com/leveehq/levee/queue"
 	"github.com/leveehq/levee/resilience"
+	"github.com/leveehq/levee/store/nats/natsqueue"
 	"github.com/leveehq/levee/store/postgres/pgqueue"
 	"github.com/leveehq/levee/store/sqlite/sqlitequeue"
 )
@@ -31,7 +34,7 @@ import (
 // (queues:, webhooks:) keep their messages and dead letters. It cannot
 // change on reload.
 type QueueStoreConfig struct {
-	// Type is sqlite (default) or postgres.
+	// Type is sqlite (default), postgres or nats (JetStream).
 	Type string `yaml:"type"`
 	// SQLite.Path defaults to store.sqlite.path: the queues live in the
 	// gateway's embedded file, in tables of their own.
@@ -39,12 +42,31 @@ type QueueStoreConfig struct {
 	// Postgres.URL defaults to store.postgres.url; Postgres.Schema to
 	// "levee".
 	Postgres PostgresConfig `yaml:"postgres"`
+	// NATS is the JetStream connection when Type is nats.
+	NATS NATSConfig `yaml:"nats"`
+}
+
+// NATSConfig configures the JetStream queue store (store/nats/natsqueue).
+// JetStream keeps leases, delays and the dedupe window on the server's
+// clock, and a PubAck means the server wrote the message to its file
+// store, which it syncs to disk periodically (docs/queue.md).
+type NATSConfig struct {
+	// URL of the NATS server. Default "nats://127.0.0.1:4222".
+	URL string `yaml:"url" redact:"dsn"`
+	// Prefix names the streams and buckets. Default "LEVEE".
+	Prefix string `yaml:"prefix"`
+	// AckWait is how soon a crashed process's claimed messages come back.
+	// Default 30s.
+	AckWait Duration `yaml:"ack_wait"`
 }
 
 // Defaults implements config.Section.
 func (c *QueueStoreConfig) Defaults() {
 	config.Default(&c.Type, "sqlite")
 	config.Default(&c.Postgres.Schema, "levee")
+	config.Default(&c.NATS.URL, "nats://127.0.0.1:4222")
+	config.Default(&c.NATS.Prefix, natsqueue.DefaultPrefix)
+	config.Default(&c.NATS.AckWait, Duration(natsqueue.DefaultAckWait))
 }
 
 // inherit fills the connection fields from the idempotency store's.
@@ -56,9 +78,9 @@ func (c *QueueStoreConfig) inherit(st StoreConfig) {
 // Validate implements config.Section.
 func (c *QueueStoreConfig) Validate(r *config.Report, path string) {
 	switch c.Type {
-	case "sqlite", "postgres":
+	case "sqlite", "postgres", "nats":
 	default:
-		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite or postgres)", c.Type)
+		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite, postgres or nats)", c.Type)
 	}
 }
 
@@ -364,6 +386,24 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 
 func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, func() error, error) {
 	switch c.Type {
+	case "nats":
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		nc, err := nats.Connect(c.NATS.URL, nats.Timeout(5*time.Second), nats.Name("levee"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("gateway: queue store nats %s: %w", config.RedactDSN(c.NATS.URL), err)
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("gateway: queue store nats: %w", err)
+		}
+		bk, err := natsqueue.New(ctx, js, natsqueue.Options{Prefix: c.NATS.Prefix, AckWait: c.NATS.AckWait.D()})
+		if err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("gateway: queue store nats: %w", err)
+		}
+		return bk, func() error { err := bk.Close(); nc.Drain(); return err }, nil
 	case "postgres":
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
