@@ -43,7 +43,7 @@ func postgresURL() string {
 // pgSchema returns a fresh schema name on the test PostgreSQL, dropped
 // (that schema only) when the test ends. Unreachable: skip, or fail under
 // CI=true.
-func pgSchema(t *testing.T) (*pgxpool.Pool, string) {
+func pgSchema(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -111,7 +111,7 @@ type receiver struct {
 	header string
 }
 
-func newReceiver(t *testing.T, header string) *receiver {
+func newReceiver(t testing.TB, header string) *receiver {
 	t.Helper()
 	rc := &receiver{got: map[string]int{}, bodies: map[string]string{}, header: header}
 	rc.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -222,7 +222,7 @@ func backends(t *testing.T) map[string]func(t *testing.T) string {
 // natsPrefix returns the NATS server (LEVEE_NATS_URL) and a prefix of
 // this test's own, whose streams and buckets are deleted at the end; it
 // skips without a server, or fails with CI=true.
-func natsPrefix(t *testing.T) (string, string) {
+func natsPrefix(t testing.TB) (string, string) {
 	t.Helper()
 	server := os.Getenv("LEVEE_NATS_URL")
 	if server == "" {
@@ -277,7 +277,7 @@ webhooks:
 `, testAdminToken, store, target, target, testWebhookSecret)
 }
 
-func signedWebhook(t *testing.T, base, id, body string, at time.Time) *http.Request {
+func signedWebhook(t testing.TB, base, id, body string, at time.Time) *http.Request {
 	t.Helper()
 	s, err := webhook.NewStandardWebhooks(webhook.Config{Secrets: []string{testWebhookSecret}})
 	if err != nil {

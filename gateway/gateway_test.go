@@ -76,7 +76,7 @@ type running struct {
 	logs *syncbuf.Buffer
 }
 
-func startGateway(t *testing.T, yaml string) *running {
+func startGateway(t testing.TB, yaml string) *running {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "levee.yaml")
