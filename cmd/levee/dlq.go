@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -36,13 +34,13 @@ Common flags: --admin URL (default http://127.0.0.1:9090), --token T (default $L
 `
 
 type dlqFlags struct {
-	fs                               *flag.FlagSet
-	admin, token, operator           string
+	fs *flag.FlagSet
+	*adminClient
 	queue, target, reason, olderThan string
 	ids                              multiFlag
 	limit                            int
 	after                            int64
-	all, asJSON                      bool
+	all                              bool
 	timeout                          time.Duration
 }
 
@@ -54,9 +52,7 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 func newDLQFlags(name string, stderr io.Writer) *dlqFlags {
 	f := &dlqFlags{fs: flag.NewFlagSet("levee dlq "+name, flag.ContinueOnError)}
 	f.fs.SetOutput(stderr)
-	f.fs.StringVar(&f.admin, "admin", "http://127.0.0.1:9090", "admin listener URL")
-	f.fs.StringVar(&f.token, "token", os.Getenv("LEVEE_ADMIN_TOKEN"), "admin token (default $LEVEE_ADMIN_TOKEN)")
-	f.fs.StringVar(&f.operator, "operator", defaultOperator(), "who you are, for the gateway's log")
+	f.adminClient = adminFlags(f.fs)
 	f.fs.StringVar(&f.queue, "queue", "", "queue name")
 	f.fs.Var(&f.ids, "id", "message id (repeatable)")
 	f.fs.StringVar(&f.target, "target", "", "only messages to this target URL")
@@ -65,7 +61,6 @@ func newDLQFlags(name string, stderr io.Writer) *dlqFlags {
 	f.fs.IntVar(&f.limit, "limit", 0, "at most this many (list: one page, default 100; replay: at most N)")
 	f.fs.Int64Var(&f.after, "after", 0, "list: the page after this seq (needs --queue)")
 	f.fs.BoolVar(&f.all, "all", false, "replay or purge every dead message of the queue")
-	f.fs.BoolVar(&f.asJSON, "json", false, "print the admin API's JSON")
 	f.fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long (a replay of many messages takes a while)")
 	return f
 }
@@ -111,7 +106,7 @@ func runDLQ(args []string, stdout, stderr io.Writer) int {
 
 func (f *dlqFlags) check(cmd string) error {
 	if f.token == "" {
-		return errors.New("no admin token: set LEVEE_ADMIN_TOKEN or --token (the gateway's admin.token)")
+		return errNoToken
 	}
 	if cmd != "list" && f.queue == "" {
 		return errors.New("--queue is required")
@@ -147,40 +142,8 @@ func (f *dlqFlags) query() url.Values {
 	return q
 }
 
-// call sends one admin API request and returns its JSON answer; a problem
-// document becomes an error with its title and detail.
-func (f *dlqFlags) call(ctx context.Context, method, path string, q url.Values) ([]byte, error) {
-	u := strings.TrimSuffix(f.admin, "/") + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+f.token)
-	req.Header.Set("X-Levee-Operator", f.operator)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("admin API: %w", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, fmt.Errorf("admin API: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		var p struct{ Title, Detail string }
-		if json.Unmarshal(data, &p) == nil && p.Title != "" {
-			return nil, fmt.Errorf("%d %s: %s", resp.StatusCode, p.Title, p.Detail)
-		}
-		return nil, fmt.Errorf("admin API: %s: %s", resp.Status, bytes.TrimSpace(data))
-	}
-	return data, nil
-}
-
 func (f *dlqFlags) list(ctx context.Context, w io.Writer) error {
-	data, err := f.call(ctx, http.MethodGet, "/dlq", f.query())
+	_, data, err := f.call(ctx, http.MethodGet, "/dlq", f.query(), nil)
 	if err != nil || f.asJSON {
 		if err == nil {
 			_, err = w.Write(data)
@@ -209,7 +172,7 @@ func (f *dlqFlags) list(ctx context.Context, w io.Writer) error {
 }
 
 func (f *dlqFlags) show(ctx context.Context, w io.Writer) error {
-	data, err := f.call(ctx, http.MethodGet, "/dlq/"+url.PathEscape(f.queue)+"/"+url.PathEscape(f.ids[0]), nil)
+	_, data, err := f.call(ctx, http.MethodGet, "/dlq/"+url.PathEscape(f.queue)+"/"+url.PathEscape(f.ids[0]), nil, nil)
 	if err != nil || f.asJSON {
 		if err == nil {
 			_, err = w.Write(data)
@@ -233,7 +196,7 @@ func (f *dlqFlags) show(ctx context.Context, w io.Writer) error {
 }
 
 func (f *dlqFlags) op(ctx context.Context, op string, w io.Writer) error {
-	data, err := f.call(ctx, http.MethodPost, "/dlq/"+url.PathEscape(f.queue)+"/"+op, f.query())
+	_, data, err := f.call(ctx, http.MethodPost, "/dlq/"+url.PathEscape(f.queue)+"/"+op, f.query(), nil)
 	if err != nil || f.asJSON {
 		if err == nil {
 			_, err = w.Write(data)

@@ -12,8 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/user"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -40,25 +38,22 @@ upstream, as raw HTTP ("HTTP/1.1 201 Created", headers, blank line, body) or as 
 `
 
 type keysFlags struct {
-	fs                      *flag.FlagSet
-	admin, token, operator  string
-	route, key, tenant      string
-	state                   string
-	limit                   int
-	release                 bool
-	response                string
-	recordToken             uint64
-	allowInProgress, asJSON bool
+	fs *flag.FlagSet
+	*adminClient
+	route, key, tenant string
+	state              string
+	limit              int
+	release            bool
+	response           string
+	recordToken        uint64
+	allowInProgress    bool
 }
 
 func newKeysFlags(name string, stderr io.Writer) *keysFlags {
 	f := &keysFlags{fs: flag.NewFlagSet("levee keys "+name, flag.ContinueOnError)}
 	f.fs.SetOutput(stderr)
-	f.fs.StringVar(&f.admin, "admin", "http://127.0.0.1:9090", "admin listener URL")
-	f.fs.StringVar(&f.token, "token", os.Getenv("LEVEE_ADMIN_TOKEN"), "admin token (default $LEVEE_ADMIN_TOKEN)")
-	f.fs.StringVar(&f.operator, "operator", defaultOperator(), "who you are, for the gateway's log")
+	f.adminClient = adminFlags(f.fs)
 	f.fs.StringVar(&f.route, "route", "", "route name (required)")
-	f.fs.BoolVar(&f.asJSON, "json", false, "print the admin API's JSON")
 	switch name {
 	case "show", "resolve":
 		f.fs.StringVar(&f.key, "key", "", "the client's Idempotency-Key value (required)")
@@ -74,15 +69,6 @@ func newKeysFlags(name string, stderr io.Writer) *keysFlags {
 		f.fs.BoolVar(&f.allowInProgress, "allow-in-progress", false, "also resolve a key whose holder may still run (fences it)")
 	}
 	return f
-}
-
-func defaultOperator() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
-	}
-	host, _ := os.Hostname()
-	return name + "@" + host
 }
 
 func runKeys(args []string, stdout, stderr io.Writer) int {
@@ -135,7 +121,7 @@ func (f *keysFlags) check(cmd string) error {
 		return errors.New("give exactly one of --release or --response FILE")
 	}
 	if f.token == "" {
-		return errors.New("no admin token: set LEVEE_ADMIN_TOKEN or --token (the gateway's admin.token)")
+		return errNoToken
 	}
 	return nil
 }
@@ -149,54 +135,12 @@ func (f *keysFlags) scopedKey() (string, error) {
 	return k, nil
 }
 
-// call sends one admin API request and decodes a JSON answer into out; a
-// problem document becomes an error with its title and detail.
-func (f *keysFlags) call(ctx context.Context, method, path string, q url.Values, body, out any) (int, error) {
+// keysCall calls the admin API on the route's keys; it returns the
+// status and the answer's JSON.
+func (f *keysFlags) keysCall(ctx context.Context, method, path string, q url.Values, body any) (int, json.RawMessage, error) {
 	q.Set("route", f.route)
-	u := strings.TrimSuffix(f.admin, "/") + path + "?" + q.Encode()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("Authorization", "Bearer "+f.token)
-	req.Header.Set("X-Levee-Operator", f.operator)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("admin API: %w", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return resp.StatusCode, fmt.Errorf("admin API: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		var p struct{ Title, Detail string }
-		if json.Unmarshal(data, &p) == nil && p.Title != "" {
-			return resp.StatusCode, fmt.Errorf("%d %s: %s", resp.StatusCode, p.Title, p.Detail)
-		}
-		return resp.StatusCode, fmt.Errorf("admin API: %s: %s", resp.Status, bytes.TrimSpace(data))
-	}
-	if out != nil && resp.StatusCode != http.StatusNoContent {
-		if raw, ok := out.(*json.RawMessage); ok {
-			*raw = data
-			return resp.StatusCode, nil
-		}
-		if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, fmt.Errorf("admin API: %w", err)
-		}
-	}
-	return resp.StatusCode, nil
+	st, data, err := f.call(ctx, method, path, q, body)
+	return st, data, err
 }
 
 func (f *keysFlags) show(ctx context.Context, stdout io.Writer) error {
@@ -204,17 +148,17 @@ func (f *keysFlags) show(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var raw json.RawMessage
-	if _, err := f.call(ctx, http.MethodGet, "/keys/"+key, url.Values{}, nil, &raw); err != nil {
+	_, raw, err := f.keysCall(ctx, http.MethodGet, "/keys/"+key, url.Values{}, nil)
+	if err != nil {
 		return err
 	}
 	return f.print(stdout, raw, false)
 }
 
 func (f *keysFlags) list(ctx context.Context, stdout io.Writer) error {
-	var raw json.RawMessage
 	q := url.Values{"state": {f.state}, "limit": {fmt.Sprint(f.limit)}}
-	if _, err := f.call(ctx, http.MethodGet, "/keys", q, nil, &raw); err != nil {
+	_, raw, err := f.keysCall(ctx, http.MethodGet, "/keys", q, nil)
+	if err != nil {
 		return err
 	}
 	return f.print(stdout, raw, true)
@@ -231,8 +175,7 @@ func (f *keysFlags) resolve(ctx context.Context, stdout io.Writer) error {
 			return fmt.Errorf("--response %s: %w", f.response, err)
 		}
 	}
-	var raw json.RawMessage
-	st, err := f.call(ctx, http.MethodPost, "/keys/"+key+"/resolve", url.Values{}, body, &raw)
+	st, raw, err := f.keysCall(ctx, http.MethodPost, "/keys/"+key+"/resolve", url.Values{}, body)
 	if err != nil {
 		return err
 	}
