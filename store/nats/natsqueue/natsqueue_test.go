@@ -105,7 +105,9 @@ func TestConformance(t *testing.T) {
 		Reopen: func(t testing.TB, b queue.Backend) queue.Backend {
 			return reopen(t, b.(*natsqueue.Backend), natsqueue.Options{})
 		},
-		Features: queuetest.Features{ServerClock: true},
+		// StopMayStrand: see docs/queue.md (one fresh-clone CI run in six saw a
+		// stopped delivery come back after AckWait as attempt 2).
+		Features: queuetest.Features{ServerClock: true, StopMayStrand: true},
 	})
 }
 
