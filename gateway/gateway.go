@@ -359,24 +359,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
 	rt := t.match(r, p)
+	if rt != nil {
+		ri.route, sw.route = rt.name, rt.name
+		if rt.render != nil {
+			sw.render = rt.render // the route's errors block wins over the global one
+		}
+	}
 	switch {
 	case rt == nil:
 		ri.route = "_unmatched"
 		problem.Write(sw, problem.Problem{Type: problem.RouteNotFound, Status: http.StatusNotFound,
 			Title: "No route matches this request", Detail: fmt.Sprintf("no route for %s %s", r.Method, p)})
 	case r.ContentLength > rt.maxBody:
-		ri.route, sw.route = rt.name, rt.name
-		if rt.render != nil {
-			sw.render = rt.render
-		}
 		problem.Write(sw, problem.Problem{Type: problem.RequestBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Title: "Request body too large", Detail: fmt.Sprintf("the limit is %d bytes", rt.maxBody)})
 	default:
-		ri.route = rt.name
-		sw.route = rt.name
-		if rt.render != nil {
-			sw.render = rt.render
-		}
 		if r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0 {
 			// A body of unknown length (chunked) is cut at the limit; one
 			// with a Content-Length was checked above, and the server
