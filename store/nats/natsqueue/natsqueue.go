@@ -560,10 +560,6 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if err != nil {
 		return nil, err
 	}
-	batch, err := c.FetchNoWait(req.Limit)
-	if err != nil {
-		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, err)
-	}
 	excluded := map[string]bool{}
 	for _, t := range req.Exclude {
 		excluded[t] = true
@@ -572,62 +568,105 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	lease := req.LeaseUntil.Sub(req.Now)
 	var out []queue.Claimed
 	var firstErr error
-	for jm := range batch.Messages() {
-		meta, err := jm.Metadata()
+	// A message for a saturated, excluded or disabled target is handed
+	// back (with a delay, so it is not fetched again in this call) and the
+	// scan goes on past it, up to claimScan messages: fetching only
+	// req.Limit would let a backlog for one hanging target fill every fetch,
+	// and other targets' messages behind it would wait for that backlog to
+	// cycle through, a few messages per poll.
+	for scanned, want := 0, req.Limit; len(out) < req.Limit && scanned < claimScan; {
+		batch, err := c.FetchNoWait(want)
 		if err != nil {
-			firstErr = firstOf(firstErr, err)
-			continue
+			firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, err))
+			break
 		}
-		m, err := parseMessage(req.Queue, jm.Headers(), jm.Data())
-		if err != nil {
-			// Not written by levee (no valid Levee-Meta): terminate it, so
-			// that it is never redelivered and cannot wedge the queue
-			// (JetStream reports it with a MSG_TERMINATED advisory).
-			_ = jm.Term()
-			firstErr = firstOf(firstErr, err)
-			continue
-		}
-		st := msgState{}
-		stateful := meta.NumDelivered > 1
-		if stateful {
-			if e, err := b.state.Get(ctx, b.stateKey(req.Queue, meta.Sequence.Stream)); err == nil {
-				if err := json.Unmarshal(e.Value(), &st); err != nil {
-					firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
-				}
-			} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-				_ = jm.Nak()
-				firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
-				continue
+		n, handed := 0, 0
+		for jm := range batch.Messages() {
+			n++
+			m, ok := b.claimOne(ctx, req, jm, excluded, perTarget, lease, len(out) >= req.Limit, &firstErr)
+			if ok {
+				out = append(out, m)
+			} else {
+				handed++
 			}
 		}
-		b.mu.Lock()
-		disabled := b.targets[req.Queue][m.Target].Disabled
-		b.mu.Unlock()
-		if disabled || excluded[m.Target] || (req.PerTarget > 0 && perTarget[m.Target] >= req.PerTarget) {
-			if err := b.handBack(ctx, req.Queue, jm, meta, st, b.opts.HandBackDelay); err != nil {
-				firstErr = firstOf(firstErr, err)
-			}
-			continue
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			firstErr = firstOf(firstErr, err)
 		}
-		perTarget[m.Target]++
-		// Deliveries since the last recorded outcome count as attempts
-		// (a worker that vanished holding one lost its attempt).
-		attempt := st.Attempts + int(meta.NumDelivered-st.Settled)
-		now := time.Now()
-		h := &held{msg: jm, token: int64(meta.Sequence.Consumer), seq: meta.Sequence.Stream, attempts: st.Attempts,
-			deliv: meta.NumDelivered, stateful: stateful, deadline: now.Add(b.opts.AckWait - b.margin()), beatUntil: now.Add(lease)}
-		b.mu.Lock()
-		b.held[heldKey(req.Queue, m.ID)] = h
-		b.mu.Unlock()
-		out = append(out, queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History})
-	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		firstErr = firstOf(firstErr, err)
+		scanned += n
+		if n < want {
+			break // the stream has nothing more available now
+		}
+		// Past a run of handed-back messages, fetch in growing batches
+		// (any claimable message beyond the limit is handed back at once).
+		want = min(max(req.Limit-len(out), 2*handed), claimScan-scanned)
 	}
 	if len(out) == 0 && firstErr != nil {
 		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, firstErr)
 	}
 	return out, nil
+}
+
+// claimScan bounds the messages one Claim fetches, handed back ones
+// included.
+const claimScan = 256
+
+// claimOne turns one fetched message into a claim, or hands it back (or
+// terminates it) and reports false.
+// A claimable message fetched beyond req.Limit (full) is handed back with
+// no delay.
+func (b *Backend) claimOne(ctx context.Context, req queue.ClaimRequest, jm jetstream.Msg, excluded map[string]bool, perTarget map[string]int, lease time.Duration, full bool, firstErr *error) (queue.Claimed, bool) {
+	meta, err := jm.Metadata()
+	if err != nil {
+		*firstErr = firstOf(*firstErr, err)
+		return queue.Claimed{}, false
+	}
+	m, err := parseMessage(req.Queue, jm.Headers(), jm.Data())
+	if err != nil {
+		// Not written by levee (no valid Levee-Meta): terminate it, so
+		// that it is never redelivered and cannot wedge the queue
+		// (JetStream reports it with a MSG_TERMINATED advisory).
+		_ = jm.Term()
+		*firstErr = firstOf(*firstErr, err)
+		return queue.Claimed{}, false
+	}
+	st := msgState{}
+	stateful := meta.NumDelivered > 1
+	if stateful {
+		if e, err := b.state.Get(ctx, b.stateKey(req.Queue, meta.Sequence.Stream)); err == nil {
+			if err := json.Unmarshal(e.Value(), &st); err != nil {
+				*firstErr = firstOf(*firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+			}
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			_ = jm.Nak()
+			*firstErr = firstOf(*firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+			return queue.Claimed{}, false
+		}
+	}
+	b.mu.Lock()
+	disabled := b.targets[req.Queue][m.Target].Disabled
+	b.mu.Unlock()
+	if disabled || excluded[m.Target] || (req.PerTarget > 0 && perTarget[m.Target] >= req.PerTarget) || full {
+		delay := b.opts.HandBackDelay
+		if full && !disabled && !excluded[m.Target] && (req.PerTarget <= 0 || perTarget[m.Target] < req.PerTarget) {
+			delay = 0
+		}
+		if err := b.handBack(ctx, req.Queue, jm, meta, st, delay); err != nil {
+			*firstErr = firstOf(*firstErr, err)
+		}
+		return queue.Claimed{}, false
+	}
+	perTarget[m.Target]++
+	// Deliveries since the last recorded outcome count as attempts
+	// (a worker that vanished holding one lost its attempt).
+	attempt := st.Attempts + int(meta.NumDelivered-st.Settled)
+	now := time.Now()
+	h := &held{msg: jm, token: int64(meta.Sequence.Consumer), seq: meta.Sequence.Stream, attempts: st.Attempts,
+		deliv: meta.NumDelivered, stateful: stateful, deadline: now.Add(b.opts.AckWait - b.margin()), beatUntil: now.Add(lease)}
+	b.mu.Lock()
+	b.held[heldKey(req.Queue, m.ID)] = h
+	b.mu.Unlock()
+	return queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History}, true
 }
 
 func firstOf(first, err error) error {
