@@ -12,7 +12,9 @@ package groupcommit
 
 import (
 	"context"
+	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Slot is the bookkeeping an operation carries; embed it in the operation
@@ -61,7 +63,14 @@ type Queue[T Op] struct {
 	mu      sync.Mutex
 	pending []T
 	running int
+
+	batches, ops atomic.Int64
 }
+
+// Stats returns how many batches have run and how many operations they
+// carried in all (ops/batches is the mean batch size), for diagnostics,
+// benchmarks and tests.
+func (q *Queue[T]) Stats() (batches, ops int64) { return q.batches.Load(), q.ops.Load() }
 
 // New returns a Queue that runs batches of at most size operations with
 // run, in arrival order, on at most workers goroutines at a time (at least
@@ -91,11 +100,21 @@ func (q *Queue[T]) loop() {
 			q.pending = q.pending[:0:0] // let a burst's backing array go
 		}
 		q.mu.Unlock()
+		q.batches.Add(1)
+		q.ops.Add(int64(n))
 		q.run(batch)
 		for _, op := range batch {
 			op.GroupSlot().ready <- struct{}{}
 		}
 		clear(batch) // drop references to operations handed back
+		// Let the callers just woken run before the next batch is taken:
+		// most queue their next operation at once (a claim's caller its
+		// completion, say). Without this yield, the loop would take the
+		// one or two operations queued so far, and callers that share a P
+		// with it (GOMAXPROCS=1, or a busy machine) would never get to
+		// add theirs: batches of two under a load of hundreds. A yield
+		// with nothing else runnable returns at once.
+		runtime.Gosched()
 	}
 }
 

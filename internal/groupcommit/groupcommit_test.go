@@ -3,6 +3,7 @@ package groupcommit_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -148,4 +149,43 @@ func TestWorkersRunConcurrently(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestBatchesFillOnOneP: with one P, callers woken by a batch get to queue
+// their next operation before the next batch is taken, so batches carry
+// many operations rather than the one or two queued while the previous
+// batch ran (the run function here computes, like SQLite, without
+// blocking).
+func TestBatchesFillOnOneP(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var sink uint64
+	q := groupcommit.New(128, 1, func(batch []*op) {
+		for range batch {
+			for i := range 2000 {
+				sink += uint64(i) * 2654435761
+			}
+		}
+	})
+	const callers, each = 64, 40
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			o := &op{}
+			for range each {
+				if err := q.Do(context.Background(), o); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	batches, ops := q.Stats()
+	if ops != callers*each {
+		t.Fatalf("Stats: %d operations, want %d", ops, callers*each)
+	}
+	if mean := float64(ops) / float64(batches); mean < callers/4 {
+		t.Fatalf("mean batch %.1f operations with %d callers on one P, want at least %d", mean, callers, callers/4)
+	}
+	_ = sink
 }

@@ -16,20 +16,26 @@
 //     under load, writes that arrive while a batch commits share the next
 //     commit. Within a batch, operations run one after the other with the
 //     semantics they have alone.
-//   - Claim first reads the key (a single SELECT on a reader connection):
-//     a live record that blocks the claim — completed, unknown, or in
-//     progress under a live lease — is returned without any write, so
-//     replays and duplicates in flight never wait for the writer.
-//     Otherwise the writer runs one INSERT ... ON CONFLICT(key) DO UPDATE
-//     ... WHERE <claimable> RETURNING token, which either creates or takes
-//     over the record or changes nothing, and in the latter case a SELECT
-//     in the same transaction returns the record that blocked the claim.
+//   - Claim of a key this Store has recently claimed or found first reads
+//     it (a single SELECT on a reader connection): a live record that
+//     blocks the claim — completed, unknown, or in progress under a live
+//     lease — is returned without any write, so replays and duplicates in
+//     flight never wait for the writer. A key not seen (likely new) skips
+//     the read. In the writer, one INSERT ... ON CONFLICT(key) DO NOTHING
+//     creates the record; if the key exists, one UPDATE ... WHERE
+//     <claimable> takes it over; if neither changed a row, a SELECT in the
+//     same transaction returns the record that blocked the claim. All three
+//     run under the write lock, so the claim is atomic whichever path it
+//     takes and whichever process wrote the record.
 //   - Renew, MarkUnknown, Complete and Release are each a single UPDATE or
 //     DELETE in a writer batch, guarded by key, token and state (in
 //     progress; Complete and Release also accept unknown, which is how an
 //     operator resolves a held key); when it touches no row the method
 //     returns idempotency.ErrFenced and nothing changed.
 //   - Lookup and List are a single SELECT each.
+//
+// WAL checkpoints run beside the writer, not in the commit that fills the
+// WAL (see checkpoint.go).
 //
 // Times are stored as Unix milliseconds. Expiry is logical: every read and
 // every claim compares expires_at with the time the engine passes in, so an
@@ -140,6 +146,8 @@ type Store struct {
 	st     statements
 	w      *groupcommit.Queue[*writeOp]
 	ops    sync.Pool // *writeOp
+	recent *recentKeys
+	ckpt   checkpointer
 	closed atomic.Bool
 }
 
@@ -148,7 +156,7 @@ type Store struct {
 // keeps it there: SQLite then parses every statement once per connection,
 // not once per call (parsing was a third of the store's CPU under load).
 type statements struct {
-	claim, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired *sql.Stmt
+	claim, takeover, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired *sql.Stmt
 }
 
 func (s *Store) prepare(ctx context.Context) error {
@@ -156,7 +164,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		dst   **sql.Stmt
 		query string
 	}{
-		{&s.st.claim, s.q.claim}, {&s.st.get, s.q.get}, {&s.st.replay, s.q.replay}, {&s.st.lookup, s.q.lookup},
+		{&s.st.claim, s.q.claim}, {&s.st.takeover, s.q.takeover}, {&s.st.get, s.q.get}, {&s.st.replay, s.q.replay}, {&s.st.lookup, s.q.lookup},
 		{&s.st.renew, s.q.renew}, {&s.st.complete, s.q.complete}, {&s.st.release, s.q.release},
 		{&s.st.markUnknown, s.q.markUnknown}, {&s.st.list, s.q.list}, {&s.st.deleteExpired, s.q.deleteExpired},
 	} {
@@ -171,21 +179,23 @@ func (s *Store) prepare(ctx context.Context) error {
 
 // queries holds the SQL text, built once with the table name.
 type queries struct {
-	claim, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired string
+	claim, takeover, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired string
 }
 
 func newQueries(table string) queries {
 	t := `"` + table + `"`
 	cols := `fingerprint, state, token, lease_until, expires_at, response`
 	return queries{
-		// ?1 key, ?2 fingerprint, ?3 token, ?4 lease_until, ?5 expires_at, ?6 now.
-		// The WHERE is Record.Claimable: expired, or in progress with a lapsed lease.
+		// ?1 key, ?2 fingerprint, ?3 token, ?4 lease_until, ?5 expires_at.
+		// A new key: one plain insert (no upsert, no RETURNING: the
+		// cheapest statement for the common case).
 		claim: `INSERT INTO ` + t + ` (key, fingerprint, state, token, lease_until, expires_at, response)
-VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL)
-ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 1, token = excluded.token,
-  lease_until = excluded.lease_until, expires_at = excluded.expires_at, response = NULL
-WHERE ` + t + `.expires_at <= ?6 OR (` + t + `.state = 1 AND ` + t + `.lease_until <= ?6)
-RETURNING token`,
+VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
+		// The key exists: take it over if it is claimable (?6 now). The
+		// WHERE is Record.Claimable: expired, or in progress with a lapsed
+		// lease.
+		takeover: `UPDATE ` + t + ` SET fingerprint = ?2, state = 1, token = ?3, lease_until = ?4, expires_at = ?5,
+  response = NULL WHERE key = ?1 AND (expires_at <= ?6 OR (state = 1 AND lease_until <= ?6))`,
 		get: `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1`,
 		// A completed or unknown record blocks every claim until it expires.
 		replay:      `SELECT ` + cols + ` FROM ` + t + ` WHERE key = ?1 AND state IN (2, 3) AND expires_at > ?2`,
@@ -208,7 +218,7 @@ RETURNING token`,
 // private in-memory database served by a single connection, which lives
 // until Close. The directory of a file must exist.
 //
-// Each connection sets journal_mode=WAL, synchronous=NORMAL,
+// Each connection sets journal_mode=WAL, synchronous=NORMAL, wal_autocheckpoint=0,
 // busy_timeout=Options.BusyTimeout and foreign_keys=OFF, and begins every
 // transaction IMMEDIATE. Open creates the table and its expires_at index if
 // missing and records the schema version in the user_version pragma; it
@@ -226,7 +236,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 	}
-	s := &Store{q: newQueries(opts.Table)}
+	s := &Store{q: newQueries(opts.Table), recent: newRecentKeys()}
 	s.db = sql.OpenDB(countingConnector{Connector: base, n: &s.trips})
 	if path == Memory {
 		// Every connection to ":memory:" is a separate database: keep one,
@@ -253,6 +263,11 @@ func Open(path string, opts Options) (*Store, error) {
 				return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 			}
 			s.w = groupcommit.New(maxBatch, 1, s.runBatch)
+			if path != Memory {
+				// Not counted: checkpoints are not the store's round trips.
+				s.ckpt.db = sql.OpenDB(base)
+				s.ckpt.db.SetMaxOpenConns(1)
+			}
 			return s, nil
 		}
 		// Processes opening a brand-new file at once race to switch it to
@@ -304,7 +319,7 @@ func dataSource(path string, opts Options) (string, error) {
 		u = "/" + u // Windows drive letter: file:///C:/...
 	}
 	u = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(u)
-	return "file://" + u + "?" + q + "&_journal_mode=WAL&_synchronous=NORMAL", nil
+	return "file://" + u + "?" + q + "&_journal_mode=WAL&_synchronous=NORMAL&_pragma=wal_autocheckpoint(0)", nil
 }
 
 // migrate creates the schema in one IMMEDIATE transaction, so concurrent
@@ -355,7 +370,8 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 // get the database's "closed" error). It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closed.Store(true)
-	for _, st := range []*sql.Stmt{s.st.claim, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
+	s.ckpt.close()
+	for _, st := range []*sql.Stmt{s.st.claim, s.st.takeover, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
 		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway
 	}
@@ -373,36 +389,43 @@ func (s *Store) Close() error {
 // locks, reads one snapshot and, for a write, commits to the WAL. It is
 // counted at the database/sql driver connection, not by Store methods: one
 // per transaction begun plus one per statement run outside a transaction
-// (an autocommit statement). A Claim that finds a blocking record (a
-// replay, a duplicate in flight) is one autocommit SELECT; a Claim that
-// writes is that SELECT plus a writer transaction; Renew, Complete,
-// Release and MarkUnknown are a writer transaction each; Lookup and List
-// one autocommit statement each. A writer transaction is shared by every
-// write in its batch, so under concurrency a new request costs one read
-// plus a fraction of two commits (the conformance suite runs requests one
-// at a time and counts 3).
+// (an autocommit statement). A Claim of a key this Store has not seen
+// recently is one writer transaction (no read first); a Claim of a key it
+// has seen that finds a blocking record (a replay, a duplicate in flight)
+// is one autocommit SELECT, and one that then writes is that SELECT plus a
+// writer transaction; Renew, Complete, Release and MarkUnknown are a
+// writer transaction each; Lookup and List one autocommit statement each.
+// A writer transaction is shared by every write in its batch, so under
+// concurrency a new request costs a fraction of two commits (the
+// conformance suite runs requests one at a time and counts 2). The
+// store's WAL checkpoints run on a connection of their own and are not
+// counted.
 func (s *Store) RoundTrips() int64 { return s.trips.Load() }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
 func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 
-// Claim implements idempotency.Store. It first reads the key (one
-// autocommit SELECT on any pooled connection, in parallel with every other
-// reader): a live record that blocks the claim — completed, unknown, or in
-// progress under a live lease — is returned at once, so a replay or a
-// duplicate in flight takes no write lock and never queues behind writers.
-// Otherwise the claim goes to the writer (see writer.go), which runs the
-// INSERT ... ON CONFLICT DO UPDATE ... WHERE claimable under the write
-// lock, with concurrent writes in the same transaction, and returns the
-// blocking record read under that lock if the claim lost a race.
+// Claim implements idempotency.Store. For a key this Store has recently
+// claimed or found (see recentKeys) it first reads the key (one autocommit
+// SELECT on any pooled connection, in parallel with every other reader): a
+// live record that blocks the claim — completed, unknown, or in progress
+// under a live lease — is returned at once, so a replay or a duplicate in
+// flight takes no write lock and never queues behind writers. Otherwise,
+// and for a key not seen here (most likely new), the claim goes to the
+// writer (see writer.go), which runs the INSERT ... ON CONFLICT DO UPDATE
+// ... WHERE claimable under the write lock, with concurrent writes in the
+// same transaction, and returns the blocking record read under that lock
+// if there is one.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	rec, err := scanRecord(req.Key, s.st.get.QueryRowContext(ctx, req.Key))
-	switch {
-	case err == nil && !rec.Claimable(req.Now):
-		return idempotency.ClaimResult{Existing: rec}, nil
-	case err != nil && !errors.Is(err, idempotency.ErrNotFound):
-		return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
+	if s.recent.has(req.Key) {
+		rec, err := scanRecord(req.Key, s.st.get.QueryRowContext(ctx, req.Key))
+		switch {
+		case err == nil && !rec.Claimable(req.Now):
+			return idempotency.ClaimResult{Existing: rec}, nil
+		case err != nil && !errors.Is(err, idempotency.ErrNotFound):
+			return idempotency.ClaimResult{}, fmt.Errorf("sqlite: claim: %w", err)
+		}
 	}
 	op := s.getOp()
 	op.kind, op.req = opClaim, req
@@ -411,6 +434,9 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	}
 	res, err := op.res, op.err
 	s.putOp(op)
+	if err == nil && (res.Claimed || res.Existing != nil) {
+		s.recent.add(req.Key)
+	}
 	return res, err
 }
 

@@ -148,7 +148,9 @@ func (s *Store) runBatch(batch []*writeOp) {
 	}
 	if err := tx.Commit(); err != nil {
 		setAll(batch, fmt.Errorf("sqlite: commit: %w", err))
+		return
 	}
+	s.ckpt.afterCommit()
 }
 
 func setAll(batch []*writeOp, err error) {
@@ -165,15 +167,18 @@ func setAll(batch []*writeOp, err error) {
 func (s *Store) apply(ctx context.Context, tx *sql.Tx, op *writeOp) error {
 	if op.kind == opClaim {
 		req := &op.req
-		var token int64
-		err := tx.StmtContext(ctx, s.st.claim).QueryRowContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
-			ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now)).Scan(&token)
-		switch {
-		case err == nil:
-			op.res = idempotency.ClaimResult{Claimed: true}
-			return nil
-		case !errors.Is(err, sql.ErrNoRows):
-			return err
+		for _, st := range []*sql.Stmt{s.st.claim, s.st.takeover} {
+			r, err := tx.StmtContext(ctx, st).ExecContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
+				ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now))
+			if err != nil {
+				return err
+			}
+			if n, err := r.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				op.res = idempotency.ClaimResult{Claimed: true}
+				return nil
+			}
 		}
 		// The key exists and is not claimable: read it under the same lock.
 		rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.get).QueryRowContext(ctx, req.Key))

@@ -1,0 +1,59 @@
+package sqlite
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
+)
+
+// TestCheckpointsOffTheWriter: connections do not checkpoint on commit
+// (wal_autocheckpoint is 0), the store's own checkpointer does while it is
+// written, and every record survives a reopen.
+func TestCheckpointsOffTheWriter(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "ckpt.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var auto int
+	if err := s.db.QueryRow(`PRAGMA wal_autocheckpoint`).Scan(&auto); err != nil || auto != 0 {
+		t.Fatalf("wal_autocheckpoint = %d, %v; want 0", auto, err)
+	}
+	ctx := context.Background()
+	const n = 300
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < n || (s.ckpt.ran.Load() == 0 && time.Now().Before(deadline)); i++ {
+		now := time.Now()
+		key := "k" + time.Duration(i).String()
+		tok := idempotency.NewToken()
+		if res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: tok, Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+			t.Fatalf("claim %d: %+v, %v", i, res, err)
+		}
+		if err := s.Complete(ctx, key, tok, idempotency.Response{Status: 200}, now, now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if i >= n {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if s.ckpt.ran.Load() == 0 {
+		t.Fatal("no checkpoint ran while the store was written")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	var count int
+	if err := s.db.QueryRow(`SELECT count(*) FROM idempotency_keys WHERE state = 2`).Scan(&count); err != nil || count < n {
+		t.Fatalf("%d completed records after reopen, %v; want at least %d", count, err, n)
+	}
+}
