@@ -11,7 +11,8 @@ import (
 
 // TestCheckpointsOffTheWriter: connections do not checkpoint on commit
 // (wal_autocheckpoint is 0), the store's own checkpointer does while it is
-// written, and every record survives a reopen.
+// written and once after the last commit, then stops, and every record
+// survives a reopen.
 func TestCheckpointsOffTheWriter(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "ckpt.db")
@@ -43,6 +44,21 @@ func TestCheckpointsOffTheWriter(t *testing.T) {
 	}
 	if s.ckpt.ran.Load() == 0 {
 		t.Fatal("no checkpoint ran while the store was written")
+	}
+	// After the last commit, a trailing checkpoint covers it, and then the
+	// checkpointer's goroutine is gone.
+	ran := s.ckpt.ran.Load()
+	for deadline := time.Now().Add(10 * checkpointEvery); s.ckpt.running.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpointer still runs long after the last commit")
+		}
+	}
+	if s.ckpt.ran.Load() <= ran {
+		t.Fatal("no checkpoint after the last commit")
+	}
+	var busy, log, done int
+	if err := s.db.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done); err != nil || log != done {
+		t.Fatalf("after the trailing checkpoint: %d of %d WAL frames in the database (%v); want all", done, log, err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
