@@ -148,15 +148,23 @@ type Store struct {
 	ops    sync.Pool // *writeOp
 	recent *recentKeys
 	ckpt   checkpointer
+	memory bool
+
+	// The writer's connection and statements (writerconn.go), used under
+	// wmu by the writer goroutine and by Close.
+	wmu    sync.Mutex
+	wconn  *sql.Conn
+	ws     *writerStmts
 	closed atomic.Bool
 }
 
 // statements are the queries prepared once through database/sql, which
 // prepares each on a connection the first time that connection runs it and
 // keeps it there: SQLite then parses every statement once per connection,
-// not once per call (parsing was a third of the store's CPU under load).
+// not once per call (parsing was a third of the store's CPU under load). The
+// writer's statements are prepared on its own connection (writerconn.go).
 type statements struct {
-	claim, takeover, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired *sql.Stmt
+	get, replay, lookup, list, deleteExpired *sql.Stmt
 }
 
 func (s *Store) prepare(ctx context.Context) error {
@@ -164,9 +172,8 @@ func (s *Store) prepare(ctx context.Context) error {
 		dst   **sql.Stmt
 		query string
 	}{
-		{&s.st.claim, s.q.claim}, {&s.st.takeover, s.q.takeover}, {&s.st.get, s.q.get}, {&s.st.replay, s.q.replay}, {&s.st.lookup, s.q.lookup},
-		{&s.st.renew, s.q.renew}, {&s.st.complete, s.q.complete}, {&s.st.release, s.q.release},
-		{&s.st.markUnknown, s.q.markUnknown}, {&s.st.list, s.q.list}, {&s.st.deleteExpired, s.q.deleteExpired},
+		{&s.st.get, s.q.get}, {&s.st.replay, s.q.replay}, {&s.st.lookup, s.q.lookup},
+		{&s.st.list, s.q.list}, {&s.st.deleteExpired, s.q.deleteExpired},
 	} {
 		st, err := s.db.PrepareContext(ctx, p.query)
 		if err != nil {
@@ -236,7 +243,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 	}
-	s := &Store{q: newQueries(opts.Table), recent: newRecentKeys()}
+	s := &Store{q: newQueries(opts.Table), recent: newRecentKeys(), memory: path == Memory}
 	s.db = sql.OpenDB(countingConnector{Connector: base, n: &s.trips})
 	if path == Memory {
 		// Every connection to ":memory:" is a separate database: keep one,
@@ -370,9 +377,9 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 // get the database's "closed" error). It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closed.Store(true)
+	s.closeWriter()
 	s.ckpt.close()
-	for _, st := range []*sql.Stmt{s.st.claim, s.st.takeover, s.st.get, s.st.replay, s.st.lookup, s.st.renew, s.st.complete,
-		s.st.release, s.st.markUnknown, s.st.list, s.st.deleteExpired} {
+	for _, st := range []*sql.Stmt{s.st.get, s.st.replay, s.st.lookup, s.st.list, s.st.deleteExpired} {
 		_ = st.Close() // closing the database below closes them anyway
 	}
 	if err := s.db.Close(); err != nil {
@@ -455,6 +462,12 @@ func scanRecord(key string, row *sql.Row) (*idempotency.Record, error) {
 		}
 		return nil, err
 	}
+	return decodeRecord(key, fp, state, token, lease, ex, resp)
+}
+
+// decodeRecord builds a record from its columns, refusing one that cannot
+// be what the store wrote.
+func decodeRecord(key string, fp []byte, state, token, lease, ex int64, resp []byte) (*idempotency.Record, error) {
 	rec := &idempotency.Record{
 		Key:        key,
 		State:      idempotency.State(state),

@@ -2,7 +2,7 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 
@@ -117,40 +117,78 @@ func (s *Store) runBatch(batch []*writeOp) {
 	if live == 0 {
 		return
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	// The batch outlives any one caller: it is bounded by the busy timeout
 	// (waiting for other processes' write locks), not by a context.
 	ctx := context.Background()
-	tx, err := s.db.BeginTx(ctx, nil)
+	conn, release, err := s.writerConn(ctx)
+	if err != nil {
+		setAll(batch, fmt.Errorf("sqlite: writer connection: %w", err))
+		return
+	}
+	err = conn.Raw(func(dc any) error {
+		ws, err := s.writerStatements(ctx, dc.(driver.Conn))
+		if err != nil {
+			return err
+		}
+		return s.runOn(ctx, ws, batch, live)
+	})
+	if err != nil {
+		setAll(batch, fmt.Errorf("sqlite: %w", err))
+		if errors.Is(err, driver.ErrBadConn) {
+			s.dropWriterConn()
+		}
+	}
+	release()
+}
+
+// runOn runs batch (live operations not skipped) in one transaction on the
+// writer's connection. It returns an error only when the connection itself
+// failed; every operation's outcome is in the operation.
+func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, live int) error {
+	tx, err := ws.conn.BeginTx(ctx, driver.TxOptions{})
 	if err != nil {
 		setAll(batch, fmt.Errorf("sqlite: begin: %w", err))
-		return
+		return badConn(err)
 	}
 	for _, op := range batch {
 		if op.Skipped() {
 			continue
 		}
-		if err := s.apply(ctx, tx, op); err != nil {
+		if err := s.apply(ctx, ws, op); err != nil {
 			_ = tx.Rollback()
 			if live == 1 {
 				op.err = fmt.Errorf("sqlite: %s: %w", op.kind, err)
-				return
+				return badConn(err)
 			}
 			// SQLite may have rolled the whole transaction back: run every
 			// operation of the batch again, each in its own transaction.
 			for _, again := range batch {
 				if !again.Skipped() {
 					again.res, again.err = idempotency.ClaimResult{}, nil
-					s.runBatch([]*writeOp{again})
+					if err := s.runOn(ctx, ws, []*writeOp{again}, 1); err != nil {
+						return err
+					}
 				}
 			}
-			return
+			return nil
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		setAll(batch, fmt.Errorf("sqlite: commit: %w", err))
-		return
+		return badConn(err)
 	}
 	s.ckpt.afterCommit()
+	return nil
+}
+
+// badConn passes on only the error that says the connection is unusable.
+func badConn(err error) error {
+	if errors.Is(err, driver.ErrBadConn) {
+		return err
+	}
+	return nil
 }
 
 func setAll(batch []*writeOp, err error) {
@@ -164,24 +202,22 @@ func setAll(batch []*writeOp, err error) {
 // apply runs one operation inside the batch's transaction. Its outcome
 // (claimed, the blocking record, ErrFenced, a corrupt record) goes into
 // op; an SQL error is returned and fails the transaction.
-func (s *Store) apply(ctx context.Context, tx *sql.Tx, op *writeOp) error {
+func (s *Store) apply(ctx context.Context, ws *writerStmts, op *writeOp) error {
 	if op.kind == opClaim {
 		req := &op.req
-		for _, st := range []*sql.Stmt{s.st.claim, s.st.takeover} {
-			r, err := tx.StmtContext(ctx, st).ExecContext(ctx, req.Key, req.Fingerprint[:], int64(req.Token),
-				ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now))
+		args := ws.args(req.Key, req.Fingerprint[:], int64(req.Token), ms(req.LeaseUntil), ms(req.ExpiresAt), ms(req.Now))
+		for _, st := range []ctxStmt{ws.claim, ws.takeover} {
+			n, err := execRows(ctx, st, args)
 			if err != nil {
 				return err
 			}
-			if n, err := r.RowsAffected(); err != nil {
-				return err
-			} else if n == 1 {
+			if n == 1 {
 				op.res = idempotency.ClaimResult{Claimed: true}
 				return nil
 			}
 		}
 		// The key exists and is not claimable: read it under the same lock.
-		rec, err := scanRecord(req.Key, tx.StmtContext(ctx, s.st.get).QueryRowContext(ctx, req.Key))
+		rec, err := ws.getRecord(ctx, req.Key)
 		switch {
 		case errors.Is(err, idempotency.ErrNotFound):
 		case errors.Is(err, errCorrupt):
@@ -193,24 +229,20 @@ func (s *Store) apply(ctx context.Context, tx *sql.Tx, op *writeOp) error {
 		return nil
 	}
 	var (
-		st   *sql.Stmt
-		args []any
+		st   ctxStmt
+		args []driver.NamedValue
 	)
 	switch op.kind {
 	case opRenew:
-		st, args = s.st.renew, []any{op.key, int64(op.token), op.t1, op.t2}
+		st, args = ws.renew, ws.args(op.key, int64(op.token), op.t1, op.t2)
 	case opComplete:
-		st, args = s.st.complete, []any{op.key, int64(op.token), op.t1, op.resp}
+		st, args = ws.complete, ws.args(op.key, int64(op.token), op.t1, op.resp)
 	case opRelease:
-		st, args = s.st.release, []any{op.key, int64(op.token)}
+		st, args = ws.release, ws.args(op.key, int64(op.token))
 	case opMarkUnknown:
-		st, args = s.st.markUnknown, []any{op.key, int64(op.token), op.t1, op.t2}
+		st, args = ws.markUnknown, ws.args(op.key, int64(op.token), op.t1, op.t2)
 	}
-	r, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...)
-	if err != nil {
-		return err
-	}
-	n, err := r.RowsAffected()
+	n, err := execRows(ctx, st, args)
 	if err != nil {
 		return err
 	}
@@ -218,4 +250,12 @@ func (s *Store) apply(ctx context.Context, tx *sql.Tx, op *writeOp) error {
 		op.err = idempotency.ErrFenced
 	}
 	return nil
+}
+
+func execRows(ctx context.Context, st ctxStmt, args []driver.NamedValue) (int64, error) {
+	r, err := st.ExecContext(ctx, args)
+	if err != nil {
+		return 0, err
+	}
+	return r.RowsAffected()
 }
