@@ -190,6 +190,7 @@ func (e *Executor) Do(ctx context.Context, c *Call) (*http.Response, error) {
 // only the overall deadline. Place it after the retry policy.
 func AttemptTimeout(d time.Duration) Policy {
 	return PolicyFunc(func(env Env, next Handler) Handler {
+		_, sysClock := env.Clock.(systemClock)
 		return func(ctx context.Context, c *Call) (*http.Response, error) {
 			c.attemptDeadline = c.deadline
 			now := c.start // the first attempt starts with the call: spare a clock read
@@ -210,14 +211,24 @@ func AttemptTimeout(d time.Duration) Policy {
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
 			// A timeout, not a deadline: dl is in the clock's time, the
-			// context runs on wall time.
-			actx, cancel := context.WithTimeout(ctx, dl.Sub(now))
+			// context runs on wall time (the same, on the system clock).
+			dur, wall := dl.Sub(now), dl
+			if !sysClock {
+				wall = time.Now().Add(dur)
+			}
+			var actx *attemptCtx
+			if tc := c.tc; tc != nil && !tc.ctxUsed {
+				tc.ctxUsed, actx = true, &tc.actx // a Transport call's first attempt: no allocation
+			} else {
+				actx = new(attemptCtx)
+			}
+			actx.start(ctx, wall, dur)
 			resp, err := next(actx, c)
 			if err != nil || resp == nil {
-				cancel()
+				actx.release()
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
-			resp.Body = cancelOnClose(resp.Body, cancel)
+			resp.Body = actx.wrap(resp.Body)
 			return resp, nil
 		}
 	})
@@ -236,20 +247,8 @@ func attemptTimeoutErr(ctx context.Context, env Env, c *Call, d time.Duration, d
 	return &AttemptTimeoutError{Timeout: d, Err: err}
 }
 
-// cancelOnClose returns body with Close also calling cancel (once the
-// response is done, its context is released). A nil body stays nil
-// after cancel.
-func cancelOnClose(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
-	if body == nil {
-		cancel()
-		return nil
-	}
-	if rw, ok := body.(io.ReadWriteCloser); ok { // a 101 Switching Protocols body
-		return &cancelRWBody{cancelBody{body, cancel}, rw}
-	}
-	return &cancelBody{body, cancel}
-}
-
+// cancelBody is a response body whose Close also calls cancel (a 101
+// Switching Protocols body, through cancelRWBody; attemptCtx.wrap).
 type cancelBody struct {
 	io.ReadCloser
 	cancel context.CancelFunc
