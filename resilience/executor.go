@@ -54,6 +54,7 @@ type Call struct {
 	tc              *transportCall // set by Transport: its Send's state
 	attempt         int
 	deadline        time.Time // overall; zero: none
+	ctxDeadline     bool      // deadline is the caller's context's
 	attemptDeadline time.Time // this attempt's; zero: none
 	start           time.Time
 }
@@ -167,14 +168,14 @@ func (e *Executor) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	}
 	c.attempt = 0
 	c.start = e.env.Clock.Now()
-	c.deadline = time.Time{}
+	c.deadline, c.ctxDeadline = time.Time{}, false
 	if e.env.Timeout > 0 {
 		c.deadline = c.start.Add(e.env.Timeout)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		// In the clock's time: an injected clock need not read wall time.
 		if d = c.start.Add(time.Until(d)); c.deadline.IsZero() || d.Before(c.deadline) {
-			c.deadline = d
+			c.deadline, c.ctxDeadline = d, true
 		}
 	}
 	c.attemptDeadline = time.Time{}
@@ -206,7 +207,9 @@ func AttemptTimeout(d time.Duration) Policy {
 			if dl.IsZero() {
 				return next(ctx, c)
 			}
-			if c.EnforcesDeadline {
+			if c.EnforcesDeadline || (c.ctxDeadline && dl.Equal(c.deadline)) {
+				// The Send applies dl itself, or the caller's context
+				// already ends at dl: no context to derive.
 				resp, err := next(ctx, c)
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
