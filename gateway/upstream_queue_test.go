@@ -308,3 +308,20 @@ upstreams:
 		}
 	}
 }
+
+// On a route with an idempotency block the 202 is what the key stores:
+// the client's retry gets the same message id (Idempotent-Replayed), and
+// the write is queued once.
+func TestUpstreamQueueFallbackIdempotentRetry(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, queueFallbackConfig(t, downURL(t), "    retry: {max_attempts: 1}\n", filepath.Join(t.TempDir(), "queue.db"))+"    idempotency: {}\n")
+	resp, body := do(t, "POST", g.base+"/v1/charges", `{"amount":5}`, false, "Idempotency-Key", "same")
+	id := wantQueued(t, "first", resp, body)
+	resp, body2 := do(t, "POST", g.base+"/v1/charges", `{"amount":5}`, false, "Idempotency-Key", "same")
+	if id2 := wantQueued(t, "retry", resp, body2); id2 != id || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry: id %s (first %s), Idempotent-Replayed %q", id2, id, resp.Header.Get("Idempotent-Replayed"))
+	}
+	if n := metric(t, g, "levee_queue_enqueued_total", "queue", "later", "source", "fallback"); n != 1 {
+		t.Fatalf("enqueued %v times, want once", n)
+	}
+}
