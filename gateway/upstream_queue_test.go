@@ -23,7 +23,7 @@ type seenReq struct {
 }
 
 // recorder is an upstream that records every request and answers as
-// mode says: "ok" 200, "fail" 500, "slowfirst" 200 after 1.5s to the
+// mode says: "ok" 200, "fail" 500, "slowfirst" 200 after 2.5s to the
 // first request with a given body, at once to the next ones.
 type recorder struct {
 	srv  *httptest.Server
@@ -50,7 +50,7 @@ func newRecorder(t *testing.T, mode string) *recorder {
 			w.WriteHeader(http.StatusInternalServerError)
 		case "slowfirst":
 			if first {
-				time.Sleep(1500 * time.Millisecond)
+				time.Sleep(2500 * time.Millisecond)
 			}
 			fmt.Fprint(w, "late")
 		default:
@@ -127,7 +127,7 @@ func wantQueued(t *testing.T, what string, resp *http.Response, body string) str
 func TestUpstreamQueueFallbackBreakerOpen(t *testing.T) {
 	t.Parallel()
 	up := newRecorder(t, "fail")
-	g := startGateway(t, queueFallbackConfig(t, up.srv.URL+"/api", "    retry: {max_attempts: 1}\n    breaker: {consecutive_failures: 1, cooldown: 1s}\n",
+	g := startGateway(t, queueFallbackConfig(t, up.srv.URL+"/api", "    retry: {max_attempts: 1}\n    breaker: {consecutive_failures: 1, cooldown: 2s}\n",
 		filepath.Join(t.TempDir(), "queue.db")))
 
 	if resp, _ := do(t, "GET", g.base+"/v1/trip", "", false); resp.StatusCode != 500 {
@@ -198,7 +198,7 @@ func TestUpstreamQueueFallbackBreakerOpen(t *testing.T) {
 func TestUpstreamQueueFallbackSentNotQueuedWithoutKey(t *testing.T) {
 	t.Parallel()
 	up := newRecorder(t, "slowfirst")
-	g := startGateway(t, queueFallbackConfig(t, up.srv.URL, "    attempt_timeout: 300ms\n    retry: {max_attempts: 1, dedupes_keys: true}\n",
+	g := startGateway(t, queueFallbackConfig(t, up.srv.URL, "    attempt_timeout: 800ms\n    retry: {max_attempts: 1, dedupes_keys: true}\n",
 		filepath.Join(t.TempDir(), "queue.db")))
 	resp, body := do(t, "POST", g.base+"/v1/charges", `{"amount":1}`, false)
 	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get(gateway.QueuedHeader) != "" {
