@@ -124,11 +124,24 @@ func wantQueued(t *testing.T, what string, resp *http.Response, body string) str
 // path, query, body, Content-Type and Idempotency-Key, and its status
 // reads delivered. The 500 that opened the breaker (a GET) passed
 // through, and a GET while open is not queued.
+//
+// The same through an egress route (its prefix stripped: the queued
+// message keeps the path the upstream would have got).
 func TestUpstreamQueueFallbackBreakerOpen(t *testing.T) {
 	t.Parallel()
+	for _, prefix := range []string{"/v1", "/egress/partner/v1"} {
+		t.Run(strings.ReplaceAll(prefix, "/", "_"), func(t *testing.T) {
+			t.Parallel()
+			breakerOpenQueues(t, prefix)
+		})
+	}
+}
+
+func breakerOpenQueues(t *testing.T, prefix string) {
 	up := newRecorder(t, "fail")
 	g := startGateway(t, queueFallbackConfig(t, up.srv.URL+"/api", "    retry: {max_attempts: 1}\n    breaker: {consecutive_failures: 1, cooldown: 2s}\n",
-		filepath.Join(t.TempDir(), "queue.db")))
+		filepath.Join(t.TempDir(), "queue.db"))+
+		"  - name: egress\n    match: {path_prefix: /egress/partner}\n    upstream: partner\n    egress: true\n    timeout: 5s\n")
 
 	if resp, _ := do(t, "GET", g.base+"/v1/trip", "", false); resp.StatusCode != 500 {
 		t.Fatalf("trip: %d, want the upstream's 500", resp.StatusCode)
@@ -137,9 +150,9 @@ func TestUpstreamQueueFallbackBreakerOpen(t *testing.T) {
 	if resp, body := do(t, "GET", g.base+"/v1/read", "", false); resp.StatusCode != 503 || resp.Header.Get(gateway.QueuedHeader) != "" {
 		t.Fatalf("GET while open: %d %q, want 503 not queued", resp.StatusCode, body)
 	}
-	resp, body := do(t, "POST", g.base+"/v1/charges?x=1", `{"amount":1}`, false, "Idempotency-Key", "k-post", "Content-Type", "application/json")
+	resp, body := do(t, "POST", g.base+prefix+"/charges?x=1", `{"amount":1}`, false, "Idempotency-Key", "k-post", "Content-Type", "application/json")
 	idPost := wantQueued(t, "POST", resp, body)
-	resp, body = do(t, "PATCH", g.base+"/v1/charges/ch_2", `{"amount":22}`, true, "Idempotency-Key", "k-patch", "Content-Type", "application/json")
+	resp, body = do(t, "PATCH", g.base+prefix+"/charges/ch_2", `{"amount":22}`, true, "Idempotency-Key", "k-patch", "Content-Type", "application/json")
 	idPatch := wantQueued(t, "chunked PATCH", resp, body)
 	if idPost == idPatch {
 		t.Fatalf("one id for two messages: %s", idPost)
