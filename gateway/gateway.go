@@ -302,9 +302,10 @@ type reqInfo struct {
 // pooled: the Transport's writing goroutine may report after the handler
 // returned.
 type sentTracker struct {
-	trace httptrace.ClientTrace
-	wrote atomic.Bool
-	cut   unknownOnCut
+	trace    httptrace.ClientTrace
+	wrote    atomic.Bool
+	answered atomic.Bool // an attempt got a response (the queue fallback's "sent")
+	cut      unknownOnCut
 }
 
 // newSentTracker returns a tracker whose trace is ready for

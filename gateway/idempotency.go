@@ -92,7 +92,9 @@ func (c *IdempotencyConfig) Defaults() {
 	config.Default(&c.MaxRequestBody, idempotency.DefaultMaxRequestBody)
 	config.Default(&c.MaxStoredBody, idempotency.DefaultMaxStoredBody)
 	if c.StoredHeaders == nil {
-		c.StoredHeaders = slices.Clone(idempotency.DefaultStoredHeaders)
+		// Levee-Queued: a write an upstream's queue fallback accepted
+		// replays as queued, not as delivered.
+		c.StoredHeaders = append(slices.Clone(idempotency.DefaultStoredHeaders), QueuedHeader)
 	}
 	config.Default(&c.OnUnknownOutcome, UnknownHold)
 }

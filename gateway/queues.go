@@ -293,7 +293,7 @@ func newAsyncMetrics(reg prometheus.Registerer) *asyncMetrics {
 		return c
 	}
 	return &asyncMetrics{
-		enqueued:    cv("levee_queue_enqueued_total", "Messages stored in a queue (duplicates not counted), by queue and source (enqueue, webhook).", "queue", "source"),
+		enqueued:    cv("levee_queue_enqueued_total", "Messages stored in a queue (duplicates not counted), by queue and source (enqueue, webhook, fallback: an upstream's queue fallback).", "queue", "source"),
 		delivered:   cv("levee_queue_delivered_total", "Messages delivered to their target (2xx), by queue.", "queue"),
 		failed:      cv("levee_queue_attempt_failures_total", "Failed delivery attempts, by queue and kind (status code class, network, permanent).", "queue", "kind"),
 		dead:        cv("levee_queue_dead_lettered_total", "Messages moved to the dead-letter queue after their last attempt, a permanent failure or a 410, by queue.", "queue"),
@@ -470,7 +470,8 @@ func (qs *Queues) Names() []string {
 	return qs.order
 }
 
-// deliver POSTs one message to its target. A 2xx acknowledges it; 410
+// deliver POSTs one message to its target (or sends it with the method
+// an upstream's queue fallback kept, queueMethodHeader). A 2xx acknowledges it; 410
 // disables the target; 408, 425, 429 and 5xx are retried (honouring
 // Retry-After); any other status is a permanent failure (a 400 will not
 // turn into a 200 by retrying); a network error is retried.
@@ -483,14 +484,20 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 		gq.maybeDead(d)
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(d.Payload))
+	method := http.MethodPost
+	if m := d.Headers.Get(queueMethodHeader); m != "" {
+		method = m // a write an upstream's queue fallback accepted
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, bytes.NewReader(d.Payload))
 	if err != nil {
 		m.failed.WithLabelValues(name, "permanent").Inc()
 		gq.countDead()
 		return queue.Permanent(fmt.Errorf("gateway: queue %s: target %q: %w", name, d.Target, err))
 	}
 	for k, vs := range d.Headers {
-		req.Header[k] = vs
+		if k != queueMethodHeader {
+			req.Header[k] = vs
+		}
 	}
 	req.Header.Set("X-Levee-Message-Id", d.ID)
 	req.Header.Set("X-Levee-Attempt", fmt.Sprint(d.Attempt))
@@ -554,9 +561,13 @@ func (gq *gwQueue) client(target string) (*http.Client, string, error) {
 		return nil, "", fmt.Errorf("gateway: queue %s: upstream %q is not running", gq.cfg.Name, name)
 	}
 	u := *base
+	rest, query, _ := strings.Cut(rest, "?")
 	if rest != "" {
 		u.Path = strings.TrimSuffix(u.Path, "/") + "/" + rest
 		u.RawPath = ""
+	}
+	if query != "" {
+		u.RawQuery = query
 	}
 	c := *gq.parent.client
 	c.Transport = &resilience.Transport{Base: gq.parent.client.Transport, Executor: exec}
@@ -631,29 +642,65 @@ func (gq *gwQueue) serveEnqueue(w http.ResponseWriter, r *http.Request) {
 			Title: "Request body could not be read", Detail: "the request body could not be read"})
 		return
 	}
-	h := http.Header{}
-	for _, k := range gq.cfg.Headers {
-		if vs := r.Header.Values(k); len(vs) > 0 {
-			h[http.CanonicalHeaderKey(k)] = append([]string(nil), vs...)
-		}
-	}
-	if id := r.Header.Get("X-Request-Id"); id != "" {
-		h.Set("X-Request-Id", id)
-	}
-	msg := &queue.Message{Target: gq.cfg.Target, Payload: body, Headers: h}
-	res, err := gq.q.Enqueue(r.Context(), msg)
+	id, err := gq.enqueue(r.Context(), r.Header, body, gq.cfg.Target, "", "enqueue")
 	if err != nil {
-		gq.parent.log.LogAttrs(r.Context(), slog.LevelError, "enqueue failed", slog.String("queue", gq.cfg.Name), slog.String("error", err.Error()))
 		w.Header().Set("Retry-After", "1")
 		problem.Write(w, problem.Problem{Type: problem.UpstreamUnavailable, Status: http.StatusServiceUnavailable,
 			Title: "Queue unavailable", Detail: "the message was not stored; retry later"})
 		return
 	}
-	if !res[0].Duplicate {
-		gq.parent.m.enqueued.WithLabelValues(gq.cfg.Name, "enqueue").Inc()
+	b := gq.accepted(w.Header(), id)
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
+}
+
+// queueMethodHeader carries, in a stored message, the method it is
+// delivered with when not POST (an upstream's queue fallback keeps the
+// request's own); it is not sent.
+const queueMethodHeader = "Levee-Queue-Method"
+
+// enqueue stores one message for target: body, the queue's headers of
+// in (and any of extra), X-Request-Id, and the delivery method when not
+// POST. source labels levee_queue_enqueued_total. A failure is logged
+// and returned; nothing was stored.
+func (gq *gwQueue) enqueue(ctx context.Context, in http.Header, body []byte, target, method, source string, extra ...string) (string, error) {
+	h := http.Header{}
+	for _, names := range [2][]string{gq.cfg.Headers, extra} {
+		for _, k := range names {
+			if vs := in.Values(k); len(vs) > 0 {
+				h[http.CanonicalHeaderKey(k)] = append([]string(nil), vs...)
+			}
+		}
 	}
-	w.Header().Set("Location", gq.cfg.Path+"/"+res[0].ID)
-	writeStatusJSON(w, http.StatusAccepted, map[string]string{"id": res[0].ID, "queue": gq.cfg.Name, "status": "queued"})
+	if id := in.Get("X-Request-Id"); id != "" {
+		h.Set("X-Request-Id", id)
+	}
+	if method != "" && method != http.MethodPost {
+		h.Set(queueMethodHeader, method)
+	}
+	msg := &queue.Message{Target: target, Payload: body, Headers: h}
+	res, err := gq.q.Enqueue(ctx, msg)
+	if err != nil {
+		gq.parent.log.LogAttrs(ctx, slog.LevelError, "enqueue failed", slog.String("queue", gq.cfg.Name), slog.String("source", source), slog.String("error", err.Error()))
+		return "", err
+	}
+	if !res[0].Duplicate {
+		gq.parent.m.enqueued.WithLabelValues(gq.cfg.Name, source).Inc()
+	}
+	return res[0].ID, nil
+}
+
+// accepted sets in h the headers of a 202 answering the enqueue of
+// message id (Location to its status when the queue has a path) and
+// returns its JSON body.
+func (gq *gwQueue) accepted(h http.Header, id string) []byte {
+	if gq.cfg.Path != "" {
+		h.Set("Location", gq.cfg.Path+"/"+id)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	b, _ := json.Marshal(map[string]string{"id": id, "queue": gq.cfg.Name, "status": "queued"})
+	return append(b, '\n')
 }
 
 // MessageStatus is what GET <queue path>/{id} answers.

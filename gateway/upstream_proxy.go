@@ -43,7 +43,8 @@ type proxyUpstream struct {
 	keyHeader string // canonical
 	passKey   bool
 	egress    bool
-	strip     string // path prefix removed before forwarding (egress)
+	strip     string         // path prefix removed before forwarding (egress)
+	queue     *queueFallback // fallback.queue, or nil (upstream_queue.go)
 	calls     sync.Pool
 }
 
@@ -63,13 +64,24 @@ func (g *Gateway) useUpstream(rp *routeProxy, rc *RouteConfig, ue *upstreamExec)
 		return dc
 	}
 	rp.up = up
+	if ue.queue != nil {
+		up.queue = &queueFallback{gq: ue.queue, upstream: u.Name, base: strings.TrimSuffix(ue.url.Path, "/"),
+			keyHeader: up.keyHeader, dedupes: up.passKey}
+		if obs := g.upstreams.obs; obs != nil {
+			up.queue.obs = obs
+		}
+	}
 	if ue.secondary {
 		// The Secondary policy sends from the outbound *http.Request
 		// (resilience.RoundTripTo), which only this path has.
 		rp.h1 = nil
 	}
 	rt := &resilience.Transport{Base: attemptTransport{base: g.transport, keyHeader: up.keyHeader}, Executor: ue.exec}
-	rp.rp.Transport = timedTransport{hideKey{rt: rt, keyHeader: up.keyHeader, pass: up.passKey}}
+	var outer http.RoundTripper = hideKey{rt: rt, keyHeader: up.keyHeader, pass: up.passKey}
+	if up.queue != nil {
+		outer = queueTransport{rt: outer, qf: up.queue}
+	}
+	rp.rp.Transport = timedTransport{outer}
 	if rc.Egress {
 		rp.trusted = nil // never trust a client's forwarded headers, never add ours
 		target := rp.target
@@ -109,6 +121,7 @@ type directCall struct {
 	ownKey  string
 	routeDL time.Time // the route timeout's deadline
 	unknown bool      // an attempt was sent whole and its answer lost
+	sent    bool      // an attempt was sent whole (answered or not)
 	sendFn  resilience.AttemptFunc
 	writeFn func(*bufio.Writer) error
 }
@@ -126,7 +139,7 @@ func (up *proxyUpstream) send(p *routeProxy, r *http.Request, ri *reqInfo, buf [
 	if up.passKey {
 		key = ownKey
 	}
-	dc.p, dc.buf, dc.headEnd, dc.method, dc.h1Repl, dc.ownKey, dc.routeDL, dc.unknown = p, buf, headEnd, r.Method, h1.Replayable(r), ownKey, deadline, false
+	dc.p, dc.buf, dc.headEnd, dc.method, dc.h1Repl, dc.ownKey, dc.routeDL, dc.unknown, dc.sent = p, buf, headEnd, r.Method, h1.Replayable(r), ownKey, deadline, false, false
 	dc.c = resilience.Call{Method: r.Method, Key: key, Replayable: true, EnforcesDeadline: true, Send: dc.sendFn}
 	if up.exec.NeedsTarget() {
 		dc.c.Target = r.URL.RequestURI()
@@ -136,6 +149,12 @@ func (up *proxyUpstream) send(p *routeProxy, r *http.Request, ri *reqInfo, buf [
 	// bounds every attempt and wait, and config validation keeps it within
 	// the route's timeout, which each attempt's deadline is capped by too.
 	resp, err := up.exec.Do(context.Background(), &dc.c)
+	if up.queue != nil && (err != nil || queueStatus(resp.StatusCode)) {
+		if qr, ok := up.queue.accept(r.Context(), ri, r.Method, r.Header, r.URL.Path, cleanQueryParams(r.URL.RawQuery),
+			buf[headEnd:], resp, err, dc.sent); ok {
+			return qr, nil
+		}
+	}
 	if err != nil && dc.unknown && ri != nil {
 		ri.outcomeUnknown = true
 	}
@@ -151,6 +170,9 @@ func (dc *directCall) send(ctx context.Context, c *resilience.Call) (*http.Respo
 	resp, err := dc.p.h1.Send(ctx, dc.p.addr, dl, dc.h1Repl, dc.method, nil, dc.writeFn)
 	if err != nil && h1.OutcomeUnknown(err) {
 		dc.unknown = true
+	}
+	if err == nil || dc.unknown {
+		dc.sent = true
 	}
 	return resp, err
 }
@@ -211,8 +233,11 @@ func (a attemptTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r = &r2
 	}
 	resp, err := a.base.RoundTrip(r)
-	if err != nil && h1.OutcomeUnknown(err) {
-		if ri := infoFrom(r.Context()); ri != nil && ri.sent != nil {
+	if ri := infoFrom(r.Context()); ri != nil && ri.sent != nil {
+		switch {
+		case err == nil:
+			ri.sent.answered.Store(true) // levee's own client does not report WroteRequest
+		case h1.OutcomeUnknown(err):
 			ri.sent.wrote.Store(true)
 		}
 	}

@@ -56,8 +56,9 @@ type UpstreamConfig struct {
 	// quota.
 	Limit *UpstreamLimit `yaml:"limit"`
 	// Fallback, when present, answers for the upstream when it fails:
-	// the last good response of a GET or HEAD (stale_if_error), and/or
-	// the same request sent to a secondary upstream (secondary).
+	// the last good response of a GET or HEAD (stale_if_error), the same
+	// request sent to a secondary upstream (secondary), and/or a write
+	// accepted for later delivery through a queue (queue).
 	Fallback *UpstreamFallback `yaml:"fallback"`
 	// Shared keeps the breaker, pauses and quota in upstream_store (Redis),
 	// so that every replica shares them. Default false: per process.
@@ -189,6 +190,22 @@ type UpstreamFallback struct {
 	// the ReverseProxy path (the secondary is sent from the outbound
 	// *http.Request).
 	Secondary string `yaml:"secondary"`
+	// Queue names one of queues: whose target is this upstream (its
+	// name, optionally with a path): a POST, PUT, PATCH or DELETE that
+	// failed where the write certainly did not happen upstream (a local
+	// rejection: open breaker, full bulkhead, spent budget, no quota slot
+	// or a pause beyond its wait bound; a connect error; an answer of
+	// 408, 425 or 429) is stored in that queue, with its method, path,
+	// body, the queue's headers and its idempotency key, and answered
+	// 202 Accepted with the message id, a Location to the queue's status
+	// path (when it has one) and Levee-Queued: true. A request that was
+	// sent and whose outcome is unknown (timeout, connection lost) or
+	// that was answered 502, 503 or 504 is queued only when it carries
+	// an idempotency key the upstream deduplicates (retry.dedupes_keys,
+	// or the route's idempotency.on_unknown_outcome: release). Tried
+	// after stale_if_error and secondary; the queue delivers later
+	// through this upstream's own policies (upstream_queue.go).
+	Queue string `yaml:"queue"`
 }
 
 var upstreamName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -382,6 +399,7 @@ func (c *Config) validateUpstreams(r *config.Report) {
 			r.Bad(field, "upstream %q has a secondary of its own (%q): chains of secondaries are not supported", f.Secondary, c.Upstreams[j].Fallback.Secondary)
 		}
 	}
+	c.validateFallbackQueues(r)
 	for i := range c.Upstreams {
 		if c.Upstreams[i].Shared && c.UpstreamStore.Type != "redis" {
 			r.Bad(fmt.Sprintf("upstreams[%d].shared", i), "needs upstream_store.type: redis (the store replicas share)")
@@ -441,7 +459,8 @@ type upstreamExec struct {
 	hash      string
 	exec      *resilience.Executor
 	url       *url.URL
-	secondary bool // a secondary fallback: routes take the ReverseProxy path
+	secondary bool     // a secondary fallback: routes take the ReverseProxy path
+	queue     *gwQueue // the queue fallback, or nil
 }
 
 // secondary returns the name of u's secondary upstream, or "".
@@ -497,6 +516,12 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 			}
 			hash += "\x00secondary:" + sec.hash // a new secondary executor rebuilds this one
 		}
+		var fq *gwQueue
+		if u.Fallback != nil && u.Fallback.Queue != "" {
+			if fq = g.queues.byName[u.Fallback.Queue]; fq == nil {
+				return nil, fmt.Errorf("gateway: upstreams[%d] (%s): fallback queue %q is not open (Options.Queues)", i, u.Name, u.Fallback.Queue)
+			}
+		}
 		if old := us.execs[u.Name]; old != nil && old.hash == hash {
 			out[u.Name] = old
 			continue
@@ -523,7 +548,7 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway: upstreams[%d] (%s): %w", i, u.Name, err)
 		}
-		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil}
+		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil, queue: fq}
 	}
 	return out, nil
 }

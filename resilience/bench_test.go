@@ -3,6 +3,7 @@ package resilience_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,8 +63,17 @@ func BenchmarkTransport(b *testing.B) {
 		{"base", stub{}},
 		{"resilience", &resilience.Transport{Base: stub{}, Executor: mustNew(b, resilience.Settings{})}},
 		{"resilience,breaker", &resilience.Transport{Base: stub{}, Executor: mustNew(b, resilience.Settings{Breaker: &resilience.BreakerSettings{}})}},
+		{"resilience,caller-deadline", &resilience.Transport{Base: stub{}, Executor: mustNew(b, resilience.Settings{})}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
+			req := req
+			if strings.HasSuffix(bc.name, "caller-deadline") {
+				// The caller's context ends before the 5s attempt timeout
+				// would: the attempt runs on it (no context derived).
+				ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+				defer cancel()
+				req = req.WithContext(ctx)
+			}
 			b.ReportAllocs()
 			for b.Loop() {
 				resp, err := bc.rt.RoundTrip(req)

@@ -54,6 +54,7 @@ type Call struct {
 	tc              *transportCall // set by Transport: its Send's state
 	attempt         int
 	deadline        time.Time // overall; zero: none
+	ctxDeadline     bool      // deadline is the caller's context's
 	attemptDeadline time.Time // this attempt's; zero: none
 	start           time.Time
 }
@@ -167,14 +168,14 @@ func (e *Executor) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	}
 	c.attempt = 0
 	c.start = e.env.Clock.Now()
-	c.deadline = time.Time{}
+	c.deadline, c.ctxDeadline = time.Time{}, false
 	if e.env.Timeout > 0 {
 		c.deadline = c.start.Add(e.env.Timeout)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		// In the clock's time: an injected clock need not read wall time.
 		if d = c.start.Add(time.Until(d)); c.deadline.IsZero() || d.Before(c.deadline) {
-			c.deadline = d
+			c.deadline, c.ctxDeadline = d, true
 		}
 	}
 	c.attemptDeadline = time.Time{}
@@ -190,6 +191,7 @@ func (e *Executor) Do(ctx context.Context, c *Call) (*http.Response, error) {
 // only the overall deadline. Place it after the retry policy.
 func AttemptTimeout(d time.Duration) Policy {
 	return PolicyFunc(func(env Env, next Handler) Handler {
+		_, sysClock := env.Clock.(systemClock)
 		return func(ctx context.Context, c *Call) (*http.Response, error) {
 			c.attemptDeadline = c.deadline
 			now := c.start // the first attempt starts with the call: spare a clock read
@@ -205,19 +207,31 @@ func AttemptTimeout(d time.Duration) Policy {
 			if dl.IsZero() {
 				return next(ctx, c)
 			}
-			if c.EnforcesDeadline {
+			if c.EnforcesDeadline || (c.ctxDeadline && dl.Equal(c.deadline)) {
+				// The Send applies dl itself, or the caller's context
+				// already ends at dl: no context to derive.
 				resp, err := next(ctx, c)
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
 			// A timeout, not a deadline: dl is in the clock's time, the
-			// context runs on wall time.
-			actx, cancel := context.WithTimeout(ctx, dl.Sub(now))
+			// context runs on wall time (the same, on the system clock).
+			dur, wall := dl.Sub(now), dl
+			if !sysClock {
+				wall = time.Now().Add(dur)
+			}
+			var actx *attemptCtx
+			if tc := c.tc; tc != nil && !tc.ctxUsed {
+				tc.ctxUsed, actx = true, &tc.actx // a Transport call's first attempt: no allocation
+			} else {
+				actx = new(attemptCtx)
+			}
+			actx.start(ctx, wall, dur)
 			resp, err := next(actx, c)
 			if err != nil || resp == nil {
-				cancel()
+				actx.release()
 				return resp, attemptTimeoutErr(ctx, env, c, d, dl, err)
 			}
-			resp.Body = cancelOnClose(resp.Body, cancel)
+			resp.Body = actx.wrap(resp.Body)
 			return resp, nil
 		}
 	})
@@ -236,20 +250,8 @@ func attemptTimeoutErr(ctx context.Context, env Env, c *Call, d time.Duration, d
 	return &AttemptTimeoutError{Timeout: d, Err: err}
 }
 
-// cancelOnClose returns body with Close also calling cancel (once the
-// response is done, its context is released). A nil body stays nil
-// after cancel.
-func cancelOnClose(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
-	if body == nil {
-		cancel()
-		return nil
-	}
-	if rw, ok := body.(io.ReadWriteCloser); ok { // a 101 Switching Protocols body
-		return &cancelRWBody{cancelBody{body, cancel}, rw}
-	}
-	return &cancelBody{body, cancel}
-}
-
+// cancelBody is a response body whose Close also calls cancel (a 101
+// Switching Protocols body, through cancelRWBody; attemptCtx.wrap).
 type cancelBody struct {
 	io.ReadCloser
 	cancel context.CancelFunc

@@ -71,10 +71,14 @@ const (
 	EventStale
 	// EventSecondary: the call fell back to the secondary upstream.
 	EventSecondary
+	// EventQueued: the call's write was accepted for later delivery
+	// through a queue instead of failing (the gateway's fallback.queue;
+	// Reason "not_sent" or "keyed").
+	EventQueued
 )
 
 var eventNames = [...]string{"", "retry", "budget_exhausted", "throttled", "breaker_transition", "breaker_rejected",
-	"bulkhead_rejected", "pause", "wait", "paced", "retry_after_too_long", "stale", "secondary"}
+	"bulkhead_rejected", "pause", "wait", "paced", "retry_after_too_long", "stale", "secondary", "queued"}
 
 // String returns the kind's snake_case name ("retry", "pause", ...).
 func (k EventKind) String() string {

@@ -2,6 +2,7 @@ package resilience
 
 import (
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -190,7 +191,7 @@ func New(s Settings) (*Executor, error) {
 	}
 	chain = append(chain, AttemptTimeout(max(attempt, 0)))
 	e := NewExecutor(env, chain...)
-	e.keyHeader = r.KeyHeader
+	e.keyHeader = http.CanonicalHeaderKey(r.KeyHeader) // Transport looks it up in the map directly
 	e.parts = parts
 	e.needsTarget = s.Stale != nil
 	return e, nil

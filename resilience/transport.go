@@ -53,7 +53,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.Executor.needsTarget {
 		c.Target = req.URL.String()
 	}
-	c.Key = req.Header.Get(tc.keyHeader)
+	if v := req.Header[tc.keyHeader]; len(v) > 0 { // canonical (New): Header.Get without canonicalizing
+		c.Key = v[0]
+	}
 	tc.ownKey = c.Key
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
@@ -103,6 +105,8 @@ type transportCall struct {
 	prefix    []byte // read from an unreplayable body before giving up buffering
 	header    http.Header
 	sent      bool
+	ctxUsed   bool       // actx serves the first attempt (AttemptTimeout)
+	actx      attemptCtx // in the same allocation as the call
 }
 
 // transportSend is the Send of a Transport call (a plain function, not

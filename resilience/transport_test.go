@@ -286,3 +286,43 @@ func TestUnsafeRedirectsAreNotFollowed(t *testing.T) {
 	}
 	closeResp(resp)
 }
+
+// recordRT answers 200 and records the requests it was given.
+type recordRT struct{ got []*http.Request }
+
+func (r *recordRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.got = append(r.got, req)
+	return &http.Response{StatusCode: 200, Body: http.NoBody, Request: req}, nil
+}
+
+// When the caller's context ends before the attempt timeout would, the
+// attempt runs on the caller's own context (no context derived, the
+// request not copied); with a later caller deadline, the attempt gets a
+// context of its own, ending at the attempt timeout.
+func TestAttemptOnCallerDeadline(t *testing.T) {
+	t.Parallel()
+	rec := &recordRT{}
+	rt := &resilience.Transport{Base: rec, Executor: mustNew(t, resilience.Settings{AttemptTimeout: 5 * time.Second})}
+	short, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	long, cancel2 := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel2()
+	for _, ctx := range []context.Context{short, long} {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://127.0.0.1:1/x", nil)
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeResp(resp)
+	}
+	if len(rec.got) != 2 {
+		t.Fatalf("%d attempts", len(rec.got))
+	}
+	if rec.got[0].Context() != short {
+		t.Error("caller deadline 2s < attempt timeout 5s: the attempt did not run on the caller's context")
+	}
+	dl, ok := rec.got[1].Context().Deadline()
+	if ld, _ := long.Deadline(); rec.got[1].Context() == long || !ok || !dl.Before(ld) || time.Until(dl) > 5*time.Second {
+		t.Errorf("caller deadline 1h: attempt deadline %v (ok %v), want within 5s", time.Until(dl), ok)
+	}
+}

@@ -20,6 +20,7 @@
 //	levee_resilience_paced_rejections_total{upstream,reason} attempts refused because the wait exceeded its bound
 //	levee_resilience_stale_served_total{upstream}           stale-if-error responses served
 //	levee_resilience_secondary_total{upstream}              calls that fell back to the secondary
+//	levee_resilience_fallbacks_total{upstream,kind}         fallbacks by kind: stale, secondary, queue
 package metrics
 
 import (
@@ -49,6 +50,7 @@ type Observer struct {
 	paced             *prometheus.CounterVec
 	stale             *prometheus.CounterVec
 	secondary         *prometheus.CounterVec
+	fallbacks         *prometheus.CounterVec
 }
 
 var _ resilience.Observer = (*Observer)(nil)
@@ -83,9 +85,10 @@ func New(reg prometheus.Registerer) (*Observer, error) {
 		paced:             counter("paced_rejections_total", "Attempts refused because the wait for a slot exceeded its bound.", "reason"),
 		stale:             counter("stale_served_total", "Stale responses served because the upstream failed."),
 		secondary:         counter("secondary_total", "Calls that fell back to the secondary upstream."),
+		fallbacks:         counter("fallbacks_total", "Fallbacks taken, by kind: stale (stale-if-error served), secondary (sent to the secondary upstream), queue (the write accepted for later delivery).", "kind"),
 	}
 	for _, c := range []prometheus.Collector{o.attempts, o.duration, o.retries, o.budget, o.retryAfter, o.throttled, o.breakerState,
-		o.breakerTrans, o.breakerRejections, o.bulkhead, o.pauses, o.pauseSeconds, o.waitSeconds, o.paced, o.stale, o.secondary} {
+		o.breakerTrans, o.breakerRejections, o.bulkhead, o.pauses, o.pauseSeconds, o.waitSeconds, o.paced, o.stale, o.secondary, o.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -139,7 +142,11 @@ func (o *Observer) Event(_ context.Context, e resilience.Event) {
 		o.paced.WithLabelValues(u, e.Reason).Inc()
 	case resilience.EventStale:
 		o.stale.WithLabelValues(u).Inc()
+		o.fallbacks.WithLabelValues(u, "stale").Inc()
 	case resilience.EventSecondary:
 		o.secondary.WithLabelValues(u).Inc()
+		o.fallbacks.WithLabelValues(u, "secondary").Inc()
+	case resilience.EventQueued:
+		o.fallbacks.WithLabelValues(u, "queue").Inc()
 	}
 }
