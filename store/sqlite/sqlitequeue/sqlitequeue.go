@@ -234,6 +234,9 @@ CREATE TABLE IF NOT EXISTS levee_queue_messages (
 -- (queue, available_at, seq), dropped below on files that have it.
 CREATE INDEX IF NOT EXISTS levee_queue_messages_due ON levee_queue_messages (queue, available_at, seq, target);
 DROP INDEX IF EXISTS levee_queue_messages_ready;
+-- The claim's per-target step walks targets and each target's oldest
+-- messages through this one.
+CREATE INDEX IF NOT EXISTS levee_queue_messages_target ON levee_queue_messages (queue, target, available_at, seq);
 CREATE TABLE IF NOT EXISTS levee_queue_dead (
   seq           INTEGER PRIMARY KEY AUTOINCREMENT,
   queue         TEXT NOT NULL,
@@ -520,6 +523,56 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (queue, id) DO NOTHING`, m.Q
 	return res, nil
 }
 
+// claimWindow bounds the first scan of a claim: the oldest available
+// messages it looks at, whatever their target.
+func claimWindow(limit int) int { return limit*4 + 64 }
+
+// The claim's two statements. claimOldest takes, from the oldest
+// claimWindow available messages, up to ?8 whose target is neither
+// excluded (?3, a JSON array) nor disabled, at most ?7 per target: a
+// bounded scan of the due index, whatever the backlog. When that window is
+// full and the claim is still short (the window is all one saturated or
+// disabled target's backlog, say), claimPerTarget walks the distinct
+// targets through the target index (one seek per target, a skip-scan) and
+// takes the oldest ?7 available messages of each target still eligible:
+// other targets' messages behind a hanging target's backlog are reached
+// at a cost of one seek per target, not a scan of that backlog (which made
+// every claim O(backlog) while one target was saturated).
+const (
+	claimOldest = `WITH win AS (
+  SELECT seq, target, available_at FROM levee_queue_messages
+  WHERE queue = ?1 AND available_at <= ?2
+  ORDER BY available_at, seq LIMIT ?4
+), cand AS (
+  SELECT seq, target, available_at FROM win
+  WHERE target NOT IN (SELECT value FROM json_each(?3))
+    AND target NOT IN (SELECT target FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)
+), ranked AS (
+  SELECT seq, available_at, row_number() OVER (PARTITION BY target ORDER BY available_at, seq) AS rn FROM cand
+)
+UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
+WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8)
+RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
+	claimWindowFull = `SELECT count(*) FROM (SELECT 1 FROM levee_queue_messages
+  WHERE queue = ?1 AND available_at <= ?2 ORDER BY available_at, seq LIMIT ?3)`
+	claimPerTarget = `WITH RECURSIVE tg(t) AS (
+  SELECT (SELECT min(target) FROM levee_queue_messages WHERE queue = ?1)
+  UNION ALL
+  SELECT (SELECT min(target) FROM levee_queue_messages WHERE queue = ?1 AND target > tg.t) FROM tg WHERE tg.t IS NOT NULL
+), live AS (
+  SELECT t FROM tg WHERE t IS NOT NULL
+    AND t NOT IN (SELECT value FROM json_each(?3))
+    AND t NOT IN (SELECT target FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)
+), cand AS (
+  SELECT m.seq, m.available_at FROM live, levee_queue_messages m WHERE m.seq IN (
+    SELECT x.seq FROM levee_queue_messages x WHERE x.queue = ?1 AND x.target = live.t AND x.available_at <= ?2
+    ORDER BY x.available_at, x.seq LIMIT ?7)
+)
+UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
+WHERE seq IN (SELECT seq FROM cand ORDER BY available_at, seq LIMIT ?8)
+RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
+)
+
 // Claim implements queue.Backend.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if req.Limit <= 0 {
@@ -534,52 +587,67 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		perTarget = req.Limit
 	}
 	token := rand.Int64() | 1 // never 0, the token of a released message
+	window := claimWindow(req.Limit)
 	var out []queue.Claimed
-	err = b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
-		// The candidates are the oldest available messages (bounded scan),
-		// ranked within their target, so that one claim takes at most
-		// perTarget of any target.
-		rows, err := b.txQuery(wctx, tx, `WITH cand AS (
-  SELECT seq, target, available_at FROM levee_queue_messages
-  WHERE queue = ?1 AND available_at <= ?2
-    AND target NOT IN (SELECT value FROM json_each(?3))
-    AND target NOT IN (SELECT target FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)
-  ORDER BY available_at, seq LIMIT ?4
-), ranked AS (
-  SELECT seq, available_at, row_number() OVER (PARTITION BY target ORDER BY available_at, seq) AS rn FROM cand
-)
-UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
-WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8)
-RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`,
-			req.Queue, us(req.Now), string(exclude), req.Limit*4+64, us(req.LeaseUntil), token, perTarget, req.Limit)
+		if err := b.claimRows(wctx, tx, &out, token, claimOldest,
+			req.Queue, us(req.Now), string(exclude), window, us(req.LeaseUntil), token, perTarget, req.Limit); err != nil {
+			return err
+		}
+		if len(out) >= req.Limit {
+			return nil
+		}
+		var n int
+		if err := b.txQueryRow(wctx, tx, claimWindowFull, req.Queue, us(req.Now), window).Scan(&n); err != nil {
+			return err
+		}
+		if n < window {
+			return nil // the window held every available message
+		}
+		// Targets served by the first statement had their turn.
+		more := append([]string{}, req.Exclude...)
+		for _, c := range out {
+			more = append(more, c.Target)
+		}
+		ex, err := json.Marshal(more)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			c := queue.Claimed{Token: token}
-			c.Queue = req.Queue
-			var hdr, hist []byte
-			var enq int64
-			if err := rows.Scan(&c.ID, &c.Target, &c.Payload, &hdr, &c.DedupeID, &enq, &c.Attempt, &hist); err != nil {
-				return err
-			}
-			c.EnqueuedAt = fromUS(enq)
-			if c.Headers, err = decodeHeaders(hdr); err != nil {
-				return fmt.Errorf("message %q: headers: %w", c.ID, err)
-			}
-			if c.History, err = decodeHistory(hist); err != nil {
-				return fmt.Errorf("message %q: history: %w", c.ID, err)
-			}
-			out = append(out, c)
-		}
-		return rows.Err()
+		return b.claimRows(wctx, tx, &out, token, claimPerTarget,
+			req.Queue, us(req.Now), string(ex), nil, us(req.LeaseUntil), token, perTarget, req.Limit-len(out))
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// claimRows runs one claim statement and appends what it claimed.
+func (b *Backend) claimRows(ctx context.Context, tx *sql.Tx, out *[]queue.Claimed, token int64, query string, args ...any) error {
+	rows, err := b.txQuery(ctx, tx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		c := queue.Claimed{Token: token}
+		c.Queue = args[0].(string)
+		var hdr, hist []byte
+		var enq int64
+		if err := rows.Scan(&c.ID, &c.Target, &c.Payload, &hdr, &c.DedupeID, &enq, &c.Attempt, &hist); err != nil {
+			return err
+		}
+		c.EnqueuedAt = fromUS(enq)
+		if c.Headers, err = decodeHeaders(hdr); err != nil {
+			return fmt.Errorf("message %q: headers: %w", c.ID, err)
+		}
+		if c.History, err = decodeHistory(hist); err != nil {
+			return fmt.Errorf("message %q: history: %w", c.ID, err)
+		}
+		*out = append(*out, c)
+	}
+	return rows.Err()
 }
 
 // settled turns "no row matched the token" into queue.ErrLeaseLost.
