@@ -313,6 +313,16 @@ func (w *Worker) deliver(ctx context.Context, c Claimed) {
 			return b.Bury(ctx, Burial{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: len(history), History: history, Reason: reason, At: now()})
 		})
 	}
+	release := func() { // uncounted, available at once
+		w.settle(ctx, func(ctx context.Context) error {
+			return b.Nack(ctx, Nack{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: c.Attempt - 1, History: c.History, AvailableAt: now()})
+		})
+	}
+	if ctx.Err() != nil {
+		// Claimed while Stop was under way: not attempted.
+		release()
+		return
+	}
 	if c.Attempt > w.cfg.MaxAttempts {
 		bury(ReasonMaxAttempts) // the last attempt's worker died
 		return
@@ -327,9 +337,7 @@ func (w *Worker) deliver(ctx context.Context, c Claimed) {
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		// Interrupted by Stop: not the target's fault.
-		w.settle(ctx, func(ctx context.Context) error {
-			return b.Nack(ctx, Nack{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: c.Attempt - 1, History: c.History, AvailableAt: now()})
-		})
+		release()
 		return
 	}
 	a := Attempt{N: c.Attempt, StartedAt: start, FailedAt: now(), Error: err.Error()}

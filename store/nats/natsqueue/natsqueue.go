@@ -186,6 +186,10 @@ func New(ctx context.Context, js jetstream.JetStream, opts Options) (*Backend, e
 	return b, nil
 }
 
+// settleTimeout bounds the bucket calls that settle deliveries a claim
+// already received (their state read, a hand-back's state write).
+const settleTimeout = 10 * time.Second
+
 // margin is how much earlier than the server this process considers a
 // lease over (the server's timer starts before the delivery arrives).
 func (b *Backend) margin() time.Duration { return b.opts.AckWait / 20 }
@@ -549,6 +553,8 @@ func heldKey(q, id string) string { return q + "\x00" + id }
 // by heartbeats to req.LeaseUntil-req.Now (measured on this process's
 // clock from the claim); req.Now is not otherwise used. Order is the stream's
 // (publish order; redeliveries first). A fetch error is returned wrapped.
+// ctx bounds the fetch only: what the server delivered is returned (or
+// handed back uncounted) even when ctx ends meanwhile.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if err := b.check(); err != nil {
 		return nil, err
@@ -564,6 +570,14 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if err != nil {
 		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, err)
 	}
+	// From here on the server has counted every message of the batch as
+	// delivered: each must be returned, or handed back with its state
+	// recorded, even when the caller's ctx ends meanwhile (a Worker
+	// stopping while it claims). Failing the state read of a delivery
+	// because ctx ended made the delivery count as an attempt (the
+	// "stopped delivery comes back as an attempt" issue, docs/queue.md).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
 	excluded := map[string]bool{}
 	for _, t := range req.Exclude {
 		excluded[t] = true
