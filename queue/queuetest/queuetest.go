@@ -61,13 +61,6 @@ type Features struct {
 	// ID with queue.Idempotent). Dedupe checks dedupe within a call, then
 	// skips the rest.
 	NoCrossCallDedupe bool
-	// StopMayStrand: a delivery interrupted by Worker.Stop is not always
-	// released at once: now and then it comes back only after the backend's
-	// lease (NATS JetStream's AckWait), counted as an attempt. A known
-	// limitation of the JetStream backend (docs/queue.md), declared so that
-	// StopReleasesInFlightUncounted skips there instead of failing one run
-	// in several.
-	StopMayStrand bool
 }
 
 // needsClock skips t when the backend runs on its service's clock.
@@ -780,9 +773,6 @@ func runQueue(t *testing.T, h Harness) {
 
 	t.Run("StopReleasesInFlightUncounted", func(t *testing.T) {
 		t.Parallel()
-		if h.Features.StopMayStrand {
-			t.Skip("Features.StopMayStrand: an interrupted delivery may come back only after the lease, as an attempt")
-		}
 		q := newQueue(t, h.NewBackend(t), fakeclock.New(t0))
 		entered := make(chan int, 4)
 		w := start(t, q, queue.WorkerConfig{Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {

@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -106,7 +107,7 @@ type Backend struct {
 
 // held is a message claimed by this Backend and not yet settled.
 type held struct {
-	msg      jetstream.Msg
+	msg      *nats.Msg // from the claim's inbox: the legacy ack methods
 	token    int64
 	seq      uint64
 	attempts int    // attempts recorded before this claim
@@ -566,9 +567,9 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if err != nil {
 		return nil, err
 	}
-	batch, err := c.FetchNoWait(req.Limit)
-	if err != nil {
-		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, err)
+	batch, fetchErr := b.fetch(req.Queue, c, req.Limit)
+	if fetchErr != nil && len(batch) == 0 {
+		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, fetchErr)
 	}
 	// From here on the server has counted every message of the batch as
 	// delivered: each must be returned, or handed back with its state
@@ -586,13 +587,13 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	lease := req.LeaseUntil.Sub(req.Now)
 	var out []queue.Claimed
 	var firstErr error
-	for jm := range batch.Messages() {
+	for _, jm := range batch {
 		meta, err := jm.Metadata()
 		if err != nil {
 			firstErr = firstOf(firstErr, err)
 			continue
 		}
-		m, err := parseMessage(req.Queue, jm.Headers(), jm.Data())
+		m, err := parseMessage(req.Queue, jm.Header, jm.Data)
 		if err != nil {
 			// Not written by levee (no valid Levee-Meta): terminate it, so
 			// that it is never redelivered and cannot wedge the queue
@@ -635,13 +636,151 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		b.mu.Unlock()
 		out = append(out, queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History})
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		firstErr = firstOf(firstErr, err)
-	}
+	firstErr = firstOf(firstErr, fetchErr)
 	if len(out) == 0 && firstErr != nil {
 		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, firstErr)
 	}
 	return out, nil
+}
+
+// fetchWait is how long a claim waits for the server's answer to its
+// pull request.
+const fetchWait = time.Second
+
+// fetch sends the consumer a no-wait pull request for up to limit messages
+// and returns those that arrive within fetchWait, and the error a status
+// answer carried (404 and 408, the request's normal end, are none).
+//
+// It replaces jetstream's FetchNoWait, which stops listening 1s after it
+// sent the request and drops what arrives later: the server has counted
+// those messages delivered, so each came back only after AckWait, as an
+// attempt nobody made (a loaded machine answering late made a delivery that
+// Worker.Stop released look like a crashed attempt). Here a goroutine keeps
+// listening to the request's inbox until the request ends (at most AckWait,
+// after which the server redelivers anyway) and hands each late message
+// back at once without counting it.
+func (b *Backend) fetch(q string, c jetstream.Consumer, limit int) ([]*nats.Msg, error) {
+	nc := b.js.Conn()
+	ch := make(chan *nats.Msg, limit+2) // limit messages and a status
+	sub, err := nc.ChanSubscribe(nc.NewInbox(), ch)
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(struct {
+		Batch  int  `json:"batch"`
+		NoWait bool `json:"no_wait"`
+	}{limit, true})
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	if err := nc.PublishRequest(b.apiPrefix()+"CONSUMER.MSG.NEXT."+b.opts.Prefix+"_Q."+c.CachedInfo().Name, sub.Subject, body); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	var out []*nats.Msg
+	t := time.NewTimer(fetchWait)
+	defer t.Stop()
+	for len(out) < limit {
+		select {
+		case m := <-ch:
+			end, err := pullStatus(m)
+			if end {
+				_ = sub.Unsubscribe()
+				return out, err
+			}
+			if m.Reply != "" {
+				out = append(out, m)
+			}
+		case <-t.C:
+			b.mu.Lock()
+			closed := b.closed
+			if !closed {
+				b.beating.Add(1)
+			}
+			b.mu.Unlock()
+			if closed {
+				_ = sub.Unsubscribe()
+				return out, nil
+			}
+			go b.handBackLate(q, sub, ch, limit-len(out))
+			return out, nil
+		}
+	}
+	_ = sub.Unsubscribe()
+	return out, nil
+}
+
+// pullStatus reports whether m is a status answer ending a pull request,
+// and the error it carries (none for 404 No Messages and 408 Request
+// Timeout, a no-wait request's normal end).
+func pullStatus(m *nats.Msg) (bool, error) {
+	if len(m.Data) > 0 || m.Header.Get("Status") == "" {
+		return false, nil
+	}
+	switch m.Header.Get("Status") {
+	case "100": // heartbeat, flow control
+		return false, nil
+	case "404", "408":
+		return true, nil
+	default:
+		return true, fmt.Errorf("natsqueue: pull request answered %s %s", m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+}
+
+// handBackLate reads the rest of a pull request's answer after its claim
+// stopped waiting and hands each message back uncounted, until the request
+// ends, left messages arrived, AckWait passed or the Backend closed.
+func (b *Backend) handBackLate(q string, sub *nats.Subscription, ch chan *nats.Msg, left int) {
+	defer b.beating.Done()
+	defer func() { _ = sub.Unsubscribe() }()
+	t := time.NewTimer(b.opts.AckWait)
+	defer t.Stop()
+	for left > 0 {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			return
+		case m := <-ch:
+			if end, _ := pullStatus(m); end {
+				return
+			}
+			if m.Reply == "" {
+				continue
+			}
+			left--
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			st := msgState{}
+			if meta.NumDelivered > 1 {
+				if e, err := b.state.Get(ctx, b.stateKey(q, meta.Sequence.Stream)); err == nil {
+					_ = json.Unmarshal(e.Value(), &st)
+				} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+					_ = m.Nak()
+					cancel()
+					continue
+				}
+			}
+			_ = b.handBack(ctx, q, m, meta, st, 0)
+			cancel()
+		}
+	}
+}
+
+// apiPrefix is the JetStream API subject prefix of b.js.
+func (b *Backend) apiPrefix() string {
+	o := b.js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
 }
 
 func firstOf(first, err error) error {
@@ -652,7 +791,7 @@ func firstOf(first, err error) error {
 }
 
 // handBack returns a delivery without counting it as an attempt.
-func (b *Backend) handBack(ctx context.Context, q string, jm jetstream.Msg, meta *jetstream.MsgMetadata, st msgState, delay time.Duration) error {
+func (b *Backend) handBack(ctx context.Context, q string, jm *nats.Msg, meta *nats.MsgMetadata, st msgState, delay time.Duration) error {
 	// The next delivery (NumDelivered+1) gets this one's attempt number.
 	st.Attempts += int(meta.NumDelivered-st.Settled) - 1
 	st.Settled = meta.NumDelivered
@@ -705,7 +844,7 @@ func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
 	if err != nil {
 		return err
 	}
-	if err := h.msg.DoubleAck(ctx); err != nil {
+	if err := h.msg.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("natsqueue: ack %q: %w", id, err)
 	}
 	b.dropState(ctx, q, h)
@@ -763,7 +902,7 @@ func (b *Backend) Bury(ctx context.Context, bu queue.Burial) error {
 	if err != nil {
 		return err
 	}
-	m, err := parseMessage(bu.Queue, h.msg.Headers(), h.msg.Data())
+	m, err := parseMessage(bu.Queue, h.msg.Header, h.msg.Data)
 	if err != nil {
 		return err
 	}
@@ -776,7 +915,7 @@ func (b *Backend) Bury(ctx context.Context, bu queue.Burial) error {
 	if _, err := b.js.Publish(ctx, b.dlqSubject(bu.Queue, bu.ID), body); err != nil {
 		return fmt.Errorf("natsqueue: bury %q: %w", bu.ID, err)
 	}
-	if err := h.msg.DoubleAck(ctx); err != nil {
+	if err := h.msg.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("natsqueue: bury %q: ack: %w", bu.ID, err)
 	}
 	b.dropState(ctx, bu.Queue, h)

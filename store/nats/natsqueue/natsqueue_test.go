@@ -105,9 +105,7 @@ func TestConformance(t *testing.T) {
 		Reopen: func(t testing.TB, b queue.Backend) queue.Backend {
 			return reopen(t, b.(*natsqueue.Backend), natsqueue.Options{})
 		},
-		// StopMayStrand: see docs/queue.md (one fresh-clone CI run in six saw a
-		// stopped delivery come back after AckWait as attempt 2).
-		Features: queuetest.Features{ServerClock: true, StopMayStrand: true},
+		Features: queuetest.Features{ServerClock: true},
 	})
 }
 
