@@ -34,7 +34,7 @@ import (
 // (queues:, webhooks:) keep their messages and dead letters. It cannot
 // change on reload.
 type QueueStoreConfig struct {
-	// Type is sqlite (default), postgres or nats (JetStream).
+	// Type is sqlite (default), postgres, nats (JetStream) or sqs.
 	Type string `yaml:"type"`
 	// SQLite.Path defaults to store.sqlite.path: the queues live in the
 	// gateway's embedded file, in tables of their own.
@@ -44,6 +44,9 @@ type QueueStoreConfig struct {
 	Postgres PostgresConfig `yaml:"postgres"`
 	// NATS is the JetStream connection when Type is nats.
 	NATS NATSConfig `yaml:"nats"`
+	// SQS is the region, endpoint and queue names when Type is sqs
+	// (queue_sqs.go).
+	SQS SQSConfig `yaml:"sqs"`
 }
 
 // NATSConfig configures the JetStream queue store (store/nats/natsqueue).
@@ -67,6 +70,7 @@ func (c *QueueStoreConfig) Defaults() {
 	config.Default(&c.NATS.URL, "nats://127.0.0.1:4222")
 	config.Default(&c.NATS.Prefix, natsqueue.DefaultPrefix)
 	config.Default(&c.NATS.AckWait, Duration(natsqueue.DefaultAckWait))
+	c.SQS.defaults()
 }
 
 // inherit fills the connection fields from the idempotency store's.
@@ -79,8 +83,10 @@ func (c *QueueStoreConfig) inherit(st StoreConfig) {
 func (c *QueueStoreConfig) Validate(r *config.Report, path string) {
 	switch c.Type {
 	case "sqlite", "postgres", "nats":
+	case "sqs":
+		c.SQS.validate(r, config.Join(path, "sqs"))
 	default:
-		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite, postgres or nats)", c.Type)
+		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite, postgres, nats or sqs)", c.Type)
 	}
 }
 
@@ -217,6 +223,9 @@ func (c *Config) validateQueues(r *config.Report) {
 			r.Bad(fmt.Sprintf("queues[%d].name", i), "duplicate queue name %q (also queues[%d])", q.Name, j)
 		}
 		names[q.Name] = i
+		if c.QueueStore.Type == "sqs" && q.Name != "" {
+			c.QueueStore.SQS.validateName(r, fmt.Sprintf("queues[%d].name", i), q.Name)
+		}
 		if q.Path != "" {
 			if other, dup := paths[q.Path]; dup {
 				r.Bad(fmt.Sprintf("queues[%d].path", i), "%q is also the path of %s", q.Path, other)
@@ -386,6 +395,8 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 
 func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, func() error, error) {
 	switch c.Type {
+	case "sqs":
+		return openSQSBackend(ctx, c.SQS)
 	case "nats":
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
