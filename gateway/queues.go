@@ -103,8 +103,10 @@ type QueueConfig struct {
 	// followed by a path ("partner/v1/sync"): then every delivery goes
 	// through that upstream's executor (its rate limit, breaker, pacing,
 	// retries), so a burst of messages is smoothed to the third party's
-	// quota; a local refusal (open breaker, no quota slot, a pause) is
-	// a retryable failure after the policy's Retry-After. Required.
+	// quota; a local refusal (open breaker, full bulkhead, no quota
+	// slot, a pause) is not an attempt: it is tried again after the
+	// policy's Retry-After without counting toward max_attempts
+	// (queue.Defer). Required.
 	Target string `yaml:"target"`
 	// Path, when set, accepts async work: a POST to it stores its body
 	// and answers 202 with the message id and a Location to its status
@@ -289,6 +291,7 @@ type gwQueue struct {
 // asyncMetrics are the queue, webhook and DLQ collectors.
 type asyncMetrics struct {
 	enqueued, delivered, failed, dead *prometheus.CounterVec
+	deferred                          *prometheus.CounterVec
 	webhooks                          *prometheus.CounterVec
 	dlqOps, dlqMessages               *prometheus.CounterVec
 }
@@ -305,6 +308,7 @@ func newAsyncMetrics(reg prometheus.Registerer) *asyncMetrics {
 		enqueued:    cv("levee_queue_enqueued_total", "Messages stored in a queue (duplicates not counted), by queue and source (enqueue, webhook).", "queue", "source"),
 		delivered:   cv("levee_queue_delivered_total", "Messages delivered to their target (2xx), by queue.", "queue"),
 		failed:      cv("levee_queue_attempt_failures_total", "Failed delivery attempts, by queue and kind (status code class, network, permanent).", "queue", "kind"),
+		deferred:    cv("levee_queue_deferred_total", "Deliveries not attempted because a policy of the target's upstream refused them before sending (breaker_open, bulkhead_full, throttled, paced); retried later without counting an attempt. By queue and kind.", "queue", "kind"),
 		dead:        cv("levee_queue_dead_lettered_total", "Messages moved to the dead-letter queue after their last attempt, a permanent failure or a 410, by queue.", "queue"),
 		webhooks:    cv("levee_webhook_requests_total", "Webhook requests by route, outcome (accepted, duplicate, rejected, in_flight, failed) and problem type (none when accepted).", "route", "outcome", "type"),
 		dlqOps:      cv("levee_dlq_operations_total", "DLQ operations by queue and operation (replay, purge).", "queue", "op"),
@@ -506,10 +510,23 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 	req.Header.Set("X-Levee-Message-Id", d.ID)
 	req.Header.Set("X-Levee-Attempt", fmt.Sprint(d.Attempt))
 	resp, err := client.Do(req)
+	if errors.Is(err, resilience.ErrRejected) {
+		// One of the upstream's policies refused before anything was
+		// sent (open breaker, full bulkhead, adaptive throttling, no
+		// quota slot or a pause beyond the wait bound): not an attempt.
+		// Tried again after the policy's delay (the breaker's cooldown,
+		// the quota's wait), or backoff_base when it names none.
+		ra, ok := resilience.RetryAfter(err, time.Now())
+		if !ok || ra <= 0 {
+			ra = gq.cfg.BackoffBase.D()
+		}
+		m.deferred.WithLabelValues(name, refusalKind(err)).Inc()
+		return queue.Defer(ra, fmt.Errorf("gateway: queue %s: not sent: %w", name, err))
+	}
 	if ra, ok := resilience.RetryAfter(err, time.Now()); ok {
-		// One of the upstream's policies refused (open breaker, no
-		// quota slot, a pause) or its Retry-After was above the cap:
-		// retryable, after that delay (capped by max_retry_after).
+		// The upstream answered with a Retry-After above the cap: an
+		// attempt, retryable after that delay (capped by
+		// max_retry_after).
 		m.failed.WithLabelValues(name, "refused").Inc()
 		gq.maybeDead(d)
 		return queue.RetryAfter(max(ra, time.Millisecond), fmt.Errorf("gateway: queue %s: deliver: %w", name, err))
@@ -542,6 +559,21 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 		gq.countDead()
 		return queue.Permanent(he)
 	}
+}
+
+// refusalKind names the policy that refused a delivery locally.
+func refusalKind(err error) string {
+	switch {
+	case errors.Is(err, resilience.ErrBreakerOpen):
+		return "breaker_open"
+	case errors.Is(err, resilience.ErrBulkheadFull):
+		return "bulkhead_full"
+	case errors.Is(err, resilience.ErrThrottled):
+		return "throttled"
+	case errors.Is(err, resilience.ErrPaced):
+		return "paced"
+	}
+	return "other"
 }
 
 // client returns the client and URL a delivery to target uses: the
