@@ -824,11 +824,16 @@ func runQueue(t *testing.T, h Harness) {
 			clock.Advance(time.Minute)
 		}
 		var dead *queue.DeadMessage
-		poll.Until(t, wait, func() bool {
+		if !poll.Wait(wait, func() bool {
 			var err error
 			dead, err = q.Get(ctx, "dies")
 			return err == nil && len(seen("ok")) == 4
-		}, "ok: attempts %v; dies: attempts %v, not dead", seen("ok"), seen("dies"))
+		}) {
+			_, okErr := q.Get(ctx, "ok")
+			_, diesErr := q.Get(ctx, "dies")
+			t.Fatalf("after %v: ok delivered as attempts %v (in the DLQ: %v), dies as %v (in the DLQ: %v); want ok delivered 4 times, dies dead",
+				wait, seen("ok"), okErr == nil, seen("dies"), diesErr == nil)
+		}
 		if got := seen("ok"); !slices.Equal(got, []int{1, 1, 1, 1}) {
 			t.Fatalf("ok delivered as attempts %v, want [1 1 1 1] (a deferral is not an attempt)", got)
 		}
