@@ -18,11 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leveehq/levee/gateway"
+	"github.com/leveehq/levee/internal/goaws"
 	"github.com/leveehq/levee/store/nats/natsqueue"
 	"github.com/leveehq/levee/store/postgres"
 	"github.com/leveehq/levee/store/sqlite"
@@ -201,7 +205,8 @@ func metric(t *testing.T, g *running, name string, labels ...string) float64 {
 }
 
 // backends are the store configs the async tests run on: the embedded
-// SQLite file and PostgreSQL (one schema of the test's own).
+// SQLite file, PostgreSQL (one schema of the test's own), JetStream (a
+// prefix of its own) and SQS (goaws, queues of a prefix of their own).
 func backends(t *testing.T) map[string]func(t *testing.T) string {
 	return map[string]func(t *testing.T) string{
 		"sqlite": func(t *testing.T) string {
@@ -216,7 +221,42 @@ func backends(t *testing.T) map[string]func(t *testing.T) string {
 			return fmt.Sprintf("store: {type: sqlite, sqlite: {path: %s}}\nqueue_store: {type: nats, nats: {url: %q, prefix: %s, ack_wait: 5s}}\n",
 				filepath.Join(t.TempDir(), "levee.db"), server, prefix)
 		},
+		"sqs": func(t *testing.T) string {
+			endpoint, prefix := sqsQueues(t, "events", "partner")
+			return fmt.Sprintf("store: {type: sqlite, sqlite: {path: %s}}\nqueue_store: {type: sqs, sqs: {region: us-east-1, endpoint: %s, prefix: %s}}\n",
+				filepath.Join(t.TempDir(), "levee.db"), endpoint, prefix)
+		},
 	}
+}
+
+// sqsQueues starts goaws (the SQS emulator; see internal/goaws), creates
+// the SQS queues of names and their DLQs under a prefix of the test's own,
+// points the AWS SDK's default credential chain at test credentials, and
+// returns the endpoint and the prefix. The queues' visibility timeout is
+// the gateway's default lease (60s): goaws applies a queue's, not a
+// receive's.
+func sqsQueues(t *testing.T, names ...string) (string, string) {
+	t.Helper()
+	endpoint := goaws.Start(t, goaws.Build(t))
+	t.Setenv("AWS_ACCESS_KEY_ID", "levee-test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "levee-test")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	c := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), HTTPClient: &http.Client{Transport: tr},
+		Credentials: credentials.NewStaticCredentialsProvider("levee-test", "levee-test", "")})
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	prefix := "gw" + hex.EncodeToString(b[:]) + "-"
+	for _, n := range names {
+		for _, q := range []string{prefix + n + "-dlq", prefix + n} {
+			if _, err := c.CreateQueue(context.Background(), &sqs.CreateQueueInput{QueueName: aws.String(q),
+				Attributes: map[string]string{"VisibilityTimeout": "60"}}); err != nil {
+				t.Fatalf("CreateQueue %s: %v", q, err)
+			}
+		}
+	}
+	return endpoint, prefix
 }
 
 // natsPrefix returns the NATS server (LEVEE_NATS_URL) and a prefix of
@@ -438,8 +478,8 @@ func TestEnqueueDeadLetterAndReplay(t *testing.T) {
 				return len(list.Messages) == 1
 			})
 			// levee_queue_depth comes from backends that can count cheaply
-			// (SQLite, PostgreSQL); JetStream does not report it.
-			if d := gauge(t, g, "levee_queue_depth", "queue", "partner", "state", "dead"); d != 1 && name != "nats" {
+			// (SQLite, PostgreSQL); JetStream and SQS do not report it.
+			if d := gauge(t, g, "levee_queue_depth", "queue", "partner", "state", "dead"); d != 1 && name != "nats" && name != "sqs" {
 				t.Fatalf("levee_queue_depth{dead} = %v, want 1", d)
 			}
 			var dm gateway.DLQMessage

@@ -34,7 +34,7 @@ import (
 // (queues:, webhooks:) keep their messages and dead letters. It cannot
 // change on reload.
 type QueueStoreConfig struct {
-	// Type is sqlite (default), postgres or nats (JetStream).
+	// Type is sqlite (default), postgres, nats (JetStream) or sqs.
 	Type string `yaml:"type"`
 	// SQLite.Path defaults to store.sqlite.path: the queues live in the
 	// gateway's embedded file, in tables of their own.
@@ -44,6 +44,9 @@ type QueueStoreConfig struct {
 	Postgres PostgresConfig `yaml:"postgres"`
 	// NATS is the JetStream connection when Type is nats.
 	NATS NATSConfig `yaml:"nats"`
+	// SQS is the region, endpoint and queue names when Type is sqs
+	// (queue_sqs.go).
+	SQS SQSConfig `yaml:"sqs"`
 }
 
 // NATSConfig configures the JetStream queue store (store/nats/natsqueue).
@@ -67,6 +70,7 @@ func (c *QueueStoreConfig) Defaults() {
 	config.Default(&c.NATS.URL, "nats://127.0.0.1:4222")
 	config.Default(&c.NATS.Prefix, natsqueue.DefaultPrefix)
 	config.Default(&c.NATS.AckWait, Duration(natsqueue.DefaultAckWait))
+	c.SQS.defaults()
 }
 
 // inherit fills the connection fields from the idempotency store's.
@@ -79,8 +83,10 @@ func (c *QueueStoreConfig) inherit(st StoreConfig) {
 func (c *QueueStoreConfig) Validate(r *config.Report, path string) {
 	switch c.Type {
 	case "sqlite", "postgres", "nats":
+	case "sqs":
+		c.SQS.validate(r, config.Join(path, "sqs"))
 	default:
-		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite, postgres or nats)", c.Type)
+		r.Bad(config.Join(path, "type"), "unknown queue store %q (want sqlite, postgres, nats or sqs)", c.Type)
 	}
 }
 
@@ -97,8 +103,10 @@ type QueueConfig struct {
 	// followed by a path ("partner/v1/sync"): then every delivery goes
 	// through that upstream's executor (its rate limit, breaker, pacing,
 	// retries), so a burst of messages is smoothed to the third party's
-	// quota; a local refusal (open breaker, no quota slot, a pause) is
-	// a retryable failure after the policy's Retry-After. Required.
+	// quota; a local refusal (open breaker, full bulkhead, no quota
+	// slot, a pause) is not an attempt: it is tried again after the
+	// policy's Retry-After without counting toward max_attempts
+	// (queue.Defer). Required.
 	Target string `yaml:"target"`
 	// Path, when set, accepts async work: a POST to it stores its body
 	// and answers 202 with the message id and a Location to its status
@@ -217,6 +225,9 @@ func (c *Config) validateQueues(r *config.Report) {
 			r.Bad(fmt.Sprintf("queues[%d].name", i), "duplicate queue name %q (also queues[%d])", q.Name, j)
 		}
 		names[q.Name] = i
+		if c.QueueStore.Type == "sqs" && q.Name != "" {
+			c.QueueStore.SQS.validateName(r, fmt.Sprintf("queues[%d].name", i), q.Name)
+		}
 		if q.Path != "" {
 			if other, dup := paths[q.Path]; dup {
 				r.Bad(fmt.Sprintf("queues[%d].path", i), "%q is also the path of %s", q.Path, other)
@@ -280,6 +291,7 @@ type gwQueue struct {
 // asyncMetrics are the queue, webhook and DLQ collectors.
 type asyncMetrics struct {
 	enqueued, delivered, failed, dead *prometheus.CounterVec
+	deferred                          *prometheus.CounterVec
 	webhooks                          *prometheus.CounterVec
 	dlqOps, dlqMessages               *prometheus.CounterVec
 }
@@ -296,6 +308,7 @@ func newAsyncMetrics(reg prometheus.Registerer) *asyncMetrics {
 		enqueued:    cv("levee_queue_enqueued_total", "Messages stored in a queue (duplicates not counted), by queue and source (enqueue, webhook, fallback: an upstream's queue fallback).", "queue", "source"),
 		delivered:   cv("levee_queue_delivered_total", "Messages delivered to their target (2xx), by queue.", "queue"),
 		failed:      cv("levee_queue_attempt_failures_total", "Failed delivery attempts, by queue and kind (status code class, network, permanent).", "queue", "kind"),
+		deferred:    cv("levee_queue_deferred_total", "Deliveries not attempted because a policy of the target's upstream refused them before sending (breaker_open, bulkhead_full, throttled, paced); retried later without counting an attempt. By queue and kind.", "queue", "kind"),
 		dead:        cv("levee_queue_dead_lettered_total", "Messages moved to the dead-letter queue after their last attempt, a permanent failure or a 410, by queue.", "queue"),
 		webhooks:    cv("levee_webhook_requests_total", "Webhook requests by route, outcome (accepted, duplicate, rejected, in_flight, failed) and problem type (none when accepted).", "route", "outcome", "type"),
 		dlqOps:      cv("levee_dlq_operations_total", "DLQ operations by queue and operation (replay, purge).", "queue", "op"),
@@ -386,6 +399,8 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 
 func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, func() error, error) {
 	switch c.Type {
+	case "sqs":
+		return openSQSBackend(ctx, c.SQS)
 	case "nats":
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -502,10 +517,23 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 	req.Header.Set("X-Levee-Message-Id", d.ID)
 	req.Header.Set("X-Levee-Attempt", fmt.Sprint(d.Attempt))
 	resp, err := client.Do(req)
+	if errors.Is(err, resilience.ErrRejected) {
+		// One of the upstream's policies refused before anything was
+		// sent (open breaker, full bulkhead, adaptive throttling, no
+		// quota slot or a pause beyond the wait bound): not an attempt.
+		// Tried again after the policy's delay (the breaker's cooldown,
+		// the quota's wait), or backoff_base when it names none.
+		ra, ok := resilience.RetryAfter(err, time.Now())
+		if !ok || ra <= 0 {
+			ra = gq.cfg.BackoffBase.D()
+		}
+		m.deferred.WithLabelValues(name, refusalKind(err)).Inc()
+		return queue.Defer(ra, fmt.Errorf("gateway: queue %s: not sent: %w", name, err))
+	}
 	if ra, ok := resilience.RetryAfter(err, time.Now()); ok {
-		// One of the upstream's policies refused (open breaker, no
-		// quota slot, a pause) or its Retry-After was above the cap:
-		// retryable, after that delay (capped by max_retry_after).
+		// The upstream answered with a Retry-After above the cap: an
+		// attempt, retryable after that delay (capped by
+		// max_retry_after).
 		m.failed.WithLabelValues(name, "refused").Inc()
 		gq.maybeDead(d)
 		return queue.RetryAfter(max(ra, time.Millisecond), fmt.Errorf("gateway: queue %s: deliver: %w", name, err))
@@ -538,6 +566,21 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 		gq.countDead()
 		return queue.Permanent(he)
 	}
+}
+
+// refusalKind names the policy that refused a delivery locally.
+func refusalKind(err error) string {
+	switch {
+	case errors.Is(err, resilience.ErrBreakerOpen):
+		return "breaker_open"
+	case errors.Is(err, resilience.ErrBulkheadFull):
+		return "bulkhead_full"
+	case errors.Is(err, resilience.ErrThrottled):
+		return "throttled"
+	case errors.Is(err, resilience.ErrPaced):
+		return "paced"
+	}
+	return "other"
 }
 
 // client returns the client and URL a delivery to target uses: the

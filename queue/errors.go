@@ -64,6 +64,31 @@ func (e *RetryAfterError) Error() string {
 
 func (e *RetryAfterError) Unwrap() error { return e.Err }
 
+// DeferError says a delivery was not attempted: the handler refused it
+// before anything reached the target (a local policy refused: an open
+// circuit breaker, a full bulkhead, no quota slot in time, a pause). The
+// worker releases the message for another try after Delay (capped by
+// WorkerConfig.MaxRetryAfter) without counting an attempt or recording
+// one in the history, so an outage refused locally never exhausts
+// MaxAttempts nor dead-letters messages that were never sent.
+type DeferError struct {
+	Delay time.Duration
+	Err   error
+}
+
+// Defer wraps err, the reason a delivery was not attempted, so that the
+// message is tried again after d (at least 0) without counting an attempt.
+// Only a handler that knows nothing was sent may return it: a deferral
+// does not bring the message closer to the DLQ, so a handler deferring
+// every time keeps it queued for ever.
+func Defer(d time.Duration, err error) error { return &DeferError{Delay: d, Err: err} }
+
+func (e *DeferError) Error() string {
+	return fmt.Sprintf("queue: not attempted, retry after %v: %v", e.Delay, e.Err)
+}
+
+func (e *DeferError) Unwrap() error { return e.Err }
+
 // Permanent marks err as not worth retrying: the message goes to the DLQ
 // with ReasonPermanent. errors.Is(Permanent(err), ErrPermanent) and
 // errors.Is(Permanent(err), err) both hold.

@@ -45,7 +45,7 @@ type Deduper interface {
 // the result may not have been recorded.
 type Finish func(ctx context.Context, handlerErr error) error
 
-// InProgressDelay is how long Idempotent asks to wait before retrying a
+// InProgressDelay is how long Idempotent defers (Defer: not an attempt) a
 // message another consumer is processing.
 const InProgressDelay = time.Second
 
@@ -63,7 +63,8 @@ func Idempotent(d Deduper, h Handler) Handler {
 		case errors.Is(err, ErrProcessed):
 			return nil
 		case errors.Is(err, ErrInProgress):
-			return RetryAfter(InProgressDelay, err)
+			// Not attempted here: another consumer holds it.
+			return Defer(InProgressDelay, err)
 		case errors.Is(err, ErrOutcomeUnknown):
 			return Permanent(err)
 		case err != nil:

@@ -228,10 +228,10 @@ func TestIdempotent(t *testing.T) {
 	if err := h.Handle(ctx, &queue.Delivery{Message: queue.Message{ID: "m1", Queue: "other"}}); err != nil || runs != 3 {
 		t.Fatalf("other queue: runs %d, err %v", runs, err)
 	}
-	// Held by another consumer: retried later, not run.
+	// Held by another consumer: deferred (not an attempt here), not run.
 	dd.state["q/m2"] = "busy"
-	var ra *queue.RetryAfterError
-	if err := h.Handle(ctx, &queue.Delivery{Message: queue.Message{ID: "m2", Queue: "q"}}); !errors.As(err, &ra) || !errors.Is(err, queue.ErrInProgress) || runs != 3 {
+	var de *queue.DeferError
+	if err := h.Handle(ctx, &queue.Delivery{Message: queue.Message{ID: "m2", Queue: "q"}}); !errors.As(err, &de) || de.Delay != queue.InProgressDelay || !errors.Is(err, queue.ErrInProgress) || runs != 3 {
 		t.Fatalf("in progress elsewhere: %v, runs %d", err, runs)
 	}
 	// An unknown earlier outcome: never run again, straight to the DLQ.

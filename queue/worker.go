@@ -14,7 +14,8 @@ import (
 // Handler delivers one message. Returning nil acknowledges it (it is
 // deleted). An error is one failed attempt: the message is retried after a
 // backoff, or dead-lettered after the last attempt; *HTTPError,
-// RetryAfter, Permanent and ErrTargetGone refine that. A Handler must
+// RetryAfter, Permanent and ErrTargetGone refine that, and Defer says the
+// delivery was not attempted at all (retried later, not counted). A Handler must
 // return when ctx ends (the attempt timed out or the worker is stopping).
 type Handler interface {
 	Handle(ctx context.Context, d *Delivery) error
@@ -313,6 +314,16 @@ func (w *Worker) deliver(ctx context.Context, c Claimed) {
 			return b.Bury(ctx, Burial{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: len(history), History: history, Reason: reason, At: now()})
 		})
 	}
+	release := func() { // uncounted, available at once
+		w.settle(ctx, func(ctx context.Context) error {
+			return b.Nack(ctx, Nack{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: c.Attempt - 1, History: c.History, AvailableAt: now()})
+		})
+	}
+	if ctx.Err() != nil {
+		// Claimed while Stop was under way: not attempted.
+		release()
+		return
+	}
 	if c.Attempt > w.cfg.MaxAttempts {
 		bury(ReasonMaxAttempts) // the last attempt's worker died
 		return
@@ -327,8 +338,15 @@ func (w *Worker) deliver(ctx context.Context, c Claimed) {
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		// Interrupted by Stop: not the target's fault.
+		release()
+		return
+	}
+	if de := (*DeferError)(nil); errors.As(err, &de) {
+		// Not attempted: back after the delay, uncounted (the attempts
+		// lost to crashes, filled in above, stay counted).
+		at := now().Add(min(max(de.Delay, 0), w.cfg.MaxRetryAfter))
 		w.settle(ctx, func(ctx context.Context) error {
-			return b.Nack(ctx, Nack{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: c.Attempt - 1, History: c.History, AvailableAt: now()})
+			return b.Nack(ctx, Nack{Queue: c.Queue, ID: c.ID, Token: c.Token, Attempts: len(history), History: history, AvailableAt: at})
 		})
 		return
 	}

@@ -61,13 +61,6 @@ type Features struct {
 	// ID with queue.Idempotent). Dedupe checks dedupe within a call, then
 	// skips the rest.
 	NoCrossCallDedupe bool
-	// StopMayStrand: a delivery interrupted by Worker.Stop is not always
-	// released at once: now and then it comes back only after the backend's
-	// lease (NATS JetStream's AckWait), counted as an attempt. A known
-	// limitation of the JetStream backend (docs/queue.md), declared so that
-	// StopReleasesInFlightUncounted skips there instead of failing one run
-	// in several.
-	StopMayStrand bool
 }
 
 // needsClock skips t when the backend runs on its service's clock.
@@ -778,11 +771,85 @@ func runQueue(t *testing.T, h Harness) {
 		}
 	})
 
+	t.Run("DeferIsNotAnAttempt", func(t *testing.T) {
+		t.Parallel()
+		clock := fakeclock.New(t0)
+		q := newQueue(t, h.NewBackend(t), clock)
+		// "ok" is deferred three times, then delivered; "dies" alternates a
+		// deferral and a real failure. With MaxAttempts 2 a counted
+		// deferral would dead-letter "ok" and give "dies" a short history.
+		script := map[string][]string{"ok": {"defer", "defer", "defer", "ok"}, "dies": {"defer", "fail", "defer", "fail"}}
+		var mu sync.Mutex
+		calls := map[string][]int{} // attempt numbers seen, by id
+		firstDelay := time.Minute
+		if h.Features.ServerClock {
+			firstDelay = 0 // the delay runs on the service's clock
+		}
+		// A lease far beyond the minute the clock moves, which must not
+		// expire a claim in flight.
+		start(t, q, queue.WorkerConfig{MaxAttempts: 2, Lease: time.Hour, Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
+			mu.Lock()
+			n := len(calls[d.ID])
+			calls[d.ID] = append(calls[d.ID], d.Attempt)
+			mu.Unlock()
+			if n >= len(script[d.ID]) {
+				return queue.Permanent(fmt.Errorf("call %d of %s: more than scripted", n+1, d.ID))
+			}
+			switch script[d.ID][n] {
+			case "defer":
+				delay := time.Duration(0)
+				if d.ID == "ok" && n == 0 {
+					delay = firstDelay
+				}
+				return queue.Defer(delay, errors.New("circuit breaker open: not sent"))
+			case "fail":
+				return errors.New("boom")
+			}
+			return nil
+		})})
+		if _, err := q.Enqueue(ctx, &queue.Message{ID: "ok", Target: "a"}, &queue.Message{ID: "dies", Target: "b"}); err != nil {
+			t.Fatal(err)
+		}
+		seen := func(id string) []int {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(calls[id])
+		}
+		if !h.Features.ServerClock {
+			poll.Until(t, wait, func() bool { return len(seen("ok")) >= 1 }, "ok never delivered")
+			time.Sleep(50 * time.Millisecond) // a few polls; absence cannot be awaited
+			if got := seen("ok"); len(got) != 1 {
+				t.Fatalf("deferred by a minute, delivered again at once: attempts %v", got)
+			}
+			clock.Advance(time.Minute)
+		}
+		var dead *queue.DeadMessage
+		if !poll.Wait(wait, func() bool {
+			var err error
+			dead, err = q.Get(ctx, "dies")
+			return err == nil && len(seen("ok")) == 4
+		}) {
+			_, okErr := q.Get(ctx, "ok")
+			_, diesErr := q.Get(ctx, "dies")
+			t.Fatalf("after %v: ok delivered as attempts %v (in the DLQ: %v), dies as %v (in the DLQ: %v); want ok delivered 4 times, dies dead",
+				wait, seen("ok"), okErr == nil, seen("dies"), diesErr == nil)
+		}
+		if got := seen("ok"); !slices.Equal(got, []int{1, 1, 1, 1}) {
+			t.Fatalf("ok delivered as attempts %v, want [1 1 1 1] (a deferral is not an attempt)", got)
+		}
+		if got := seen("dies"); !slices.Equal(got, []int{1, 1, 2, 2}) {
+			t.Fatalf("dies delivered as attempts %v, want [1 1 2 2]", got)
+		}
+		if dead.Attempts != 2 || len(dead.History) != 2 || dead.History[0].Error != "boom" || dead.History[1].Error != "boom" || dead.Reason != queue.ReasonMaxAttempts {
+			t.Fatalf("dead %+v: want the two real attempts only, no deferral", dead)
+		}
+		if _, err := q.Get(ctx, "ok"); !errors.Is(err, queue.ErrNotFound) {
+			t.Fatalf("ok in the DLQ (%v): its deferrals were counted", err)
+		}
+	})
+
 	t.Run("StopReleasesInFlightUncounted", func(t *testing.T) {
 		t.Parallel()
-		if h.Features.StopMayStrand {
-			t.Skip("Features.StopMayStrand: an interrupted delivery may come back only after the lease, as an attempt")
-		}
 		q := newQueue(t, h.NewBackend(t), fakeclock.New(t0))
 		entered := make(chan int, 4)
 		w := start(t, q, queue.WorkerConfig{Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {

@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -106,7 +107,7 @@ type Backend struct {
 
 // held is a message claimed by this Backend and not yet settled.
 type held struct {
-	msg      jetstream.Msg
+	msg      *nats.Msg // from the claim's inbox: the legacy ack methods
 	token    int64
 	seq      uint64
 	attempts int    // attempts recorded before this claim
@@ -185,6 +186,10 @@ func New(ctx context.Context, js jetstream.JetStream, opts Options) (*Backend, e
 	go b.heartbeat()
 	return b, nil
 }
+
+// settleTimeout bounds the bucket calls that settle deliveries a claim
+// already received (their state read, a hand-back's state write).
+const settleTimeout = 10 * time.Second
 
 // margin is how much earlier than the server this process considers a
 // lease over (the server's timer starts before the delivery arrives).
@@ -549,6 +554,8 @@ func heldKey(q, id string) string { return q + "\x00" + id }
 // by heartbeats to req.LeaseUntil-req.Now (measured on this process's
 // clock from the claim); req.Now is not otherwise used. Order is the stream's
 // (publish order; redeliveries first). A fetch error is returned wrapped.
+// ctx bounds the fetch only: what the server delivered is returned (or
+// handed back uncounted) even when ctx ends meanwhile.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if err := b.check(); err != nil {
 		return nil, err
@@ -560,6 +567,19 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if err != nil {
 		return nil, err
 	}
+	batch, fetchErr := b.fetch(req.Queue, c, req.Limit)
+	if fetchErr != nil && len(batch) == 0 {
+		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, fetchErr)
+	}
+	firstFetch, callerDone := true, ctx.Done()
+	// From here on the server has counted every message of the batch as
+	// delivered: each must be returned, or handed back with its state
+	// recorded, even when the caller's ctx ends meanwhile (a Worker
+	// stopping while it claims). Failing the state read of a delivery
+	// because ctx ended made the delivery count as an attempt (the
+	// "stopped delivery comes back as an attempt" issue, docs/queue.md).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
 	excluded := map[string]bool{}
 	for _, t := range req.Exclude {
 		excluded[t] = true
@@ -569,36 +589,86 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	var out []queue.Claimed
 	var firstErr error
 	// A message for a saturated, excluded or disabled target is handed
-	// back (with a delay, so it is not fetched again in this call) and the
-	// scan goes on past it, up to claimScan messages: fetching only
-	// req.Limit would let a backlog for one hanging target fill every fetch,
-	// and other targets' messages behind it would wait for that backlog to
-	// cycle through, a few messages per poll.
+	// back (with a delay, so that it is not fetched again in this call) and
+	// the claim fetches again past it, up to claimScan messages in all:
+	// fetching only req.Limit would let a backlog for one hanging target
+	// fill every fetch, and other targets' messages behind it would wait
+	// for that backlog to cycle through, a few messages per poll.
 	for scanned, want := 0, req.Limit; len(out) < req.Limit && scanned < claimScan; {
-		batch, err := c.FetchNoWait(want)
-		if err != nil {
-			firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, err))
-			break
-		}
-		n, handed := 0, 0
-		for jm := range batch.Messages() {
-			n++
-			m, ok := b.claimOne(ctx, req, jm, excluded, perTarget, lease, len(out) >= req.Limit, &firstErr)
-			if ok {
-				out = append(out, m)
-			} else {
-				handed++
+		if !firstFetch {
+			select {
+			case <-callerDone:
+				return out, nil // stopping: fetch nothing more
+			default:
 			}
+			batch, fetchErr = b.fetch(req.Queue, c, want)
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			firstErr = firstOf(firstErr, err)
+		firstFetch = false
+		firstErr = firstOf(firstErr, fetchErr)
+		handed := 0
+		for _, jm := range batch {
+			meta, err := jm.Metadata()
+			if err != nil {
+				firstErr = firstOf(firstErr, err)
+				continue
+			}
+			m, err := parseMessage(req.Queue, jm.Header, jm.Data)
+			if err != nil {
+				// Not written by levee (no valid Levee-Meta): terminate it, so
+				// that it is never redelivered and cannot wedge the queue
+				// (JetStream reports it with a MSG_TERMINATED advisory).
+				_ = jm.Term()
+				firstErr = firstOf(firstErr, err)
+				continue
+			}
+			st := msgState{}
+			stateful := meta.NumDelivered > 1
+			if stateful {
+				if e, err := b.state.Get(ctx, b.stateKey(req.Queue, meta.Sequence.Stream)); err == nil {
+					if err := json.Unmarshal(e.Value(), &st); err != nil {
+						firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+					}
+				} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+					_ = jm.Nak()
+					firstErr = firstOf(firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+					continue
+				}
+			}
+			b.mu.Lock()
+			disabled := b.targets[req.Queue][m.Target].Disabled
+			b.mu.Unlock()
+			blocked := disabled || excluded[m.Target] || (req.PerTarget > 0 && perTarget[m.Target] >= req.PerTarget)
+			if blocked || len(out) >= req.Limit {
+				// A claimable message fetched beyond the limit goes back
+				// at once; one blocked waits HandBackDelay, so that this
+				// call's next fetches reach past it.
+				delay := time.Duration(0)
+				if blocked {
+					delay = b.opts.HandBackDelay
+				}
+				if err := b.handBack(ctx, req.Queue, jm, meta, st, delay); err != nil {
+					firstErr = firstOf(firstErr, err)
+				}
+				handed++
+				continue
+			}
+			perTarget[m.Target]++
+			// Deliveries since the last recorded outcome count as attempts
+			// (a worker that vanished holding one lost its attempt).
+			attempt := st.Attempts + int(meta.NumDelivered-st.Settled)
+			now := time.Now()
+			h := &held{msg: jm, token: int64(meta.Sequence.Consumer), seq: meta.Sequence.Stream, attempts: st.Attempts,
+				deliv: meta.NumDelivered, stateful: stateful, deadline: now.Add(b.opts.AckWait - b.margin()), beatUntil: now.Add(lease)}
+			b.mu.Lock()
+			b.held[heldKey(req.Queue, m.ID)] = h
+			b.mu.Unlock()
+			out = append(out, queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History})
 		}
-		scanned += n
-		if n < want {
+		scanned += len(batch)
+		if fetchErr != nil || len(batch) < want {
 			break // the stream has nothing more available now
 		}
-		// Past a run of handed-back messages, fetch in growing batches
-		// (any claimable message beyond the limit is handed back at once).
+		// Past a run of handed-back messages, fetch in growing batches.
 		want = min(max(req.Limit-len(out), 2*handed), claimScan-scanned)
 	}
 	if len(out) == 0 && firstErr != nil {
@@ -611,62 +681,144 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 // included.
 const claimScan = 256
 
-// claimOne turns one fetched message into a claim, or hands it back (or
-// terminates it) and reports false.
-// A claimable message fetched beyond req.Limit (full) is handed back with
-// no delay.
-func (b *Backend) claimOne(ctx context.Context, req queue.ClaimRequest, jm jetstream.Msg, excluded map[string]bool, perTarget map[string]int, lease time.Duration, full bool, firstErr *error) (queue.Claimed, bool) {
-	meta, err := jm.Metadata()
+// fetchWait is how long a claim waits for the server's answer to its
+// pull request.
+const fetchWait = time.Second
+
+// fetch sends the consumer a no-wait pull request for up to limit messages
+// and returns those that arrive within fetchWait, and the error a status
+// answer carried (404 and 408, the request's normal end, are none).
+//
+// It replaces jetstream's FetchNoWait, which stops listening 1s after it
+// sent the request and drops what arrives later: the server has counted
+// those messages delivered, so each came back only after AckWait, as an
+// attempt nobody made (a loaded machine answering late made a delivery that
+// Worker.Stop released look like a crashed attempt). Here a goroutine keeps
+// listening to the request's inbox until the request ends (at most AckWait,
+// after which the server redelivers anyway) and hands each late message
+// back at once without counting it.
+func (b *Backend) fetch(q string, c jetstream.Consumer, limit int) ([]*nats.Msg, error) {
+	nc := b.js.Conn()
+	ch := make(chan *nats.Msg, limit+2) // limit messages and a status
+	sub, err := nc.ChanSubscribe(nc.NewInbox(), ch)
 	if err != nil {
-		*firstErr = firstOf(*firstErr, err)
-		return queue.Claimed{}, false
+		return nil, err
 	}
-	m, err := parseMessage(req.Queue, jm.Headers(), jm.Data())
+	body, err := json.Marshal(struct {
+		Batch  int  `json:"batch"`
+		NoWait bool `json:"no_wait"`
+	}{limit, true})
 	if err != nil {
-		// Not written by levee (no valid Levee-Meta): terminate it, so
-		// that it is never redelivered and cannot wedge the queue
-		// (JetStream reports it with a MSG_TERMINATED advisory).
-		_ = jm.Term()
-		*firstErr = firstOf(*firstErr, err)
-		return queue.Claimed{}, false
+		_ = sub.Unsubscribe()
+		return nil, err
 	}
-	st := msgState{}
-	stateful := meta.NumDelivered > 1
-	if stateful {
-		if e, err := b.state.Get(ctx, b.stateKey(req.Queue, meta.Sequence.Stream)); err == nil {
-			if err := json.Unmarshal(e.Value(), &st); err != nil {
-				*firstErr = firstOf(*firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
+	if err := nc.PublishRequest(b.apiPrefix()+"CONSUMER.MSG.NEXT."+b.opts.Prefix+"_Q."+c.CachedInfo().Name, sub.Subject, body); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	var out []*nats.Msg
+	t := time.NewTimer(fetchWait)
+	defer t.Stop()
+	for len(out) < limit {
+		select {
+		case m := <-ch:
+			end, err := pullStatus(m)
+			if end {
+				_ = sub.Unsubscribe()
+				return out, err
 			}
-		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			_ = jm.Nak()
-			*firstErr = firstOf(*firstErr, fmt.Errorf("natsqueue: state of %q: %w", m.ID, err))
-			return queue.Claimed{}, false
+			if m.Reply != "" {
+				out = append(out, m)
+			}
+		case <-t.C:
+			b.mu.Lock()
+			closed := b.closed
+			if !closed {
+				b.beating.Add(1)
+			}
+			b.mu.Unlock()
+			if closed {
+				_ = sub.Unsubscribe()
+				return out, nil
+			}
+			go b.handBackLate(q, sub, ch, limit-len(out))
+			return out, nil
 		}
 	}
-	b.mu.Lock()
-	disabled := b.targets[req.Queue][m.Target].Disabled
-	b.mu.Unlock()
-	if disabled || excluded[m.Target] || (req.PerTarget > 0 && perTarget[m.Target] >= req.PerTarget) || full {
-		delay := b.opts.HandBackDelay
-		if full && !disabled && !excluded[m.Target] && (req.PerTarget <= 0 || perTarget[m.Target] < req.PerTarget) {
-			delay = 0
-		}
-		if err := b.handBack(ctx, req.Queue, jm, meta, st, delay); err != nil {
-			*firstErr = firstOf(*firstErr, err)
-		}
-		return queue.Claimed{}, false
+	_ = sub.Unsubscribe()
+	return out, nil
+}
+
+// pullStatus reports whether m is a status answer ending a pull request,
+// and the error it carries (none for 404 No Messages and 408 Request
+// Timeout, a no-wait request's normal end).
+func pullStatus(m *nats.Msg) (bool, error) {
+	if len(m.Data) > 0 || m.Header.Get("Status") == "" {
+		return false, nil
 	}
-	perTarget[m.Target]++
-	// Deliveries since the last recorded outcome count as attempts
-	// (a worker that vanished holding one lost its attempt).
-	attempt := st.Attempts + int(meta.NumDelivered-st.Settled)
-	now := time.Now()
-	h := &held{msg: jm, token: int64(meta.Sequence.Consumer), seq: meta.Sequence.Stream, attempts: st.Attempts,
-		deliv: meta.NumDelivered, stateful: stateful, deadline: now.Add(b.opts.AckWait - b.margin()), beatUntil: now.Add(lease)}
-	b.mu.Lock()
-	b.held[heldKey(req.Queue, m.ID)] = h
-	b.mu.Unlock()
-	return queue.Claimed{Message: m, Token: h.token, Attempt: attempt, History: st.History}, true
+	switch m.Header.Get("Status") {
+	case "100": // heartbeat, flow control
+		return false, nil
+	case "404", "408":
+		return true, nil
+	default:
+		return true, fmt.Errorf("natsqueue: pull request answered %s %s", m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+}
+
+// handBackLate reads the rest of a pull request's answer after its claim
+// stopped waiting and hands each message back uncounted, until the request
+// ends, left messages arrived, AckWait passed or the Backend closed.
+func (b *Backend) handBackLate(q string, sub *nats.Subscription, ch chan *nats.Msg, left int) {
+	defer b.beating.Done()
+	defer func() { _ = sub.Unsubscribe() }()
+	t := time.NewTimer(b.opts.AckWait)
+	defer t.Stop()
+	for left > 0 {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			return
+		case m := <-ch:
+			if end, _ := pullStatus(m); end {
+				return
+			}
+			if m.Reply == "" {
+				continue
+			}
+			left--
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			st := msgState{}
+			if meta.NumDelivered > 1 {
+				if e, err := b.state.Get(ctx, b.stateKey(q, meta.Sequence.Stream)); err == nil {
+					_ = json.Unmarshal(e.Value(), &st)
+				} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+					_ = m.Nak()
+					cancel()
+					continue
+				}
+			}
+			_ = b.handBack(ctx, q, m, meta, st, 0)
+			cancel()
+		}
+	}
+}
+
+// apiPrefix is the JetStream API subject prefix of b.js.
+func (b *Backend) apiPrefix() string {
+	o := b.js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
 }
 
 func firstOf(first, err error) error {
@@ -677,7 +829,7 @@ func firstOf(first, err error) error {
 }
 
 // handBack returns a delivery without counting it as an attempt.
-func (b *Backend) handBack(ctx context.Context, q string, jm jetstream.Msg, meta *jetstream.MsgMetadata, st msgState, delay time.Duration) error {
+func (b *Backend) handBack(ctx context.Context, q string, jm *nats.Msg, meta *nats.MsgMetadata, st msgState, delay time.Duration) error {
 	// The next delivery (NumDelivered+1) gets this one's attempt number.
 	st.Attempts += int(meta.NumDelivered-st.Settled) - 1
 	st.Settled = meta.NumDelivered
@@ -730,7 +882,7 @@ func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
 	if err != nil {
 		return err
 	}
-	if err := h.msg.DoubleAck(ctx); err != nil {
+	if err := h.msg.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("natsqueue: ack %q: %w", id, err)
 	}
 	b.dropState(ctx, q, h)
@@ -788,7 +940,7 @@ func (b *Backend) Bury(ctx context.Context, bu queue.Burial) error {
 	if err != nil {
 		return err
 	}
-	m, err := parseMessage(bu.Queue, h.msg.Headers(), h.msg.Data())
+	m, err := parseMessage(bu.Queue, h.msg.Header, h.msg.Data)
 	if err != nil {
 		return err
 	}
@@ -801,7 +953,7 @@ func (b *Backend) Bury(ctx context.Context, bu queue.Burial) error {
 	if _, err := b.js.Publish(ctx, b.dlqSubject(bu.Queue, bu.ID), body); err != nil {
 		return fmt.Errorf("natsqueue: bury %q: %w", bu.ID, err)
 	}
-	if err := h.msg.DoubleAck(ctx); err != nil {
+	if err := h.msg.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("natsqueue: bury %q: ack: %w", bu.ID, err)
 	}
 	b.dropState(ctx, bu.Queue, h)

@@ -105,9 +105,7 @@ func TestConformance(t *testing.T) {
 		Reopen: func(t testing.TB, b queue.Backend) queue.Backend {
 			return reopen(t, b.(*natsqueue.Backend), natsqueue.Options{})
 		},
-		// StopMayStrand: see docs/queue.md (one fresh-clone CI run in six saw a
-		// stopped delivery come back after AckWait as attempt 2).
-		Features: queuetest.Features{ServerClock: true, StopMayStrand: true},
+		Features: queuetest.Features{ServerClock: true},
 	})
 }
 
@@ -369,4 +367,81 @@ func TestHostileFields(t *testing.T) {
 		t.Fatalf("invalid UTF-8: %v", err)
 	}
 	noClaim(t, b, 200*time.Millisecond) // "first" was not stored either
+}
+
+// TestClaimWithCanceledContextCountsNothing: a claim whose context ends
+// (a Worker stopping while it claims) must not turn the deliveries the
+// server already made into attempts.
+func TestClaimWithCanceledContextCountsNothing(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, natsqueue.Options{})
+	enqueue(t, b, &queue.Message{ID: "a", Target: "x"})
+	c := claimAll(t, b, 1, 0)[0]
+	// Released uncounted, as Worker.Stop does: the next delivery is
+	// NumDelivered 2 and reads the state record.
+	if err := b.Nack(ctx, queue.Nack{Queue: "q", ID: "a", Token: c.Token, Attempts: 0}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	// The server redelivers it once it has processed the NAK: claim with
+	// the ended context until that delivery is made to such a claim.
+	var cs []queue.Claimed
+	poll.Until(t, 10*time.Second, func() bool {
+		var err error
+		cs, err = b.Claim(cctx, queue.ClaimRequest{Queue: "q", Limit: 10})
+		if err != nil {
+			t.Fatalf("claim with an ended context, after the fetch: %v", err)
+		}
+		return len(cs) > 0
+	}, "the released message was not redelivered")
+	if cs[0].Attempt != 1 {
+		t.Fatalf("claimed with an ended context: attempt %d, want 1", cs[0].Attempt)
+	}
+	if err := b.Nack(ctx, queue.Nack{Queue: "q", ID: "a", Token: cs[0].Token, Attempts: 0}); err != nil {
+		t.Fatal(err)
+	}
+	again := claimAll(t, b, 1, 0)[0]
+	if again.Attempt != 1 {
+		t.Fatalf("after a claim with a canceled context: attempt %d, want 1", again.Attempt)
+	}
+}
+
+// TestStopWhileClaimingCountsNothing: the suite's
+// StopReleasesInFlightUncounted with a worker polling every millisecond, so
+// that Stop often lands while the worker's loop is claiming: the delivery
+// Stop released must come back as attempt 1 every time.
+func TestStopWhileClaimingCountsNothing(t *testing.T) {
+	t.Parallel()
+	q, err := queue.New(newBackend(t, natsqueue.Options{}), queue.Config{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan int, 16)
+	w, err := q.NewWorker(queue.WorkerConfig{PollInterval: time.Millisecond, Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
+		entered <- d.Attempt
+		<-ctx.Done()
+		return ctx.Err()
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue(ctx, &queue.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := w.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-entered:
+			if a != 1 {
+				t.Fatalf("round %d: attempt %d, want 1 (a stop is not an attempt)", i, a)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: the message stopped in the previous round did not come back", i)
+		}
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+		w.Stop()
+	}
 }

@@ -5,15 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -21,81 +16,16 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"go.uber.org/goleak"
 
+	"github.com/leveehq/levee/internal/goaws"
 	"github.com/leveehq/levee/store/sqs/sqsqueue"
 )
 
 // ---- goaws, the SQS emulator, behind its AWS JSON front ----
 
-// buildGoaws builds testdata/goaws (goaws v0.4.5 with the JSON front the
-// SDK v2 needs; see its doc comment) or takes LEVEE_GOAWS. A build that
-// fails (no module proxy) skips, or fails with CI=true.
-func buildGoaws(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("LEVEE_GOAWS"); p != "" {
-		return p
-	}
-	bin := filepath.Join(t.TempDir(), "goaws")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	cmd.Dir = filepath.Join("testdata", "goaws")
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("building goaws: %v\n%s", err, out)
-		}
-		t.Skipf("building goaws (needs the Go module proxy; set LEVEE_GOAWS to a built testdata/goaws): %v\n%s", err, out)
-	}
-	return bin
-}
-
-// startGoaws runs bin on a free 127.0.0.1 port until t ends.
-func startGoaws(t testing.TB, bin string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	logPath := filepath.Join(t.TempDir(), "goaws.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, addr)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); logFile.Close() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("goaws log (last 4 KB):\n%s", out[max(0, len(out)-4096):])
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case err := <-exited:
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("goaws exited before listening: %v\n%s", err, out)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goaws not listening on %s after 15s", addr)
-		}
-	}
-}
+// buildGoaws and startGoaws: internal/goaws, shared with the gateway's
+// tests.
+func buildGoaws(t testing.TB) string             { return goaws.Build(t) }
+func startGoaws(t testing.TB, bin string) string { return goaws.Start(t, bin) }
 
 func newClient(tb testing.TB, endpoint string) *sqs.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()

@@ -5,8 +5,12 @@
 // (form-encoded requests, XML answers). The front translates the
 // operations levee's sqsqueue uses, one to one; everything else goaws
 // does (visibility, delays, receive, delete, redrive to a DLQ after
-// maxReceiveCount) is goaws's own. Operations goaws lacks (TagQueue,
-// ListQueueTags, StartMessageMoveTask) answer UnknownOperationException.
+// maxReceiveCount) is goaws's own. TagQueue and ListQueueTags, which goaws
+// lacks, the front keeps in memory per queue URL (with SQS's limits: 50
+// tags, keys up to 128 and values up to 256 characters), so that a levee
+// process (the gateway's tests) can run on it unwrapped; the other
+// operation goaws lacks (StartMessageMoveTask) answers
+// UnknownOperationException.
 //
 // Usage: goaws 127.0.0.1:PORT
 package main
@@ -63,6 +67,47 @@ func main() {
 type front struct {
 	goaws http.Handler
 	mu    sync.RWMutex
+
+	tagsMu sync.Mutex
+	tags   map[string]map[string]string // queue URL -> tags
+}
+
+// tagging answers TagQueue and ListQueueTags.
+func (f *front) tagging(w http.ResponseWriter, action string, in map[string]any) {
+	u := str(in["QueueUrl"])
+	f.tagsMu.Lock()
+	defer f.tagsMu.Unlock()
+	var out any = map[string]any{}
+	switch action {
+	case "TagQueue":
+		next := map[string]string{}
+		for k, v := range f.tags[u] {
+			next[k] = v
+		}
+		for k, v := range asMap(in["Tags"]) {
+			if len(k) > 128 || len(str(v)) > 256 {
+				jsonError(w, 400, "InvalidParameterValue", "tag "+k+" is too long")
+				return
+			}
+			next[k] = str(v)
+		}
+		if len(next) > 50 {
+			jsonError(w, 400, "InvalidParameterValue", "a queue has at most 50 tags")
+			return
+		}
+		if f.tags == nil {
+			f.tags = map[string]map[string]string{}
+		}
+		f.tags[u] = next
+	case "ListQueueTags":
+		tags := map[string]string{}
+		for k, v := range f.tags[u] {
+			tags[k] = v
+		}
+		out = map[string]any{"Tags": tags}
+	}
+	w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+	_ = json.NewEncoder(w).Encode(out)
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -76,6 +121,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	if err := json.Unmarshal(body, &in); err != nil {
 		jsonError(w, 400, "InvalidParameterValue", err.Error())
+		return
+	}
+	if action == "TagQueue" || action == "ListQueueTags" {
+		f.tagging(w, action, in)
 		return
 	}
 	form, ok := toForm(action, in)
