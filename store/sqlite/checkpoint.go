@@ -32,11 +32,15 @@ const checkpointEvery = 500 * time.Millisecond
 //
 // Durability: a commit is in the WAL (synchronous=NORMAL: written, not yet
 // fsynced) before it returns, so it survives a crash of the process whether
-// or not a checkpoint has run. A checkpoint first fsyncs the WAL, so the
-// trailing checkpoint bounds what a power loss or an operating-system
-// crash can take back to the commits of about the last checkpointEvery
-// (SQLite's own automatic checkpoint gave no time bound: below 1,000 pages
-// the WAL waited for the next writes). When the Store closes, SQLite
+// or not a checkpoint has run. A checkpoint that copies pages first fsyncs
+// the WAL, so usually the trailing checkpoint bounds what a power loss or
+// an operating-system crash can take back to the commits of about the last
+// checkpointEvery; not always: a checkpoint that can copy nothing (a
+// reader, perhaps in another process, still holds an older snapshot, or
+// another process is checkpointing) syncs nothing, and then the bound is
+// the next checkpoint that can, or the kernel's own writeback (SQLite's
+// automatic checkpoint gave no time bound either: below 1,000 pages the
+// WAL waited for the next writes). When the Store closes, SQLite
 // checkpoints the rest as the last connection closes.
 type checkpointer struct {
 	db      *sql.DB // nil for Memory (no WAL)
@@ -105,6 +109,10 @@ func (c *checkpointer) close() {
 		return
 	}
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
 	c.closed = true
 	if c.stop != nil {
 		close(c.stop)

@@ -98,9 +98,9 @@ func (c *countingConn) QueryContext(ctx context.Context, query string, args []dr
 }
 
 // PrepareContext wraps the statement so that executing it outside a
-// transaction is counted like a direct Exec or Query. The store itself
-// does not prepare statements; this keeps the count honest if
-// database/sql ever falls back to preparing.
+// transaction is counted like a direct Exec or Query: the readers'
+// statements (prepared through database/sql) and the writer's (prepared on
+// its own connection, writerconn.go) all come through here.
 func (c *countingConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	st, err := c.fullConn.PrepareContext(ctx, query)
 	if err != nil {

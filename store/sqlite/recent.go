@@ -29,7 +29,8 @@ type recentKeys struct {
 }
 
 func newRecentKeys() *recentKeys {
-	return &recentKeys{seed: maphash.MakeSeed(), set: make(map[uint64]struct{}, recentCap), ring: make([]uint64, 0, recentCap)}
+	// Start small: the set grows with use up to recentCap.
+	return &recentKeys{seed: maphash.MakeSeed(), set: make(map[uint64]struct{}, 64)}
 }
 
 func (r *recentKeys) has(key string) bool {

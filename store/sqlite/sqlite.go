@@ -99,8 +99,8 @@ import (
 //     call corrupt.
 const schemaVersion = 2
 
-// maxConns bounds the connections of a file Store: readers and, one at a
-// time, the writer.
+// maxConns bounds the connections of a file Store: the writer's, kept for
+// it (writerconn.go), and the readers'.
 const maxConns = 16
 
 // Memory is the path that opens a private in-memory database instead of a
@@ -152,10 +152,11 @@ type Store struct {
 
 	// The writer's connection and statements (writerconn.go), used under
 	// wmu by the writer goroutine and by Close.
-	wmu    sync.Mutex
-	wconn  *sql.Conn
-	ws     *writerStmts
-	closed atomic.Bool
+	wmu     sync.Mutex
+	wconn   *sql.Conn
+	ws      *writerStmts
+	wclosed bool // set by Close: later batches fail with errClosed
+	closed  atomic.Bool
 }
 
 // statements are the queries prepared once through database/sql, which
@@ -420,10 +421,10 @@ func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 // under a live lease — is returned at once, so a replay or a duplicate in
 // flight takes no write lock and never queues behind writers. Otherwise,
 // and for a key not seen here (most likely new), the claim goes to the
-// writer (see writer.go), which runs the INSERT ... ON CONFLICT DO UPDATE
-// ... WHERE claimable under the write lock, with concurrent writes in the
-// same transaction, and returns the blocking record read under that lock
-// if there is one.
+// writer (see writer.go), which runs the INSERT ... ON CONFLICT DO
+// NOTHING, then if needed the takeover UPDATE ... WHERE claimable, under
+// the write lock, with concurrent writes in the same transaction, and
+// returns the blocking record read under that lock if there is one.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
 	if s.recent.has(req.Key) {
 		rec, err := scanRecord(req.Key, s.st.get.QueryRowContext(ctx, req.Key))

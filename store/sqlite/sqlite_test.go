@@ -608,17 +608,66 @@ func TestClosedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	now := time.Now()
+	// A store that has written (its checkpointer started) closes twice too.
+	if res, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: "w", Token: 1, Now: now,
+		LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+		t.Fatalf("claim: %+v, %v", res, err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	now := time.Now()
 	if err := s.Complete(context.Background(), "k", 1, idempotency.Response{}, now, now); err == nil {
 		t.Fatal("Complete after Close succeeded")
 	}
 	if _, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: "k", Token: 1, Now: now, ExpiresAt: now.Add(time.Hour)}); err == nil {
 		t.Fatal("Claim after Close succeeded")
+	}
+}
+
+// TestCloseWithWritesQueued closes a store while writers keep queueing:
+// every write gets an outcome, and afterwards no file of the database is
+// still open in this process (a batch reached after Close used to pin a
+// new connection that nothing closed).
+func TestCloseWithWritesQueued(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		t.Skip("needs /proc/self/fd")
+	}
+	for round := range 10 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("close%d.db", round))
+		s, err := sqlite.Open(path, sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := range 64 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					now := time.Now()
+					if _, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: fmt.Sprint(w, "/", i), Token: 1,
+						Now: now, LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil {
+						return // closed
+					}
+				}
+			})
+		}
+		time.Sleep(5 * time.Millisecond)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		fds, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(target, path) {
+				t.Fatalf("round %d: %s still open after Close", round, target)
+			}
+		}
 	}
 }

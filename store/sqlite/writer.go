@@ -22,8 +22,9 @@ import (
 //
 // Each operation runs as its own statement(s) in the batch, in arrival
 // order, with exactly the semantics it has alone: the claim is the same
-// INSERT ... ON CONFLICT ... WHERE claimable, the fenced writes the same
-// guarded UPDATE or DELETE. Results are handed back only after the commit,
+// INSERT ... ON CONFLICT DO NOTHING, then takeover UPDATE ... WHERE
+// claimable, then SELECT, the fenced writes the same guarded UPDATE or
+// DELETE. Results are handed back only after the commit,
 // so no caller ever acts on a write that could still be rolled back. If a
 // statement fails with an SQL error (disk full, I/O error: errors after
 // which SQLite may have rolled the whole transaction back), the batch is
@@ -63,8 +64,9 @@ type writeOp struct {
 	t2    int64  // renew, mark unknown: expires_at
 	resp  []byte // complete: the encoded response
 
-	res idempotency.ClaimResult
-	err error
+	res  idempotency.ClaimResult
+	err  error
+	done bool // the outcome is set (the writer's bookkeeping within a batch)
 }
 
 // getOp returns a recycled or new operation.
@@ -119,6 +121,12 @@ func (s *Store) runBatch(batch []*writeOp) {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.wclosed {
+		// Queued before Close and reached after it: the store's
+		// connections are gone (and must not be opened again).
+		setAll(batch, errClosed)
+		return
+	}
 	// The batch outlives any one caller: it is bounded by the busy timeout
 	// (waiting for other processes' write locks), not by a context.
 	ctx := context.Background()
@@ -135,10 +143,15 @@ func (s *Store) runBatch(batch []*writeOp) {
 		return s.runOn(ctx, ws, batch, live)
 	})
 	if err != nil {
-		setAll(batch, fmt.Errorf("sqlite: %w", err))
-		if errors.Is(err, driver.ErrBadConn) {
-			s.dropWriterConn()
+		// The connection failed: operations that already have an outcome
+		// (committed in a transaction of their own before the failure)
+		// keep it; the others get the error.
+		for _, op := range batch {
+			if !op.Skipped() && !op.done {
+				op.res, op.err = idempotency.ClaimResult{}, fmt.Errorf("sqlite: %w", err)
+			}
 		}
+		s.dropWriterConn(conn)
 	}
 	release()
 }
@@ -150,23 +163,30 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 	tx, err := ws.conn.BeginTx(ctx, driver.TxOptions{})
 	if err != nil {
 		setAll(batch, fmt.Errorf("sqlite: begin: %w", err))
-		return badConn(err)
+		markDone(batch)
+		return connFailed(err)
 	}
 	for _, op := range batch {
 		if op.Skipped() {
 			continue
 		}
 		if err := s.apply(ctx, ws, op); err != nil {
-			_ = tx.Rollback()
+			rbErr := tx.Rollback()
 			if live == 1 {
 				op.err = fmt.Errorf("sqlite: %s: %w", op.kind, err)
-				return badConn(err)
+				op.done = true
+				return connFailed(rbErr)
+			}
+			if rbErr != nil && !isBusy(rbErr) {
+				setAll(batch, fmt.Errorf("sqlite: %s: %w", op.kind, err))
+				markDone(batch)
+				return rbErr
 			}
 			// SQLite may have rolled the whole transaction back: run every
 			// operation of the batch again, each in its own transaction.
 			for _, again := range batch {
 				if !again.Skipped() {
-					again.res, again.err = idempotency.ClaimResult{}, nil
+					again.res, again.err, again.done = idempotency.ClaimResult{}, nil, false
 					if err := s.runOn(ctx, ws, []*writeOp{again}, 1); err != nil {
 						return err
 					}
@@ -177,18 +197,34 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 	}
 	if err := tx.Commit(); err != nil {
 		setAll(batch, fmt.Errorf("sqlite: commit: %w", err))
-		return badConn(err)
+		markDone(batch)
+		return connFailed(err)
 	}
+	markDone(batch)
 	s.ckpt.afterCommit()
 	return nil
 }
 
-// badConn passes on only the error that says the connection is unusable.
-func badConn(err error) error {
-	if errors.Is(err, driver.ErrBadConn) {
-		return err
+// markDone records that the live operations of batch have their outcome.
+func markDone(batch []*writeOp) {
+	for _, op := range batch {
+		if !op.Skipped() {
+			op.done = true
+		}
 	}
-	return nil
+}
+
+// connFailed passes on an error after which the writer's connection should
+// not be trusted: the driver's ErrBadConn, or a failed BEGIN, ROLLBACK or
+// COMMIT that was not SQLite's "busy" (another process holding the lock,
+// which the next batch may simply find released). The connection is then
+// given back and replaced, so a broken connection state (a transaction
+// that could not be ended) is never permanent.
+func connFailed(err error) error {
+	if err == nil || isBusy(err) {
+		return nil
+	}
+	return err
 }
 
 func setAll(batch []*writeOp, err error) {

@@ -16,8 +16,8 @@ import (
 // connection: database/sql's per-statement bookkeeping (a Stmt per
 // transaction, argument conversion, Rows and Scan) was a sixth of the
 // writer's CPU, and a connection that is always the writer keeps its page
-// cache warm (no other connection of this Store writes, so nothing
-// invalidates it). A file Store pins that connection for its lifetime; a
+// cache warm (other connections of this Store write only in DeleteExpired's
+// occasional clean-up, so little invalidates it). A file Store pins that connection for its lifetime; a
 // Memory store, whose only connection is shared with its readers, takes it
 // from the pool for each batch (the same connection every time).
 
@@ -101,14 +101,24 @@ func (s *Store) writerConn(ctx context.Context) (*sql.Conn, func(), error) {
 	return s.wconn, func() {}, nil
 }
 
-// dropWriterConn forgets a connection the driver reported unusable; the
-// next batch takes a new one and prepares its statements again.
-func (s *Store) dropWriterConn() {
+// dropWriterConn gives up the writer's connection after it failed (conn
+// is the one the batch used, still held): its statements are closed, a
+// file Store's pinned connection is closed and replaced at the next batch,
+// and the statements are prepared again there.
+func (s *Store) dropWriterConn(conn *sql.Conn) {
+	if ws := s.ws; ws != nil {
+		_ = conn.Raw(func(dc any) error {
+			if dc == ws.raw {
+				ws.close()
+			}
+			return nil
+		})
+	}
+	s.ws = nil
 	if s.wconn != nil {
 		_ = s.wconn.Close()
 		s.wconn = nil
 	}
-	s.ws = nil
 }
 
 // writerStatements returns the writer's statements for dc, preparing them
@@ -152,6 +162,10 @@ func (s *Store) writerStatements(ctx context.Context, dc driver.Conn) (*writerSt
 func (s *Store) closeWriter() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.wclosed {
+		return
+	}
+	s.wclosed = true
 	if s.ws == nil {
 		if s.wconn != nil {
 			_ = s.wconn.Close()

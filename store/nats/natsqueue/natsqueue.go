@@ -549,7 +549,8 @@ func heldKey(q, id string) string { return q + "\x00" + id }
 
 // Claim fetches up to req.Limit messages the server offers now (no wait).
 // A message for a disabled or excluded target, or beyond req.PerTarget, is
-// handed back (NakWithDelay(HandBackDelay)) without counting an attempt.
+// handed back (NakWithDelay(HandBackDelay)) without counting an attempt,
+// and the claim fetches again past it, up to claimScan messages in all.
 // The lease is the consumer's AckWait from the server's delivery, extended
 // by heartbeats to req.LeaseUntil-req.Now (measured on this process's
 // clock from the claim); req.Now is not otherwise used. Order is the stream's
@@ -668,8 +669,14 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		if fetchErr != nil || len(batch) < want {
 			break // the stream has nothing more available now
 		}
-		// Past a run of handed-back messages, fetch in growing batches.
-		want = min(max(req.Limit-len(out), 2*handed), claimScan-scanned)
+		// Past a run of handed-back messages, fetch in growing batches;
+		// once this batch claimed something, only what is still wanted
+		// (every hand-back costs a state write and a Nak).
+		want = req.Limit - len(out)
+		if handed == len(batch) {
+			want = max(want, 2*handed)
+		}
+		want = min(want, claimScan-scanned)
 	}
 	if len(out) == 0 && firstErr != nil {
 		return nil, fmt.Errorf("natsqueue: claim from %q: %w", req.Queue, firstErr)
