@@ -546,8 +546,8 @@ func TestAsyncConfig(t *testing.T) {
 	if s := red.Webhooks[0].Secrets[0]; s == testWebhookSecret || !strings.Contains(s, "REDACTED") {
 		t.Fatalf("secret shown as %q", s)
 	}
-	if cfg.QueueStore.Type != "sqlite" || cfg.QueueStore.SQLite.Path != cfg.Store.SQLite.Path {
-		t.Fatalf("queue store %+v, want the store's sqlite file", cfg.QueueStore)
+	if want := strings.TrimSuffix(cfg.Store.SQLite.Path, ".db") + "-queue.db"; cfg.QueueStore.Type != "sqlite" || cfg.QueueStore.SQLite.Path != want {
+		t.Fatalf("queue store %+v, want sqlite file %s beside the store's", cfg.QueueStore, want)
 	}
 	bad := strings.NewReplacer("queue: events", "queue: nope", "scheme: standard-webhooks", "scheme: carrier-pigeon").Replace(asyncConfig("", "ftp://x"))
 	_, err = gateway.Parse("x.yaml", []byte(bad), noEnv)

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,9 +39,19 @@ import (
 type QueueStoreConfig struct {
 	// Type is sqlite (default), postgres, nats (JetStream) or sqs.
 	Type string `yaml:"type"`
-	// SQLite.Path defaults to store.sqlite.path: the queues live in the
-	// gateway's embedded file, in tables of their own.
+	// SQLite.Path defaults to a file beside store.sqlite.path, with
+	// "-queue" before its extension (levee.db: levee-queue.db), so that the
+	// queue's writer and the idempotency store's never wait for each
+	// other's write lock. A store file that already holds levee's queue
+	// tables (written by a levee that kept the queues there) and no such
+	// file beside it keeps serving the queues, so nothing already accepted
+	// is stranded.
 	SQLite SQLiteConfig `yaml:"sqlite"`
+
+	// sqliteDerived: SQLite.Path was derived from store.sqlite.path, and
+	// storePath is that path.
+	sqliteDerived bool
+	storePath     string
 	// Postgres.URL defaults to store.postgres.url; Postgres.Schema to
 	// "levee".
 	Postgres PostgresConfig `yaml:"postgres"`
@@ -75,7 +88,9 @@ func (c *QueueStoreConfig) Defaults() {
 
 // inherit fills the connection fields from the idempotency store's.
 func (c *QueueStoreConfig) inherit(st StoreConfig) {
-	config.Default(&c.SQLite.Path, st.SQLite.Path)
+	if c.SQLite.Path == "" && st.SQLite.Path != "" {
+		c.SQLite.Path, c.sqliteDerived, c.storePath = queueFileBeside(st.SQLite.Path), true, st.SQLite.Path
+	}
 	config.Default(&c.Postgres.URL, st.Postgres.URL)
 }
 
@@ -120,6 +135,12 @@ type QueueConfig struct {
 	Idempotency *IdempotencyConfig `yaml:"idempotency"`
 	// Concurrency is how many deliveries run at once. Default 8.
 	Concurrency int `yaml:"concurrency"`
+	// MaxPerTarget is how many of those may go to one target at once, so
+	// that one slow endpoint cannot take every slot. A queue's messages
+	// mostly share its one target (upstream fallbacks add one per path),
+	// so the default is Concurrency: the queue library's default of a
+	// quarter would quietly cap a one-target queue at two deliveries.
+	MaxPerTarget int `yaml:"max_per_target"`
 	// MaxAttempts before the message goes to the DLQ. Default 10.
 	MaxAttempts int `yaml:"max_attempts"`
 	// AttemptTimeout bounds one delivery. Default 30s.
@@ -158,6 +179,7 @@ func (c *QueueConfig) Defaults() {
 		c.Headers = []string{"Content-Type"}
 	}
 	config.Default(&c.Concurrency, queue.DefaultConcurrency)
+	config.Default(&c.MaxPerTarget, c.Concurrency)
 	config.Default(&c.MaxAttempts, queue.DefaultMaxAttempts)
 	config.Default(&c.AttemptTimeout, Duration(queue.DefaultAttemptTimeout))
 	config.Default(&c.Lease, c.AttemptTimeout+Duration(30*time.Second))
@@ -194,6 +216,9 @@ func (c *QueueConfig) Validate(r *config.Report, p string) {
 	}
 	if c.Concurrency < 1 || c.MaxAttempts < 1 {
 		r.Bad(p, "concurrency and max_attempts must be at least 1")
+	}
+	if c.MaxPerTarget < 1 || c.MaxPerTarget > c.Concurrency {
+		r.Bad(config.Join(p, "max_per_target"), "must be between 1 and concurrency (%d), got %d", c.Concurrency, c.MaxPerTarget)
 	}
 	if c.Lease <= c.AttemptTimeout {
 		r.Bad(config.Join(p, "lease"), "must exceed attempt_timeout (%v)", c.AttemptTimeout.D())
@@ -276,6 +301,10 @@ type Queues struct {
 	m       *asyncMetrics
 	closeBk func() error
 	started bool
+	// sinkDedupes: the backend keeps each enqueue's dedupe id for the
+	// window the enqueue asks (SQLite, PostgreSQL), so a webhook route can
+	// dedupe event ids in the enqueue itself.
+	sinkDedupes bool
 	// upstream finds a named upstream's executor and URL in the running
 	// config (set by New; nil before: deliveries to named upstreams wait).
 	upstream atomic.Pointer[func(name string) (*resilience.Executor, *url.URL)]
@@ -342,8 +371,9 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		opts.Transport = NewTransport()
 	}
 	qs := &Queues{byName: map[string]*gwQueue{}, store: opts.Store, log: opts.Logger,
-		client:  &http.Client{Transport: opts.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		closeBk: func() error { return nil }}
+		sinkDedupes: cfg.QueueStore.Type == "sqlite" || cfg.QueueStore.Type == "postgres",
+		client:      &http.Client{Transport: opts.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		closeBk:     func() error { return nil }}
 	var reg prometheus.Registerer
 	if opts.Metrics != nil {
 		reg = opts.Metrics.Registry
@@ -375,6 +405,7 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		w, err := q.NewWorker(queue.WorkerConfig{
 			Handler:        queue.Idempotent(engineDeduper{eng}, queue.HandlerFunc(gq.deliver)),
 			Concurrency:    qc.Concurrency,
+			MaxPerTarget:   qc.MaxPerTarget,
 			MaxAttempts:    qc.MaxAttempts,
 			AttemptTimeout: qc.AttemptTimeout.D(),
 			Lease:          qc.Lease.D(),
@@ -436,9 +467,13 @@ func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, f
 		}
 		return bk, func() error { err := bk.Close(); pool.Close(); return err }, nil
 	default:
-		bk, err := sqlitequeue.Open(c.SQLite.Path, sqlitequeue.Options{})
+		path := c.SQLite.Path
+		if c.sqliteDerived && legacyQueueFile(c.storePath, path) {
+			path = c.storePath
+		}
+		bk, err := sqlitequeue.Open(path, sqlitequeue.Options{})
 		if err != nil {
-			return nil, nil, fmt.Errorf("gateway: queue store sqlite %s: %w", c.SQLite.Path, err)
+			return nil, nil, fmt.Errorf("gateway: queue store sqlite %s: %w", path, err)
 		}
 		return bk, bk.Close, nil
 	}
@@ -814,4 +849,25 @@ func (c depthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(queued), name, "queued")
 		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(dead), name, "dead")
 	}
+}
+
+// queueFileBeside is the default queue file for the idempotency store's
+// file: "-queue" before the extension.
+func queueFileBeside(storePath string) string {
+	ext := filepath.Ext(storePath)
+	return strings.TrimSuffix(storePath, ext) + "-queue" + ext
+}
+
+// legacyQueueFile reports whether the queues should stay in storePath: the
+// default queue file does not exist yet and storePath already has levee's
+// queue tables.
+func legacyQueueFile(storePath, queuePath string) bool {
+	if _, err := os.Stat(queuePath); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if _, err := os.Stat(storePath); err != nil {
+		return false
+	}
+	ok, err := sqlitequeue.HasQueueTables(storePath)
+	return err == nil && ok
 }

@@ -172,13 +172,18 @@ func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
 			}
 		},
 	}
-	if wc.dedupe() {
+	switch {
+	case wc.dedupe() && g.queues.sinkDedupes:
+		// The enqueue checks the event's dedupe id atomically and keeps it
+		// for the retention: one commit per event.
+		opts.SinkDedupes = true
+	case wc.dedupe():
 		if g.store == nil {
 			return nil, fmt.Errorf("gateway: webhooks[%d] (%s): dedupe needs a store", idx, wc.Name)
 		}
 		opts.Dedupe = NewWebhookDedupe(g.store, wc.DedupeRetention.D(), wc.InFlightWait.D())
 	}
-	h, err := webhook.NewHandler(wc.scheme, webhookSink{gq}, opts)
+	h, err := webhook.NewHandler(wc.scheme, webhookSink{gq: gq, retention: wc.DedupeRetention.D()}, opts)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: webhooks[%d] (%s): %w", idx, wc.Name, err)
 	}
@@ -187,14 +192,32 @@ func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
 
 // webhookSink stores a verified event in the queue (durably: Enqueue
 // returns after the commit), keeping the headers the target may verify
-// again, and dedupes by event id in the queue's window too.
-type webhookSink struct{ gq *gwQueue }
+// again, and dedupes by event id in the queue: for the route's retention
+// where the backend keeps dedupe ids for the window asked (AcceptOnce, the
+// route's only dedupe then), in the backend's own window otherwise (behind
+// the idempotency store's dedupe).
+type webhookSink struct {
+	gq        *gwQueue
+	retention time.Duration
+}
 
 // notForwarded are, with hopHeaders, the request headers a stored
 // webhook does not carry to its target.
 var notForwarded = []string{"Content-Length", "Host", "Expect"}
 
 func (s webhookSink) Accept(ctx context.Context, ev webhook.Event) error {
+	_, err := s.accept(ctx, ev, s.gq.q.Enqueue)
+	return err
+}
+
+// AcceptOnce implements webhook.OnceSink.
+func (s webhookSink) AcceptOnce(ctx context.Context, ev webhook.Event) (bool, error) {
+	return s.accept(ctx, ev, func(ctx context.Context, msgs ...*queue.Message) ([]queue.EnqueueResult, error) {
+		return s.gq.q.EnqueueDedupe(ctx, s.retention, msgs...)
+	})
+}
+
+func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(context.Context, ...*queue.Message) ([]queue.EnqueueResult, error)) (bool, error) {
 	h := ev.Header.Clone()
 	for _, k := range hopHeaders {
 		h.Del(k)
@@ -210,14 +233,14 @@ func (s webhookSink) Accept(ctx context.Context, ev webhook.Event) error {
 	if ev.ID != "" {
 		msg.DedupeID = webhookKey(ev.Source, ev.ID)
 	}
-	res, err := s.gq.q.Enqueue(ctx, msg)
+	res, err := enqueue(ctx, msg)
 	if err != nil {
-		return fmt.Errorf("gateway: webhook %s: %w", ev.Source, err)
+		return false, fmt.Errorf("gateway: webhook %s: %w", ev.Source, err)
 	}
 	if !res[0].Duplicate {
 		s.gq.parent.m.enqueued.WithLabelValues(s.gq.cfg.Name, "webhook").Inc()
 	}
-	return nil
+	return res[0].Duplicate, nil
 }
 
 // webhookKey is the dedupe key of an event: its source and a hash of its

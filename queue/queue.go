@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -76,8 +77,21 @@ type Queue struct {
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every local enqueue
+	gen       uint64        // notifications so far
+	recent    []notice      // the last maxNotices notifications
 	replaying bool
 }
+
+// notice is one wake-up of local workers: the targets of an enqueue, or
+// nil for anything else (a replay, a target enabled again).
+type notice struct {
+	gen     uint64
+	targets []string
+}
+
+// maxNotices bounds the notifications a Queue remembers for workers asking
+// what woke them (wokenFor); asking about an older one answers "anything".
+const maxNotices = 256
 
 // New returns a Queue on b, or an error naming the invalid Config field.
 func New(b Backend, cfg Config) (*Queue, error) {
@@ -109,6 +123,14 @@ func NewID() string {
 // DedupeID is safe. A message with an ID over 255 bytes fails the call
 // before anything is stored.
 func (q *Queue) Enqueue(ctx context.Context, msgs ...*Message) ([]EnqueueResult, error) {
+	return q.EnqueueDedupe(ctx, q.cfg.DedupeWindow, msgs...)
+}
+
+// EnqueueDedupe is Enqueue with these messages' DedupeIDs remembered for
+// window instead of Config.DedupeWindow (a webhook route dedupes event ids
+// for its own retention). Backends that keep dedupe ids for a window of
+// their own (JetStream's stream setting) or none (SQS) ignore it.
+func (q *Queue) EnqueueDedupe(ctx context.Context, window time.Duration, msgs ...*Message) ([]EnqueueResult, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -126,27 +148,81 @@ func (q *Queue) Enqueue(ctx context.Context, msgs ...*Message) ([]EnqueueResult,
 		m.Queue = q.cfg.Name
 		m.EnqueuedAt = now
 	}
-	res, err := q.b.Enqueue(ctx, EnqueueRequest{Messages: msgs, Now: now, DedupeUntil: now.Add(q.cfg.DedupeWindow)})
+	res, err := q.b.Enqueue(ctx, EnqueueRequest{Messages: msgs, Now: now, DedupeUntil: now.Add(window)})
 	if err != nil {
 		return nil, fmt.Errorf("queue: enqueue: %w", err)
 	}
-	q.notify()
+	targets := make([]string, 0, 1)
+	for _, m := range msgs {
+		if !slices.Contains(targets, m.Target) {
+			targets = append(targets, m.Target)
+		}
+	}
+	q.notifyTargets(targets)
 	return res, nil
 }
 
-// notify wakes the local workers.
-func (q *Queue) notify() {
+// notify wakes the local workers for anything but an enqueue.
+func (q *Queue) notify() { q.notifyTargets(nil) }
+
+// notifyTargets wakes the local workers; targets are the enqueued
+// messages' (nil: not an enqueue).
+func (q *Queue) notifyTargets(targets []string) {
 	q.mu.Lock()
+	q.gen++
+	if len(q.recent) == maxNotices {
+		q.recent = append(q.recent[:0], q.recent[1:]...)
+	}
+	q.recent = append(q.recent, notice{gen: q.gen, targets: targets})
 	close(q.changed)
 	q.changed = make(chan struct{})
 	q.mu.Unlock()
 }
 
-// wake returns a channel closed at the next local enqueue or replay.
-func (q *Queue) wake() <-chan struct{} {
+// wake returns a channel closed at the next local enqueue or replay, and
+// the notifications so far (for wokenFor).
+func (q *Queue) wake() (<-chan struct{}, uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.changed
+	return q.changed, q.gen
+}
+
+// rewake is for a worker woken after gen: when wokenFor(gen, skip) is
+// false it returns false, a new wake channel and the generation it
+// follows, atomically (no notification falls between the check and the
+// new channel); otherwise true.
+func (q *Queue) rewake(gen uint64, skip map[string]bool) (bool, <-chan struct{}, uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.wokenForLocked(gen, skip) {
+		return true, nil, 0
+	}
+	return false, q.changed, q.gen
+}
+
+// wokenForLocked reports whether a notification after gen could concern
+// a target outside skip: false only when every one since was an enqueue
+// for targets in skip (a worker that found nothing to claim but those
+// targets' messages, all at their share, then has no reason to claim
+// again). q.mu is held.
+func (q *Queue) wokenForLocked(gen uint64, skip map[string]bool) bool {
+	if len(q.recent) == 0 || q.recent[0].gen > gen+1 {
+		return true // forgotten
+	}
+	for _, n := range q.recent {
+		if n.gen <= gen {
+			continue
+		}
+		if n.targets == nil {
+			return true
+		}
+		for _, t := range n.targets {
+			if !skip[t] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // DeadPage is one page of a DLQ listing.

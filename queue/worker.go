@@ -223,7 +223,7 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 	s := &slots{byTarget: map[string]int{}, freed: make(chan struct{}, 1)}
 	b := w.q.b
 	for {
-		wake := w.q.wake()
+		wake, gen := w.q.wake()
 		s.mu.Lock()
 		free := w.cfg.Concurrency - s.total
 		var exclude []string
@@ -234,6 +234,7 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 		}
 		s.mu.Unlock()
 		got := 0
+		var skip map[string]bool
 		if free > 0 {
 			now := w.q.cfg.Now()
 			cs, err := b.Claim(ctx, ClaimRequest{
@@ -270,18 +271,39 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 			if got > 0 && got == free {
 				continue
 			}
+			if err == nil && len(cs) == 0 && len(exclude) > 0 {
+				// Nothing claimable but messages of targets at their share
+				// (as far as this claim could see): enqueues for those
+				// targets alone do not make a claim worth trying again
+				// (each would scan their backlog for nothing); a freed
+				// slot, the poll or any other wake-up does.
+				skip = make(map[string]bool, len(exclude))
+				for _, t := range exclude {
+					skip[t] = true
+				}
+			}
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		t := time.NewTimer(w.cfg.PollInterval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-wake:
-		case <-s.freed:
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-wake:
+				if skip != nil {
+					var again bool
+					if again, wake, gen = w.q.rewake(gen, skip); !again {
+						continue wait
+					}
+				}
+			case <-s.freed:
+			case <-t.C:
+			}
+			break
 		}
 		t.Stop()
 	}

@@ -51,6 +51,20 @@ type Sink interface {
 	Accept(ctx context.Context, ev Event) error
 }
 
+// OnceSink is a Sink that also drops duplicates itself, keyed by the
+// event's Source and ID, in the same durable write that accepts the event
+// (a queue whose enqueue checks a dedupe id atomically). With
+// Options.SinkDedupes the handler uses it instead of a Dedupe: one write
+// per event instead of a claim, the write and a completion, and two
+// concurrent deliveries of one event both get 202 at once (one of them a
+// duplicate) instead of one waiting for the other.
+type OnceSink interface {
+	Sink
+	// AcceptOnce is Accept, except that an event accepted before (same
+	// Source and ID) is not stored again and reports duplicate=true.
+	AcceptOnce(ctx context.Context, ev Event) (duplicate bool, err error)
+}
+
 // Dedupe is the handler's optional duplicate check, keyed by the event's
 // Source and ID. The idempotency engine backs it in levee.
 type Dedupe interface {
@@ -107,6 +121,10 @@ type Options struct {
 	// Dedupe, when set, drops events whose id was accepted before. Every
 	// event must then carry an id: one without is answered 422.
 	Dedupe Dedupe
+	// SinkDedupes says the sink (an OnceSink) drops events whose id was
+	// accepted before, instead of Dedupe (which must then be nil). Every
+	// event must then carry an id, as with Dedupe.
+	SinkDedupes bool
 	// RetryAfter is sent with 409 and 503; 0 means DefaultRetryAfter.
 	RetryAfter time.Duration
 	// Now is the clock Verify checks timestamps against; nil means
@@ -141,6 +159,14 @@ func NewHandler(scheme Scheme, sink Sink, opts Options) (*Handler, error) {
 		return nil, fmt.Errorf("webhook: NewHandler: MaxBodyBytes is negative (%d)", opts.MaxBodyBytes)
 	case opts.RetryAfter < 0:
 		return nil, fmt.Errorf("webhook: NewHandler: RetryAfter is negative (%s)", opts.RetryAfter)
+	}
+	if opts.SinkDedupes {
+		if opts.Dedupe != nil {
+			return nil, errors.New("webhook: NewHandler: SinkDedupes with a Dedupe: choose one")
+		}
+		if _, ok := sink.(OnceSink); !ok {
+			return nil, fmt.Errorf("webhook: NewHandler: SinkDedupes needs an OnceSink, got %T", sink)
+		}
 	}
 	if opts.IDPath != "" {
 		if err := ValidateIDPath(opts.IDPath); err != nil {
@@ -193,6 +219,21 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) Result {
 		}
 	}
 	ctx := r.Context()
+	if h.opts.SinkDedupes {
+		if ev.ID == "" {
+			return h.fail(w, ev, fmt.Errorf("%w: deduping needs an id and the event has none (the %s scheme's id header, or IDPath)", ErrMissingID, h.scheme.Name()))
+		}
+		dup, err := h.sink.(OnceSink).AcceptOnce(ctx, ev)
+		switch {
+		case err != nil:
+			return h.fail(w, ev, fmt.Errorf("%w: sink: %w", ErrSink, err))
+		case dup:
+			writeAccepted(w, ev.ID, OutcomeDuplicate)
+			return Result{Outcome: OutcomeDuplicate, Status: http.StatusAccepted, Event: ev}
+		}
+		writeAccepted(w, ev.ID, OutcomeAccepted)
+		return Result{Outcome: OutcomeAccepted, Status: http.StatusAccepted, Event: ev}
+	}
 	var done func(context.Context, error) error
 	if h.opts.Dedupe != nil {
 		if ev.ID == "" {

@@ -172,6 +172,29 @@ func (b *Backend) Close() error {
 
 var errClosed = errors.New("sqlitequeue: backend closed")
 
+// HasQueueTables reports whether the SQLite file at path (which must
+// exist) holds this package's tables, read without changing the file.
+func HasQueueTables(path string) (bool, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false, err
+	}
+	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
+	if !strings.HasPrefix(u, "/") {
+		u = "/" + u
+	}
+	db, err := sql.Open("sqlite", "file://"+u+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = db.Close() }()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'levee_queue_messages'`).Scan(&n); err != nil {
+		return false, fmt.Errorf("sqlitequeue: %s: %w", path, err)
+	}
+	return n > 0, nil
+}
+
 func (b *Backend) migrate(ctx context.Context) error {
 	tx, err := b.beginTx(ctx)
 	if err != nil {
