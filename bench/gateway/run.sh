@@ -246,12 +246,35 @@ store:
 log:
   level: info
   access_log: $3
+EOF
+  if [ "${EGRESS:-0}" = 1 ]; then
+    # An egress route to a named upstream with the resilience policies a
+    # third party gets: retries with a budget, a breaker, a bulkhead, the
+    # partner's RateLimit headers read for pacing.
+    cat >>"$tmp/levee.yaml" <<EOF
+upstreams:
+  - name: partner
+    url: http://127.0.0.1:$P_UP
+    retry: {dedupes_keys: true}
+    breaker: {consecutive_failures: 50, cooldown: 5s}
+    bulkhead: {max_in_flight: 1024}
+    pace: {}
+routes:
+  - name: bench
+    match:
+      path_prefix: /egress
+    upstream: partner
+    egress: true
+EOF
+  else
+    cat >>"$tmp/levee.yaml" <<EOF
 routes:
   - name: bench
     match:
       path_prefix: /
     upstream: http://127.0.0.1:$P_UP
 EOF
+  fi
   if [ "$2" = 1 ]; then
     cat >>"$tmp/levee.yaml" <<EOF
     idempotency:
@@ -369,8 +392,10 @@ scenario() { # scenario NAME CONNS KIND ARGS...
     levee) # levee STORE IDEM ACCESSLOG MODE
       if [ "$1" = redis ] && [ "$have_redis" = 0 ]; then echo "  $name: skipped (no Redis at $REDIS_ADDR)" >&2; return 0; fi
       if [ "$1" = postgres ] && [ "$have_pg" = 0 ]; then echo "  $name: skipped (no Postgres at $PG_URL)" >&2; return 0; fi
+      local path=/v1/payments
+      if [ "${EGRESS:-0}" = 1 ]; then path=/egress/v1/payments; fi
       start_levee "$1" "$2" "$3"
-      measure "$name" "$conns" "http://127.0.0.1:$P_LEVEE/v1/payments" "$4"
+      measure "$name" "$conns" "http://127.0.0.1:$P_LEVEE$path" "$4"
       if [ "$2" = 1 ]; then
         OUTCOMES[$name]=$(levee_outcomes)
         local ferr
@@ -398,6 +423,7 @@ scenario go-stock-proxy-tuned   "$c" stock tuned
 scenario proto-proxy            "$c" proto
 scenario levee-plain            "$c" levee memory 0 true  unique
 scenario levee-plain-nolog      "$c" levee memory 0 false unique
+EGRESS=1 scenario levee-egress    "$c" levee memory 0 true  unique
 scenario levee-idem-sqlite      "$c" levee sqlite 1 true unique
 scenario levee-idem-redis       "$c" levee redis 1 true unique
 scenario levee-idem-postgres    "$c" levee postgres 1 true unique
