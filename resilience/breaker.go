@@ -347,7 +347,11 @@ func (b *Breaker) update(now time.Time, v BreakerView) []transition {
 // transitions emit EventBreakerTransition.
 func (b *Breaker) Wrap(env Env, next Handler) Handler {
 	return func(ctx context.Context, c *Call) (*http.Response, error) {
-		t, trs, err := b.allow(ctx, env.Clock.Now())
+		now := c.start // the first attempt starts with the call: spare a clock read
+		if c.attempt > 0 {
+			now = env.Clock.Now()
+		}
+		t, trs, err := b.allow(ctx, now)
 		b.report(ctx, env, trs)
 		if err != nil {
 			emit(ctx, env, Event{Kind: EventBreakerRejected, Attempt: c.attempt})
