@@ -7,9 +7,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
+
+	"github.com/leveehq/levee/internal/emulator"
 )
 
 // Start runs dynalite (env LEVEE_DYNALITE, or dynalite on PATH) on a free
@@ -26,46 +26,8 @@ func Start(t testing.TB) string {
 		}
 		path = p
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
+	addr := emulator.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
-	l.Close()
-	logPath := filepath.Join(t.TempDir(), "dynalite.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(path, "--host", "127.0.0.1", "--port", port,
-		"--createTableMs", "50", "--deleteTableMs", "0", "--updateTableMs", "0")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting dynalite %s: %v", path, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); logFile.Close() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case err := <-exited:
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("dynalite %s exited before listening: %v\n%s", path, err, out)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("dynalite %s not listening on %s after 15s\n%s", path, addr, out)
-		}
-	}
+	return emulator.Start(t, "dynalite", addr, exec.Command(path, "--host", "127.0.0.1", "--port", port,
+		"--createTableMs", "50", "--deleteTableMs", "0", "--updateTableMs", "0"))
 }

@@ -7,13 +7,14 @@ package goaws
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/leveehq/levee/internal/emulator"
 )
 
 // Build builds the emulator (or takes LEVEE_GOAWS, a built one) and
@@ -48,47 +49,6 @@ func Build(tb testing.TB) string {
 // endpoint URL; its log is printed if tb failed.
 func Start(tb testing.TB, bin string) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	logPath := filepath.Join(tb.TempDir(), "goaws.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command(bin, addr)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); logFile.Close() }()
-	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if tb.Failed() {
-			out, _ := os.ReadFile(logPath)
-			tb.Logf("goaws log (last 4 KB):\n%s", out[max(0, len(out)-4096):])
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case err := <-exited:
-			out, _ := os.ReadFile(logPath)
-			tb.Fatalf("goaws exited before listening: %v\n%s", err, out)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("goaws not listening on %s after 15s", addr)
-		}
-	}
+	addr := emulator.FreeAddr(tb)
+	return emulator.Start(tb, "goaws", addr, exec.Command(bin, addr))
 }
