@@ -576,7 +576,17 @@ const (
 UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
 WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
-	claimWindowFull = `SELECT count(*) FROM (SELECT 1 FROM levee_queue_messages
+	// claimSimple is claimOldest when nothing can be filtered out: no
+	// target excluded, none disabled in this queue, and the per-target
+	// share no smaller than the claim (the gateway's one-target queues
+	// claim this way): the oldest ?8 available messages in index order, no
+	// window, no ranking, no sort.
+	claimSimple = `UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
+WHERE seq IN (SELECT seq FROM levee_queue_messages WHERE queue = ?1 AND available_at <= ?2
+  ORDER BY available_at, seq LIMIT ?8)
+RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
+	claimAnyDisabled = `SELECT EXISTS (SELECT 1 FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)`
+	claimWindowFull  = `SELECT count(*) FROM (SELECT 1 FROM levee_queue_messages
   WHERE queue = ?1 AND available_at <= ?2 ORDER BY available_at, seq LIMIT ?3)`
 	claimPerTarget = `WITH RECURSIVE tg(t) AS (
   SELECT (SELECT min(target) FROM levee_queue_messages WHERE queue = ?1)
@@ -614,6 +624,16 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	var out []queue.Claimed
 	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
+		if len(req.Exclude) == 0 && perTarget >= req.Limit {
+			var disabled bool
+			if err := b.txQueryRow(wctx, tx, claimAnyDisabled, req.Queue).Scan(&disabled); err != nil {
+				return err
+			}
+			if !disabled {
+				return b.claimRows(wctx, tx, &out, token, claimSimple,
+					req.Queue, us(req.Now), nil, nil, us(req.LeaseUntil), token, nil, req.Limit)
+			}
+		}
 		if err := b.claimRows(wctx, tx, &out, token, claimOldest,
 			req.Queue, us(req.Now), string(exclude), window, us(req.LeaseUntil), token, perTarget, req.Limit); err != nil {
 			return err
