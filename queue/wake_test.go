@@ -91,3 +91,45 @@ func TestEnqueuesForASaturatedTargetDoNotWakeClaims(t *testing.T) {
 	close(release)
 	poll.Until(t, 30*time.Second, func() bool { return slow.Load() == 102 }, "the slow target's backlog was not delivered after it recovered: %d", slow.Load())
 }
+
+// capturingBackend records the EnqueueRequests it is given.
+type capturingBackend struct {
+	queue.Backend
+	reqs []queue.EnqueueRequest
+}
+
+func (c *capturingBackend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
+	c.reqs = append(c.reqs, req)
+	return c.Backend.Enqueue(ctx, req)
+}
+
+// TestEnqueueDedupeWindow: Enqueue asks the backend to keep dedupe ids for
+// the queue's DedupeWindow, EnqueueDedupe for the window it is given (a
+// webhook route's retention).
+func TestEnqueueDedupeWindow(t *testing.T) {
+	sq, err := sqlitequeue.Open(filepath.Join(t.TempDir(), "q.db"), sqlitequeue.Options{Synchronous: "NORMAL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sq.Close() })
+	b := &capturingBackend{Backend: sq}
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	q, err := queue.New(b, queue.Config{Name: "w", DedupeWindow: time.Hour, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := q.Enqueue(ctx, &queue.Message{Target: "t", DedupeID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := q.EnqueueDedupe(ctx, 72*time.Hour, &queue.Message{Target: "t", DedupeID: "b"}, &queue.Message{Target: "t", DedupeID: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[1].Duplicate || res[0].Duplicate {
+		t.Fatalf("EnqueueDedupe results %+v, want the second a duplicate of the first", res)
+	}
+	if len(b.reqs) != 2 || !b.reqs[0].DedupeUntil.Equal(now.Add(time.Hour)) || !b.reqs[1].DedupeUntil.Equal(now.Add(72*time.Hour)) {
+		t.Fatalf("DedupeUntil asked: %v, want now+1h then now+72h", []time.Time{b.reqs[0].DedupeUntil, b.reqs[len(b.reqs)-1].DedupeUntil})
+	}
+}
