@@ -307,7 +307,7 @@ type Queues struct {
 	sinkDedupes bool
 	// upstream finds a named upstream's executor and URL in the running
 	// config (set by New; nil before: deliveries to named upstreams wait).
-	upstream atomic.Pointer[func(name string) (*resilience.Executor, *url.URL)]
+	upstream atomic.Pointer[func(name string) (*resilience.Executor, *url.URL, bool)]
 }
 
 type gwQueue struct {
@@ -629,11 +629,12 @@ func (gq *gwQueue) client(target string) (*http.Client, string, error) {
 	}
 	name, rest, _ := strings.Cut(target, "/")
 	var (
-		exec *resilience.Executor
-		base *url.URL
+		exec    *resilience.Executor
+		base    *url.URL
+		dedupes bool
 	)
 	if f := gq.parent.upstream.Load(); f != nil {
-		exec, base = (*f)(name)
+		exec, base, dedupes = (*f)(name)
 	}
 	if exec == nil || base == nil {
 		return nil, "", fmt.Errorf("gateway: queue %s: upstream %q is not running", gq.cfg.Name, name)
@@ -648,7 +649,13 @@ func (gq *gwQueue) client(target string) (*http.Client, string, error) {
 		u.RawQuery = query
 	}
 	c := *gq.parent.client
-	c.Transport = &resilience.Transport{Base: gq.parent.client.Transport, Executor: exec}
+	// As on the routes' ReverseProxy path (upstream_proxy.go): unless the
+	// upstream deduplicates by the key, the executor does not see the
+	// message's key (which would make a sent POST retryable), and each
+	// attempt puts it back on the wire.
+	kh := http.CanonicalHeaderKey(exec.KeyHeader())
+	c.Transport = hideKey{rt: &resilience.Transport{Base: attemptTransport{base: gq.parent.client.Transport, keyHeader: kh}, Executor: exec},
+		keyHeader: kh, pass: dedupes}
 	return &c, u.String(), nil
 }
 

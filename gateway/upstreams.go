@@ -461,6 +461,7 @@ type upstreamExec struct {
 	url       *url.URL
 	secondary bool     // a secondary fallback: routes take the ReverseProxy path
 	queue     *gwQueue // the queue fallback, or nil
+	dedupes   bool     // retry.dedupes_keys: the upstream deduplicates by the key header
 }
 
 // secondary returns the name of u's secondary upstream, or "".
@@ -548,7 +549,7 @@ func (g *Gateway) executors(cfg *Config) (map[string]*upstreamExec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway: upstreams[%d] (%s): %w", i, u.Name, err)
 		}
-		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil, queue: fq}
+		out[u.Name] = &upstreamExec{hash: hash, exec: e, url: u.url, secondary: sec != nil, queue: fq, dedupes: u.Retry.DedupesKeys}
 	}
 	return out, nil
 }
@@ -561,14 +562,15 @@ func (g *Gateway) commitExecutors(execs map[string]*upstreamExec) {
 }
 
 // upstreamFor returns the executor and URL of the named upstream in the
-// running config (queues delivering to it), or nils.
-func (g *Gateway) upstreamFor(name string) (*resilience.Executor, *url.URL) {
+// running config (queues delivering to it), and whether it deduplicates by
+// the key header; nils when there is none.
+func (g *Gateway) upstreamFor(name string) (*resilience.Executor, *url.URL, bool) {
 	g.upstreams.mu.Lock()
 	defer g.upstreams.mu.Unlock()
 	if e := g.upstreams.execs[name]; e != nil {
-		return e.exec, e.url
+		return e.exec, e.url, e.dedupes
 	}
-	return nil, nil
+	return nil, nil, false
 }
 
 // Executor returns the resilience executor of the named upstream in the
