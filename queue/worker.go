@@ -237,10 +237,18 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 		var skip map[string]bool
 		if free > 0 {
 			now := w.q.cfg.Now()
-			cs, err := b.Claim(ctx, ClaimRequest{
+			// The claim is not canceled by Stop: a claim canceled mid-way
+			// may have taken messages on the server (PostgreSQL commits
+			// the UPDATE whose answer the canceled call never reads), and
+			// those would wait out their lease and come back counted. Run
+			// to its end, a claim's messages reach deliver, which releases
+			// them uncounted when Stop is under way.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+			cs, err := b.Claim(cctx, ClaimRequest{
 				Queue: w.q.cfg.Name, Now: now, LeaseUntil: now.Add(w.cfg.Lease),
 				Limit: free, PerTarget: w.cfg.MaxPerTarget, Exclude: exclude,
 			})
+			cancel()
 			if err != nil && ctx.Err() == nil {
 				w.cfg.Logger.Error("queue: claim failed", "queue", w.q.cfg.Name, "err", err)
 			}
@@ -308,6 +316,9 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 		t.Stop()
 	}
 }
+
+// claimTimeout bounds one claim, which Stop does not cancel.
+const claimTimeout = 10 * time.Second
 
 // settle records an outcome with a context that outlives the worker's (so
 // that Stop still records what finished), bounded in time.

@@ -868,8 +868,13 @@ func runQueue(t *testing.T, h Harness) {
 		if err := w.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if a := <-entered; a != 1 {
-			t.Fatalf("after Stop and Start: attempt %d, want 1 again (a stop is not an attempt)", a)
+		select {
+		case a := <-entered:
+			if a != 1 {
+				t.Fatalf("after Stop and Start: attempt %d, want 1 again (a stop is not an attempt)", a)
+			}
+		case <-time.After(wait):
+			t.Fatalf("after Stop and Start: not delivered again within %v (the stopped delivery was not released)", wait)
 		}
 	})
 
