@@ -76,9 +76,9 @@ type Queue struct {
 	cfg Config
 
 	mu        sync.Mutex
-	changed   chan struct{} // closed and replaced on every local enqueue
-	gen       uint64        // notifications so far
-	recent    []notice      // the last maxNotices notifications
+	changed   chan struct{}      // closed and replaced on every local enqueue
+	gen       uint64             // notifications so far
+	recent    [maxNotices]notice // the last maxNotices notifications, a ring: notice g is at g % maxNotices
 	replaying bool
 }
 
@@ -170,10 +170,7 @@ func (q *Queue) notify() { q.notifyTargets(nil) }
 func (q *Queue) notifyTargets(targets []string) {
 	q.mu.Lock()
 	q.gen++
-	if len(q.recent) == maxNotices {
-		q.recent = append(q.recent[:0], q.recent[1:]...)
-	}
-	q.recent = append(q.recent, notice{gen: q.gen, targets: targets})
+	q.recent[q.gen%maxNotices] = notice{gen: q.gen, targets: targets}
 	close(q.changed)
 	q.changed = make(chan struct{})
 	q.mu.Unlock()
@@ -206,13 +203,11 @@ func (q *Queue) rewake(gen uint64, skip map[string]bool) (bool, <-chan struct{},
 // targets' messages, all at their share, then has no reason to claim
 // again). q.mu is held.
 func (q *Queue) wokenForLocked(gen uint64, skip map[string]bool) bool {
-	if len(q.recent) == 0 || q.recent[0].gen > gen+1 {
+	if q.gen-gen > maxNotices {
 		return true // forgotten
 	}
-	for _, n := range q.recent {
-		if n.gen <= gen {
-			continue
-		}
+	for g := gen + 1; g <= q.gen; g++ {
+		n := q.recent[g%maxNotices]
 		if n.targets == nil {
 			return true
 		}
