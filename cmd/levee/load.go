@@ -80,28 +80,6 @@ func loadMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "levee load:", err)
 		return 2
 	}
-	code := 0
-	if err != nil {
-		fmt.Fprintln(stderr, "levee load: stopped early:", err)
-		code = 1
-	}
-	if werr := rep.WriteText(stdout); werr != nil {
-		fmt.Fprintln(stderr, "levee load:", werr)
-		code = 1
-	}
-	for _, out := range []struct {
-		path  string
-		write func(io.Writer) error
-	}{{*html, rep.WriteHTML}, {*jsonOut, rep.WriteJSON}} {
-		if out.path == "" {
-			continue
-		}
-		if werr := writeFile(out.path, out.write); werr != nil {
-			fmt.Fprintln(stderr, "levee load:", werr)
-			code = 1
-			continue
-		}
-		fmt.Fprintf(stdout, "wrote %s\n", out.path)
-	}
-	return code
+	return finishReport("levee load", stdout, stderr, err, rep.WriteText,
+		[]reportFile{{*html, rep.WriteHTML}, {*jsonOut, rep.WriteJSON}}, true)
 }

@@ -187,27 +187,8 @@ func finishVerify(rep *verify.Report, err error, rf reportFlags, stdout, stderr 
 		fmt.Fprintln(stderr, "levee verify:", err)
 		return 1
 	}
-	code := 0
-	if err != nil {
-		fmt.Fprintln(stderr, "levee verify: stopped early:", err)
-		code = 1
-	}
-	if werr := rep.WriteTable(stdout); werr != nil {
-		fmt.Fprintln(stderr, "levee verify:", werr)
-		code = 1
-	}
-	for _, out := range []struct {
-		path  string
-		write func(io.Writer) error
-	}{{*rf.json, rep.WriteJSON}, {*rf.junit, rep.WriteJUnit}} {
-		if out.path == "" {
-			continue
-		}
-		if werr := writeFile(out.path, out.write); werr != nil {
-			fmt.Fprintln(stderr, "levee verify:", werr)
-			code = 1
-		}
-	}
+	code := finishReport("levee verify", stdout, stderr, err, rep.WriteTable,
+		[]reportFile{{*rf.json, rep.WriteJSON}, {*rf.junit, rep.WriteJUnit}}, false)
 	if rep.Failed() {
 		code = 1
 	}
