@@ -130,6 +130,9 @@ func (s *Store) migrate(ctx context.Context, tx pgx.Tx, ms []migration) error {
 		"{{expires_at_index}}", pgx.Identifier{s.opts.Table + indexSuffix}.Sanitize(),
 		"{{state_check}}", pgx.Identifier{s.opts.Table + "_state_check"}.Sanitize(),
 		"{{open_index}}", pgx.Identifier{s.opts.Table + "_open_idx"}.Sanitize(),
+		// An index's name qualified with the schema, for DROP INDEX (which
+		// looks an unqualified name up in search_path).
+		"{{open_index_in_schema}}", pgx.Identifier{s.opts.Schema, s.opts.Table + "_open_idx"}.Sanitize(),
 	)
 	for _, m := range ms {
 		if slices.Contains(applied, int32(m.version)) {

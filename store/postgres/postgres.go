@@ -7,25 +7,29 @@
 // Records live in one table (Options.Schema and Options.Table, default
 // "levee"."idempotency_keys") with the columns key, fingerprint, state,
 // token, lease_until, expires_at and response (idempotency.MarshalResponse),
-// plus an index on expires_at and a partial index on (state, expires_at)
-// over the records not completed. Store.Migrate creates them and upgrades
+// plus an index on expires_at and a partial index on state over the
+// records not completed (for List). Store.Migrate creates them and upgrades
 // a table created by an earlier version (migrations/*.sql); it is
 // idempotent and safe to run from every replica at start-up.
 //
 // # Guarantees
 //
 // Every Store method is a single SQL statement run outside any explicit
-// transaction, so each is atomic and costs one round trip. Writes use group
-// commit (writer.go): concurrent calls of one kind share one statement
-// that carries them all as arrays (unnest) — one round trip and one WAL
-// flush for the batch — with, row by row, the semantics below; a call that
-// arrives alone is sent alone, with no delay. A Store holds a goroutine
-// only while writes are queued.
+// transaction, so each is atomic and costs one round trip (a Claim of an
+// existing key this Store has not seen recently: two, see Claim). Writes
+// use group commit (writer.go): concurrent calls share one pipeline of
+// their statements that the server runs as one implicit transaction — one
+// round trip and one WAL flush for the batch — with, statement by
+// statement, the semantics below; a call that arrives alone is sent alone,
+// with no delay. A Store holds a goroutine only while writes are queued.
 //
 //   - Claim is one INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE
 //     <claimable> statement that also reads the blocking row (see Claim).
-//     The primary key makes it impossible for two concurrent claims to
-//     both win.
+//     A key this Store has not claimed or found recently (most likely a
+//     new one) is first claimed with a plain INSERT ... ON CONFLICT DO
+//     NOTHING, half the server's work; if the key exists, nothing was
+//     written and the full statement follows. The primary key makes it
+//     impossible for two concurrent claims to both win.
 //   - Renew, MarkUnknown, Complete and Release are one UPDATE or DELETE
 //     conditioned on key, token and state (in_progress; Complete and
 //     Release also accept unknown, which is how an operator resolves a
@@ -78,6 +82,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/recentkeys"
 )
 
 // Options configure a Store. The zero value selects the defaults.
@@ -137,13 +142,27 @@ type Store struct {
 	sql   statements
 	q     *groupcommit.Queue[*writeOp]
 	ops   sync.Pool // *writeOp
+	// recent holds the keys this Store has recently claimed or found a
+	// record for. A claim of any other key (most likely a new one) is
+	// first a plain INSERT ... ON CONFLICT DO NOTHING, which PostgreSQL
+	// runs in about half the time of the full claim statement; when the
+	// key turns out to exist (written by another replica, before a
+	// restart, or forgotten here) the full statement follows, one more
+	// round trip. A hint for cost only: every answer is the same.
+	recent *recentkeys.Set
+	// planEach is the argument prefix of the statements that scan a range
+	// (List, DeleteExpired): pgx.QueryExecModeExec, an unnamed statement
+	// planned at each call for the table as it is then. A prepared
+	// statement's plan is cached on its connection, and a plan made while
+	// the table was small (a sequential scan) would stay while it grows.
+	// Empty when the pool uses the simple protocol, which plans each call
+	// anyway.
+	planEach []any
 }
 
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
-	claim, renew, complete, release, markUnknown, lookup, list, deleteExpired string
-	// batch holds the group-commit statements, by operation kind.
-	batch [numKinds]string
+	claim, claimNew, renew, complete, release, markUnknown, lookup, list, deleteExpired string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -158,8 +177,10 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		return nil, err
 	}
 	table := pgx.Identifier{opts.Schema, opts.Table}.Sanitize()
-	s := &Store{pool: pool, opts: opts, table: table, sql: buildStatements(table)}
-	s.sql.batch = batchStatements(table)
+	s := &Store{pool: pool, opts: opts, table: table, sql: buildStatements(table), recent: recentkeys.New()}
+	if pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeSimpleProtocol {
+		s.planEach = []any{pgx.QueryExecModeExec}
+	}
 	s.q = groupcommit.New(maxBatch, maxInFlight, s.runBatch)
 	return s, nil
 }
@@ -218,15 +239,29 @@ UNION ALL
 SELECT false, c.* FROM cur AS c WHERE NOT ` + claimable("c") + `
 UNION ALL
 SELECT false, d.* FROM done AS d`,
+		// claimNew is the claim of a key this Store has not seen recently
+		// (see Store.recent): it takes the key if absent and otherwise
+		// changes nothing, and the full claim statement follows. $6 is
+		// unused, so that both statements take the same arguments.
+		claimNew: `INSERT INTO ` + table + ` (key, fingerprint, state, token, lease_until, expires_at, response)
+	SELECT $1, $2, 1, $3, $4, $5, NULL WHERE $6::timestamptz IS NOT NULL
+	ON CONFLICT (key) DO NOTHING`,
 		renew:       `UPDATE ` + table + ` SET lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		complete:    `UPDATE ` + table + ` SET state = 2, response = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
-		// "state <> 2" repeats the open index's predicate, so that the
-		// planner can use it with a parameter for the state.
-		list: `SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM ` + table +
-			` WHERE state = $1 AND state <> 2 AND key > $2 AND expires_at > $3 ORDER BY key LIMIT $4`,
+		// The open records of one state are read through the open index
+		// (migration 0003: by state, "state <> 2" repeats its predicate so
+		// that the planner may use it with a parameter), then ordered by key:
+		// there are few of them, and walking the primary key in key order
+		// instead would read every completed record too.
+		list: `WITH open AS MATERIALIZED (
+	SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + table + `
+	WHERE state = $1 AND state <> 2 AND expires_at > $3
+)
+SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM open
+	WHERE key > $2 ORDER BY key LIMIT $4`,
 		// SKIP LOCKED leaves rows a concurrent claim is taking over alone;
 		// the outer re-check of expires_at is a guard for the same case.
 		deleteExpired: `DELETE FROM ` + table + ` WHERE key IN (
@@ -247,30 +282,53 @@ func token(t uint64) int64 { return int64(t) }
 // blocking record otherwise. Existing is nil only when the blocking row was
 // committed by a concurrent claim after this statement's snapshot; the
 // engine then claims again.
+//
+// A key this Store has not claimed or found a record for recently (see
+// Store.recent) is first sent as INSERT ... ON CONFLICT DO NOTHING: a new
+// key is then claimed at about half the server's cost; an existing one
+// (another replica's, or from before a restart) is left untouched and the
+// statement above follows, after the batch commits: two round trips, once
+// per key and Store.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
 	op := s.getOp()
-	op.kind, op.req = opClaim, req
+	op.kind, op.req, op.fresh = opClaim, req, !s.recent.Has(req.Key)
 	if err := s.write(ctx, op); err != nil {
 		return idempotency.ClaimResult{}, err
 	}
 	res, err := op.res, op.err
 	s.putOp(op)
+	if err == nil && (res.Claimed || res.Existing != nil) {
+		s.recent.Add(req.Key)
+	}
 	return res, err
 }
 
 // claimOne is Claim with the single-row statement.
 func (s *Store) claimOne(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	var claimed bool
-	rec := &idempotency.Record{Key: req.Key}
-	sc := newScanner(rec)
-	err := s.pool.QueryRow(ctx, s.sql.claim,
+	res, err := s.scanClaim(req.Key, s.pool.QueryRow(ctx, s.sql.claim,
 		req.Key, req.Fingerprint[:], token(req.Token), req.LeaseUntil, req.ExpiresAt, req.Now,
-	).Scan(append([]any{&claimed}, sc.dest()...)...)
+	))
+	return res, err
+}
+
+// claimFailed is a Claim whose statement failed (as opposed to one that ran
+// and returned a record that cannot be decoded).
+type claimFailed struct{ error }
+
+func (e claimFailed) Unwrap() error { return e.error }
+
+// scanClaim reads the answer of the claim statement for key. A failed
+// statement is returned as a claimFailed.
+func (s *Store) scanClaim(key string, row pgx.Row) (idempotency.ClaimResult, error) {
+	var claimed bool
+	rec := &idempotency.Record{Key: key}
+	sc := newScanner(rec)
+	err := row.Scan(append([]any{&claimed}, sc.dest()...)...)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return idempotency.ClaimResult{}, nil
 	case err != nil:
-		return idempotency.ClaimResult{}, s.wrap("claim", err)
+		return idempotency.ClaimResult{}, claimFailed{s.wrap("claim", err)}
 	case claimed:
 		return idempotency.ClaimResult{Claimed: true}, nil
 	}
@@ -316,7 +374,7 @@ func (s *Store) Features() idempotency.Features { return idempotency.Features{Li
 // List implements idempotency.Store with one SELECT over the open-records
 // index (migration 0002).
 func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
-	rows, err := s.pool.Query(ctx, s.sql.list, int16(req.State), req.After, req.Now, int64(req.Limit))
+	rows, err := s.pool.Query(ctx, s.sql.list, append(s.planEach, int16(req.State), req.After, req.Now, int64(req.Limit))...)
 	if err != nil {
 		return nil, s.wrap("list", err)
 	}
@@ -381,7 +439,7 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time, limit int) (in
 	if limit > 0 {
 		n = int64(limit)
 	}
-	tag, err := s.pool.Exec(ctx, s.sql.deleteExpired, now, n)
+	tag, err := s.pool.Exec(ctx, s.sql.deleteExpired, append(s.planEach, now, n)...)
 	if err != nil {
 		return 0, s.wrap("delete expired", err)
 	}

@@ -47,8 +47,9 @@ func unreachable(t testing.TB, err error) {
 
 // roundTrips counts the request/response exchanges a pool makes with the
 // server, at the client: every Query, QueryRow and Exec (one exchange
-// each) plus every statement preparation pgx performs on a connection's
-// first use of a statement (one more exchange). Pools built by newPool
+// each), every batch (one exchange, however many statements it carries:
+// group commit's pipelines) plus every statement preparation pgx performs
+// on a connection's first use of a statement (one more exchange). Pools built by newPool
 // disable pgxpool's liveness ping of connections idle for over a second,
 // which would be a further, uncounted exchange.
 type roundTrips struct{ n atomic.Int64 }
@@ -59,6 +60,15 @@ func (c *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.Tra
 }
 
 func (c *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (c *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	c.n.Add(1)
+	return ctx
+}
+
+func (c *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+
+func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
 func (c *roundTrips) TracePrepareStart(ctx context.Context, _ *pgx.Conn, _ pgx.TracePrepareStartData) context.Context {
 	return ctx
@@ -178,6 +188,9 @@ func warmUp(t testing.TB, s *postgres.Store) {
 	req.Key = prefix + "b"
 	_, err = s.Claim(ctx, req)
 	errs = append(errs, err, s.Complete(ctx, req.Key, req.Token, idempotency.Response{Status: 200}, now, now.Add(time.Hour)))
+	// A key seen: the full claim statement (a replay).
+	_, err = s.Claim(ctx, req)
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("warm-up: %v", err)
 	}
@@ -363,6 +376,15 @@ func TestUpgradeFromVersion1(t *testing.T) {
 		WHERE n.nspname = $1 AND c.relname = 'idempotency_keys_open_idx'`, schema).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("open-records index after the upgrade: %d, %v", n, err)
 	}
+	var def string
+	if err := admin.QueryRow(ctx, `SELECT pg_get_indexdef(($1 || '.idempotency_keys_open_idx')::regclass)`,
+		pgx.Identifier{schema}.Sanitize()).Scan(&def); err != nil || !strings.HasSuffix(def, "(state) WHERE (state <> 2)") {
+		t.Fatalf("open-records index after the upgrade: %q, %v; want it on (state) WHERE state <> 2 (migration 0003)", def, err)
+	}
+	open, err := s.List(ctx, idempotency.ListRequest{State: idempotency.StateUnknown, Now: t0, Limit: 10})
+	if err != nil || len(open) != 1 || open[0].Key != "running" {
+		t.Fatalf("List of unknown records after the upgrade: %+v, %v", open, err)
+	}
 }
 
 // TestRoundTripsPerCall pins the cost of each call as counted at the
@@ -390,9 +412,23 @@ func TestRoundTripsPerCall(t *testing.T) {
 	req := claimAt("a", now)
 	claim := func() error { _, err := s.Claim(ctx, req); return err }
 	cost("first Claim on a connection (prepare + execute)", 2, claim)
+	cost("first blocked Claim returning the record (the full statement: prepare + execute)", 2, claim)
 	cost("blocked Claim returning the record", 1, claim)
 	req.Key = "b"
 	cost("Claim", 1, claim)
+	// A key this Store has not seen that exists (another replica's, or
+	// from before a restart): the INSERT finds it, the full statement
+	// reads it.
+	other := mustNew(t, newPool(t, pgx.QueryExecModeCacheStatement, 1, rt), postgres.Options{Schema: schema})
+	warmUp(t, other)
+	cost("Claim of an existing key by a Store that has not seen it", 2, func() error {
+		res, err := other.Claim(ctx, claimAt("a", now))
+		if err == nil && (res.Claimed || res.Existing == nil || res.Existing.Token != req.Token) {
+			err = fmt.Errorf("got %+v, want the record of a", res)
+		}
+		return err
+	})
+	cost("the same Claim again, now seen", 1, func() error { _, err := other.Claim(ctx, claimAt("a", now)); return err })
 	warmUp(t, s)
 	cost("Renew", 1, func() error { return s.Renew(ctx, "b", req.Token, now, now.Add(time.Minute), req.ExpiresAt) })
 	cost("Lookup", 1, func() error { _, err := s.Lookup(ctx, "b", now); return err })
@@ -405,8 +441,12 @@ func TestRoundTripsPerCall(t *testing.T) {
 		}
 		return nil
 	})
-	cost("DeleteExpired", 2, func() error { _, err := s.DeleteExpired(ctx, now, 10); return err }) // first use: prepare
+	// Planned at each call (an unnamed statement): never a prepare.
 	cost("DeleteExpired", 1, func() error { _, err := s.DeleteExpired(ctx, now, 10); return err })
+	cost("List", 1, func() error {
+		_, err := s.List(ctx, idempotency.ListRequest{State: idempotency.StateInProgress, Now: now, Limit: 10})
+		return err
+	})
 
 	e := idempotency.New(s, idempotency.Options{RenewEvery: -1})
 	fp := idempotency.FingerprintOf([]byte("x"))
@@ -462,7 +502,8 @@ func TestMigrateConcurrentAndIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"idempotency_keys:1:0001_create_idempotency_keys", "idempotency_keys:2:0002_unknown_state",
-		"other keys:1:0001_create_idempotency_keys", "other keys:2:0002_unknown_state"}
+		"idempotency_keys:3:0003_open_index_by_state",
+		"other keys:1:0001_create_idempotency_keys", "other keys:2:0002_unknown_state", "other keys:3:0003_open_index_by_state"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("schema_migrations = %q, want %q", got, want)
 	}
@@ -577,7 +618,13 @@ func TestNewValidates(t *testing.T) {
 	if _, err := postgres.New(nil, postgres.Options{}); err == nil {
 		t.Fatal("New(nil pool) succeeded")
 	}
-	pool := &pgxpool.Pool{} // never used: New performs no I/O
+	// A pool that has not connected (pgxpool connects on first use): New
+	// performs no I/O.
+	pool, err := pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
 	for _, o := range []postgres.Options{
 		{Schema: strings.Repeat("s", 64)},
 		{Table: strings.Repeat("t", 49)},

@@ -2,12 +2,14 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
@@ -15,28 +17,40 @@ import (
 
 // Group commit. Every operation that writes (Claim, Renew, Complete,
 // Release, MarkUnknown) is queued (internal/groupcommit); up to
-// maxInFlight goroutines per Store each take whatever has queued and send, per
-// kind of operation present, ONE statement carrying all of them as arrays
-// (unnest): one round trip, one transaction and one WAL flush for the
-// batch instead of one per request. An operation arriving at an idle store
-// is sent at once, alone, with the single-row statement it always used. Each row of a batch statement has exactly the
-// semantics of the single-row statement: the claim's ON CONFLICT WHERE is
-// the same claimable rule, evaluated at that row's own clock reading, the
-// blocking record is read with the same FOR SHARE, and fenced writes carry
-// their own key and token. Keys are unique within one statement (a second
-// operation on a key waits for the next statement of the same batch), and
-// rows are inserted in key order, so that two replicas' batches lock rows
-// in the same order. If a batch statement fails, nothing of it was
-// written, and each of its operations is sent again on its own with the
-// single-row statement, so that every caller gets the outcome of its own
+// maxInFlight goroutines per Store each take whatever has queued and send
+// it as ONE pipeline: the operations' single-row statements, in key order,
+// followed by one Sync, which PostgreSQL runs as one implicit transaction.
+// That is one round trip, one transaction and one WAL flush for the batch
+// instead of one per request, whatever kinds of operation it mixes. An
+// operation arriving at an idle store is sent at once, alone.
+//
+// Each operation runs the very statement it runs alone, so it has exactly
+// that statement's semantics, evaluated after the batch's earlier
+// statements (READ COMMITTED takes a new snapshot per statement): the batch
+// is the same as running its operations one after another, except that
+// they commit together. Statements are ordered by key (operations on one
+// key keep their arrival order), so that batches of several replicas, or
+// several batches in flight, lock rows in the same order and cannot
+// deadlock. If any statement of a batch fails, the transaction is rolled
+// back, nothing of the batch was written, and each of its operations is
+// sent again on its own, so that every caller gets the outcome of its own
 // operation.
+//
+// The store once sent one statement per kind carrying the batch as
+// unnest arrays. PostgreSQL planned those joins on the table as it was
+// when a connection first ran them (typically empty, at start-up): a
+// sequential scan and a hash join, kept in the connection's plan cache
+// while the table grew, so that every batch read the whole table (570 µs
+// of server time per request after a few seconds of load). A single-row
+// statement on the primary key is planned as an index lookup whatever the
+// table's size or statistics.
 
 // maxBatch bounds the operations one statement carries.
 const maxBatch = 128
 
 // maxInFlight bounds the batches running at once: while they run, new
 // operations queue for the next one, and the server runs them in parallel.
-const maxInFlight = 8
+const maxInFlight = 2
 
 // batchTimeout bounds a batch whose callers set no deadline.
 const batchTimeout = 30 * time.Second
@@ -62,6 +76,7 @@ type writeOp struct {
 	kind     opKind
 	deadline time.Time // the caller's, if any
 	req      idempotency.ClaimRequest
+	fresh    bool // claim: the key is not in Store.recent (most likely new)
 	key      string
 	token    int64
 	t1, t2   time.Time // renew: lease, exp; complete: exp; mark unknown: now, exp
@@ -109,7 +124,7 @@ func (s *Store) fencedWrite(ctx context.Context, op *writeOp) error {
 // runBatch is the queue's run function.
 func (s *Store) runBatch(batch []*writeOp) {
 	deadline := time.Time{}
-	var byKind [numKinds][]*writeOp
+	ops := make([]*writeOp, 0, len(batch))
 	for _, op := range batch {
 		if op.Canceled() {
 			op.Skip()
@@ -121,45 +136,47 @@ func (s *Store) runBatch(batch []*writeOp) {
 		if op.deadline.After(deadline) {
 			deadline = op.deadline
 		}
-		byKind[op.kind] = append(byKind[op.kind], op)
+		ops = append(ops, op)
 	}
-	if deadline.IsZero() {
+	if len(ops) == 0 {
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	for _, ops := range byKind {
-		for len(ops) > 0 {
-			var now, later []*writeOp
-			seen := make(map[string]struct{}, len(ops))
-			for _, op := range ops {
-				k := op.opKey()
-				if _, dup := seen[k]; dup {
-					later = append(later, op)
-					continue
-				}
-				seen[k] = struct{}{}
-				now = append(now, op)
+	if len(ops) == 1 {
+		s.runOne(ctx, ops[0])
+		return
+	}
+	slices.SortStableFunc(ops, func(a, b *writeOp) int { return strings.Compare(a.opKey(), b.opKey()) })
+	if err := s.runPipeline(ctx, ops); err != nil {
+		for _, op := range ops {
+			s.runOne(ctx, op)
+		}
+		return
+	}
+	// Claims whose INSERT found the key: the full claim statement now,
+	// after the batch committed, as if they had arrived just after it.
+	var again []*writeOp
+	for _, op := range ops {
+		if op.err == errExists {
+			op.fresh = false
+			again = append(again, op)
+		}
+	}
+	switch {
+	case len(again) == 1:
+		s.runOne(ctx, again[0])
+	case len(again) > 1:
+		if err := s.runPipeline(ctx, again); err != nil {
+			for _, op := range again {
+				s.runOne(ctx, op)
 			}
-			if len(now) == 1 {
-				// Alone: the single-row statement, which PostgreSQL plans
-				// in a fraction of the batch statement's time (that one's
-				// planning is paid once per batch, or once per connection
-				// when pgx prepares it).
-				s.runOne(ctx, now[0])
-				ops = later
-				continue
-			}
-			slices.SortFunc(now, func(a, b *writeOp) int { return strings.Compare(a.opKey(), b.opKey()) })
-			if err := s.runStatement(ctx, now); err != nil {
-				for _, op := range now {
-					s.runOne(ctx, op)
-				}
-			}
-			ops = later
 		}
 	}
 }
+
+// errExists marks a fresh claim whose INSERT found the key already there.
+var errExists = errors.New("postgres: key exists")
 
 func (op *writeOp) opKey() string {
 	if op.kind == opClaim {
@@ -168,111 +185,95 @@ func (op *writeOp) opKey() string {
 	return op.key
 }
 
-// runStatement sends ops (all of one kind, distinct keys) as one statement.
-func (s *Store) runStatement(ctx context.Context, ops []*writeOp) error {
-	n := len(ops)
-	keys := make([]string, n)
-	tokens := make([]int64, n)
-	for i, op := range ops {
-		keys[i] = op.opKey()
-		tokens[i] = op.token
-	}
-	kind := ops[0].kind
-	if kind == opClaim {
-		return s.runClaims(ctx, ops, keys)
-	}
-	var args []any
-	switch kind {
-	case opRenew:
-		leases, exps := make([]time.Time, n), make([]time.Time, n)
-		for i, op := range ops {
-			leases[i], exps[i] = op.t1, op.t2
-		}
-		args = []any{keys, tokens, leases, exps}
-	case opComplete:
-		resps, exps := make([][]byte, n), make([]time.Time, n)
-		for i, op := range ops {
-			resps[i], exps[i] = op.resp, op.t1
-		}
-		args = []any{keys, tokens, resps, exps}
-	case opRelease:
-		args = []any{keys, tokens}
-	case opMarkUnknown:
-		nows, exps := make([]time.Time, n), make([]time.Time, n)
-		for i, op := range ops {
-			nows[i], exps[i] = op.t1, op.t2
-		}
-		args = []any{keys, tokens, nows, exps}
-	}
-	rows, err := s.pool.Query(ctx, s.sql.batch[kind], args...)
-	if err != nil {
-		return s.wrap(kind.String(), err)
-	}
-	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return s.wrap(kind.String(), err)
-	}
+// runPipeline sends ops as one pipeline of their single-row statements,
+// which the server runs as one implicit transaction. On a nil return every
+// op holds its outcome; on an error nothing of the batch was committed
+// (or, if the connection broke while the commit was in flight, its outcome
+// is unknown, as for any statement whose answer is lost).
+func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(ops))}
 	for _, op := range ops {
-		op.err = nil
-		if !slices.Contains(done, op.key) {
+		switch op.kind {
+		case opClaim:
+			r := op.req
+			sql := s.sql.claim
+			if op.fresh {
+				sql = s.sql.claimNew
+			}
+			b.Queue(sql, r.Key, r.Fingerprint[:], token(r.Token), r.LeaseUntil, r.ExpiresAt, r.Now)
+		case opRenew:
+			b.Queue(s.sql.renew, op.key, op.token, op.t1, op.t2)
+		case opComplete:
+			b.Queue(s.sql.complete, op.key, op.token, op.resp, op.t1)
+		case opRelease:
+			b.Queue(s.sql.release, op.key, op.token)
+		case opMarkUnknown:
+			b.Queue(s.sql.markUnknown, op.key, op.token, op.t1, op.t2)
+		}
+	}
+	br := s.pool.SendBatch(ctx, b)
+	var first error
+	for _, op := range ops {
+		if op.kind == opClaim && op.fresh {
+			tag, err := br.Exec()
+			switch {
+			case err != nil:
+				if first == nil {
+					first = s.wrap("claim", err)
+				}
+			case tag.RowsAffected() == 1:
+				op.res, op.err = idempotency.ClaimResult{Claimed: true}, nil
+			default:
+				// The key exists: claimed again below with the full
+				// statement.
+				op.res, op.err = idempotency.ClaimResult{}, errExists
+			}
+			continue
+		}
+		if op.kind == opClaim {
+			op.res, op.err = s.scanClaim(op.req.Key, br.QueryRow())
+			if _, failed := errors.AsType[claimFailed](op.err); failed && first == nil {
+				first = op.err
+			}
+			continue
+		}
+		tag, err := br.Exec()
+		switch {
+		case err != nil:
+			if first == nil {
+				first = s.wrap(op.kind.String(), err)
+			}
+		case tag.RowsAffected() == 0:
 			op.err = idempotency.ErrFenced
+		default:
+			op.err = nil
 		}
 	}
-	return nil
-}
-
-// runClaims sends a batch of claims as one statement.
-func (s *Store) runClaims(ctx context.Context, ops []*writeOp, keys []string) error {
-	n := len(ops)
-	fps, tokens := make([][]byte, n), make([]int64, n)
-	leases, exps, nows := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-	for i, op := range ops {
-		fps[i], tokens[i] = op.req.Fingerprint[:], token(op.req.Token)
-		leases[i], exps[i], nows[i] = op.req.LeaseUntil, op.req.ExpiresAt, op.req.Now
+	// Close reads the answer to the Sync: the commit.
+	if err := br.Close(); err != nil && first == nil {
+		first = s.wrap("commit", err)
 	}
-	rows, err := s.pool.Query(ctx, s.sql.batch[opClaim], keys, fps, tokens, leases, exps, nows)
-	if err != nil {
-		return s.wrap("claim", err)
-	}
-	defer rows.Close()
-	byKey := make(map[string]*writeOp, n)
-	for _, op := range ops {
-		op.res, op.err = idempotency.ClaimResult{}, nil // no row: the record vanished; the engine claims again
-		byKey[op.req.Key] = op
-	}
-	for rows.Next() {
-		var (
-			claimed bool
-			rec     idempotency.Record
-		)
-		sc := newScanner(&rec)
-		if err := rows.Scan(append([]any{&claimed, &rec.Key}, sc.dest()...)...); err != nil {
-			return s.wrap("claim", err)
-		}
-		op := byKey[rec.Key]
-		if op == nil {
-			return fmt.Errorf("postgres: claim: the batch returned key %q it did not send", rec.Key)
-		}
-		if claimed {
-			op.res = idempotency.ClaimResult{Claimed: true}
-			continue
-		}
-		if err := sc.finish(); err != nil {
-			op.err = fmt.Errorf("postgres: claim: %w", err)
-			continue
-		}
-		op.res = idempotency.ClaimResult{Existing: &rec}
-	}
-	if err := rows.Err(); err != nil {
-		return s.wrap("claim", err)
-	}
-	return nil
+	return first
 }
 
 // runOne runs op alone with the single-row statement.
 func (s *Store) runOne(ctx context.Context, op *writeOp) {
 	switch op.kind {
 	case opClaim:
+		if op.fresh {
+			var tag pgconn.CommandTag
+			r := op.req
+			tag, op.err = s.pool.Exec(ctx, s.sql.claimNew, r.Key, r.Fingerprint[:], token(r.Token), r.LeaseUntil, r.ExpiresAt, r.Now)
+			if op.err != nil {
+				op.err = s.wrap("claim", op.err)
+				return
+			}
+			if tag.RowsAffected() == 1 {
+				op.res = idempotency.ClaimResult{Claimed: true}
+				return
+			}
+			op.fresh = false // the key exists: the full statement
+		}
 		op.res, op.err = s.claimOne(ctx, op.req)
 	case opRenew:
 		op.err = s.fenced(ctx, "renew", s.sql.renew, op.key, op.token, op.t1, op.t2)
@@ -283,59 +284,4 @@ func (s *Store) runOne(ctx context.Context, op *writeOp) {
 	case opMarkUnknown:
 		op.err = s.fenced(ctx, "mark unknown", s.sql.markUnknown, op.key, op.token, op.t1, op.t2)
 	}
-}
-
-// batchStatements returns the statements of runStatement, per kind.
-func batchStatements(table string) [numKinds]string {
-	var b [numKinds]string
-	// r is the batch; every CTE joins it by key, and claimable uses the
-	// row's own clock reading (r.now) exactly as the single claim uses $6.
-	// For a claimed row the record columns are placeholders (not read).
-	b[opClaim] = `WITH r AS (
-	SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
-		AS r(key, fingerprint, token, lease_until, expires_at, now)
-), done AS (
-	SELECT t.key, t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
-	FROM ` + table + ` AS t JOIN r ON r.key = t.key
-	WHERE t.state = 2 AND t.expires_at > r.now
-), ins AS (
-	INSERT INTO ` + table + ` AS t (key, fingerprint, state, token, lease_until, expires_at, response)
-	SELECT r.key, r.fingerprint, 1, r.token, r.lease_until, r.expires_at, NULL FROM r
-	WHERE r.key NOT IN (SELECT key FROM done)
-	ORDER BY r.key
-	ON CONFLICT (key) DO UPDATE SET
-		fingerprint = EXCLUDED.fingerprint, state = 1, token = EXCLUDED.token,
-		lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at, response = NULL
-	WHERE t.expires_at <= (SELECT r.now FROM r WHERE r.key = EXCLUDED.key)
-		OR (t.state = 1 AND t.lease_until <= (SELECT r.now FROM r WHERE r.key = EXCLUDED.key))
-	RETURNING t.key
-), cur AS (
-	SELECT t.key, t.fingerprint, t.state, t.token, t.lease_until, t.expires_at, t.response
-	FROM ` + table + ` AS t
-	WHERE t.key IN (SELECT key FROM r) AND t.key NOT IN (SELECT key FROM ins) AND t.key NOT IN (SELECT key FROM done)
-	FOR SHARE OF t
-)
-SELECT true, i.key, '\x'::bytea, 0::int2, 0::int8, 'epoch'::timestamptz, 'epoch'::timestamptz, NULL::bytea FROM ins AS i
-UNION ALL
-SELECT false, c.* FROM cur AS c JOIN r ON r.key = c.key
-	WHERE NOT (c.expires_at <= r.now OR (c.state = 1 AND c.lease_until <= r.now))
-UNION ALL
-SELECT false, d.* FROM done AS d`
-	b[opRenew] = `UPDATE ` + table + ` AS t SET lease_until = u.lease_until, expires_at = u.expires_at
-FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) AS u(key, token, lease_until, expires_at)
-WHERE t.key = u.key AND t.token = u.token AND t.state = 1
-RETURNING t.key`
-	b[opComplete] = `UPDATE ` + table + ` AS t SET state = 2, response = u.response, expires_at = u.expires_at
-FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::timestamptz[]) AS u(key, token, response, expires_at)
-WHERE t.key = u.key AND t.token = u.token AND t.state IN (1, 3)
-RETURNING t.key`
-	b[opRelease] = `DELETE FROM ` + table + ` AS t
-USING unnest($1::text[], $2::int8[]) AS u(key, token)
-WHERE t.key = u.key AND t.token = u.token AND t.state IN (1, 3)
-RETURNING t.key`
-	b[opMarkUnknown] = `UPDATE ` + table + ` AS t SET state = 3, lease_until = u.now, expires_at = u.expires_at
-FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) AS u(key, token, now, expires_at)
-WHERE t.key = u.key AND t.token = u.token AND t.state = 1
-RETURNING t.key`
-	return b
 }

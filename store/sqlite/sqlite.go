@@ -85,6 +85,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/recentkeys"
 	sqlitedrv "modernc.org/sqlite"
 )
 
@@ -146,7 +147,7 @@ type Store struct {
 	st     statements
 	w      *groupcommit.Queue[*writeOp]
 	ops    sync.Pool // *writeOp
-	recent *recentKeys
+	recent *recentkeys.Set
 	ckpt   checkpointer
 	memory bool
 
@@ -244,7 +245,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 	}
-	s := &Store{q: newQueries(opts.Table), recent: newRecentKeys(), memory: path == Memory}
+	s := &Store{q: newQueries(opts.Table), recent: recentkeys.New(), memory: path == Memory}
 	s.db = sql.OpenDB(countingConnector{Connector: base, n: &s.trips})
 	if path == Memory {
 		// Every connection to ":memory:" is a separate database: keep one,
@@ -415,7 +416,7 @@ func ms(t time.Time) int64 { return t.UnixMilli() }
 func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 
 // Claim implements idempotency.Store. For a key this Store has recently
-// claimed or found (see recentKeys) it first reads the key (one autocommit
+// claimed or found (see internal/recentkeys) it first reads the key (one autocommit
 // SELECT on any pooled connection, in parallel with every other reader): a
 // live record that blocks the claim — completed, unknown, or in progress
 // under a live lease — is returned at once, so a replay or a duplicate in
@@ -426,7 +427,7 @@ func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
 // the write lock, with concurrent writes in the same transaction, and
 // returns the blocking record read under that lock if there is one.
 func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempotency.ClaimResult, error) {
-	if s.recent.has(req.Key) {
+	if s.recent.Has(req.Key) {
 		rec, err := scanRecord(req.Key, s.st.get.QueryRowContext(ctx, req.Key))
 		switch {
 		case err == nil && !rec.Claimable(req.Now):
@@ -443,7 +444,7 @@ func (s *Store) Claim(ctx context.Context, req idempotency.ClaimRequest) (idempo
 	res, err := op.res, op.err
 	s.putOp(op)
 	if err == nil && (res.Claimed || res.Existing != nil) {
-		s.recent.add(req.Key)
+		s.recent.Add(req.Key)
 	}
 	return res, err
 }
