@@ -94,10 +94,14 @@ import (
 // one file shares it. Open refuses a file whose version is newer.
 //
 //   - 1: the table and its expires_at index.
-//   - 2: the "<table>_open" partial index on (state, key) over the
-//     records that are not completed (in progress or unknown), for List;
-//     records may be in state 3 (unknown), which version 1 readers would
-//     call corrupt.
+//   - 2: the "<table>_open" partial index over the records that are not
+//     completed (in progress or unknown), for List; records may be in
+//     state 3 (unknown), which version 1 readers would call corrupt. The
+//     index was on (state, key) and is now on state alone (entries in
+//     rowid order: a new record's entry goes next to the last one, where
+//     (state, key) put it on a random page of the index, a page written
+//     to the WAL twice per request). Open rebuilds an index of the old
+//     shape; the version stays 2, as readers of either shape read both.
 const schemaVersion = 2
 
 // maxConns bounds the connections of a file Store: the writer's, kept for
@@ -213,9 +217,10 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		complete:    `UPDATE ` + t + ` SET state = 2, expires_at = ?3, response = ?4 WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
 		release:     `DELETE FROM ` + t + ` WHERE key = ?1 AND token = ?2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + t + ` SET state = 3, lease_until = ?3, expires_at = ?4 WHERE key = ?1 AND token = ?2 AND state = 1`,
-		// "state <> 2" repeats the open index's WHERE, so that SQLite may
-		// use it with a bound state.
-		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t +
+		// The open records of one state (few) through the open index, then
+		// sorted by key; "state <> 2" repeats the index's WHERE, which
+		// INDEXED BY requires.
+		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t + ` INDEXED BY "` + table + `_open"` +
 			` WHERE state = ?1 AND state <> 2 AND key > ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
 			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)`,
@@ -361,10 +366,25 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 		// Version 2. On a version 1 file this is the whole upgrade; it
 		// reads the table once (inside this transaction, holding the write
 		// lock) to build an index over the few records not completed.
-		`CREATE INDEX IF NOT EXISTS "` + table + `_open" ON ` + t + ` (state, key) WHERE state <> 2`,
+		`CREATE INDEX IF NOT EXISTS "` + table + `_open" ON ` + t + ` (state) WHERE state <> 2`,
 	} {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	// An open index of the first shape, (state, key): rebuilt on state.
+	var def string
+	if err := tx.QueryRowContext(ctx, `SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1`, table+"_open").Scan(&def); err != nil {
+		return fmt.Errorf("read the open index: %w", err)
+	}
+	if strings.Contains(strings.ReplaceAll(def, " ", ""), "(state,key)") {
+		for _, stmt := range []string{
+			`DROP INDEX "` + table + `_open"`,
+			`CREATE INDEX "` + table + `_open" ON ` + t + ` (state) WHERE state <> 2`,
+		} {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("rebuild the open index: %w", err)
+			}
 		}
 	}
 	if v < schemaVersion {

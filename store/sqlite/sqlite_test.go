@@ -671,3 +671,68 @@ func TestCloseWithWritesQueued(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenIndexRebuilt: a version 2 file whose open-records index has the
+// first shape, (state, key), gets it rebuilt on state alone at Open, keeps
+// version 2 (readers of either shape read both), and List still pages
+// through the open records in key order.
+func TestOpenIndexRebuilt(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "v2.db")
+	db := rawDB(t, path)
+	for _, stmt := range []string{
+		`CREATE TABLE "idempotency_keys" (
+  key         TEXT PRIMARY KEY NOT NULL,
+  fingerprint BLOB NOT NULL,
+  state       INTEGER NOT NULL,
+  token       INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  response    BLOB
+) STRICT`,
+		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
+		`CREATE INDEX "idempotency_keys_open" ON "idempotency_keys" (state, key) WHERE state <> 2`,
+		`PRAGMA user_version = 2`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	fp := make([]byte, 32)
+	for _, k := range []string{"c", "a", "b"} {
+		if _, err := db.Exec(`INSERT INTO "idempotency_keys" VALUES (?1, ?2, 3, 7, ?3, ?4, NULL)`,
+			k, fp, t0.UnixMilli(), t0.Add(time.Hour).UnixMilli()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := open(t, path, sqlite.Options{})
+	var version int
+	var def string
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version = %d, %v; want 2", version, err)
+	}
+	if err := db.QueryRow(`SELECT sql FROM sqlite_schema WHERE name = 'idempotency_keys_open'`).Scan(&def); err != nil ||
+		!strings.HasSuffix(def, "(state) WHERE state <> 2") {
+		t.Fatalf("open index after Open: %q, %v; want it on (state)", def, err)
+	}
+	e := idempotency.New(s, idempotency.Options{})
+	var got []string
+	after := ""
+	for {
+		page, err := e.List(context.Background(), idempotency.StateUnknown, after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page {
+			got = append(got, r.Key)
+		}
+		if len(page) < 2 {
+			break
+		}
+		after = page[len(page)-1].Key
+	}
+	if strings.Join(got, ",") != "a,b,c" {
+		t.Fatalf("List pages = %v, want a,b,c in key order", got)
+	}
+}
