@@ -108,10 +108,22 @@ func New(b Backend, cfg Config) (*Queue, error) {
 // Name returns the queue's name.
 func (q *Queue) Name() string { return q.cfg.Name }
 
-// NewID returns a random message id (32 hex digits).
+// NewID returns a new message id: 32 hex digits, the first 12 the
+// current Unix time in milliseconds and the other 20 random (80 bits, from
+// crypto/rand), the layout of a UUIDv7 without its version bits. Ids made
+// later sort after, so that the backends' unique index on the id takes a
+// new message next to the last one (and an ack removes one among the
+// oldest), where a fully random id put each on a random page of the index
+// (a page write per enqueue and per ack, on SQLite one more WAL frame
+// each).
 func NewID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	ms := uint64(time.Now().UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	_, _ = rand.Read(b[6:]) // never fails (crypto/rand)
 	return hex.EncodeToString(b[:])
 }
 

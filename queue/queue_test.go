@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -284,5 +285,31 @@ func TestIdempotentTwiceInOneBatch(t *testing.T) {
 	defer mu.Unlock()
 	if runs["evt"] != 1 || runs["other"] != 1 {
 		t.Fatalf("runs %v, want each once", runs)
+	}
+}
+
+// TestNewIDSortsByTime: ids are 32 hex digits, unique, and one made in a
+// later millisecond sorts after (the backends' id index appends).
+func TestNewIDSortsByTime(t *testing.T) {
+	seen := map[string]bool{}
+	prev := queue.NewID()
+	for range 1000 {
+		id := queue.NewID()
+		if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+			t.Fatalf("NewID() = %q, want 32 lowercase hex digits", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewID() repeated %q", id)
+		}
+		seen[id] = true
+		prev = id
+	}
+	time.Sleep(2 * time.Millisecond)
+	if later := queue.NewID(); later <= prev {
+		t.Fatalf("an id made 2ms later (%s) does not sort after %s", later, prev)
+	}
+	ms, err := strconv.ParseInt(prev[:12], 16, 64)
+	if err != nil || time.Since(time.UnixMilli(ms)) > time.Minute || time.Since(time.UnixMilli(ms)) < 0 {
+		t.Fatalf("the id's first 12 digits %q are not the current Unix time in ms: %d, %v", prev[:12], ms, err)
 	}
 }
