@@ -747,10 +747,16 @@ func runQueue(t *testing.T, h Harness) {
 		}
 		q2 := newQueue(t, b2, clock)
 		got := make(chan *queue.Delivery, 2)
-		w := start(t, q2, queue.WorkerConfig{Lease: time.Minute, AttemptTimeout: 30 * time.Second, Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
-			got <- d
-			return errors.New("still failing")
-		})})
+		// Jitter keeps the whole backoff: the failed redelivery waits for
+		// a clock that does not move, so it is attempted exactly once
+		// before Stop (with no backoff it was retried at once, as often as
+		// the worker managed before Stop, and the history below varied).
+		w := start(t, q2, queue.WorkerConfig{Lease: time.Minute, AttemptTimeout: 30 * time.Second,
+			Jitter: func(d time.Duration) time.Duration { return d },
+			Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
+				got <- d
+				return errors.New("still failing")
+			})})
 		select {
 		case d := <-got:
 			t.Fatalf("delivered during the crashed worker's lease: %+v", d)
