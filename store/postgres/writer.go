@@ -260,6 +260,7 @@ func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
 func (s *Store) runOne(ctx context.Context, op *writeOp) {
 	switch op.kind {
 	case opClaim:
+		op.res = idempotency.ClaimResult{} // not a rolled-back pipeline's answer
 		if op.fresh {
 			var tag pgconn.CommandTag
 			r := op.req
