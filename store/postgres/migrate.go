@@ -133,6 +133,9 @@ func (s *Store) migrate(ctx context.Context, tx pgx.Tx, ms []migration) error {
 		// An index's name qualified with the schema, for DROP INDEX (which
 		// looks an unqualified name up in search_path).
 		"{{open_index_in_schema}}", pgx.Identifier{s.opts.Schema, s.opts.Table + "_open_idx"}.Sanitize(),
+		// Migration 0003's open index; its suffix is as long as
+		// indexSuffix, which bounds Options.Table.
+		"{{open_state_index}}", pgx.Identifier{s.opts.Table + "_open_state_idx"}.Sanitize(),
 	)
 	for _, m := range ms {
 		if slices.Contains(applied, int32(m.version)) {

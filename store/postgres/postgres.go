@@ -270,13 +270,18 @@ SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM
 	}
 }
 
+// planned returns args behind the planEach prefix, in a new slice.
+func (s *Store) planned(args ...any) []any {
+	return append(append(make([]any, 0, len(s.planEach)+len(args)), s.planEach...), args...)
+}
+
 // token converts a fencing token to the bigint column. Tokens are below
 // 2^63 (idempotency.NewToken); the conversion is a bijection regardless,
 // so equality is preserved for any uint64.
 func token(t uint64) int64 { return int64(t) }
 
-// Claim implements idempotency.Store in one statement and one round trip,
-// shared with the claims that queued meanwhile (group commit, writer.go):
+// Claim implements idempotency.Store; in general in one statement and one
+// round trip, shared with the claims that queued meanwhile (group commit, writer.go):
 // an INSERT ... ON CONFLICT DO UPDATE that takes the key when it is absent
 // or Claimable at req.Now, combined with a locking read that returns the
 // blocking record otherwise. Existing is nil only when the blocking row was
@@ -372,9 +377,9 @@ func (s *Store) MarkUnknown(ctx context.Context, key string, tok uint64, now, ex
 func (s *Store) Features() idempotency.Features { return idempotency.Features{List: true} }
 
 // List implements idempotency.Store with one SELECT over the open-records
-// index (migration 0002).
+// index (migration 0003), sorted by key.
 func (s *Store) List(ctx context.Context, req idempotency.ListRequest) ([]idempotency.Record, error) {
-	rows, err := s.pool.Query(ctx, s.sql.list, append(s.planEach, int16(req.State), req.After, req.Now, int64(req.Limit))...)
+	rows, err := s.pool.Query(ctx, s.sql.list, s.planned(int16(req.State), req.After, req.Now, int64(req.Limit))...)
 	if err != nil {
 		return nil, s.wrap("list", err)
 	}
@@ -439,7 +444,7 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time, limit int) (in
 	if limit > 0 {
 		n = int64(limit)
 	}
-	tag, err := s.pool.Exec(ctx, s.sql.deleteExpired, append(s.planEach, now, n)...)
+	tag, err := s.pool.Exec(ctx, s.sql.deleteExpired, s.planned(now, n)...)
 	if err != nil {
 		return 0, s.wrap("delete expired", err)
 	}

@@ -373,11 +373,11 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	}
 	var n int
 	if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = 'idempotency_keys_open_idx'`, schema).Scan(&n); err != nil || n != 1 {
+		WHERE n.nspname = $1 AND c.relname IN ('idempotency_keys_open_idx', 'idempotency_keys_open_state_idx')`, schema).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("open-records index after the upgrade: %d, %v", n, err)
 	}
 	var def string
-	if err := admin.QueryRow(ctx, `SELECT pg_get_indexdef(($1 || '.idempotency_keys_open_idx')::regclass)`,
+	if err := admin.QueryRow(ctx, `SELECT pg_get_indexdef(($1 || '.idempotency_keys_open_state_idx')::regclass)`,
 		pgx.Identifier{schema}.Sanitize()).Scan(&def); err != nil || !strings.HasSuffix(def, "(state) WHERE (state <> 2)") {
 		t.Fatalf("open-records index after the upgrade: %q, %v; want it on (state) WHERE state <> 2 (migration 0003)", def, err)
 	}

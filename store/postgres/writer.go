@@ -31,10 +31,12 @@ import (
 // they commit together. Statements are ordered by key (operations on one
 // key keep their arrival order), so that batches of several replicas, or
 // several batches in flight, lock rows in the same order and cannot
-// deadlock. If any statement of a batch fails, the transaction is rolled
-// back, nothing of the batch was written, and each of its operations is
-// sent again on its own, so that every caller gets the outcome of its own
-// operation.
+// deadlock. If the server refuses any statement of a batch, the
+// transaction is rolled back, nothing of the batch was written, and each of
+// its operations is sent again on its own, so that every caller gets the
+// outcome of its own operation; if the answer is lost (the connection
+// broke), every caller of the batch gets the error: its outcome is
+// unknown, as for any statement whose answer is lost.
 //
 // The store once sent one statement per kind carrying the batch as
 // unnest arrays. PostgreSQL planned those joins on the table as it was
@@ -45,7 +47,7 @@ import (
 // statement on the primary key is planned as an index lookup whatever the
 // table's size or statistics.
 
-// maxBatch bounds the operations one statement carries.
+// maxBatch bounds the operations one pipeline carries.
 const maxBatch = 128
 
 // maxInFlight bounds the batches running at once: while they run, new
@@ -149,9 +151,7 @@ func (s *Store) runBatch(batch []*writeOp) {
 	}
 	slices.SortStableFunc(ops, func(a, b *writeOp) int { return strings.Compare(a.opKey(), b.opKey()) })
 	if err := s.runPipeline(ctx, ops); err != nil {
-		for _, op := range ops {
-			s.runOne(ctx, op)
-		}
+		s.failed(ctx, ops, err)
 		return
 	}
 	// Claims whose INSERT found the key: the full claim statement now,
@@ -168,10 +168,29 @@ func (s *Store) runBatch(batch []*writeOp) {
 		s.runOne(ctx, again[0])
 	case len(again) > 1:
 		if err := s.runPipeline(ctx, again); err != nil {
-			for _, op := range again {
-				s.runOne(ctx, op)
-			}
+			s.failed(ctx, again, err)
 		}
+	}
+}
+
+// failed handles a pipeline that returned err. When err proves that the
+// transaction was rolled back — the server refused a statement (a
+// *pgconn.PgError: the implicit transaction aborted), or the batch was
+// never sent — nothing of it was written, and each operation is sent again
+// on its own, so that every caller gets the outcome of its own operation.
+// Otherwise (the connection broke, or an answer could not be read, with
+// the commit perhaps done) the outcome of every operation is unknown, and
+// every caller gets err: rerunning them would report a committed Complete
+// as fenced, or a committed claim as blocked by the caller's own record.
+func (s *Store) failed(ctx context.Context, ops []*writeOp, err error) {
+	if _, server := errors.AsType[*pgconn.PgError](err); server || pgconn.SafeToRetry(err) {
+		for _, op := range ops {
+			s.runOne(ctx, op)
+		}
+		return
+	}
+	for _, op := range ops {
+		op.res, op.err = idempotency.ClaimResult{}, err
 	}
 }
 
@@ -187,9 +206,7 @@ func (op *writeOp) opKey() string {
 
 // runPipeline sends ops as one pipeline of their single-row statements,
 // which the server runs as one implicit transaction. On a nil return every
-// op holds its outcome; on an error nothing of the batch was committed
-// (or, if the connection broke while the commit was in flight, its outcome
-// is unknown, as for any statement whose answer is lost).
+// op holds its outcome; on an error, the first one met, see failed.
 func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
 	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(ops))}
 	for _, op := range ops {

@@ -9,22 +9,11 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
 )
-
-// processCPU is the CPU time (user + system) this process has used: on a
-// shared machine, CPU per operation says more than wall time.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkGatewayNewKeys is the store's share of the gateway's new
 // idempotent request: 100 goroutines each claim a fresh random key of the

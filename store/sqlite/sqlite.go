@@ -373,11 +373,11 @@ func (s *Store) migrate(ctx context.Context, table string) error {
 		}
 	}
 	// An open index of the first shape, (state, key): rebuilt on state.
-	var def string
-	if err := tx.QueryRowContext(ctx, `SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1`, table+"_open").Scan(&def); err != nil {
+	var cols int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_index_info(?1)`, table+"_open").Scan(&cols); err != nil {
 		return fmt.Errorf("read the open index: %w", err)
 	}
-	if strings.Contains(strings.ReplaceAll(def, " ", ""), "(state,key)") {
+	if cols > 1 {
 		for _, stmt := range []string{
 			`DROP INDEX "` + table + `_open"`,
 			`CREATE INDEX "` + table + `_open" ON ` + t + ` (state) WHERE state <> 2`,

@@ -7,7 +7,9 @@
 -- memory. Store.List reads the open records of one state (few: in-progress
 -- requests and held unknown outcomes) and sorts them by key.
 --
--- Rebuilding it reads the table once while holding a lock that blocks
--- writes to it.
+-- The new index is built first, while the old one still serves: building
+-- reads the table once and blocks writes to it (reads go on). Dropping the
+-- old index then takes an exclusive lock on the table until this
+-- migration's transaction commits, which is at once.
+CREATE INDEX IF NOT EXISTS {{open_state_index}} ON {{table}} (state) WHERE state <> 2;
 DROP INDEX IF EXISTS {{open_index_in_schema}};
-CREATE INDEX IF NOT EXISTS {{open_index}} ON {{table}} (state) WHERE state <> 2;
