@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/internal/poll"
+	"github.com/leveehq/levee/internal/proccpu"
 )
 
 // BenchmarkWebhookIngest measures the gateway's webhook ingest end to end
@@ -58,7 +59,7 @@ func BenchmarkWebhookIngest(b *testing.B) {
 			var ingest []time.Duration
 			b.SetParallelism(8) // 16 senders on this 2-core machine
 			b.ResetTimer()
-			start, cpu0 := time.Now(), processCPU()
+			start, cpu0 := time.Now(), proccpu.Used()
 			b.RunParallel(func(pb *testing.PB) {
 				client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 				var mine []time.Duration
@@ -83,7 +84,7 @@ func BenchmarkWebhookIngest(b *testing.B) {
 				ingest = append(ingest, mine...)
 				lmu.Unlock()
 			})
-			elapsed, cpu := time.Since(start), processCPU()-cpu0
+			elapsed, cpu := time.Since(start), proccpu.Used()-cpu0
 			b.StopTimer()
 			n := int(seq.Load())
 			if !poll.Wait(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(e2e) >= n }) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
+	"github.com/leveehq/levee/internal/proccpu"
 )
 
 // BenchmarkGatewayNewKeys is the store's share of the gateway's new
@@ -38,7 +39,7 @@ func BenchmarkGatewayNewKeys(b *testing.B) {
 	b.ReportAllocs()
 	b.SetParallelism(max(1, 100/runtime.GOMAXPROCS(0)))
 	b0, o0 := s.w.Stats()
-	cpu0 := processCPU()
+	cpu0 := proccpu.Used()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		ctx := context.Background()
@@ -66,7 +67,7 @@ func BenchmarkGatewayNewKeys(b *testing.B) {
 		mu.Unlock()
 	})
 	b.StopTimer()
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((proccpu.Used()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 	b1, o1 := s.w.Stats()
 	if b1 > b0 {
 		b.ReportMetric(float64(o1-o0)/float64(b1-b0), "ops/batch")

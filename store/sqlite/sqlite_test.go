@@ -298,19 +298,9 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "v1.db")
 	db := rawDB(t, path)
-	for _, stmt := range []string{
-		`CREATE TABLE "idempotency_keys" (
-  key         TEXT PRIMARY KEY NOT NULL,
-  fingerprint BLOB NOT NULL,
-  state       INTEGER NOT NULL,
-  token       INTEGER NOT NULL,
-  lease_until INTEGER NOT NULL,
-  expires_at  INTEGER NOT NULL,
-  response    BLOB
-) STRICT`,
-		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
+	for _, stmt := range append(version1Schema(),
 		`PRAGMA user_version = 1`,
-	} {
+	) {
 		if _, err := db.Exec(stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
 		}
@@ -680,20 +670,10 @@ func TestOpenIndexRebuilt(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "v2.db")
 	db := rawDB(t, path)
-	for _, stmt := range []string{
-		`CREATE TABLE "idempotency_keys" (
-  key         TEXT PRIMARY KEY NOT NULL,
-  fingerprint BLOB NOT NULL,
-  state       INTEGER NOT NULL,
-  token       INTEGER NOT NULL,
-  lease_until INTEGER NOT NULL,
-  expires_at  INTEGER NOT NULL,
-  response    BLOB
-) STRICT`,
-		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
+	for _, stmt := range append(version1Schema(),
 		`CREATE INDEX "idempotency_keys_open" ON "idempotency_keys" (state, key) WHERE state <> 2`,
 		`PRAGMA user_version = 2`,
-	} {
+	) {
 		if _, err := db.Exec(stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
 		}
@@ -734,5 +714,22 @@ func TestOpenIndexRebuilt(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "a,b,c" {
 		t.Fatalf("List pages = %v, want a,b,c in key order", got)
+	}
+}
+
+// version1Schema is the default table as schema version 1 created it,
+// frozen here (the package's own schema moves on).
+func version1Schema() []string {
+	return []string{
+		`CREATE TABLE "idempotency_keys" (
+  key         TEXT PRIMARY KEY NOT NULL,
+  fingerprint BLOB NOT NULL,
+  state       INTEGER NOT NULL,
+  token       INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  response    BLOB
+) STRICT`,
+		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
 	}
 }
