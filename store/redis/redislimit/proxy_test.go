@@ -3,8 +3,6 @@ package redislimit_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -13,104 +11,10 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/leveehq/levee/internal/tcpproxy"
 	"github.com/leveehq/levee/ratelimit"
 	"github.com/leveehq/levee/store/redis/redislimit"
 )
-
-// proxy is a TCP proxy in front of Redis that can be frozen (bytes are
-// held, connections stay open: a hung server or a black-holed link) and
-// cut (every connection closed and new ones refused).
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	frozen bool
-	thaw   chan struct{}
-	conns  []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, thaw: make(chan struct{})}
-	go p.serve()
-	t.Cleanup(func() { p.cut(); p.unfreeze() })
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, up)
-		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
-	}
-}
-
-// pipe copies src to dst, holding every chunk while the proxy is frozen.
-func (p *proxy) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			frozen, thaw := p.frozen, p.thaw
-			p.mu.Unlock()
-			if frozen {
-				<-thaw
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				_ = src.Close()
-			}
-			return
-		}
-	}
-}
-
-func (p *proxy) freeze() { p.mu.Lock(); p.frozen = true; p.mu.Unlock() }
-
-func (p *proxy) unfreeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.frozen {
-		p.frozen = false
-		close(p.thaw)
-		p.thaw = make(chan struct{})
-	}
-}
-
-// cut closes the listener (new connections are refused) and every open
-// connection.
-func (p *proxy) cut() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.conns = nil
-}
 
 // At the middleware's defaults (Timeout 250ms, MaxWait 1s), a Redis that
 // freezes or is cut while 40 requests are in flight or arriving still
@@ -123,9 +27,9 @@ func TestFrozenAndCutRedisAtDefaults(t *testing.T) {
 	for _, how := range []string{"frozen", "cut"} {
 		t.Run(how, func(t *testing.T) {
 			t.Parallel()
-			px := startProxy(t, addr)
+			px := tcpproxy.Start(t, addr)
 			// Long client timeouts: only the middleware's bounds apply.
-			c := goredis.NewClient(&goredis.Options{Addr: px.addr(), ContextTimeoutEnabled: true, PoolSize: 64,
+			c := goredis.NewClient(&goredis.Options{Addr: px.Addr(), ContextTimeoutEnabled: true, PoolSize: 64,
 				ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, DialTimeout: 30 * time.Second})
 			t.Cleanup(func() { _ = c.Close() })
 			prefix := "levee:rltest:" + randHex(6) + ":"
@@ -166,9 +70,9 @@ func TestFrozenAndCutRedisAtDefaults(t *testing.T) {
 				t.Fatalf("with Redis up: %+v", ev)
 			}
 			if how == "frozen" {
-				px.freeze()
+				px.Freeze()
 			} else {
-				px.cut()
+				px.Cut()
 			}
 			type answer struct {
 				hdr  string
