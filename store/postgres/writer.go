@@ -145,32 +145,28 @@ func (s *Store) runBatch(batch []*writeOp) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if len(ops) == 1 {
+	slices.SortStableFunc(ops, func(a, b *writeOp) int { return strings.Compare(a.opKey(), b.opKey()) })
+	s.run(ctx, ops)
+}
+
+// run sends ops, in key order: one alone with its statement, several as a
+// pipeline; then the claims whose INSERT found their key, with the full
+// claim statement, after the pipeline committed (as if they had arrived
+// just after it).
+func (s *Store) run(ctx context.Context, ops []*writeOp) {
+	switch len(ops) {
+	case 0:
+		return
+	case 1:
 		s.runOne(ctx, ops[0])
 		return
 	}
-	slices.SortStableFunc(ops, func(a, b *writeOp) int { return strings.Compare(a.opKey(), b.opKey()) })
-	if err := s.runPipeline(ctx, ops); err != nil {
+	again, err := s.runPipeline(ctx, ops)
+	if err != nil {
 		s.failed(ctx, ops, err)
 		return
 	}
-	// Claims whose INSERT found the key: the full claim statement now,
-	// after the batch committed, as if they had arrived just after it.
-	var again []*writeOp
-	for _, op := range ops {
-		if op.err == errExists {
-			op.fresh = false
-			again = append(again, op)
-		}
-	}
-	switch {
-	case len(again) == 1:
-		s.runOne(ctx, again[0])
-	case len(again) > 1:
-		if err := s.runPipeline(ctx, again); err != nil {
-			s.failed(ctx, again, err)
-		}
-	}
+	s.run(ctx, again)
 }
 
 // failed handles a pipeline that returned err. When err proves that the
@@ -194,9 +190,6 @@ func (s *Store) failed(ctx context.Context, ops []*writeOp, err error) {
 	}
 }
 
-// errExists marks a fresh claim whose INSERT found the key already there.
-var errExists = errors.New("postgres: key exists")
-
 func (op *writeOp) opKey() string {
 	if op.kind == opClaim {
 		return op.req.Key
@@ -206,8 +199,11 @@ func (op *writeOp) opKey() string {
 
 // runPipeline sends ops as one pipeline of their single-row statements,
 // which the server runs as one implicit transaction. On a nil return every
-// op holds its outcome; on an error, the first one met, see failed.
-func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
+// op holds its outcome but the fresh claims whose INSERT found the key,
+// returned in again (no longer fresh) for the full statement; on an error,
+// the first one met, see failed.
+func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) ([]*writeOp, error) {
+	var again []*writeOp
 	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(ops))}
 	for _, op := range ops {
 		switch op.kind {
@@ -240,10 +236,9 @@ func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
 				}
 			case tag.RowsAffected() == 1:
 				op.res, op.err = idempotency.ClaimResult{Claimed: true}, nil
-			default:
-				// The key exists: claimed again below with the full
-				// statement.
-				op.res, op.err = idempotency.ClaimResult{}, errExists
+			default: // the key exists
+				op.fresh = false
+				again = append(again, op)
 			}
 			continue
 		}
@@ -270,7 +265,7 @@ func (s *Store) runPipeline(ctx context.Context, ops []*writeOp) error {
 	if err := br.Close(); err != nil && first == nil {
 		first = s.wrap("commit", err)
 	}
-	return first
+	return again, first
 }
 
 // runOne runs op alone with the single-row statement.
