@@ -109,3 +109,52 @@ queues:
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A delivery whose first attempt reached the partner (a 503) and whose
+// retry the upstream's breaker then refused is an attempt, not a refusal
+// before any I/O: it counts toward max_attempts and the message reaches the
+// DLQ with its history, instead of being put back as "not sent" at every
+// cooldown, forever.
+func TestQueueAttemptRefusedAfterSendingCounts(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	hits := 0
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(up.Close)
+	g := startGateway(t, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0, token: %s}
+store: {type: sqlite, sqlite: {path: %s}}
+upstreams:
+  - name: partner
+    url: %s
+    retry: {max_attempts: 3, dedupes_keys: true, auto_key: true}
+    breaker: {consecutive_failures: 1, cooldown: 10s}
+queues:
+  - name: batch
+    target: partner/v1/sync
+    path: /async/batch
+    backoff_base: 10ms
+    backoff_max: 50ms
+    max_attempts: 1
+`, testAdminToken, filepath.Join(t.TempDir(), "levee.db"), up.URL))
+	req, _ := http.NewRequest(http.MethodPost, g.base+"/async/batch", strings.NewReader(`{"item":1}`))
+	req.Header.Set("Content-Type", "application/json")
+	if resp, body := doRequest(t, req); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("enqueue: %d %s", resp.StatusCode, body)
+	}
+	var list gateway.DLQList
+	waitFor(t, "the message dead-lettered", func() bool {
+		adminCall(t, g, http.MethodGet, "/dlq?queue=batch", &list)
+		return len(list.Messages) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if m := list.Messages[0]; m.Attempts != 1 || hits != 1 || !strings.Contains(m.LastError, "refused after an attempt was sent") {
+		t.Fatalf("dead-lettered %+v after %d requests; want 1 attempt, 1 request, the refused retry in its error", m, hits)
+	}
+}

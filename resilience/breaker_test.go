@@ -156,6 +156,16 @@ func TestOpenBreakerStopsRetries(t *testing.T) {
 	if !errors.Is(err, resilience.ErrBreakerOpen) || sc.count() != 2 {
 		t.Fatalf("err %v after %d attempts; want ErrBreakerOpen after 2", err, sc.count())
 	}
+	// Two attempts were sent: the call was not rejected before any I/O,
+	// so nothing may take it for unsent (a fallback that re-sends an
+	// unkeyed write, a queue that does not count the attempt).
+	var ex *resilience.ExceededError
+	if errors.Is(err, resilience.ErrRejected) || !errors.As(err, &ex) || ex.Attempts != 2 {
+		t.Fatalf("err %v: want an *ExceededError of 2 attempts that does not match ErrRejected", err)
+	}
+	if _, ok := resilience.RetryAfter(err, time.Now()); ok {
+		t.Fatalf("err %v carries the breaker's Retry-After: an attempt was sent, the refusal's delay does not apply", err)
+	}
 }
 
 func TestBulkheadRejectsTheNPlusFirst(t *testing.T) {

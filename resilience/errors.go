@@ -229,6 +229,27 @@ func (e *ExceededError) Is(target error) bool { return target == ErrExceeded }
 // Unwrap returns the last attempt's error.
 func (e *ExceededError) Unwrap() error { return e.Last.Err }
 
+// RefusedRetryError is the last outcome of a call whose retry a local
+// policy refused after at least one attempt was sent (see
+// ExceededError). It matches what the refusal matches (ErrBreakerOpen,
+// ErrBulkheadFull, ...) except ErrRejected: the call was not "rejected
+// before any I/O", since an earlier attempt may have reached the
+// upstream. It does not unwrap, so that errors.Is(err, ErrRejected) and
+// the refusal's Retry-After stay out of reach.
+type RefusedRetryError struct {
+	// Refusal is the policy's error (it matches ErrRejected).
+	Refusal error
+}
+
+func (e *RefusedRetryError) Error() string {
+	return "retry refused after an attempt was sent: " + e.Refusal.Error()
+}
+
+// Is matches the refusal's errors but ErrRejected.
+func (e *RefusedRetryError) Is(target error) bool {
+	return target != ErrRejected && errors.Is(e.Refusal, target)
+}
+
 // AttemptTimeoutError is returned by an attempt that outlived the
 // per-attempt timeout while the call's own context was still live.
 type AttemptTimeoutError struct {

@@ -263,10 +263,19 @@ func (r *retryPolicy) Wrap(env Env, next Handler) Handler {
 }
 
 // final returns the last attempt's result: the response as is, or the
-// error (an *ExceededError after several attempts).
+// error (an *ExceededError after several attempts). A retry that a policy
+// refused (open breaker, full bulkhead, ...) after earlier attempts were
+// sent is not a rejection of the call: the request may have reached the
+// upstream, so the error must not match ErrRejected ("nothing was sent"),
+// which callers use to fall back or to try again as if nothing happened.
+// It is an *ExceededError counting the attempts sent, whose Last is a
+// *RefusedRetryError.
 func (r *retryPolicy) final(env Env, n int, resp *http.Response, err error) (*http.Response, error) {
-	if err == nil || n == 0 || isRejection(err) {
+	switch {
+	case err == nil, n == 0:
 		return resp, err
+	case isRejection(err):
+		return nil, &ExceededError{Upstream: env.Upstream, Attempts: n, Last: Outcome{Err: &RefusedRetryError{Refusal: err}}}
 	}
 	return nil, &ExceededError{Upstream: env.Upstream, Attempts: n + 1, Last: Outcome{Err: err}}
 }
