@@ -48,10 +48,9 @@ type QueueStoreConfig struct {
 	// is stranded.
 	SQLite SQLiteConfig `yaml:"sqlite"`
 
-	// sqliteDerived: SQLite.Path was derived from store.sqlite.path, and
-	// storePath is that path.
-	sqliteDerived bool
-	storePath     string
+	// storePath is store.sqlite.path when SQLite.Path was derived from it
+	// (empty when SQLite.Path was configured).
+	storePath string
 	// Postgres.URL defaults to store.postgres.url; Postgres.Schema to
 	// "levee".
 	Postgres PostgresConfig `yaml:"postgres"`
@@ -89,7 +88,7 @@ func (c *QueueStoreConfig) Defaults() {
 // inherit fills the connection fields from the idempotency store's.
 func (c *QueueStoreConfig) inherit(st StoreConfig) {
 	if c.SQLite.Path == "" && st.SQLite.Path != "" {
-		c.SQLite.Path, c.sqliteDerived, c.storePath = queueFileBeside(st.SQLite.Path), true, st.SQLite.Path
+		c.SQLite.Path, c.storePath = queueFileBeside(st.SQLite.Path), st.SQLite.Path
 	}
 	config.Default(&c.Postgres.URL, st.Postgres.URL)
 }
@@ -468,8 +467,14 @@ func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, f
 		return bk, func() error { err := bk.Close(); pool.Close(); return err }, nil
 	default:
 		path := c.SQLite.Path
-		if c.sqliteDerived && legacyQueueFile(c.storePath, path) {
-			path = c.storePath
+		if c.storePath != "" {
+			legacy, err := legacyQueueFile(c.storePath, path)
+			if err != nil {
+				return nil, nil, fmt.Errorf("gateway: queue store sqlite: choosing the queue file: %w", err)
+			}
+			if legacy {
+				path = c.storePath
+			}
 		}
 		bk, err := sqlitequeue.Open(path, sqlitequeue.Options{})
 		if err != nil {
@@ -867,14 +872,23 @@ func queueFileBeside(storePath string) string {
 
 // legacyQueueFile reports whether the queues should stay in storePath: the
 // default queue file does not exist yet and storePath already has levee's
-// queue tables.
-func legacyQueueFile(storePath, queuePath string) bool {
-	if _, err := os.Stat(queuePath); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return false
+// queue tables. A file it cannot examine is an error, never a "no": a
+// wrong "no" would open an empty queue file beside the store and leave the
+// messages accepted into the store file undelivered for good.
+func legacyQueueFile(storePath, queuePath string) (bool, error) {
+	if _, err := os.Stat(queuePath); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, err
 	}
-	if _, err := os.Stat(storePath); err != nil {
-		return false
+	if _, err := os.Stat(storePath); errors.Is(err, fs.ErrNotExist) {
+		return false, nil // a first start: neither file exists
+	} else if err != nil {
+		return false, err
 	}
 	ok, err := sqlitequeue.HasQueueTables(storePath)
-	return err == nil && ok
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", storePath, err)
+	}
+	return ok, nil
 }
