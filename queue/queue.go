@@ -75,18 +75,14 @@ type Queue struct {
 	b   Backend
 	cfg Config
 
-	mu        sync.Mutex
-	changed   chan struct{}      // closed and replaced on every local enqueue
-	gen       uint64             // notifications so far
-	recent    [maxNotices]notice // the last maxNotices notifications, a ring: notice g is at g % maxNotices
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every local enqueue
+	gen     uint64        // notifications so far
+	// recent is a ring of the last maxNotices notifications (notification
+	// g at g % maxNotices): the targets of an enqueue, or nil for anything
+	// else (a replay, a target enabled again).
+	recent    [maxNotices][]string
 	replaying bool
-}
-
-// notice is one wake-up of local workers: the targets of an enqueue, or
-// nil for anything else (a replay, a target enabled again).
-type notice struct {
-	gen     uint64
-	targets []string
 }
 
 // maxNotices bounds the notifications a Queue remembers for workers asking
@@ -182,7 +178,7 @@ func (q *Queue) notify() { q.notifyTargets(nil) }
 func (q *Queue) notifyTargets(targets []string) {
 	q.mu.Lock()
 	q.gen++
-	q.recent[q.gen%maxNotices] = notice{gen: q.gen, targets: targets}
+	q.recent[q.gen%maxNotices] = targets
 	close(q.changed)
 	q.changed = make(chan struct{})
 	q.mu.Unlock()
@@ -219,11 +215,11 @@ func (q *Queue) wokenForLocked(gen uint64, skip map[string]bool) bool {
 		return true // forgotten
 	}
 	for g := gen + 1; g <= q.gen; g++ {
-		n := q.recent[g%maxNotices]
-		if n.targets == nil {
+		targets := q.recent[g%maxNotices]
+		if targets == nil {
 			return true
 		}
-		for _, t := range n.targets {
+		for _, t := range targets {
 			if !skip[t] {
 				return true
 			}
