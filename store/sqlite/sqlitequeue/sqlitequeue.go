@@ -86,7 +86,9 @@ type op struct {
 	// fn runs the write; wctx is the writer's context (a started write is
 	// completed even if its caller gives up).
 	fn func(wctx context.Context, tx *sql.Tx) error
-	// single: fn runs one statement, so it needs no savepoint.
+	// single: fn runs at most one statement that writes (and any number
+	// of reads), so it needs no savepoint: SQLite undoes a failed
+	// statement alone.
 	single bool
 	done   chan error
 }
@@ -622,18 +624,29 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	token := rand.Int64() | 1 // never 0, the token of a released message
 	window := claimWindow(req.Limit)
 	var out []queue.Claimed
-	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
-		out = out[:0]
-		if len(req.Exclude) == 0 && perTarget >= req.Limit {
+	if len(req.Exclude) == 0 && perTarget >= req.Limit {
+		// The gateway's usual claim: one statement that writes, no
+		// savepoint, unless a target of the queue is disabled.
+		simple := false
+		err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+			out, simple = out[:0], false
 			var disabled bool
-			if err := b.txQueryRow(wctx, tx, claimAnyDisabled, req.Queue).Scan(&disabled); err != nil {
+			if err := b.txQueryRow(wctx, tx, claimAnyDisabled, req.Queue).Scan(&disabled); err != nil || disabled {
 				return err
 			}
-			if !disabled {
-				return b.claimRows(wctx, tx, &out, token, claimSimple,
-					req.Queue, us(req.Now), nil, nil, us(req.LeaseUntil), token, nil, req.Limit)
-			}
+			simple = true
+			return b.claimRows(wctx, tx, &out, token, claimSimple,
+				req.Queue, us(req.Now), nil, nil, us(req.LeaseUntil), token, nil, req.Limit)
+		})
+		if err != nil {
+			return nil, err
 		}
+		if simple {
+			return out, nil
+		}
+	}
+	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		out = out[:0]
 		if err := b.claimRows(wctx, tx, &out, token, claimOldest,
 			req.Queue, us(req.Now), string(exclude), window, us(req.LeaseUntil), token, perTarget, req.Limit); err != nil {
 			return err
