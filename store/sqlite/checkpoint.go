@@ -51,7 +51,12 @@ type checkpointer struct {
 	closed  bool
 	wg      sync.WaitGroup
 	ran     atomic.Int64 // checkpoints run, for tests
+	last    atomic.Pointer[checkpointResult]
 }
+
+// checkpointResult is what the last checkpoint reported: frames in the
+// WAL and frames copied into the database, for tests.
+type checkpointResult struct{ logged, copied int }
 
 // afterCommit is called by the writer after every commit.
 func (c *checkpointer) afterCommit() {
@@ -89,7 +94,10 @@ func (c *checkpointer) loop(stop <-chan struct{}) {
 		c.dirty.Store(false)
 		// Errors go to no one: a failed or busy checkpoint leaves the pages
 		// in the WAL, and the next one copies them.
-		_, _ = c.db.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
+		var busy, logged, copied int
+		if c.db.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logged, &copied) == nil {
+			c.last.Store(&checkpointResult{logged: logged, copied: copied})
+		}
 		c.ran.Add(1)
 		if !c.dirty.Load() {
 			c.running.Store(false)
