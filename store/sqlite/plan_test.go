@@ -2,9 +2,13 @@ package sqlite
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/leveehq/levee/idempotency"
 )
 
 // TestStatementsUseTheirIndexes pins the query plans: every statement on
@@ -19,6 +23,27 @@ func TestStatementsUseTheirIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	ctx := context.Background()
+	checkPlans(t, s, "empty file")
+	now := time.Now()
+	for i := range 2000 {
+		tok := idempotency.NewToken()
+		key := fmt.Sprintf("k%d", i)
+		if _, err := s.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: tok, Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if err := s.Complete(ctx, key, tok, idempotency.Response{Status: 200}, now, now.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	checkPlans(t, s, "2,000 records")
+}
+
+func checkPlans(t *testing.T, s *Store, file string) {
+	t.Helper()
 	ctx := context.Background()
 	q := s.q
 	byKey := "USING INDEX sqlite_autoindex_idempotency_keys_1 (key=?)"
@@ -36,7 +61,7 @@ func TestStatementsUseTheirIndexes(t *testing.T) {
 	} {
 		rows, err := s.db.QueryContext(ctx, "EXPLAIN QUERY PLAN "+tc.sql, make([]any, strings.Count(tc.sql, "?"))...)
 		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
+			t.Fatalf("%s, %s: %v", file, tc.name, err)
 		}
 		var plan []string
 		for rows.Next() {
@@ -50,11 +75,11 @@ func TestStatementsUseTheirIndexes(t *testing.T) {
 		rows.Close()
 		all := strings.Join(plan, "; ")
 		if !strings.Contains(all, tc.want) {
-			t.Errorf("%s: plan %q, want it to use %q", tc.name, all, tc.want)
+			t.Errorf("%s, %s: plan %q, want it to use %q", file, tc.name, all, tc.want)
 		}
 		for _, step := range plan {
 			if strings.HasPrefix(step, "SCAN idempotency_keys") && !strings.Contains(step, " USING ") {
-				t.Errorf("%s: plan %q scans the table", tc.name, all)
+				t.Errorf("%s, %s: plan %q scans the table", file, tc.name, all)
 			}
 		}
 	}
