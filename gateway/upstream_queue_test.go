@@ -23,8 +23,9 @@ type seenReq struct {
 }
 
 // recorder is an upstream that records every request and answers as
-// mode says: "ok" 200, "fail" 500, "slowfirst" 200 after 2.5s to the
-// first request with a given body, at once to the next ones.
+// mode says: "ok" 200, "fail" 500, "unavailable" 503, "slowfirst" 200
+// after 2.5s to the first request with a given body, at once to the next
+// ones.
 type recorder struct {
 	srv  *httptest.Server
 	mode atomic.Value
@@ -48,6 +49,8 @@ func newRecorder(t *testing.T, mode string) *recorder {
 		switch rc.mode.Load().(string) {
 		case "fail":
 			w.WriteHeader(http.StatusInternalServerError)
+		case "unavailable":
+			w.WriteHeader(http.StatusServiceUnavailable)
 		case "slowfirst":
 			if first {
 				time.Sleep(2500 * time.Millisecond)
@@ -238,6 +241,43 @@ func TestUpstreamQueueFallbackSentNotQueuedWithoutKey(t *testing.T) {
 	}
 	if n, _ := count(`{"amount":1}`); n != 1 {
 		t.Fatalf("keyless POST seen %d times, want once (never queued)", n)
+	}
+}
+
+// A keyless POST the upstream answered 503 reached it: it may have done
+// the work before answering, so it is not queued (that would send it
+// again) on either client path (a body with a length, a chunked one); the
+// client gets the 503. A keyed one, for an upstream that dedupes keys, is
+// queued and delivered again with its key.
+func TestUpstreamQueueFallbackAnsweredNotQueuedWithoutKey(t *testing.T) {
+	t.Parallel()
+	up := newRecorder(t, "unavailable")
+	g := startGateway(t, queueFallbackConfig(t, up.srv.URL, "    retry: {max_attempts: 1, dedupes_keys: true}\n",
+		filepath.Join(t.TempDir(), "queue.db")))
+	for _, chunked := range []bool{false, true} {
+		b := fmt.Sprintf(`{"amount":1,"chunked":%v}`, chunked)
+		resp, body := do(t, "POST", g.base+"/v1/charges", b, chunked)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(gateway.QueuedHeader) != "" {
+			t.Fatalf("keyless POST answered 503 (chunked %v): %d %q, want the 503, not queued", chunked, resp.StatusCode, body)
+		}
+	}
+	resp, body := do(t, "POST", g.base+"/v1/charges", `{"amount":2}`, false, "Idempotency-Key", "k2")
+	wantQueued(t, "keyed POST answered 503", resp, body)
+	count := func(b string) int {
+		n := 0
+		for _, r := range up.seen() {
+			if r.body == b {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, "the keyed POST delivered again", func() bool { return count(`{"amount":2}`) >= 2 })
+	time.Sleep(300 * time.Millisecond) // a queued keyless one would be delivered by now too
+	for _, chunked := range []bool{false, true} {
+		if n := count(fmt.Sprintf(`{"amount":1,"chunked":%v}`, chunked)); n != 1 {
+			t.Fatalf("keyless POST (chunked %v) seen %d times, want once (never queued)", chunked, n)
+		}
 	}
 }
 
