@@ -163,7 +163,6 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 	tx, err := ws.conn.BeginTx(ctx, driver.TxOptions{})
 	if err != nil {
 		setAll(batch, fmt.Errorf("sqlite: begin: %w", err))
-		markDone(batch)
 		return connFailed(err)
 	}
 	for _, op := range batch {
@@ -179,7 +178,6 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 			}
 			if rbErr != nil && !isBusy(rbErr) {
 				setAll(batch, fmt.Errorf("sqlite: %s: %w", op.kind, err))
-				markDone(batch)
 				return rbErr
 			}
 			// SQLite may have rolled the whole transaction back: run every
@@ -197,7 +195,6 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 	}
 	if err := tx.Commit(); err != nil {
 		setAll(batch, fmt.Errorf("sqlite: commit: %w", err))
-		markDone(batch)
 		return connFailed(err)
 	}
 	markDone(batch)
@@ -227,10 +224,11 @@ func connFailed(err error) error {
 	return err
 }
 
+// setAll gives every live operation of batch the error err, as its outcome.
 func setAll(batch []*writeOp, err error) {
 	for _, op := range batch {
 		if !op.Skipped() {
-			op.res, op.err = idempotency.ClaimResult{}, err
+			op.res, op.err, op.done = idempotency.ClaimResult{}, err, true
 		}
 	}
 }

@@ -122,14 +122,11 @@ func Open(path string, opts Options) (*Backend, error) {
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("sqlitequeue: open %q: the directory does not exist", path)
 	}
-	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
-	if !strings.HasPrefix(u, "/") {
-		u = "/" + u
-	}
+	u := fileURI(abs)
 	// SQLite's own busy handler sleeps up to 100ms between tries, and a
 	// writer that commits back to back never leaves it a gap that long: the
 	// writer waits for the lock itself (beginTx) and leaves gaps (writer).
-	dsn := "file://" + u + "?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + opts.Synchronous + ")&_txlock=immediate"
+	dsn := u + "?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + opts.Synchronous + ")&_txlock=immediate"
 	wr, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitequeue: open %q: %w", path, err)
@@ -174,6 +171,16 @@ func (b *Backend) Close() error {
 
 var errClosed = errors.New("sqlitequeue: backend closed")
 
+// fileURI is the file: URI of the absolute path abs, with any '%', '?' or
+// '#' escaped rather than taken for the start of the driver's parameters.
+func fileURI(abs string) string {
+	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
+	if !strings.HasPrefix(u, "/") {
+		u = "/" + u // Windows drive letter: file:///C:/...
+	}
+	return "file://" + u
+}
+
 // HasQueueTables reports whether the SQLite file at path (which must
 // exist) holds this package's tables, read without changing the file.
 func HasQueueTables(path string) (bool, error) {
@@ -181,11 +188,8 @@ func HasQueueTables(path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
-	if !strings.HasPrefix(u, "/") {
-		u = "/" + u
-	}
-	db, err := sql.Open("sqlite", "file://"+u+"?mode=ro&_pragma=busy_timeout(5000)")
+	u := fileURI(abs)
+	db, err := sql.Open("sqlite", u+"?mode=ro&_pragma=busy_timeout(5000)")
 	if err != nil {
 		return false, err
 	}
