@@ -7,11 +7,16 @@
 //
 // Every write (Enqueue, Claim, Ack, Nack, Bury, Requeue, DeleteDead,
 // SetTarget) is handed to one writer goroutine that runs whatever writes
-// are waiting as one transaction, each in its own savepoint (a failing
-// write rolls back alone), and commits once: concurrent enqueues share one
-// fsync. A call returns after the commit that holds its write. Reads
-// (ListDead, GetDead, Targets) use a separate pool of connections and see
-// the last commit (WAL).
+// are waiting as one transaction and commits once: concurrent enqueues
+// share one fsync. Each write is isolated from the others in its batch: a
+// single-statement write (Claim, Ack, Nack) needs nothing more, since
+// SQLite undoes a failed statement alone; a multi-statement one runs in a
+// savepoint of its own, except Enqueue, whose statements fail only when
+// SQLite does: it runs bare, and should it fail, the batch is rolled back
+// and run again with every write in a savepoint (an enqueue costs a third
+// less CPU without one, docs/benchmarks.md). A call returns after the
+// commit that holds its write. Reads (ListDead, GetDead, Targets) use a
+// separate pool of connections and see the last commit (WAL).
 //
 // # Durability
 //
@@ -85,13 +90,32 @@ type op struct {
 	canceled func() error
 	// fn runs the write; wctx is the writer's context (a started write is
 	// completed even if its caller gives up).
-	fn func(wctx context.Context, tx *sql.Tx) error
-	// single: fn runs at most one statement that writes (and any number
-	// of reads), so it needs no savepoint: SQLite undoes a failed
-	// statement alone.
-	single bool
-	done   chan error
+	fn   func(wctx context.Context, tx *sql.Tx) error
+	mode opMode
+	done chan error
 }
+
+// opMode is how the writer isolates an op from the others in its batch.
+type opMode uint8
+
+const (
+	// modeSavepoint: fn runs in a savepoint of its own; an error rolls
+	// back its writes alone and is the op's result.
+	modeSavepoint opMode = iota
+	// modeSingle: fn runs at most one statement that writes (and any
+	// number of reads), so it needs no savepoint: SQLite undoes a failed
+	// statement alone.
+	modeSingle
+	// modeOptimistic: fn runs several statements that write and fails
+	// only when SQLite does (an I/O error, a full disk): it runs without a
+	// savepoint, and an error rolls the whole batch back, which the writer
+	// then runs again with every op in a savepoint, so that each caller
+	// gets its own op's outcome and nothing of a failed op is committed.
+	modeOptimistic
+)
+
+// errRerun aborts a batch whose optimistic op failed.
+var errRerun = errors.New("sqlitequeue: an optimistic write failed; the batch runs again in savepoints")
 
 // Open opens (creating if needed) the database file at path and the queue
 // tables in it, and starts the writer goroutine. The directory must exist.
@@ -354,43 +378,60 @@ func (b *Backend) writer() {
 
 func (b *Backend) commit(ctx context.Context, batch []*op) {
 	errs := make([]error, len(batch))
-	err := func() error {
-		tx, err := b.beginTx(ctx)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = tx.Rollback() }()
-		for i, o := range batch {
-			if err := o.canceled(); err != nil {
-				errs[i] = err
-				continue
-			}
-			if o.single {
-				// One statement: SQLite undoes a failed statement alone.
-				errs[i] = o.fn(ctx, tx)
-				continue
-			}
-			if _, err := b.txExec(ctx, tx, `SAVEPOINT op`); err != nil {
-				return err
-			}
-			if err := o.fn(ctx, tx); err != nil {
-				errs[i] = err
-				if _, err := b.txExec(ctx, tx, `ROLLBACK TO op`); err != nil {
-					return err
-				}
-			}
-			if _, err := b.txExec(ctx, tx, `RELEASE op`); err != nil {
-				return err
-			}
-		}
-		return tx.Commit()
-	}()
+	err := b.runBatch(ctx, batch, errs, false)
+	if errors.Is(err, errRerun) {
+		clear(errs)
+		err = b.runBatch(ctx, batch, errs, true)
+	}
 	for i, o := range batch {
 		if err != nil && errs[i] == nil {
 			errs[i] = err
 		}
 		o.done <- errs[i]
 	}
+}
+
+// runBatch runs batch as one transaction and commits it, setting errs[i]
+// to op i's own error. It returns an error that fails every op without one
+// (nothing was committed), errRerun when an optimistic op failed (nothing
+// was committed; run it again with isolate set: every op but the single
+// ones in a savepoint).
+func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isolate bool) error {
+	tx, err := b.beginTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	for i, o := range batch {
+		if err := o.canceled(); err != nil {
+			errs[i] = err
+			continue
+		}
+		switch {
+		case o.mode == modeSingle:
+			// One statement: SQLite undoes a failed statement alone.
+			errs[i] = o.fn(ctx, tx)
+			continue
+		case o.mode == modeOptimistic && !isolate:
+			if err := o.fn(ctx, tx); err != nil {
+				return errRerun
+			}
+			continue
+		}
+		if _, err := b.txExec(ctx, tx, `SAVEPOINT op`); err != nil {
+			return err
+		}
+		if err := o.fn(ctx, tx); err != nil {
+			errs[i] = err
+			if _, err := b.txExec(ctx, tx, `ROLLBACK TO op`); err != nil {
+				return err
+			}
+		}
+		if _, err := b.txExec(ctx, tx, `RELEASE op`); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 // Statements the writer runs are prepared once on its connection (wr has
@@ -440,15 +481,12 @@ func (b *Backend) txQueryRow(ctx context.Context, tx *sql.Tx, query string, args
 	return tx.QueryRowContext(ctx, query, args...)
 }
 
-// write runs fn in the writer's next transaction, in a savepoint of its
-// own, and returns its error.
-func (b *Backend) write(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
-	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, done: make(chan error, 1)})
-}
-
-// write1 is write for an fn that runs a single statement.
-func (b *Backend) write1(ctx context.Context, fn func(wctx context.Context, tx *sql.Tx) error) error {
-	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, single: true, done: make(chan error, 1)})
+// write runs fn in the writer's next transaction, isolated from the
+// batch's other ops as mode says, and returns its error. fn may run more
+// than once (a batch rolled back and run again): it must set its results
+// afresh on every run.
+func (b *Backend) write(ctx context.Context, mode opMode, fn func(wctx context.Context, tx *sql.Tx) error) error {
+	return b.do(ctx, &op{canceled: ctx.Err, fn: fn, mode: mode, done: make(chan error, 1)})
 }
 
 func (b *Backend) do(ctx context.Context, o *op) error {
@@ -512,25 +550,33 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 		rows[i] = h
 	}
 	res := make([]queue.EnqueueResult, len(req.Messages))
-	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	// Optimistic: the statements fail only when SQLite does (a duplicate
+	// is a result, not an error), and then the writer runs the batch
+	// again with this op in a savepoint, so that a dedupe row is never
+	// committed without its message.
+	err := b.write(ctx, modeOptimistic, func(wctx context.Context, tx *sql.Tx) error {
 		for i, m := range req.Messages {
 			res[i] = queue.EnqueueResult{ID: m.ID}
 			if m.DedupeID != "" {
-				var first string
-				err := b.txQueryRow(wctx, tx, `INSERT INTO levee_queue_dedupe (queue, dedupe_id, message_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+				// One row changed: the id is new (or its entry had
+				// expired) and now names this message; none: a live entry
+				// names the first message.
+				r, err := b.txExec(wctx, tx, `INSERT INTO levee_queue_dedupe (queue, dedupe_id, message_id, expires_at) VALUES (?1, ?2, ?3, ?4)
 ON CONFLICT (queue, dedupe_id) DO UPDATE SET message_id = excluded.message_id, expires_at = excluded.expires_at
-  WHERE levee_queue_dedupe.expires_at <= ?5
-RETURNING message_id`, m.Queue, m.DedupeID, m.ID, us(req.DedupeUntil), us(req.Now)).Scan(&first)
-				if errors.Is(err, sql.ErrNoRows) {
+  WHERE levee_queue_dedupe.expires_at <= ?5`, m.Queue, m.DedupeID, m.ID, us(req.DedupeUntil), us(req.Now))
+				if err != nil {
+					return err
+				}
+				if n, err := r.RowsAffected(); err != nil {
+					return err
+				} else if n == 0 {
+					var first string
 					if err := b.txQueryRow(wctx, tx, `SELECT message_id FROM levee_queue_dedupe WHERE queue = ?1 AND dedupe_id = ?2`,
 						m.Queue, m.DedupeID).Scan(&first); err != nil {
 						return err
 					}
 					res[i] = queue.EnqueueResult{ID: first, Duplicate: true}
 					continue
-				}
-				if err != nil {
-					return err
 				}
 			}
 			r, err := b.txExec(wctx, tx, `INSERT INTO levee_queue_messages (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
@@ -632,7 +678,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 		// The gateway's usual claim: one statement that writes, no
 		// savepoint, unless a target of the queue is disabled.
 		simple := false
-		err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+		err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 			out, simple = out[:0], false
 			var disabled bool
 			if err := b.txQueryRow(wctx, tx, claimAnyDisabled, req.Queue).Scan(&disabled); err != nil || disabled {
@@ -649,7 +695,7 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 			return out, nil
 		}
 	}
-	err = b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err = b.write(ctx, modeSavepoint, func(wctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
 		if err := b.claimRows(wctx, tx, &out, token, claimOldest,
 			req.Queue, us(req.Now), string(exclude), window, us(req.LeaseUntil), token, perTarget, req.Limit); err != nil {
@@ -727,7 +773,7 @@ func settled(res sql.Result, err error) error {
 
 // Ack implements queue.Backend.
 func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
-	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		return settled(b.txExec(wctx, tx, `DELETE FROM levee_queue_messages WHERE queue = ?1 AND id = ?2 AND token = ?3`, q, id, token))
 	})
 	return err
@@ -739,7 +785,7 @@ func (b *Backend) Nack(ctx context.Context, n queue.Nack) error {
 	if err != nil {
 		return fmt.Errorf("sqlitequeue: nack: %w", err)
 	}
-	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	return b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		return settled(b.txExec(wctx, tx, `UPDATE levee_queue_messages SET available_at = ?4, attempts = ?5, history = ?6, token = 0
 WHERE queue = ?1 AND id = ?2 AND token = ?3`, n.Queue, n.ID, n.Token, us(n.AvailableAt), n.Attempts, hist))
 	})
@@ -755,7 +801,7 @@ func (b *Backend) Bury(ctx context.Context, d queue.Burial) error {
 	if len(d.History) > 0 {
 		first, last = d.History[0].FailedAt, d.History[len(d.History)-1].FailedAt
 	}
-	return b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	return b.write(ctx, modeSavepoint, func(wctx context.Context, tx *sql.Tx) error {
 		if err := settled(b.txExec(wctx, tx, `INSERT INTO levee_queue_dead (queue, id, target, payload, headers, dedupe_id, enqueued_at, attempts, history, reason, first_failure, last_failure, dead_at)
 SELECT queue, id, target, payload, headers, dedupe_id, enqueued_at, ?4, ?5, ?6, ?7, ?8, ?9 FROM levee_queue_messages
 WHERE queue = ?1 AND id = ?2 AND token = ?3
@@ -861,7 +907,7 @@ func (b *Backend) GetDead(ctx context.Context, q, id string) (*queue.DeadMessage
 // Requeue implements queue.Backend.
 func (b *Backend) Requeue(ctx context.Context, q string, ids []string, now time.Time) (int, error) {
 	moved := 0
-	err := b.write(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write(ctx, modeSavepoint, func(wctx context.Context, tx *sql.Tx) error {
 		moved = 0
 		for _, id := range ids {
 			res, err := b.txExec(wctx, tx, `INSERT INTO levee_queue_messages (queue, id, target, payload, headers, dedupe_id, enqueued_at, available_at)
@@ -889,7 +935,7 @@ func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, erro
 		q = `DELETE FROM levee_queue_dead WHERE seq IN (SELECT seq FROM levee_queue_dead` + w + ` ORDER BY seq LIMIT ` + strconv.Itoa(f.Limit) + `)`
 	}
 	var n int64
-	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(wctx, q, args...)
 		if err != nil {
 			return err
@@ -902,7 +948,7 @@ func (b *Backend) DeleteDead(ctx context.Context, f queue.DeadFilter) (int, erro
 
 // SetTarget implements queue.Backend.
 func (b *Backend) SetTarget(ctx context.Context, s queue.TargetState) error {
-	return b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	return b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		_, err := b.txExec(wctx, tx, `INSERT INTO levee_queue_targets (queue, target, disabled, reason, since) VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT (queue, target) DO UPDATE SET disabled = excluded.disabled, reason = excluded.reason, since = excluded.since`,
 			s.Queue, s.Target, s.Disabled, s.Reason, us(s.Since))
@@ -941,7 +987,7 @@ var _ queue.Backend = (*Backend)(nil)
 // enqueue). A driver error is returned wrapped.
 func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
 	var n int64
-	err := b.write1(ctx, func(wctx context.Context, tx *sql.Tx) error {
+	err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		res, err := b.txExec(wctx, tx, `DELETE FROM levee_queue_dedupe WHERE rowid IN
   (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2)`, us(now), limit)
 		if err != nil {
