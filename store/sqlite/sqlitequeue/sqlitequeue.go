@@ -613,11 +613,17 @@ func claimWindow(limit int) int { return limit*4 + 64 }
 // other targets' messages behind a hanging target's backlog are reached
 // at a cost of one seek per target, not a scan of that backlog (which made
 // every claim O(backlog) while one target was saturated).
+//
+// A subquery's LIMIT is written "?N + 0", never a bare "?N": SQLite plans
+// with the value bound to a bare LIMIT parameter and so marks the
+// prepared statement expired whenever that parameter is bound again; every
+// claim then parsed and planned its statement anew (a fifth of a worker's
+// CPU of a worker delivering one message at a time).
 const (
 	claimOldest = `WITH win AS (
   SELECT seq, target, available_at FROM levee_queue_messages
   WHERE queue = ?1 AND available_at <= ?2
-  ORDER BY available_at, seq LIMIT ?4
+  ORDER BY available_at, seq LIMIT ?4 + 0
 ), cand AS (
   SELECT seq, target, available_at FROM win
   WHERE target NOT IN (SELECT value FROM json_each(?3))
@@ -626,7 +632,7 @@ const (
   SELECT seq, available_at, row_number() OVER (PARTITION BY target ORDER BY available_at, seq) AS rn FROM cand
 )
 UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
-WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8)
+WHERE seq IN (SELECT seq FROM ranked WHERE rn <= ?7 ORDER BY rn, available_at, seq LIMIT ?8 + 0)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
 	// claimSimple is claimOldest when nothing can be filtered out: no
 	// target excluded, none disabled in this queue, and the per-target
@@ -635,11 +641,11 @@ RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, histor
 	// window, no ranking, no sort.
 	claimSimple = `UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
 WHERE seq IN (SELECT seq FROM levee_queue_messages WHERE queue = ?1 AND available_at <= ?2
-  ORDER BY available_at, seq LIMIT ?8)
+  ORDER BY available_at, seq LIMIT ?8 + 0)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
 	claimAnyDisabled = `SELECT EXISTS (SELECT 1 FROM levee_queue_targets WHERE queue = ?1 AND disabled = 1)`
 	claimWindowFull  = `SELECT count(*) FROM (SELECT 1 FROM levee_queue_messages
-  WHERE queue = ?1 AND available_at <= ?2 ORDER BY available_at, seq LIMIT ?3)`
+  WHERE queue = ?1 AND available_at <= ?2 ORDER BY available_at, seq LIMIT ?3 + 0)`
 	claimPerTarget = `WITH RECURSIVE tg(t) AS (
   SELECT (SELECT min(target) FROM levee_queue_messages WHERE queue = ?1)
   UNION ALL
@@ -651,10 +657,10 @@ RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, histor
 ), cand AS (
   SELECT m.seq, m.available_at FROM live, levee_queue_messages m WHERE m.seq IN (
     SELECT x.seq FROM levee_queue_messages x WHERE x.queue = ?1 AND x.target = live.t AND x.available_at <= ?2
-    ORDER BY x.available_at, x.seq LIMIT ?7)
+    ORDER BY x.available_at, x.seq LIMIT ?7 + 0)
 )
 UPDATE levee_queue_messages SET available_at = ?5, attempts = attempts + 1, token = ?6
-WHERE seq IN (SELECT seq FROM cand ORDER BY available_at, seq LIMIT ?8)
+WHERE seq IN (SELECT seq FROM cand ORDER BY available_at, seq LIMIT ?8 + 0)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
 )
 
@@ -989,7 +995,7 @@ func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (
 	var n int64
 	err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		res, err := b.txExec(wctx, tx, `DELETE FROM levee_queue_dedupe WHERE rowid IN
-  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2)`, us(now), limit)
+  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2 + 0)`, us(now), limit)
 		if err != nil {
 			return err
 		}
