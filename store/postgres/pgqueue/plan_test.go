@@ -1,0 +1,145 @@
+package pgqueue_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/leveehq/levee/queue"
+	"github.com/leveehq/levee/store/postgres/pgqueue"
+)
+
+// TestClaimWalksTheReadyIndexWhateverTheStatistics: a backlog grows far
+// faster than statistics follow, and a plan PostgreSQL caches for the
+// claim while the table is small must not become a scan of every
+// available message once thousands wait. The claims' own plans are read
+// through auto_explain, sent to this connection as notices: a claim made
+// after the table grew from one message to 3,000 (its statistics never
+// refreshed: autovacuum is off for the table) still walks the ready index
+// in order (and stops early), with no bitmap or sequential scan of the
+// messages.
+func TestClaimWalksTheReadyIndexWhateverTheStatistics(t *testing.T) {
+	var mu sync.Mutex
+	var plans []string
+	capture := false
+	cfg, err := pgxpool.ParseConfig(databaseURL())
+	if err != nil {
+		t.Fatalf("LEVEE_POSTGRES_URL: %v", err)
+	}
+	cfg.MaxConns = 1 // one session: the one whose cached plan is read
+	cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		defer mu.Unlock()
+		if capture && strings.Contains(n.Message, "FOR UPDATE SKIP LOCKED") {
+			plans = append(plans, n.Message)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		unreachable(t, err)
+	}
+	defer pool.Close()
+	for _, s := range []string{`LOAD 'auto_explain'`, `SET auto_explain.log_min_duration = 0`, `SET auto_explain.log_level = 'notice'`, `SET client_min_messages = 'notice'`} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Skipf("auto_explain is not available to this user (%s: %v): the claim's plan cannot be read", s, err)
+		}
+	}
+	var rb [6]byte
+	_, _ = rand.Read(rb[:])
+	schema := "levee_qplan_" + hex.EncodeToString(rb[:])
+	defer func() {
+		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop test schema %s: %v", schema, err)
+		}
+	}()
+	b, err := pgqueue.New(pool, pgqueue.Options{Schema: schema, Flushers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = b.Close() }()
+	if err := b.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+pgx.Identifier{schema, "queue_messages"}.Sanitize()+` SET (autovacuum_enabled = false)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE `+pgx.Identifier{schema, "queue_messages"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(b, queue.Config{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	claim := func(perTarget int) []queue.Claimed {
+		t.Helper()
+		cs, err := b.Claim(ctx, queue.ClaimRequest{Queue: "q", Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour), Limit: 2, PerTarget: perTarget})
+		if err != nil {
+			t.Fatalf("Claim: %v", err)
+		}
+		return cs
+	}
+	// While the table is small, both claim statements run often enough
+	// for PostgreSQL to settle on a cached generic plan.
+	for range 8 {
+		if _, err := q.Enqueue(ctx, &queue.Message{Target: "t", Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		claim(2)
+		claim(1)
+	}
+	msgs := make([]*queue.Message, 500)
+	for range 6 {
+		for i := range msgs {
+			msgs[i] = &queue.Message{Target: "t", Payload: []byte("x"), EnqueuedAt: now}
+		}
+		if _, err := q.Enqueue(ctx, msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	capture = true
+	mu.Unlock()
+	for _, c := range []struct {
+		name      string
+		perTarget int
+	}{{"usual claim", 2}, {"claim ranked per target", 1}} {
+		mu.Lock()
+		plans = plans[:0]
+		mu.Unlock()
+		if got := claim(c.perTarget); len(got) == 0 {
+			t.Fatalf("%s: claimed nothing from a backlog of 3,000", c.name)
+		}
+		mu.Lock()
+		if len(plans) != 1 {
+			mu.Unlock()
+			t.Fatalf("%s: %d plans reported, want the claim's one", c.name, len(plans))
+		}
+		plan := plans[0]
+		mu.Unlock()
+		for _, bad := range []string{"Bitmap Heap Scan on queue_messages", "Seq Scan on queue_messages"} {
+			if strings.Contains(plan, bad) {
+				t.Errorf("%s: the plan scans the whole backlog (%s):\n%s", c.name, bad, plan)
+			}
+		}
+		if !strings.Contains(plan, "Index Scan using queue_messages_ready") {
+			t.Errorf("%s: the plan does not walk the ready index:\n%s", c.name, plan)
+		}
+	}
+}
