@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -304,6 +305,10 @@ type Queues struct {
 	// window the enqueue asks (SQLite, PostgreSQL), so a webhook route can
 	// dedupe event ids in the enqueue itself.
 	sinkDedupes bool
+	// legacy is each webhook route's transition from the idempotency
+	// store's dedupe (webhooks.go), kept across reloads.
+	legacyMu sync.Mutex
+	legacy   map[string]*legacyDedupe
 	// upstream finds a named upstream's executor and URL in the running
 	// config (set by New; nil before: deliveries to named upstreams wait).
 	upstream atomic.Pointer[func(name string) (*resilience.Executor, *url.URL, bool)]

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
@@ -172,18 +173,22 @@ func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
 			}
 		},
 	}
+	sink := webhookSink{gq: gq, retention: wc.DedupeRetention.D()}
 	switch {
 	case wc.dedupe() && g.queues.sinkDedupes:
 		// The enqueue checks the event's dedupe id atomically and keeps it
 		// for the retention: one commit per event.
 		opts.SinkDedupes = true
+		if g.store != nil {
+			sink.legacy = g.queues.legacyDedupe(g.store, name, wc.DedupeRetention.D())
+		}
 	case wc.dedupe():
 		if g.store == nil {
 			return nil, fmt.Errorf("gateway: webhooks[%d] (%s): dedupe needs a store", idx, wc.Name)
 		}
 		opts.Dedupe = NewWebhookDedupe(g.store, wc.DedupeRetention.D(), wc.InFlightWait.D())
 	}
-	h, err := webhook.NewHandler(wc.scheme, webhookSink{gq: gq, retention: wc.DedupeRetention.D()}, opts)
+	h, err := webhook.NewHandler(wc.scheme, sink, opts)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: webhooks[%d] (%s): %w", idx, wc.Name, err)
 	}
@@ -199,6 +204,9 @@ func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
 type webhookSink struct {
 	gq        *gwQueue
 	retention time.Duration
+	// legacy, when set, looks the event up in the idempotency store too
+	// (the transition from the store's dedupe; see legacyDedupe).
+	legacy *legacyDedupe
 }
 
 // notForwarded are, with hopHeaders, the request headers a stored
@@ -212,6 +220,15 @@ func (s webhookSink) Accept(ctx context.Context, ev webhook.Event) error {
 
 // AcceptOnce implements webhook.OnceSink.
 func (s webhookSink) AcceptOnce(ctx context.Context, ev webhook.Event) (bool, error) {
+	if s.legacy != nil {
+		seen, err := s.legacy.seen(ctx, webhookKey(ev.Source, ev.ID), time.Now())
+		if err != nil {
+			return false, fmt.Errorf("gateway: webhook %s: %w", ev.Source, err)
+		}
+		if seen {
+			return true, nil
+		}
+	}
 	return s.accept(ctx, ev, func(ctx context.Context, msgs ...*queue.Message) ([]queue.EnqueueResult, error) {
 		return s.gq.q.EnqueueDedupe(ctx, s.retention, msgs...)
 	})
@@ -241,6 +258,119 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 		s.gq.parent.m.enqueued.WithLabelValues(s.gq.cfg.Name, "webhook").Inc()
 	}
 	return res[0].Duplicate, nil
+}
+
+// legacyDedupe covers the move of webhook dedupe from the idempotency
+// store into the enqueue (SQLite and PostgreSQL queue stores). Before it,
+// an accepted event's id was kept in the idempotency store for the
+// route's dedupe_retention (72h) and in the queue for its dedupe_window
+// (24h) only: a provider's retry of an event accepted 24-72h before the
+// upgrade would have been accepted again. For one retention after a route
+// first dedupes in the enqueue, an event the queue does not know is looked
+// up in the idempotency store as well, and one completed there is a
+// duplicate. (An event an earlier version's replica is accepting right
+// now, during a rolling upgrade, is within the queue's own window: the
+// earlier version enqueued under the same dedupe id.) When that retention
+// started is kept in the store itself, under legacySinceKey, so that
+// every replica and every restart agree; a deployment that starts on this
+// version pays the lookup for its first retention too, since it cannot
+// tell that no earlier version ran.
+type legacyDedupe struct {
+	st        idempotency.Store
+	route     string
+	retention time.Duration
+
+	mu    sync.Mutex
+	until time.Time // zero until read from the store
+}
+
+// legacySinceKey holds, as a completed record whose body is an RFC 3339
+// time, when route first deduped webhooks in the enqueue.
+func legacySinceKey(route string) string { return "levee:webhook-since:" + route }
+
+// legacyMarkerLife is how long the marker is kept: far longer than any
+// retention.
+const legacyMarkerLife = 10 * 365 * 24 * time.Hour
+
+// legacyDedupe returns the route's transition state, shared by the
+// route's handlers across reloads.
+func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention time.Duration) *legacyDedupe {
+	qs.legacyMu.Lock()
+	defer qs.legacyMu.Unlock()
+	if qs.legacy == nil {
+		qs.legacy = map[string]*legacyDedupe{}
+	}
+	l := qs.legacy[route]
+	if l == nil || l.retention != retention || l.st != st {
+		l = &legacyDedupe{st: st, route: route, retention: retention}
+		qs.legacy[route] = l
+	}
+	return l
+}
+
+// seen reports whether key was accepted through the idempotency store's
+// dedupe, while the transition lasts (false after it, without I/O).
+func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (bool, error) {
+	l.mu.Lock()
+	until := l.until
+	l.mu.Unlock()
+	if until.IsZero() {
+		since, err := l.since(ctx, now)
+		if err != nil {
+			return false, fmt.Errorf("reading when this route's dedupe moved into the queue: %w", err)
+		}
+		until = since.Add(l.retention)
+		l.mu.Lock()
+		l.until = until
+		l.mu.Unlock()
+	}
+	if !now.Before(until) {
+		return false, nil
+	}
+	rec, err := l.st.Lookup(ctx, key, now)
+	switch {
+	case errors.Is(err, idempotency.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("looking the event up in the idempotency store (dedupe before this version): %w", err)
+	}
+	return rec.State == idempotency.StateCompleted, nil
+}
+
+// since reads the marker, writing it (as now) when absent.
+func (l *legacyDedupe) since(ctx context.Context, now time.Time) (time.Time, error) {
+	key := legacySinceKey(l.route)
+	parse := func(rec *idempotency.Record) time.Time {
+		if rec == nil || rec.State != idempotency.StateCompleted || rec.Response == nil {
+			return now // being written by another replica: about now
+		}
+		t, err := time.Parse(time.RFC3339Nano, string(rec.Response.Body))
+		if err != nil || t.After(now) {
+			return now
+		}
+		return t
+	}
+	rec, err := l.st.Lookup(ctx, key, now)
+	switch {
+	case err == nil:
+		return parse(rec), nil
+	case !errors.Is(err, idempotency.ErrNotFound):
+		return time.Time{}, err
+	}
+	tok := idempotency.NewToken()
+	res, err := l.st.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: tok, Now: now,
+		LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(legacyMarkerLife)})
+	if err != nil {
+		return time.Time{}, err
+	}
+	if !res.Claimed {
+		return parse(res.Existing), nil
+	}
+	body := []byte(now.UTC().Format(time.RFC3339Nano))
+	if err := l.st.Complete(ctx, key, tok, idempotency.Response{Status: http.StatusOK, Body: body}, now, now.Add(legacyMarkerLife)); err != nil {
+		return time.Time{}, err
+	}
+	return now, nil
 }
 
 // webhookKey is the dedupe key of an event: its source and a hash of its
