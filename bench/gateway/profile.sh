@@ -11,7 +11,9 @@
 #      PORT_BASE [18180] IDEMPOTENCY [off|redis|postgres|sqlite|memory]
 #      (a store other than off turns idempotency on for POST, a new key per
 #      request; Redis at LEVEE_REDIS_ADDR [127.0.0.1:6379], keys under a
-#      unique prefix removed at exit)
+#      unique prefix removed at exit) KEYS [unique|replay] (replay: one key,
+#      stored by a request before the load, so every measured request is a
+#      replay)
 # Writes bench/out/gateway-profile-<date>/{summary.md,cpu.prof,allocs.prof,leveepprof}
 # and prints summary.md. Installs nothing; stops everything it started.
 set -Eeuo pipefail
@@ -22,6 +24,8 @@ DURATION=${DURATION:-20s}; dur=${DURATION%s}
 CONNS=${CONNS:-100}
 ACCESS_LOG=${ACCESS_LOG:-true}
 IDEMPOTENCY=${IDEMPOTENCY:-off}
+KEYS=${KEYS:-unique}
+case "$KEYS" in unique|replay) ;; *) echo "profile.sh: KEYS must be unique or replay" >&2; exit 1 ;; esac
 REDIS_ADDR=${LEVEE_REDIS_ADDR:-127.0.0.1:6379}
 PG_URL=${LEVEE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
 runid=prof$(date -u +%s)$$
@@ -31,7 +35,7 @@ PORT_BASE=${PORT_BASE:-18180}
 for c in wrk taskset curl go; do
   command -v $c >/dev/null || { echo "profile.sh: $c missing (apt-get install -y wrk util-linux curl)" >&2; exit 1; }
 done
-P_UP=$((PORT_BASE + 1)); P_LEVEE=$((PORT_BASE + 3)); P_PPROF=$((PORT_BASE + 6))
+P_UP=$((PORT_BASE + 1)); P_LEVEE=$((PORT_BASE + 3)); P_PPROF=$((PORT_BASE + 6)); P_ADMIN=$((PORT_BASE + 7))
 
 out=bench/out/gateway-profile-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$out"
@@ -59,13 +63,19 @@ wait_port() {
   return 1
 }
 stats() { curl -s --max-time 2 "http://127.0.0.1:$P_UP/__stats" | sed -n 's/.*"accepted":\([0-9]*\),"requests":\([0-9]*\).*/\1 \2/p'; }
+if [ "$KEYS" = replay ]; then
+  # Replays never reach the upstream: count the requests levee answered
+  # (its metrics, on an admin listener of its own); no upstream
+  # connection is opened then either.
+  stats() { curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics" | awk '/^levee_http_requests_total/ {n += $NF} END {printf "1 %d\n", n}'; }
+fi
 
 go build -o "$out/leveepprof" ./bench/gateway/leveepprof
 go build -o "$tmp/" ./bench/gateway/upstream
 cat >"$tmp/levee.yaml" <<EOF
 listen: "127.0.0.1:$P_LEVEE"
 admin:
-  listen: "off"
+  listen: "$([ "$KEYS" = replay ] && echo "127.0.0.1:$P_ADMIN" || echo off)"
 store:
   type: $([ "$IDEMPOTENCY" = off ] && echo memory || echo "$IDEMPOTENCY")
   sqlite: {path: $tmp/levee.db}
@@ -89,8 +99,15 @@ taskset -c "$SERVER_CPU" "$out/leveepprof" -config "$tmp/levee.yaml" -pprof "127
 lpid=$!; live[$lpid]=1; wait_port "$P_LEVEE"; wait_port "$P_PPROF"
 
 url="http://127.0.0.1:$P_LEVEE/v1/payments"
+wrk_tag="prof-$$-$RANDOM"
+if [ "$KEYS" = replay ]; then
+  # One key throughout, stored by this request first: every measured
+  # request is a replay.
+  curl -s -o /dev/null -X POST -H 'Content-Type: application/json' -H "Idempotency-Key: $wrk_tag" \
+    --data '{"amount":1000,"currency":"eur","customer":"cus_0123456789","description":"levee bench"}' "$url"
+fi
 taskset -c "$LOAD_CPU" timeout $((dur + 60)) wrk -t1 -c"$CONNS" -d"$((dur + 8))s" --timeout 5s \
-  -s "$root/bench/gateway/request.lua" "$url" -- unique "prof-$$-$RANDOM" >"$tmp/wrk.out" 2>&1 &
+  -s "$root/bench/gateway/request.lua" "$url" -- "$KEYS" "$wrk_tag" >"$tmp/wrk.out" 2>&1 &
 wrk_pid=$!; live[$wrk_pid]=1
 sleep 3
 read -r a0 q0 < <(stats)
@@ -98,7 +115,7 @@ curl -s -o "$tmp/allocs0.prof" "http://127.0.0.1:$P_PPROF/debug/pprof/allocs"
 perf_ok=0
 if command -v perf >/dev/null && perf stat -e 'syscalls:sys_enter_write' -- true >/dev/null 2>&1; then
   perf_ok=1
-  ev=""; for s in read write writev readv recvfrom sendto epoll_pwait futex nanosleep getrandom sched_yield madvise; do ev="$ev,syscalls:sys_enter_$s"; done
+  ev=""; for s in read write writev readv recvfrom sendto epoll_pwait futex nanosleep getrandom sched_yield madvise pread64 pwrite64 fsync fdatasync fcntl; do ev="$ev,syscalls:sys_enter_$s"; done
   perf stat -x, -e "${ev#,}" -e context-switches -p "$lpid" -o "$tmp/perf.csv" -- sleep "$dur" >/dev/null 2>&1 &
   perf_pid=$!
 fi
@@ -107,7 +124,7 @@ read -r a1 q1 < <(stats)
 curl -s -o "$out/allocs.prof" "http://127.0.0.1:$P_PPROF/debug/pprof/allocs"
 [ "$perf_ok" = 1 ] && wait "$perf_pid" 2>/dev/null || true
 wait "$wrk_pid" || true; unset "live[$wrk_pid]"
-n=$((q1 - q0)); conns=$((a1 - a0 - 1))
+n=$((q1 - q0)); conns=$((a1 - a0 - 1)); [ "$KEYS" = replay ] && conns="n/a (replays never reach it)"
 
 pp() { go tool pprof "$@" 2>/dev/null; }
 pp -top -cum -nodefraction=0 -nodecount=100000 "$out/leveepprof" "$out/cpu.prof" >"$tmp/cum.txt"
@@ -122,7 +139,7 @@ row() { # row FUNCTION DESCRIPTION
   echo "| $2 | \`$1\` | $(per "$cum") |"
 }
 {
-  echo "# levee profile (idempotency: $IDEMPOTENCY) — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "# levee profile (idempotency: $IDEMPOTENCY, keys: $KEYS) — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- $CONNS connections, access_log: $ACCESS_LOG, ${dur}s window; wrk on CPU $LOAD_CPU, levee and upstream on CPU $SERVER_CPU (GOMAXPROCS=1)"
   echo "- requests in the window: $n ($((n / dur)) req/s); levee CPU: $total = **$(per "$total") µs per request**"
