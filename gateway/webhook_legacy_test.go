@@ -78,6 +78,27 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			}
 			waitFor(t, "evt_older delivered", func() bool { return rc.count("evt_older") == 1 })
 		})
+		t.Run(name+"/a marker left half-written", func(t *testing.T) {
+			// A replica stopped between writing the marker and completing
+			// it: the next one takes it over once its lease lapsed, rather
+			// than starting the transition again at every start.
+			ctx := context.Background()
+			storeCfg, st := open(t)
+			now := time.Now()
+			if res, err := st.Claim(ctx, idempotency.ClaimRequest{Key: "levee:webhook-since:provider", Token: idempotency.NewToken(),
+				Now: now.Add(-2 * time.Minute), LeaseUntil: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+				t.Fatalf("marker: %+v %v", res, err)
+			}
+			rc := newReceiver(t, "X-Levee-Webhook-Id")
+			g := startGateway(t, asyncConfig(storeCfg, rc.url))
+			if resp, body := doRequest(t, signedWebhook(t, g.base, "evt_1", `{"n":1}`, now)); resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("evt_1: %d %s", resp.StatusCode, body)
+			}
+			marker, err := st.Lookup(ctx, "levee:webhook-since:provider", time.Now())
+			if err != nil || marker.State != idempotency.StateCompleted {
+				t.Fatalf("marker after a webhook: %+v %v, want completed", marker, err)
+			}
+		})
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			storeCfg, st := open(t)

@@ -268,13 +268,18 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 // upgrade would have been accepted again. For one retention after a route
 // first dedupes in the enqueue, an event the queue does not know is looked
 // up in the idempotency store as well, and one completed there is a
-// duplicate. (An event an earlier version's replica is accepting right
-// now, during a rolling upgrade, is within the queue's own window: the
-// earlier version enqueued under the same dedupe id.) When that retention
-// started is kept in the store itself, under legacySinceKey, so that
-// every replica and every restart agree; a deployment that starts on this
-// version pays the lookup for its first retention too, since it cannot
-// tell that no earlier version ran.
+// duplicate. (An event an earlier version's replica accepts during a
+// rolling upgrade is in the queue's own window, for 24h from then: the
+// earlier version enqueued under the same dedupe id. A retry later than
+// that, of an event accepted by an old replica after the first new one
+// started, is the one case left: a rollout is minutes, the retention
+// days.) When that retention started is kept in the store itself, under
+// legacySinceKey, so that every replica and every restart agree; a
+// deployment that starts on this version pays the lookup for its first
+// retention too, since it cannot tell that no earlier version ran. Until a
+// process has read the marker once, its sink-deduping webhook routes need
+// the idempotency store: while it is down they answer 503 (the provider
+// retries; nothing is lost).
 type legacyDedupe struct {
 	st        idempotency.Store
 	route     string
@@ -337,26 +342,14 @@ func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (boo
 	return rec.State == idempotency.StateCompleted, nil
 }
 
-// since reads the marker, writing it (as now) when absent.
+// since reads the marker, writing it (as now) when absent. A claim does
+// both in one call: it returns the marker if it is there, and takes it
+// over if a replica that was writing it stopped half-way (a marker left in
+// progress would otherwise restart the transition at every start). The
+// writes outlive the request that triggered them.
 func (l *legacyDedupe) since(ctx context.Context, now time.Time) (time.Time, error) {
+	ctx = context.WithoutCancel(ctx)
 	key := legacySinceKey(l.route)
-	parse := func(rec *idempotency.Record) time.Time {
-		if rec == nil || rec.State != idempotency.StateCompleted || rec.Response == nil {
-			return now // being written by another replica: about now
-		}
-		t, err := time.Parse(time.RFC3339Nano, string(rec.Response.Body))
-		if err != nil || t.After(now) {
-			return now
-		}
-		return t
-	}
-	rec, err := l.st.Lookup(ctx, key, now)
-	switch {
-	case err == nil:
-		return parse(rec), nil
-	case !errors.Is(err, idempotency.ErrNotFound):
-		return time.Time{}, err
-	}
 	tok := idempotency.NewToken()
 	res, err := l.st.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: tok, Now: now,
 		LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(legacyMarkerLife)})
@@ -364,7 +357,15 @@ func (l *legacyDedupe) since(ctx context.Context, now time.Time) (time.Time, err
 		return time.Time{}, err
 	}
 	if !res.Claimed {
-		return parse(res.Existing), nil
+		rec := res.Existing
+		if rec == nil || rec.State != idempotency.StateCompleted || rec.Response == nil {
+			return now, nil // being written by another replica: about now
+		}
+		t, err := time.Parse(time.RFC3339Nano, string(rec.Response.Body))
+		if err != nil || t.After(now) {
+			return now, nil
+		}
+		return t, nil
 	}
 	body := []byte(now.UTC().Format(time.RFC3339Nano))
 	if err := l.st.Complete(ctx, key, tok, idempotency.Response{Status: http.StatusOK, Body: body}, now, now.Add(legacyMarkerLife)); err != nil {

@@ -91,8 +91,13 @@ func enqueueParallel(b *testing.B, newBackend func(b *testing.B) queue.Backend, 
 				m.DedupeID = "levee:webhook:bench:" + hex.EncodeToString(sum[:16])
 			}
 			t := time.Now()
-			if _, err := q.Enqueue(ctx, m); err != nil {
+			res, err := q.Enqueue(ctx, m)
+			if err != nil {
 				b.Error(err)
+				return
+			}
+			if res[0].Duplicate {
+				b.Errorf("message %d reported a duplicate: every message here is new", len(local))
 				return
 			}
 			local = append(local, time.Since(t))

@@ -9,8 +9,8 @@
 // SetTarget) is handed to one writer goroutine that runs whatever writes
 // are waiting as one transaction and commits once: concurrent enqueues
 // share one fsync. Each write is isolated from the others in its batch: a
-// single-statement write (Claim, Ack, Nack) needs nothing more, since
-// SQLite undoes a failed statement alone; a multi-statement one runs in a
+// single-statement write (Ack, Nack, the usual Claim) needs nothing more,
+// since SQLite undoes a failed statement alone; a multi-statement one runs in a
 // savepoint of its own, except Enqueue, whose statements fail only when
 // SQLite does: it runs bare, and should it fail, the batch is rolled back
 // and run again with every write in a savepoint (an enqueue costs a third
@@ -28,11 +28,15 @@
 //
 // # Failures
 //
-// A driver or I/O error fails every write of the batch it happened in
-// (nothing of that batch is committed) and is returned wrapped, prefixed
-// "sqlitequeue:". A call whose context ends before its write was started is
-// not written and returns the context's error; once started, the write
-// completes and its result is returned.
+// An error after which SQLite may have rolled the transaction back (a full
+// disk, an I/O error, SQLITE_BUSY or NOMEM) fails every write of the batch
+// it happened in (nothing of that batch is committed) and is returned
+// wrapped, prefixed "sqlitequeue:"; an error confined to one write (a
+// constraint, ErrLeaseLost) is that write's alone, and the others commit.
+// A call whose context ends before its write was started is not written
+// and returns the context's error (so is one whose batch had to be run
+// again and whose context ended meanwhile); once its batch commits, its
+// result is returned even if its context ended.
 package sqlitequeue
 
 import (
@@ -410,10 +414,18 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 		switch {
 		case o.mode == modeSingle:
 			// One statement: SQLite undoes a failed statement alone.
-			errs[i] = o.fn(ctx, tx)
+			if err := o.fn(ctx, tx); err != nil {
+				if txLost(err) {
+					return err
+				}
+				errs[i] = err
+			}
 			continue
 		case o.mode == modeOptimistic && !isolate:
 			if err := o.fn(ctx, tx); err != nil {
+				if txLost(err) {
+					return err
+				}
 				return errRerun
 			}
 			continue
@@ -422,6 +434,9 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 			return err
 		}
 		if err := o.fn(ctx, tx); err != nil {
+			if txLost(err) {
+				return err
+			}
 			errs[i] = err
 			if _, err := b.txExec(ctx, tx, `ROLLBACK TO op`); err != nil {
 				return err
@@ -432,6 +447,24 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 		}
 	}
 	return tx.Commit()
+}
+
+// txLost reports whether err is one of the errors after which SQLite may
+// have rolled the whole transaction back, not just the failed statement
+// (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY, SQLITE_NOMEM, and the
+// corruption and interruption codes): the batch must then stop at once, or
+// its next statements would run, and commit, one by one outside any
+// transaction; every write of it fails and nothing of it is committed.
+func txLost(err error) bool {
+	var se *sqlitedrv.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case 5, 7, 9, 10, 11, 13, 26: // BUSY, NOMEM, INTERRUPT, IOERR, CORRUPT, FULL, NOTADB
+		return true
+	}
+	return false
 }
 
 // Statements the writer runs are prepared once on its connection (wr has
@@ -617,8 +650,8 @@ func claimWindow(limit int) int { return limit*4 + 64 }
 // A subquery's LIMIT is written "?N + 0", never a bare "?N": SQLite plans
 // with the value bound to a bare LIMIT parameter and so marks the
 // prepared statement expired whenever that parameter is bound again; every
-// claim then parsed and planned its statement anew (a fifth of a worker's
-// CPU of a worker delivering one message at a time).
+// claim then parsed and planned its statement anew (a fifth of the CPU of
+// a worker delivering one message at a time).
 const (
 	claimOldest = `WITH win AS (
   SELECT seq, target, available_at FROM levee_queue_messages
