@@ -46,11 +46,17 @@ func unreachable(t testing.TB, err error) {
 
 func newPool(t testing.TB, maxConns int32) *pgxpool.Pool {
 	t.Helper()
+	return newPoolWith(t, func(cfg *pgxpool.Config) { cfg.MaxConns = maxConns })
+}
+
+// newPoolWith is newPool with the pool's config set by configure.
+func newPoolWith(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(databaseURL())
 	if err != nil {
 		t.Fatalf("LEVEE_POSTGRES_URL: %v", err)
 	}
-	cfg.MaxConns = maxConns
+	configure(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

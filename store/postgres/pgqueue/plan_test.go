@@ -32,31 +32,18 @@ func TestClaimWalksTheReadyIndexWhateverTheStatistics(t *testing.T) {
 	var mu sync.Mutex
 	var plans []string
 	capture := false
-	cfg, err := pgxpool.ParseConfig(databaseURL())
-	if err != nil {
-		t.Fatalf("LEVEE_POSTGRES_URL: %v", err)
-	}
-	cfg.MaxConns = 1 // one session: the one whose cached plan is read
-	cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
-		mu.Lock()
-		defer mu.Unlock()
-		if capture && strings.Contains(n.Message, "FOR UPDATE SKIP LOCKED") {
-			plans = append(plans, n.Message)
+	pool := newPoolWith(t, func(cfg *pgxpool.Config) {
+		cfg.MaxConns = 1 // one session: the one whose cached plan is read
+		cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			mu.Lock()
+			defer mu.Unlock()
+			if capture && strings.Contains(n.Message, "FOR UPDATE SKIP LOCKED") {
+				plans = append(plans, n.Message)
+			}
 		}
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err == nil {
-		err = pool.Ping(ctx)
-	}
-	if err != nil {
-		if pool != nil {
-			pool.Close()
-		}
-		unreachable(t, err)
-	}
-	defer pool.Close()
 	// plan_cache_mode: the generic plan, the one a prepared statement
 	// settles on and keeps as the table grows, whatever PostgreSQL would
 	// choose at this call.
