@@ -302,8 +302,8 @@ type Queues struct {
 	closeBk func() error
 	started bool
 	// sinkDedupes: the backend keeps each enqueue's dedupe id for the
-	// window the enqueue asks (SQLite, PostgreSQL), so a webhook route can
-	// dedupe event ids in the enqueue itself.
+	// window the enqueue asks (queue.DedupeUntil: SQLite, PostgreSQL), so
+	// a webhook route can dedupe event ids in the enqueue itself.
 	sinkDedupes bool
 	// legacy is each webhook route's transition from the idempotency
 	// store's dedupe (webhooks.go), kept across reloads.
@@ -375,9 +375,8 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		opts.Transport = NewTransport()
 	}
 	qs := &Queues{byName: map[string]*gwQueue{}, store: opts.Store, log: opts.Logger,
-		sinkDedupes: cfg.QueueStore.Type == "sqlite" || cfg.QueueStore.Type == "postgres",
-		client:      &http.Client{Transport: opts.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		closeBk:     func() error { return nil }}
+		client:  &http.Client{Transport: opts.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		closeBk: func() error { return nil }}
 	var reg prometheus.Registerer
 	if opts.Metrics != nil {
 		reg = opts.Metrics.Registry
@@ -393,6 +392,7 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 	if err != nil {
 		return nil, err
 	}
+	qs.sinkDedupes = queue.HonorsDedupeUntil(bk)
 	qs.closeBk = closeBk
 	if d, ok := bk.(depther); ok && reg != nil {
 		reg.MustRegister(depthCollector{qs: qs, d: d})

@@ -212,6 +212,38 @@ func runBackend(t *testing.T, h Harness) {
 		}
 	})
 
+	t.Run("DedupeUntil", func(t *testing.T) {
+		// A backend that says it keeps dedupe ids until each enqueue's
+		// DedupeUntil (the gateway then makes the enqueue a webhook
+		// route's only dedupe, for days) must keep them that long, and no
+		// longer.
+		t.Parallel()
+		b := h.NewBackend(t)
+		if !queue.HonorsDedupeUntil(b) {
+			t.Skip("the backend does not implement queue.DedupeUntil")
+		}
+		needsClock(t, h)
+		at := func(id string, now time.Duration) queue.EnqueueResult {
+			t.Helper()
+			m := msg("q", id, "x")
+			m.DedupeID = "evt-days"
+			res, err := b.Enqueue(ctx, queue.EnqueueRequest{Messages: []*queue.Message{m}, Now: t0.Add(now), DedupeUntil: t0.Add(now + 72*time.Hour)})
+			if err != nil {
+				t.Fatalf("enqueue %s: %v", id, err)
+			}
+			return res[0]
+		}
+		if r := at("d1", 0); r != (queue.EnqueueResult{ID: "d1"}) {
+			t.Fatalf("first: %+v", r)
+		}
+		if r := at("d2", 71*time.Hour); r != (queue.EnqueueResult{ID: "d1", Duplicate: true}) {
+			t.Fatalf("71h later, inside the 72h asked: %+v, want a duplicate of d1", r)
+		}
+		if r := at("d3", 73*time.Hour); r != (queue.EnqueueResult{ID: "d3"}) {
+			t.Fatalf("73h later, past the 72h asked: %+v, want stored", r)
+		}
+	})
+
 	t.Run("LeaseExpiryAndFencing", func(t *testing.T) {
 		t.Parallel()
 		needsClock(t, h)

@@ -429,6 +429,10 @@ func textOrNil(bs [][]byte) []*string {
 	return out
 }
 
+// HonorsDedupeUntil implements queue.DedupeUntil: a dedupe entry lives
+// until its enqueue's DedupeUntil.
+func (b *Backend) HonorsDedupeUntil() bool { return true }
+
 // Claim implements queue.Backend.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if req.Limit <= 0 {

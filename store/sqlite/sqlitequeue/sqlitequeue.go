@@ -697,6 +697,10 @@ WHERE seq IN (SELECT seq FROM cand ORDER BY available_at, seq LIMIT ?8 + 0)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`
 )
 
+// HonorsDedupeUntil implements queue.DedupeUntil: a dedupe entry lives
+// until its enqueue's DedupeUntil.
+func (b *Backend) HonorsDedupeUntil() bool { return true }
+
 // Claim implements queue.Backend.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if req.Limit <= 0 {
