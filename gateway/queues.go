@@ -341,7 +341,7 @@ func newAsyncMetrics(reg prometheus.Registerer) *asyncMetrics {
 		enqueued:    cv("levee_queue_enqueued_total", "Messages stored in a queue (duplicates not counted), by queue and source (enqueue, webhook, fallback: an upstream's queue fallback).", "queue", "source"),
 		delivered:   cv("levee_queue_delivered_total", "Messages delivered to their target (2xx), by queue.", "queue"),
 		failed:      cv("levee_queue_attempt_failures_total", "Failed delivery attempts, by queue and kind (status code class, network, permanent).", "queue", "kind"),
-		deferred:    cv("levee_queue_deferred_total", "Deliveries not attempted because a policy of the target's upstream refused them before sending (breaker_open, bulkhead_full, throttled, paced); retried later without counting an attempt. By queue and kind.", "queue", "kind"),
+		deferred:    cv("levee_queue_deferred_total", "Deliveries not attempted because a policy of the target's upstream refused them before sending (circuit_open, bulkhead_full, throttled, paced); retried later without counting an attempt. By queue and kind.", "queue", "kind"),
 		dead:        cv("levee_queue_dead_lettered_total", "Messages moved to the dead-letter queue after their last attempt, a permanent failure or a 410, by queue.", "queue"),
 		webhooks:    cv("levee_webhook_requests_total", "Webhook requests by route, outcome (accepted, duplicate, rejected, in_flight, failed) and problem type (none when accepted).", "route", "outcome", "type"),
 		dlqOps:      cv("levee_dlq_operations_total", "DLQ operations by queue and operation (replay, purge).", "queue", "op"),
@@ -617,7 +617,7 @@ func (gq *gwQueue) deliver(ctx context.Context, d *queue.Delivery) error {
 func refusalKind(err error) string {
 	switch {
 	case errors.Is(err, resilience.ErrBreakerOpen):
-		return "breaker_open"
+		return "circuit_open" // as levee_upstream_errors_total names it
 	case errors.Is(err, resilience.ErrBulkheadFull):
 		return "bulkhead_full"
 	case errors.Is(err, resilience.ErrThrottled):

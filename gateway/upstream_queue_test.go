@@ -204,6 +204,12 @@ func breakerOpenQueues(t *testing.T, prefix string) {
 	if n := metric(t, g, "levee_queue_enqueued_total", "queue", "later", "source", "fallback"); n != 2 {
 		t.Errorf("levee_queue_enqueued_total{source=fallback} = %v, want 2", n)
 	}
+	// Queued while the breaker was open (2s): the first deliveries were
+	// refused by it before sending, under the kind the upstream's own
+	// metric uses.
+	if n := metric(t, g, "levee_queue_deferred_total", "queue", "later", "kind", "circuit_open"); n < 1 {
+		t.Errorf("levee_queue_deferred_total{kind=circuit_open} = %v, want at least 1", n)
+	}
 }
 
 // A POST that timed out after it was sent is not queued without a key
