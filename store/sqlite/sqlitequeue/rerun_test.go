@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/leveehq/levee/queue"
 )
@@ -79,5 +80,88 @@ WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`)
 	}
 	if dd != 0 {
 		t.Fatalf("%d dedupe entries name a message that was never stored", dd)
+	}
+}
+
+// TestRerunKeepsTheOtherWritesOwnResults: a batch run again because an
+// enqueue in it failed runs its claims and acks again too; each caller
+// still gets its own write's outcome: a claim returns messages no other
+// claim got, under a token its ack then holds, and nothing is claimed
+// twice or lost.
+func TestRerunKeepsTheOtherWritesOwnResults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "queue.db")
+	b := open(t, path)
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+	if _, err := db.Exec(`CREATE TRIGGER refuse_boom BEFORE INSERT ON levee_queue_messages
+WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	work, err := queue.New(b, queue.Config{Name: "work"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	incoming, err := queue.New(b, queue.Config{Name: "in"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 60
+	for i := range total {
+		if _, err := work.Enqueue(ctx, &queue.Message{ID: fmt.Sprintf("w%02d", i), Target: "ok", Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	claimed := map[string]int{}
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m := &queue.Message{Target: "ok", Payload: []byte("x")}
+				if i == 0 {
+					m.Target = "boom"
+				}
+				_, _ = incoming.Enqueue(ctx, m)
+			}()
+		}
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				now := time.Now()
+				cs, err := b.Claim(ctx, queue.ClaimRequest{Queue: "work", Now: now, LeaseUntil: now.Add(time.Hour), Limit: 1})
+				if err != nil {
+					t.Errorf("round %d: claim: %v", round, err)
+					return
+				}
+				for _, c := range cs {
+					mu.Lock()
+					claimed[c.ID]++
+					mu.Unlock()
+					if err := b.Ack(ctx, "work", c.ID, c.Token); err != nil {
+						t.Errorf("round %d: ack of %s with its claim's token: %v", round, c.ID, err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for id, n := range claimed {
+		if n != 1 {
+			t.Errorf("%s claimed %d times", id, n)
+		}
+	}
+	var left int
+	if err := db.QueryRow(`SELECT count(*) FROM levee_queue_messages WHERE queue = 'work'`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left+len(claimed) != total {
+		t.Fatalf("%d claimed and acknowledged, %d left: %d messages, want %d", len(claimed), left, left+len(claimed), total)
 	}
 }
