@@ -305,8 +305,10 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 	if qs.legacy == nil {
 		qs.legacy = map[string]*legacyDedupe{}
 	}
+	// (The store is not compared: it is fixed for the gateway's life, and
+	// a Store's dynamic type need not be comparable.)
 	l := qs.legacy[route]
-	if l == nil || l.retention != retention || l.st != st {
+	if l == nil || l.retention != retention {
 		l = &legacyDedupe{st: st, route: route, retention: retention}
 		qs.legacy[route] = l
 	}
