@@ -2,12 +2,16 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +20,13 @@ import (
 	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/internal/proccpu"
 )
+
+// ingestProfile, when set, is where BenchmarkWebhookIngest writes a CPU
+// profile of the sending window alone (-test.cpuprofile also covers the
+// drain after it, which is deliveries only):
+//
+//	./gw.test -test.run '^$' -test.bench 'WebhookIngest/sqlite' -test.benchtime 10000x -ingestprofile ingest.prof
+var ingestProfile = flag.String("ingestprofile", "", "write a CPU profile of BenchmarkWebhookIngest's sending window to this file")
 
 // BenchmarkWebhookIngest measures the gateway's webhook ingest end to end
 // on each queue store: signed Standard Webhooks events POSTed by 16
@@ -59,6 +70,7 @@ func BenchmarkWebhookIngest(b *testing.B) {
 			var ingest []time.Duration
 			b.SetParallelism(8) // 16 senders on this 2-core machine
 			b.ResetTimer()
+			stopProfile := startIngestProfile(b, name)
 			start, cpu0 := time.Now(), proccpu.Used()
 			b.RunParallel(func(pb *testing.PB) {
 				client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -85,6 +97,7 @@ func BenchmarkWebhookIngest(b *testing.B) {
 				lmu.Unlock()
 			})
 			elapsed, cpu := time.Since(start), proccpu.Used()-cpu0
+			stopProfile()
 			b.StopTimer()
 			n := int(seq.Load())
 			if !poll.Wait(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(e2e) >= n }) {
@@ -103,6 +116,30 @@ func BenchmarkWebhookIngest(b *testing.B) {
 			b.ReportMetric(pct(e2e, 99), "delivery-p99-ms")
 			mu.Unlock()
 		})
+	}
+}
+
+// startIngestProfile starts the -ingestprofile CPU profile (one file per
+// store: the name gets "-<store>" before its extension) and returns what
+// stops it.
+func startIngestProfile(b *testing.B, store string) func() {
+	if *ingestProfile == "" {
+		return func() {}
+	}
+	ext := filepath.Ext(*ingestProfile)
+	f, err := os.Create(strings.TrimSuffix(*ingestProfile, ext) + "-" + store + ext)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
 	}
 }
 
