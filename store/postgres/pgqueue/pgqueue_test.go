@@ -77,7 +77,13 @@ func newPoolWith(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 // (that schema only) when the test ends.
 func newBackend(t testing.TB) *pgqueue.Backend {
 	t.Helper()
-	pool := newPool(t, 8)
+	return newBackendOn(t, newPool(t, 8), pgqueue.Options{})
+}
+
+// newBackendOn is newBackend over pool, with opts (its Schema is set to
+// the fresh one).
+func newBackendOn(t testing.TB, pool *pgxpool.Pool, opts pgqueue.Options) *pgqueue.Backend {
+	t.Helper()
 	var rb [6]byte
 	_, _ = rand.Read(rb[:])
 	schema := "levee_qtest_" + hex.EncodeToString(rb[:])
@@ -88,7 +94,8 @@ func newBackend(t testing.TB) *pgqueue.Backend {
 			t.Errorf("drop test schema %s: %v", schema, err)
 		}
 	})
-	b, err := pgqueue.New(pool, pgqueue.Options{Schema: schema})
+	opts.Schema = schema
+	b, err := pgqueue.New(pool, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

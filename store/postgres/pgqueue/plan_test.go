@@ -2,8 +2,6 @@ package pgqueue_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
@@ -57,22 +55,8 @@ func TestClaimWalksTheReadyIndexWhateverTheStatistics(t *testing.T) {
 			t.Skip(msg)
 		}
 	}
-	var rb [6]byte
-	_, _ = rand.Read(rb[:])
-	schema := "levee_qplan_" + hex.EncodeToString(rb[:])
-	defer func() {
-		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop test schema %s: %v", schema, err)
-		}
-	}()
-	b, err := pgqueue.New(pool, pgqueue.Options{Schema: schema, Flushers: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = b.Close() }()
-	if err := b.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b := newBackendOn(t, pool, pgqueue.Options{Flushers: 1})
+	schema := b.Schema()
 	if _, err := pool.Exec(ctx, `ALTER TABLE `+pgx.Identifier{schema, "queue_messages"}.Sanitize()+` SET (autovacuum_enabled = false)`); err != nil {
 		t.Fatal(err)
 	}

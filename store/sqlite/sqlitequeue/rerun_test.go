@@ -11,7 +11,27 @@ import (
 	"time"
 
 	"github.com/leveehq/levee/queue"
+	"github.com/leveehq/levee/store/sqlite/sqlitequeue"
 )
+
+// openRefusingBoom opens a backend on a file of its own whose messages
+// table refuses, by a trigger, a message to target "boom" (after the
+// enqueue's dedupe row was written), and a second connection to the file.
+func openRefusingBoom(t *testing.T) (*sqlitequeue.Backend, *sql.DB) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "queue.db")
+	b := open(t, path)
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if _, err := db.Exec(`CREATE TRIGGER refuse_boom BEFORE INSERT ON levee_queue_messages
+WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	return b, db
+}
 
 // TestFailedEnqueueKeepsNoDedupeEntry: enqueues run without a savepoint
 // each; when one fails inside SQLite (here a trigger refuses its message
@@ -20,17 +40,7 @@ import (
 // entry behind (its id is not taken for a message that was never stored),
 // and the enqueues that shared its batch are stored.
 func TestFailedEnqueueKeepsNoDedupeEntry(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "queue.db")
-	b := open(t, path)
-	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = db.Close() }()
-	if _, err := db.Exec(`CREATE TRIGGER refuse_boom BEFORE INSERT ON levee_queue_messages
-WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
-		t.Fatal(err)
-	}
+	b, db := openRefusingBoom(t)
 	q, err := queue.New(b, queue.Config{Name: "q"})
 	if err != nil {
 		t.Fatal(err)
@@ -89,17 +99,7 @@ WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`)
 // claim got, under a token its ack then holds, and nothing is claimed
 // twice or lost.
 func TestRerunKeepsTheOtherWritesOwnResults(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "queue.db")
-	b := open(t, path)
-	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = db.Close() }()
-	if _, err := db.Exec(`CREATE TRIGGER refuse_boom BEFORE INSERT ON levee_queue_messages
-WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
-		t.Fatal(err)
-	}
+	b, db := openRefusingBoom(t)
 	ctx := context.Background()
 	work, err := queue.New(b, queue.Config{Name: "work"})
 	if err != nil {
