@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/leveehq/levee/idempotency"
@@ -285,8 +285,9 @@ type legacyDedupe struct {
 	route     string
 	retention time.Duration
 
-	mu    sync.Mutex
-	until time.Time // zero until read from the store
+	// until is when the lookups stop, in Unix nanoseconds; 0 until the
+	// marker was read.
+	until atomic.Int64
 }
 
 // legacySinceKey holds, as a completed record whose body is an RFC 3339
@@ -318,20 +319,16 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 // seen reports whether key was accepted through the idempotency store's
 // dedupe, while the transition lasts (false after it, without I/O).
 func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (bool, error) {
-	l.mu.Lock()
-	until := l.until
-	l.mu.Unlock()
-	if until.IsZero() {
+	until := l.until.Load()
+	if until == 0 {
 		since, err := l.since(ctx, now)
 		if err != nil {
 			return false, fmt.Errorf("reading when this route's dedupe moved into the queue: %w", err)
 		}
-		until = since.Add(l.retention)
-		l.mu.Lock()
-		l.until = until
-		l.mu.Unlock()
+		until = since.Add(l.retention).UnixNano()
+		l.until.Store(until)
 	}
-	if !now.Before(until) {
+	if now.UnixNano() >= until {
 		return false, nil
 	}
 	rec, err := l.st.Lookup(ctx, key, now)

@@ -222,8 +222,11 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		// INDEXED BY requires.
 		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t + ` INDEXED BY "` + table + `_open"` +
 			` WHERE state = ?1 AND state <> 2 AND key > ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4`,
+		// "?2 + 0": SQLite plans with a bare bound LIMIT of a subquery and
+		// then expires the prepared statement at every bind (sqlitequeue's
+		// claims, docs/benchmarks.md).
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
-			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)`,
+			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2 + 0)`,
 	}
 }
 

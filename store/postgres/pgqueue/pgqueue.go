@@ -433,6 +433,10 @@ func textOrNil(bs [][]byte) []*string {
 // until its enqueue's DedupeUntil.
 func (b *Backend) HonorsDedupeUntil() bool { return true }
 
+// claimPreamble opens the claim's transaction and leaves the ordered
+// index walk as its only plan (see Claim).
+var claimPreamble = []string{`BEGIN`, `SET LOCAL enable_bitmapscan = off`, `SET LOCAL enable_seqscan = off`}
+
 // Claim implements queue.Backend.
 func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Claimed, error) {
 	if req.Limit <= 0 {
@@ -453,9 +457,9 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	// transaction of its own that turns the bitmap and sequential scans off
 	// for it alone, all in one round trip.
 	batch := &pgx.Batch{}
-	batch.Queue(`BEGIN`)
-	batch.Queue(`SET LOCAL enable_bitmapscan = off`)
-	batch.Queue(`SET LOCAL enable_seqscan = off`)
+	for _, s := range claimPreamble {
+		batch.Queue(s)
+	}
 	if len(exclude) == 0 && perTarget >= req.Limit {
 		// Nothing to rank (the gateway's queues claim this way): lock
 		// exactly the messages taken, not a window of candidates (each
@@ -489,7 +493,7 @@ RETURNING m.id, m.target, m.payload, m.headers, m.dedupe_id, m.enqueued_at, m.at
 	batch.Queue(`COMMIT`)
 	br := b.pool.SendBatch(ctx, batch)
 	defer func() { _ = br.Close() }()
-	for range 3 {
+	for range claimPreamble {
 		if _, err := br.Exec(); err != nil {
 			return nil, fmt.Errorf("pgqueue: claim: %w", err)
 		}
