@@ -411,39 +411,33 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 			errs[i] = err
 			continue
 		}
+		// A single statement needs no savepoint (SQLite undoes a failed
+		// statement alone), nor does an optimistic op on the first run.
+		savepoint := o.mode == modeSavepoint || (o.mode == modeOptimistic && isolate)
+		if savepoint {
+			if _, err := b.txExec(ctx, tx, `SAVEPOINT op`); err != nil {
+				return err
+			}
+		}
+		err := o.fn(ctx, tx)
 		switch {
-		case o.mode == modeSingle:
-			// One statement: SQLite undoes a failed statement alone.
-			if err := o.fn(ctx, tx); err != nil {
-				if txLost(err) {
-					return err
-				}
-				errs[i] = err
-			}
-			continue
+		case err == nil:
+		case txLost(err):
+			return err
 		case o.mode == modeOptimistic && !isolate:
-			if err := o.fn(ctx, tx); err != nil {
-				if txLost(err) {
+			return errRerun
+		default:
+			errs[i] = err
+			if savepoint {
+				if _, err := b.txExec(ctx, tx, `ROLLBACK TO op`); err != nil {
 					return err
 				}
-				return errRerun
 			}
-			continue
 		}
-		if _, err := b.txExec(ctx, tx, `SAVEPOINT op`); err != nil {
-			return err
-		}
-		if err := o.fn(ctx, tx); err != nil {
-			if txLost(err) {
+		if savepoint {
+			if _, err := b.txExec(ctx, tx, `RELEASE op`); err != nil {
 				return err
 			}
-			errs[i] = err
-			if _, err := b.txExec(ctx, tx, `ROLLBACK TO op`); err != nil {
-				return err
-			}
-		}
-		if _, err := b.txExec(ctx, tx, `RELEASE op`); err != nil {
-			return err
 		}
 	}
 	return tx.Commit()
