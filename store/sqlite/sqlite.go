@@ -78,7 +78,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +85,7 @@ import (
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
 	"github.com/leveehq/levee/internal/recentkeys"
+	"github.com/leveehq/levee/internal/sqlitefile"
 	sqlitedrv "modernc.org/sqlite"
 )
 
@@ -290,7 +290,7 @@ func Open(path string, opts Options) (*Store, error) {
 		// Processes opening a brand-new file at once race to switch it to
 		// WAL; SQLite answers SQLITE_BUSY without waiting for its busy
 		// handler. Retry within the open's time bound.
-		if !isBusy(err) || ctx.Err() != nil {
+		if !sqlitefile.IsBusy(err) || ctx.Err() != nil {
 			_ = s.db.Close()
 			return nil, fmt.Errorf("sqlite: open %q: %w", path, err)
 		}
@@ -299,12 +299,6 @@ func Open(path string, opts Options) (*Store, error) {
 		case <-time.After(wait):
 		}
 	}
-}
-
-// isBusy reports whether err is SQLite's SQLITE_BUSY (any extended code).
-func isBusy(err error) bool {
-	var se *sqlitedrv.Error
-	return errors.As(err, &se) && se.Code()&0xff == 5
 }
 
 // dataSource builds the driver DSN for path.
@@ -331,12 +325,7 @@ func dataSource(path string, opts Options) (string, error) {
 	}
 	// A file: URI, so that any '?', '#' or '%' in the path is escaped rather
 	// than taken for the start of the driver's parameters.
-	u := filepath.ToSlash(abs)
-	if !strings.HasPrefix(u, "/") {
-		u = "/" + u // Windows drive letter: file:///C:/...
-	}
-	u = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(u)
-	return "file://" + u + "?" + q + "&_journal_mode=WAL&_synchronous=NORMAL&_pragma=wal_autocheckpoint(0)", nil
+	return sqlitefile.URI(abs) + "?" + q + "&_journal_mode=WAL&_synchronous=NORMAL&_pragma=wal_autocheckpoint(0)", nil
 }
 
 // migrate creates the schema in one IMMEDIATE transaction, so concurrent

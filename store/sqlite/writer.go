@@ -8,6 +8,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/sqlitefile"
 )
 
 // Group commit. Every write of a Store (Claim when it must write, Renew,
@@ -176,7 +177,7 @@ func (s *Store) runOn(ctx context.Context, ws *writerStmts, batch []*writeOp, li
 				op.done = true
 				return connFailed(rbErr)
 			}
-			if rbErr != nil && !isBusy(rbErr) {
+			if rbErr != nil && !sqlitefile.IsBusy(rbErr) {
 				setAll(batch, fmt.Errorf("sqlite: %s: %w", op.kind, err))
 				return rbErr
 			}
@@ -218,7 +219,7 @@ func markDone(batch []*writeOp) {
 // given back and replaced, so a broken connection state (a transaction
 // that could not be ended) is never permanent.
 func connFailed(err error) error {
-	if err == nil || isBusy(err) {
+	if err == nil || sqlitefile.IsBusy(err) {
 		return nil
 	}
 	return err

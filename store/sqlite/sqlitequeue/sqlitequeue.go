@@ -54,8 +54,9 @@ import (
 	"sync"
 	"time"
 
-	sqlitedrv "modernc.org/sqlite" // also the "sqlite" database/sql driver
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 
+	"github.com/leveehq/levee/internal/sqlitefile"
 	"github.com/leveehq/levee/queue"
 )
 
@@ -150,7 +151,7 @@ func Open(path string, opts Options) (*Backend, error) {
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("sqlitequeue: open %q: the directory does not exist", path)
 	}
-	u := fileURI(abs)
+	u := sqlitefile.URI(abs)
 	// SQLite's own busy handler sleeps up to 100ms between tries, and a
 	// writer that commits back to back never leaves it a gap that long: the
 	// writer waits for the lock itself (beginTx) and leaves gaps (writer).
@@ -199,16 +200,6 @@ func (b *Backend) Close() error {
 
 var errClosed = errors.New("sqlitequeue: backend closed")
 
-// fileURI is the file: URI of the absolute path abs, with any '%', '?' or
-// '#' escaped rather than taken for the start of the driver's parameters.
-func fileURI(abs string) string {
-	u := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(abs))
-	if !strings.HasPrefix(u, "/") {
-		u = "/" + u // Windows drive letter: file:///C:/...
-	}
-	return "file://" + u
-}
-
 // HasQueueTables reports whether the SQLite file at path (which must
 // exist) holds this package's tables, read without changing the file.
 func HasQueueTables(path string) (bool, error) {
@@ -216,7 +207,7 @@ func HasQueueTables(path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	u := fileURI(abs)
+	u := sqlitefile.URI(abs)
 	db, err := sql.Open("sqlite", u+"?mode=ro&_pragma=busy_timeout(5000)")
 	if err != nil {
 		return false, err
@@ -241,19 +232,13 @@ func (b *Backend) migrate(ctx context.Context) error {
 	return tx.Commit()
 }
 
-// isBusy reports whether err is SQLITE_BUSY (any extended code).
-func isBusy(err error) bool {
-	var se *sqlitedrv.Error
-	return errors.As(err, &se) && se.Code()&0xff == 5
-}
-
 // beginTx begins an IMMEDIATE transaction, waiting up to the busy timeout
 // for another process's write lock, trying every half millisecond.
 func (b *Backend) beginTx(ctx context.Context) (*sql.Tx, error) {
 	deadline := time.Now().Add(b.busy)
 	for {
 		tx, err := b.wr.BeginTx(ctx, nil)
-		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+		if err == nil || !sqlitefile.IsBusy(err) || time.Now().After(deadline) {
 			return tx, err
 		}
 		t := time.NewTimer(500 * time.Microsecond)
@@ -422,7 +407,7 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 		err := o.fn(ctx, tx)
 		switch {
 		case err == nil:
-		case txLost(err):
+		case sqlitefile.TxLost(err):
 			return err
 		case o.mode == modeOptimistic && !isolate:
 			return errRerun
@@ -441,24 +426,6 @@ func (b *Backend) runBatch(ctx context.Context, batch []*op, errs []error, isola
 		}
 	}
 	return tx.Commit()
-}
-
-// txLost reports whether err is one of the errors after which SQLite may
-// have rolled the whole transaction back, not just the failed statement
-// (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY, SQLITE_NOMEM, and the
-// corruption and interruption codes): the batch must then stop at once, or
-// its next statements would run, and commit, one by one outside any
-// transaction; every write of it fails and nothing of it is committed.
-func txLost(err error) bool {
-	var se *sqlitedrv.Error
-	if !errors.As(err, &se) {
-		return false
-	}
-	switch se.Code() & 0xff {
-	case 5, 7, 9, 10, 11, 13, 26: // BUSY, NOMEM, INTERRUPT, IOERR, CORRUPT, FULL, NOTADB
-		return true
-	}
-	return false
 }
 
 // Statements the writer runs are prepared once on its connection (wr has
