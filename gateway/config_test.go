@@ -71,6 +71,7 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 		{"unknown store", "store: {type: mongo}\nroutes: []\n", []string{"x.yaml:1: store.type: unknown store \"mongo\""}},
 		{"postgres needs url", "store: {type: postgres}\nroutes: []\n", []string{"store.postgres.url: required"}},
 		{"flush delay too long", "store:\n  redis: {flush_delay: 20ms}\nroutes: []\n", []string{"x.yaml:2: store.redis.flush_delay: must be between 0 and 10ms"}},
+		{"cleanup interval too short", "store: {cleanup_interval: 10ms}\nroutes: []\n", []string{"x.yaml:1: store.cleanup_interval: must be 0 (off) or between 1s and 24h"}},
 		{"flush delay on the limiter", "rate_limit:\n  redis: {flush_delay: 1ms}\nroutes: []\n", []string{"x.yaml:2: rate_limit.redis.flush_delay: applies to store.redis only"}},
 		{"unknown engine", "server: {engine: nginx}\nroutes: []\n", []string{"x.yaml:1: server.engine: unknown engine \"nginx\""}},
 		{"GET not idempotent", "routes:\n  - name: a\n    match: {path: /a}\n    upstream: http://h\n    idempotency:\n      methods: [GET]\n",

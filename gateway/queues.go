@@ -299,6 +299,7 @@ type Queues struct {
 	client  *http.Client
 	log     *slog.Logger
 	m       *asyncMetrics
+	bk      queue.Backend // nil when no queue is configured
 	closeBk func() error
 	started bool
 	// sinkDedupes: the backend keeps each enqueue's dedupe id for the
@@ -393,7 +394,7 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		return nil, err
 	}
 	qs.sinkDedupes = queue.HonorsDedupeUntil(bk)
-	qs.closeBk = closeBk
+	qs.bk, qs.closeBk = bk, closeBk
 	if d, ok := bk.(depther); ok && reg != nil {
 		reg.MustRegister(depthCollector{qs: qs, d: d})
 	}

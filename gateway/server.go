@@ -37,7 +37,9 @@ type Server struct {
 	store   idempotency.Store
 	closeSt func() error
 	closeRL func() error
-	queues  *Queues // durable queues; their workers stop before the stores close
+	queues  *Queues  // durable queues; their workers stop before the stores close
+	cleanup *cleanup // deletes expired rows (cleanup.go); nil when nothing to clean
+	cleanM  cleanupMetrics
 
 	mu       sync.Mutex // serialises reloads
 	cfg      *Config
@@ -121,6 +123,7 @@ func newServer(ctx context.Context, cfg *Config, path string, opts ServerOptions
 		_ = closeRL()
 		return nil, err
 	}
+	s.cleanM = newCleanupMetrics(s.metrics.Registry)
 	s.metrics.configTimestamp.SetToCurrentTime()
 	if opts.Watch && path != "" {
 		if err := s.watch(); err != nil {
@@ -192,6 +195,7 @@ func (s *Server) Start() error {
 		}
 		return err
 	}
+	s.cleanup = startCleanup(cleanupTargets(s.store, s.queues.bk), cfg.Store.CleanupInterval.D(), s.cleanM, s.log)
 	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
 		"store", cfg.Store.Type, "routes", len(cfg.Routes), "version", s.version)
 	return nil
@@ -386,6 +390,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.waitServing(ctx)
 		s.gw.CloseIdleConnections()
+		s.cleanup.Stop()
 		if cerr := s.queues.Stop(); cerr != nil && err == nil { // workers stop before the stores close
 			err = cerr
 		}

@@ -32,6 +32,13 @@ type StoreConfig struct {
 	Postgres PostgresConfig `yaml:"postgres"`
 	DynamoDB DynamoDBConfig `yaml:"dynamodb"`
 	Memory   MemoryConfig   `yaml:"memory"`
+	// CleanupInterval is how often expired records are deleted from the
+	// SQLite and PostgreSQL stores (idempotency records past their
+	// retention, and the queue store's ended dedupe windows; cleanup.go).
+	// Default 1m; 0 turns the clean-up off (then delete them yourself, or
+	// the file and tables grow with every request). Redis, DynamoDB and
+	// memory expire records themselves.
+	CleanupInterval *Duration `yaml:"cleanup_interval"`
 }
 
 // SQLiteConfig configures the embedded default store.
@@ -121,6 +128,10 @@ func (c *StoreConfig) Defaults() {
 	}
 	config.Default(&c.Postgres.Schema, "levee")
 	config.Default(&c.Memory.MaxEntries, memory.DefaultMaxEntries)
+	if c.CleanupInterval == nil {
+		d := Duration(DefaultCleanupInterval)
+		c.CleanupInterval = &d
+	}
 }
 
 // Validate implements config.Section.
@@ -140,6 +151,9 @@ func (c *StoreConfig) Validate(r *config.Report, path string) {
 	}
 	if c.DynamoDB.SortKeyValue != "" && c.DynamoDB.SortKey == "" {
 		r.Bad(config.Join(path, "dynamodb.sort_key_value"), "needs dynamodb.sort_key (a single-table layout)")
+	}
+	if d := c.CleanupInterval; d != nil && *d != 0 && (d.D() < time.Second || d.D() > 24*time.Hour) {
+		r.Bad(config.Join(path, "cleanup_interval"), "must be 0 (off) or between 1s and 24h, got %v", d.D())
 	}
 	if d := c.Redis.FlushDelay; d != nil && (*d < 0 || d.D() > 10*time.Millisecond) {
 		r.Bad(config.Join(path, "redis.flush_delay"), "must be between 0 and 10ms, got %v", d.D())

@@ -180,6 +180,9 @@ func (b *Backend) Migrate(ctx context.Context) error {
   expires_at timestamptz NOT NULL,
   PRIMARY KEY (queue, dedupe_id)
 )`,
+		// DeleteExpired's walk, oldest first (expiry times only grow, so
+		// each insert appends to the index's right edge).
+		`CREATE INDEX IF NOT EXISTS queue_dedupe_expires ON ` + b.t.dedupe + ` (expires_at)`,
 		`CREATE TABLE IF NOT EXISTS ` + b.t.targets + ` (
   queue    text NOT NULL,
   target   text NOT NULL,
@@ -767,8 +770,11 @@ func (b *Backend) Schema() string { return b.schema }
 // logical: an expired entry never blocks an enqueue). A server error is
 // returned wrapped.
 func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
-	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.dedupe+` WHERE ctid IN
-  (SELECT ctid FROM `+b.t.dedupe+` WHERE expires_at <= $1 LIMIT $2)`, now, limit)
+	// Sent unnamed (QueryExecModeExec): planned with this call's bound, so
+	// that a chunk walks the expires_at index rather than the table.
+	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.dedupe+` WHERE (queue, dedupe_id) IN (
+  SELECT queue, dedupe_id FROM `+b.t.dedupe+` WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+) AND expires_at <= $1`, pgx.QueryExecModeExec, now, limit)
 	if err != nil {
 		return 0, fmt.Errorf("pgqueue: delete expired: %w", err)
 	}

@@ -304,6 +304,7 @@ CREATE TABLE IF NOT EXISTS levee_queue_dedupe (
   expires_at INTEGER NOT NULL,
   PRIMARY KEY (queue, dedupe_id)
 );
+CREATE INDEX IF NOT EXISTS levee_queue_dedupe_expires ON levee_queue_dedupe (expires_at);
 CREATE TABLE IF NOT EXISTS levee_queue_targets (
   queue    TEXT NOT NULL,
   target   TEXT NOT NULL,
@@ -993,7 +994,7 @@ func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (
 	var n int64
 	err := b.write(ctx, modeSingle, func(wctx context.Context, tx *sql.Tx) error {
 		res, err := b.txExec(wctx, tx, `DELETE FROM levee_queue_dedupe WHERE rowid IN
-  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 LIMIT ?2 + 0)`, us(now), limit)
+  (SELECT rowid FROM levee_queue_dedupe WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2 + 0)`, us(now), limit)
 		if err != nil {
 			return err
 		}
