@@ -97,6 +97,8 @@ type cleanup struct {
 	interval time.Duration
 	m        cleanupMetrics
 	log      *slog.Logger
+	ctx      context.Context // canceled by Stop: a statement in flight ends
+	cancel   context.CancelFunc
 	stop     chan struct{}
 	done     chan struct{}
 }
@@ -112,6 +114,7 @@ func startCleanup(targets []cleanupTarget, interval time.Duration, m cleanupMetr
 		m.failures.WithLabelValues(t.name)
 	}
 	c := &cleanup{targets: targets, interval: interval, m: m, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.loop()
 	return c
 }
@@ -132,10 +135,17 @@ func (c *cleanup) loop() {
 
 // pass sweeps each target once.
 func (c *cleanup) pass() {
+	base := c.ctx
+	if base == nil {
+		base = context.Background()
+	}
 	for _, t := range c.targets {
+		if base.Err() != nil {
+			return
+		}
 		var total int64
 		for total < cleanupPassMax {
-			ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+			ctx, cancel := context.WithTimeout(base, cleanupTimeout)
 			n, err := t.del(ctx, time.Now(), cleanupChunk)
 			cancel()
 			if n > 0 {
@@ -143,6 +153,9 @@ func (c *cleanup) pass() {
 				c.m.deleted.WithLabelValues(t.name).Add(float64(n))
 			}
 			if err != nil {
+				if base.Err() != nil {
+					return // stopped: not a failure
+				}
 				c.m.failures.WithLabelValues(t.name).Inc()
 				c.log.Warn("store clean-up failed; the expired rows wait for the next pass", "store", t.name, "deleted", total, "error", err)
 				break
@@ -162,11 +175,13 @@ func (c *cleanup) pass() {
 	}
 }
 
-// Stop ends the passes, waiting for a statement in flight. Safe on nil.
+// Stop ends the passes, canceling a statement in flight, and waits for
+// the goroutine. Safe on nil; call it once.
 func (c *cleanup) Stop() {
 	if c == nil {
 		return
 	}
+	c.cancel()
 	close(c.stop)
 	<-c.done
 }

@@ -195,7 +195,7 @@ func (s *Server) Start() error {
 		}
 		return err
 	}
-	s.cleanup = startCleanup(cleanupTargets(s.store, s.queues.bk), cfg.Store.CleanupInterval.D(), s.cleanM, s.log)
+	s.cleanup = startCleanup(cleanupTargets(s.store, s.queues.bk), cfg.Store.cleanupInterval(), s.cleanM, s.log)
 	s.log.Info("levee started", "listen", s.proxyLn.Addr().String(), "admin", s.AdminAddr(),
 		"store", cfg.Store.Type, "routes", len(cfg.Routes), "version", s.version)
 	return nil

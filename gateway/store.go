@@ -160,6 +160,15 @@ func (c *StoreConfig) Validate(r *config.Report, path string) {
 	}
 }
 
+// cleanupInterval is CleanupInterval, its default when unset (a Config
+// built without Defaults).
+func (c *StoreConfig) cleanupInterval() time.Duration {
+	if c.CleanupInterval == nil {
+		return DefaultCleanupInterval
+	}
+	return c.CleanupInterval.D()
+}
+
 // OpenStore opens the idempotency store a config names, checks that it
 // answers within 10 s, and returns it with its close function.
 func OpenStore(ctx context.Context, c StoreConfig) (idempotency.Store, func() error, error) {

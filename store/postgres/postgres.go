@@ -263,10 +263,12 @@ SELECT false, d.* FROM done AS d`,
 SELECT key, fingerprint, state, token, lease_until, expires_at, NULL::bytea FROM open
 	WHERE key > $2 ORDER BY key LIMIT $4`,
 		// SKIP LOCKED leaves rows a concurrent claim is taking over alone;
-		// the outer re-check of expires_at is a guard for the same case.
+		// the outer re-check of expires_at is a guard for the same case. A
+		// claim still held by a live lease is kept, whatever its expiry.
 		deleteExpired: `DELETE FROM ` + table + ` WHERE key IN (
-	SELECT key FROM ` + table + ` WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
-) AND expires_at <= $1`,
+	SELECT key FROM ` + table + ` WHERE expires_at <= $1 AND NOT (state = 1 AND lease_until > $1)
+	ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+) AND expires_at <= $1 AND NOT (state = 1 AND lease_until > $1)`,
 	}
 }
 

@@ -781,3 +781,24 @@ func TestGroupCommitStatementError(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestDeleteExpiredKeepsALiveLease: a claim whose retention ended while its
+// lease still runs is not deleted under its holder; once the lease lapses
+// it goes.
+func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
+	t.Parallel()
+	_, s := migrated(t, pgx.QueryExecModeCacheStatement, 2)
+	ctx := context.Background()
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	req := claimAt("held", t0)
+	req.LeaseUntil, req.ExpiresAt = t0.Add(time.Hour), t0.Add(time.Minute)
+	if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
+		t.Fatalf("Claim: %+v %v", res, err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(10*time.Minute), 0); err != nil || n != 0 {
+		t.Fatalf("DeleteExpired under a live lease = %d, %v; want 0", n, err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(2*time.Hour), 0); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
+	}
+}

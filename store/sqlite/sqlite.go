@@ -170,7 +170,7 @@ type Store struct {
 // not once per call (parsing was a third of the store's CPU under load). The
 // writer's statements are prepared on its own connection (writerconn.go).
 type statements struct {
-	get, replay, lookup, list, deleteExpired *sql.Stmt
+	get, replay, lookup, list *sql.Stmt
 }
 
 func (s *Store) prepare(ctx context.Context) error {
@@ -179,7 +179,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		query string
 	}{
 		{&s.st.get, s.q.get}, {&s.st.replay, s.q.replay}, {&s.st.lookup, s.q.lookup},
-		{&s.st.list, s.q.list}, {&s.st.deleteExpired, s.q.deleteExpired},
+		{&s.st.list, s.q.list},
 	} {
 		st, err := s.db.PrepareContext(ctx, p.query)
 		if err != nil {
@@ -226,7 +226,7 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		// then expires the prepared statement at every bind (sqlitequeue's
 		// claims, docs/benchmarks.md).
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
-			` WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2 + 0)`,
+			` WHERE expires_at <= ?1 AND NOT (state = 1 AND lease_until > ?1) ORDER BY expires_at LIMIT ?2 + 0)`,
 	}
 }
 
@@ -393,7 +393,7 @@ func (s *Store) Close() error {
 	s.closed.Store(true)
 	s.closeWriter()
 	s.ckpt.close()
-	for _, st := range []*sql.Stmt{s.st.get, s.st.replay, s.st.lookup, s.st.list, s.st.deleteExpired} {
+	for _, st := range []*sql.Stmt{s.st.get, s.st.replay, s.st.lookup, s.st.list} {
 		_ = st.Close() // closing the database below closes them anyway
 	}
 	if err := s.db.Close(); err != nil {
@@ -579,20 +579,25 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 
 // DeleteExpired deletes up to limit records whose retention ended at or
 // before now, oldest first, and returns how many it deleted; limit <= 0
-// means no limit. Expired records already count as absent to every other
-// method; this only reclaims their space. It is one transaction: call it
-// with a modest limit in a loop to keep each write-lock hold short.
+// means no limit. A record still held by a live lease is kept (a claim
+// whose retention is shorter than its lease). Expired records already
+// count as absent to every other method; this only reclaims their space.
+// It runs in the store's writer, in a batch with concurrent writes (so it
+// never contends with them for the file's write lock): call it with a
+// modest limit in a loop to keep each batch short.
 func (s *Store) DeleteExpired(ctx context.Context, now time.Time, limit int) (int64, error) {
 	if limit <= 0 {
 		limit = -1 // SQLite: no limit
 	}
-	r, err := s.st.deleteExpired.ExecContext(ctx, ms(now), limit)
-	if err != nil {
+	op := s.getOp()
+	op.kind, op.t1, op.t2 = opDeleteExpired, ms(now), int64(limit)
+	if err := s.write(ctx, op); err != nil {
 		return 0, fmt.Errorf("sqlite: delete expired: %w", err)
 	}
-	n, err := r.RowsAffected()
+	n, err := op.n, op.err // err: from the writer, prefixed already
+	s.putOp(op)
 	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete expired: %w", err)
+		return 0, err
 	}
 	return n, nil
 }

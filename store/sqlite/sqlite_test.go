@@ -733,3 +733,23 @@ func version1Schema() []string {
 		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
 	}
 }
+
+// TestDeleteExpiredKeepsALiveLease: a claim whose retention ended while its
+// lease still runs (retention shorter than the lease) is not deleted under
+// its holder, whose Complete then succeeds; once the lease lapses it goes.
+func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
+	t.Parallel()
+	s := open(t, filepath.Join(t.TempDir(), "lease.db"), sqlite.Options{})
+	ctx := context.Background()
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	req := idempotency.ClaimRequest{Key: "held", Token: idempotency.NewToken(), Now: t0, LeaseUntil: t0.Add(time.Hour), ExpiresAt: t0.Add(time.Minute)}
+	if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
+		t.Fatalf("Claim: %+v %v", res, err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(10*time.Minute), 0); err != nil || n != 0 {
+		t.Fatalf("DeleteExpired under a live lease = %d, %v; want 0", n, err)
+	}
+	if n, err := s.DeleteExpired(ctx, t0.Add(2*time.Hour), 0); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
+	}
+}

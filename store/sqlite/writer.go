@@ -48,10 +48,11 @@ const (
 	opComplete
 	opRelease
 	opMarkUnknown
+	opDeleteExpired
 )
 
 func (k opKind) String() string {
-	return [...]string{"claim", "renew", "complete", "release", "mark unknown"}[k]
+	return [...]string{"claim", "renew", "complete", "release", "mark unknown", "delete expired"}[k]
 }
 
 // writeOp is one queued write and, once run, its result.
@@ -64,6 +65,7 @@ type writeOp struct {
 	t1    int64  // renew: lease_until; complete: expires_at; mark unknown: now
 	t2    int64  // renew, mark unknown: expires_at
 	resp  []byte // complete: the encoded response
+	n     int64  // delete expired: rows deleted (t1: now, t2: the limit)
 
 	res  idempotency.ClaimResult
 	err  error
@@ -262,6 +264,11 @@ func (s *Store) apply(ctx context.Context, ws *writerStmts, op *writeOp) error {
 		}
 		op.res = idempotency.ClaimResult{Existing: rec}
 		return nil
+	}
+	if op.kind == opDeleteExpired {
+		n, err := execRows(ctx, ws.deleteExpired, ws.args(op.t1, op.t2))
+		op.n = n
+		return err
 	}
 	var (
 		st   ctxStmt

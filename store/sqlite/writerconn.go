@@ -26,6 +26,7 @@ type writerStmts struct {
 	conn                                                           driver.ConnBeginTx
 	raw                                                            driver.Conn
 	claim, takeover, renew, complete, release, markUnknown, getRec ctxStmt
+	deleteExpired                                                  ctxStmt
 	argBuf                                                         []driver.NamedValue
 	dest                                                           []driver.Value
 }
@@ -41,7 +42,7 @@ func (ws *writerStmts) args(vs ...driver.Value) []driver.NamedValue {
 }
 
 func (ws *writerStmts) all() []ctxStmt {
-	return []ctxStmt{ws.claim, ws.takeover, ws.renew, ws.complete, ws.release, ws.markUnknown, ws.getRec}
+	return []ctxStmt{ws.claim, ws.takeover, ws.renew, ws.complete, ws.release, ws.markUnknown, ws.getRec, ws.deleteExpired}
 }
 
 func (ws *writerStmts) close() {
@@ -139,6 +140,7 @@ func (s *Store) writerStatements(ctx context.Context, dc driver.Conn) (*writerSt
 	}{
 		{&ws.claim, s.q.claim}, {&ws.takeover, s.q.takeover}, {&ws.renew, s.q.renew}, {&ws.complete, s.q.complete},
 		{&ws.release, s.q.release}, {&ws.markUnknown, s.q.markUnknown}, {&ws.getRec, s.q.get},
+		{&ws.deleteExpired, s.q.deleteExpired},
 	} {
 		st, err := pc.PrepareContext(ctx, p.query)
 		if err != nil {

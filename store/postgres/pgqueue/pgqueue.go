@@ -38,6 +38,7 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,7 +195,34 @@ func (b *Backend) Migrate(ctx context.Context) error {
 	if !exists {
 		stmts = append([]string{`CREATE SCHEMA IF NOT EXISTS ` + pgx.Identifier{b.schema}.Sanitize()}, stmts...)
 	}
+	// An index that exists is not created again, nor a constraint that is
+	// gone dropped again: both statements take their table's lock before
+	// they look (DROP CONSTRAINT an ACCESS EXCLUSIVE one, which would stall
+	// every claim and ack of the fleet at each replica's start).
+	present := map[string]bool{}
+	for _, q := range []string{
+		`SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+		`SELECT conname FROM pg_catalog.pg_constraint WHERE connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+	} {
+		rows, err := tx.Query(ctx, q, b.schema)
+		if err != nil {
+			return fmt.Errorf("pgqueue: migrate: %w", err)
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("pgqueue: migrate: %w", err)
+		}
+		for _, n := range names {
+			present[n] = true
+		}
+	}
 	for _, s := range stmts {
+		if m := createIndexName.FindStringSubmatch(s); m != nil && present[m[1]] {
+			continue
+		}
+		if m := dropConstraintName.FindStringSubmatch(s); m != nil && !present[m[1]] {
+			continue
+		}
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return fmt.Errorf("pgqueue: migrate: %w", err)
 		}
@@ -204,6 +232,13 @@ func (b *Backend) Migrate(ctx context.Context) error {
 	}
 	return nil
 }
+
+// The names Migrate looks up before it creates an index or drops a
+// constraint.
+var (
+	createIndexName    = regexp.MustCompile(`^CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+) ON `)
+	dropConstraintName = regexp.MustCompile(`DROP CONSTRAINT IF EXISTS (\w+)$`)
+)
 
 func jsonOrNil(v any, empty bool) ([]byte, error) {
 	if empty {
@@ -766,15 +801,20 @@ var _ queue.Backend = (*Backend)(nil)
 func (b *Backend) Schema() string { return b.schema }
 
 // DeleteExpired deletes up to limit dedupe entries whose window ended
-// before now and returns how many; call it periodically (expiry itself is
+// at or before now and returns how many; call it periodically (expiry itself is
 // logical: an expired entry never blocks an enqueue). A server error is
 // returned wrapped.
 func (b *Backend) DeleteExpired(ctx context.Context, now time.Time, limit int) (int, error) {
-	// Sent unnamed (QueryExecModeExec): planned with this call's bound, so
-	// that a chunk walks the expires_at index rather than the table.
+	// Sent unnamed (QueryExecModeExec) unless the pool speaks the simple
+	// protocol anyway: planned with this call's bound, so that a chunk
+	// walks the expires_at index rather than the table.
+	args := []any{now, limit}
+	if b.pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeSimpleProtocol {
+		args = append([]any{pgx.QueryExecModeExec}, args...)
+	}
 	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.dedupe+` WHERE (queue, dedupe_id) IN (
   SELECT queue, dedupe_id FROM `+b.t.dedupe+` WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
-) AND expires_at <= $1`, pgx.QueryExecModeExec, now, limit)
+) AND expires_at <= $1`, args...)
 	if err != nil {
 		return 0, fmt.Errorf("pgqueue: delete expired: %w", err)
 	}

@@ -134,3 +134,30 @@ func TestMigrateIdempotent(t *testing.T) {
 func BenchmarkQueue(b *testing.B) {
 	queuetest.Bench(b, func(b *testing.B) queue.Backend { return newBackend(b) })
 }
+
+// TestMigrateAgainTakesNoTableLock: on a migrated schema Migrate creates
+// and drops nothing, so it runs while another session holds the queue
+// tables in ROW EXCLUSIVE mode (as every enqueue, claim and ack does): a
+// CREATE INDEX (SHARE) or a DROP CONSTRAINT (ACCESS EXCLUSIVE) would wait
+// for it, and every replica's start would stall the fleet's queue traffic.
+func TestMigrateAgainTakesNoTableLock(t *testing.T) {
+	pool := newPool(t, 4)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	for _, tb := range []string{"queue_messages", "queue_dead", "queue_dedupe", "queue_targets"} {
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+pgx.Identifier{b.Schema(), tb}.Sanitize()+` IN ROW EXCLUSIVE MODE`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer mcancel()
+	if err := b.Migrate(mctx); err != nil {
+		t.Fatalf("Migrate on a migrated schema, beside a writer: %v", err)
+	}
+}
