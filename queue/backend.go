@@ -15,23 +15,6 @@ import (
 // Token-guarded calls (Ack, Nack, Bury) return ErrLeaseLost and change
 // nothing when the message is no longer held under that token (its lease
 // expired and another worker claimed it, or it was already settled).
-// DedupeUntil is implemented by a Backend that keeps each enqueued
-// message's DedupeID until that enqueue's EnqueueRequest.DedupeUntil,
-// checked atomically with the write (SQLite, PostgreSQL): a caller may
-// then make the enqueue its only dedupe, for a window of its choosing (the
-// gateway's webhook routes do, for their retention). A Backend whose
-// window is its own (JetStream's stream setting) or that has none (SQS)
-// does not implement it, or returns false.
-type DedupeUntil interface {
-	HonorsDedupeUntil() bool
-}
-
-// HonorsDedupeUntil reports whether b implements DedupeUntil and says so.
-func HonorsDedupeUntil(b Backend) bool {
-	d, ok := b.(DedupeUntil)
-	return ok && d.HonorsDedupeUntil()
-}
-
 type Backend interface {
 	// Enqueue stores the messages durably, in order, and returns one result
 	// per message. A message whose (Queue, DedupeID) was stored with an
@@ -71,6 +54,23 @@ type Backend interface {
 	SetTarget(ctx context.Context, s TargetState) error
 	// Targets returns the recorded target states of a queue.
 	Targets(ctx context.Context, queue string) ([]TargetState, error)
+}
+
+// DedupeUntil is implemented by a Backend that keeps each enqueued
+// message's DedupeID until that enqueue's EnqueueRequest.DedupeUntil,
+// checked atomically with the write (SQLite, PostgreSQL): a caller may
+// then make the enqueue its only dedupe, for a window of its choosing (the
+// gateway's webhook routes do, for their retention). A Backend whose
+// window is its own (JetStream's stream setting) or that has none (SQS)
+// does not implement it, or returns false.
+type DedupeUntil interface {
+	HonorsDedupeUntil() bool
+}
+
+// HonorsDedupeUntil reports whether b implements DedupeUntil and says so.
+func HonorsDedupeUntil(b Backend) bool {
+	d, ok := b.(DedupeUntil)
+	return ok && d.HonorsDedupeUntil()
 }
 
 // EnqueueRequest is the input of Backend.Enqueue. Messages have every
