@@ -91,15 +91,14 @@ func newCleanupMetrics(reg prometheus.Registerer) cleanupMetrics {
 	return m
 }
 
-// cleanup runs the passes until stop.
+// cleanup runs the passes until Stop.
 type cleanup struct {
 	targets  []cleanupTarget
 	interval time.Duration
 	m        cleanupMetrics
 	log      *slog.Logger
-	ctx      context.Context // canceled by Stop: a statement in flight ends
+	ctx      context.Context // canceled by Stop: the waits and a statement in flight end
 	cancel   context.CancelFunc
-	stop     chan struct{}
 	done     chan struct{}
 }
 
@@ -113,7 +112,7 @@ func startCleanup(targets []cleanupTarget, interval time.Duration, m cleanupMetr
 		m.deleted.WithLabelValues(t.name)
 		m.failures.WithLabelValues(t.name)
 	}
-	c := &cleanup{targets: targets, interval: interval, m: m, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &cleanup{targets: targets, interval: interval, m: m, log: log, done: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.loop()
 	return c
@@ -124,7 +123,7 @@ func (c *cleanup) loop() {
 	wait := time.Duration(rand.Int64N(int64(c.interval))) + time.Millisecond
 	for {
 		select {
-		case <-c.stop:
+		case <-c.ctx.Done():
 			return
 		case <-time.After(wait):
 		}
@@ -135,17 +134,13 @@ func (c *cleanup) loop() {
 
 // pass sweeps each target once.
 func (c *cleanup) pass() {
-	base := c.ctx
-	if base == nil {
-		base = context.Background()
-	}
 	for _, t := range c.targets {
-		if base.Err() != nil {
+		if c.ctx.Err() != nil {
 			return
 		}
 		var total int64
 		for total < cleanupPassMax {
-			ctx, cancel := context.WithTimeout(base, cleanupTimeout)
+			ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
 			n, err := t.del(ctx, time.Now(), cleanupChunk)
 			cancel()
 			if n > 0 {
@@ -153,7 +148,7 @@ func (c *cleanup) pass() {
 				c.m.deleted.WithLabelValues(t.name).Add(float64(n))
 			}
 			if err != nil {
-				if base.Err() != nil {
+				if c.ctx.Err() != nil {
 					return // stopped: not a failure
 				}
 				c.m.failures.WithLabelValues(t.name).Inc()
@@ -164,7 +159,7 @@ func (c *cleanup) pass() {
 				break
 			}
 			select {
-			case <-c.stop:
+			case <-c.ctx.Done():
 				return
 			case <-time.After(cleanupPause):
 			}
@@ -182,6 +177,5 @@ func (c *cleanup) Stop() {
 		return
 	}
 	c.cancel()
-	close(c.stop)
 	<-c.done
 }

@@ -28,7 +28,7 @@ func TestCleanupPassChunksAndMovesOnAfterAFailure(t *testing.T) {
 		return n, nil
 	}}
 	m := newCleanupMetrics(prometheus.NewRegistry())
-	c := &cleanup{targets: []cleanupTarget{failing, good}, m: m, log: slog.New(slog.NewTextHandler(io.Discard, nil)), stop: make(chan struct{})}
+	c := &cleanup{targets: []cleanupTarget{failing, good}, m: m, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ctx: context.Background()}
 	c.pass()
 	if len(calls) != 3 || left != 0 {
 		t.Errorf("%d chunks, %d rows left; want 3 chunks and none left", len(calls), left)
@@ -44,4 +44,27 @@ func TestCleanupPassChunksAndMovesOnAfterAFailure(t *testing.T) {
 	}
 	var nilc *cleanup
 	nilc.Stop() // safe
+}
+
+// TestCleanupStopCancelsAStatementInFlight: Stop does not wait out a
+// clean-up statement (up to cleanupTimeout); it cancels it, and that is not
+// counted as a failure.
+func TestCleanupStopCancelsAStatementInFlight(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan error, 1)
+	blocking := cleanupTarget{"idempotency", func(ctx context.Context, _ time.Time, _ int) (int64, error) {
+		close(started)
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return 0, ctx.Err()
+	}}
+	m := newCleanupMetrics(prometheus.NewRegistry())
+	c := startCleanup([]cleanupTarget{blocking}, time.Second, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	<-started
+	c.Stop()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Errorf("the statement in flight ended with %v, want context.Canceled (Stop)", err)
+	}
+	if got := testutil.ToFloat64(m.failures.WithLabelValues("idempotency")); got != 0 {
+		t.Errorf("failures{idempotency} = %v after Stop, want 0", got)
+	}
 }
