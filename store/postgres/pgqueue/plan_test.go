@@ -17,6 +17,25 @@ import (
 	"github.com/leveehq/levee/store/postgres/pgqueue"
 )
 
+// explainGenericPlans makes the pool's one session report the plan of
+// every statement it runs as a notice (auto_explain), with the generic plan
+// forced (plan_cache_mode): the plan a prepared statement settles on and
+// keeps as the table grows, whatever PostgreSQL would choose at this call.
+// Without auto_explain the test is skipped, or fails under CI=true.
+func explainGenericPlans(ctx context.Context, t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	for _, s := range []string{`LOAD 'auto_explain'`, `SET auto_explain.log_min_duration = 0`, `SET auto_explain.log_level = 'notice'`,
+		`SET client_min_messages = 'notice'`, `SET plan_cache_mode = force_generic_plan`} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			msg := fmt.Sprintf("auto_explain is not available to this user (%s: %v): plans cannot be read (it needs a superuser and the contrib module)", s, err)
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+}
+
 // TestClaimWalksTheReadyIndexWhateverTheStatistics: a backlog grows far
 // faster than statistics follow, and a plan PostgreSQL caches for the
 // claim while the table is small must not become a scan of every
@@ -42,19 +61,7 @@ func TestClaimWalksTheReadyIndexWhateverTheStatistics(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// plan_cache_mode: the generic plan, the one a prepared statement
-	// settles on and keeps as the table grows, whatever PostgreSQL would
-	// choose at this call.
-	for _, s := range []string{`LOAD 'auto_explain'`, `SET auto_explain.log_min_duration = 0`, `SET auto_explain.log_level = 'notice'`,
-		`SET client_min_messages = 'notice'`, `SET plan_cache_mode = force_generic_plan`} {
-		if _, err := pool.Exec(ctx, s); err != nil {
-			msg := fmt.Sprintf("auto_explain is not available to this user (%s: %v): the claim's plan cannot be read (it needs a superuser and the contrib module)", s, err)
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-	}
+	explainGenericPlans(ctx, t, pool)
 	b := newBackendOn(t, pool, pgqueue.Options{Flushers: 1})
 	schema := b.Schema()
 	if _, err := pool.Exec(ctx, `ALTER TABLE `+pgx.Identifier{schema, "queue_messages"}.Sanitize()+` SET (autovacuum_enabled = false)`); err != nil {
@@ -200,16 +207,7 @@ func TestLookupsByIDUseTheIDIndex(t *testing.T) {
 			if err != nil || len(cs) != 3 {
 				t.Fatalf("Claim: %d messages, %v", len(cs), err)
 			}
-			for _, s := range []string{`LOAD 'auto_explain'`, `SET auto_explain.log_min_duration = 0`, `SET auto_explain.log_level = 'notice'`,
-				`SET client_min_messages = 'notice'`, `SET plan_cache_mode = force_generic_plan`} {
-				if _, err := pool.Exec(ctx, s); err != nil {
-					msg := fmt.Sprintf("auto_explain is not available to this user (%s: %v): the plans cannot be read (it needs a superuser and the contrib module)", s, err)
-					if os.Getenv("CI") == "true" {
-						t.Fatal(msg)
-					}
-					t.Skip(msg)
-				}
-			}
+			explainGenericPlans(ctx, t, pool)
 			calls := []struct {
 				name, index string
 				call        func() error
