@@ -175,7 +175,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// metric sums the samples of name whose labels include every pair given.
+// metric sums the samples of name whose labels include every pair given
+// (counters: their values; histograms: their observation counts).
 func metric(t *testing.T, g *running, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := g.srv.Metrics().Registry.Gather()
@@ -198,7 +199,7 @@ func metric(t *testing.T, g *running, name string, labels ...string) float64 {
 					continue sample
 				}
 			}
-			n += m.GetCounter().GetValue()
+			n += m.GetCounter().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return n

@@ -78,6 +78,45 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			}
 			waitFor(t, "evt_older delivered", func() bool { return rc.count("evt_older") == 1 })
 		})
+		t.Run(name+"/a new deployment", func(t *testing.T) {
+			// No earlier version wrote any record for the route: its events
+			// are not looked up in the store (one probe of the key range
+			// stands for them). A record an earlier replica writes later is
+			// found once the probe's answer is older than legacyProbeEvery
+			// (that replica also enqueued its event, under the same dedupe
+			// id, so the queue knows it meanwhile).
+			gateway.SetLegacyProbeEvery(t, 100*time.Millisecond)
+			storeCfg, st := open(t)
+			rc := newReceiver(t, "X-Levee-Webhook-Id")
+			g := startGateway(t, asyncConfig(storeCfg, rc.url))
+			now := time.Now()
+			send := func(id, want string) {
+				t.Helper()
+				resp, body := doRequest(t, signedWebhook(t, g.base, id, `{"n":1}`, now))
+				if resp.StatusCode != http.StatusAccepted || !strings.Contains(body, `"`+want+`"`) {
+					t.Fatalf("%s: %d %s, want 202 %s", id, resp.StatusCode, body, want)
+				}
+			}
+			for _, id := range []string{"evt_1", "evt_2", "evt_3"} {
+				send(id, "accepted")
+			}
+			send("evt_1", "duplicate")
+			if n := metric(t, g, "levee_store_operation_duration_seconds", "op", "lookup"); n != 0 {
+				t.Fatalf("%v store lookups for events of a route no earlier version served, want 0", n)
+			}
+			acceptedLongAgo(t, st, "evt_late")
+			time.Sleep(150 * time.Millisecond) // past the last probe's answer
+			send("evt_late", "duplicate")
+			if n := metric(t, g, "levee_store_operation_duration_seconds", "op", "lookup"); n != 1 {
+				t.Fatalf("%v store lookups after an earlier record appeared, want 1 (evt_late)", n)
+			}
+			waitFor(t, "evt_1..3 delivered", func() bool {
+				return rc.count("evt_1") == 1 && rc.count("evt_2") == 1 && rc.count("evt_3") == 1
+			})
+			if n := rc.count("evt_late"); n != 0 {
+				t.Fatalf("evt_late delivered %d times: an earlier replica accepted it", n)
+			}
+		})
 		t.Run(name+"/a marker left half-written", func(t *testing.T) {
 			// A replica stopped between writing the marker and completing
 			// it: the next one takes it over once its lease lapsed, rather

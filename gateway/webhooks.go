@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -275,11 +276,14 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 // started, is the one case left: a rollout is minutes, the retention
 // days.) When that retention started is kept in the store itself, under
 // legacySinceKey, so that every replica and every restart agree; a
-// deployment that starts on this version pays the lookup for its first
-// retention too, since it cannot tell that no earlier version ran. Until a
-// process has read the marker once, its sink-deduping webhook routes need
-// the idempotency store: while it is down they answer 503 (the provider
-// retries; nothing is lost).
+// deployment that starts on this version cannot tell from the marker that
+// no earlier version ran; on a store that can say whether it holds any key
+// under the route's dedupe prefix (keyPrefixProber: SQLite, PostgreSQL)
+// the lookups are skipped while it holds none (see mayHold), so a new
+// deployment pays one indexed read every legacyProbeEvery instead of a
+// lookup per event. Until a process has read the marker once, its
+// sink-deduping webhook routes need the idempotency store: while it is
+// down they answer 503 (the provider retries; nothing is lost).
 type legacyDedupe struct {
 	st        idempotency.Store
 	route     string
@@ -288,7 +292,35 @@ type legacyDedupe struct {
 	// until is when the lookups stop, in Unix nanoseconds; 0 until the
 	// marker was read.
 	until atomic.Int64
+
+	// probe, when the store has one, says whether any record lies under
+	// prefix (the route's dedupe keys, webhookKey's).
+	probe  keyPrefixProber
+	prefix string
+	// found: a probe found records under prefix, so every new event is
+	// looked up until the transition ends. skipUntil (Unix nanoseconds):
+	// the last probe found none, and events are not looked up before then.
+	found     atomic.Bool
+	skipUntil atomic.Int64
+	probeMu   sync.Mutex // one probe at a time
 }
+
+// keyPrefixProber is an idempotency store that can tell, in one indexed
+// read, whether it holds a record whose key begins with a prefix
+// (store/sqlite, store/postgres).
+type keyPrefixProber interface {
+	HasKeyPrefix(ctx context.Context, prefix string) (bool, error)
+}
+
+// legacyProbeEvery is how long a probe that found no earlier record lets
+// events skip the lookup. It must stay far below the queue's dedupe window
+// (24h): a record an earlier version's replica writes after a probe is
+// younger than this, and that replica enqueued its event under the same
+// dedupe id, so the queue still knows it. Nanoseconds, atomic: tests
+// shorten it.
+var legacyProbeEvery atomic.Int64
+
+func init() { legacyProbeEvery.Store(int64(10 * time.Second)) }
 
 // legacySinceKey holds, as a completed record whose body is an RFC 3339
 // time, when route first deduped webhooks in the enqueue.
@@ -310,7 +342,12 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 	// a Store's dynamic type need not be comparable.)
 	l := qs.legacy[route]
 	if l == nil || l.retention != retention {
-		l = &legacyDedupe{st: st, route: route, retention: retention}
+		l = &legacyDedupe{st: st, route: route, retention: retention, prefix: webhookKeyPrefix(route)}
+		raw := st
+		if is, ok := st.(instrumentedStore); ok {
+			raw = is.Store
+		}
+		l.probe, _ = raw.(keyPrefixProber)
 		qs.legacy[route] = l
 	}
 	return l
@@ -328,7 +365,7 @@ func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (boo
 		until = since.Add(l.retention).UnixNano()
 		l.until.Store(until)
 	}
-	if now.UnixNano() >= until {
+	if now.UnixNano() >= until || !l.mayHold(ctx, now) {
 		return false, nil
 	}
 	rec, err := l.st.Lookup(ctx, key, now)
@@ -339,6 +376,37 @@ func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (boo
 		return false, fmt.Errorf("looking the event up in the idempotency store (dedupe before this version): %w", err)
 	}
 	return rec.State == idempotency.StateCompleted, nil
+}
+
+// mayHold reports whether the store may hold an earlier version's record
+// for this route: true without a probe, or once a probe found one; false
+// while the last probe, less than legacyProbeEvery ago, found none. A probe
+// that fails answers true: the lookup then reports the store's state.
+func (l *legacyDedupe) mayHold(ctx context.Context, now time.Time) bool {
+	if l.probe == nil || l.found.Load() {
+		return true
+	}
+	if now.UnixNano() < l.skipUntil.Load() {
+		return false
+	}
+	l.probeMu.Lock()
+	defer l.probeMu.Unlock()
+	if l.found.Load() {
+		return true
+	}
+	if now.UnixNano() < l.skipUntil.Load() {
+		return false // another event probed meanwhile
+	}
+	has, err := l.probe.HasKeyPrefix(ctx, l.prefix)
+	switch {
+	case err != nil:
+		return true
+	case has:
+		l.found.Store(true)
+		return true
+	}
+	l.skipUntil.Store(now.Add(time.Duration(legacyProbeEvery.Load())).UnixNano())
+	return false
 }
 
 // since reads the marker, writing it (as now) when absent. A claim does
@@ -377,8 +445,11 @@ func (l *legacyDedupe) since(ctx context.Context, now time.Time) (time.Time, err
 // id (ids are sender-chosen and unbounded).
 func webhookKey(source, id string) string {
 	sum := sha256.Sum256([]byte(id))
-	return "levee:webhook:" + source + ":" + hex.EncodeToString(sum[:16])
+	return webhookKeyPrefix(source) + hex.EncodeToString(sum[:16])
 }
+
+// webhookKeyPrefix begins every dedupe key of source's events.
+func webhookKeyPrefix(source string) string { return "levee:webhook:" + source + ":" }
 
 // NewWebhookDedupe returns a webhook.Dedupe over the idempotency engine on
 // st: an event id accepted once is seen for retention; a concurrent

@@ -92,6 +92,7 @@ func Run(t *testing.T, h Harness) {
 		{"CompletedNotClaimableAfterLease", testCompletedStays},
 		{"RetentionIsLogical", testRetention},
 		{"Lookup", testLookup},
+		{"KeyPrefix", testKeyPrefix},
 		{"ConcurrentClaimsOneWinner", testConcurrentClaims},
 		{"OddKeys", testOddKeys},
 		{"CanceledContext", testCanceled},
@@ -483,6 +484,41 @@ func testLookup(t *testing.T, h Harness, k keys) {
 	if _, err := s.Lookup(context.Background(), k.key("none"), t0); !errors.Is(err, idempotency.ErrNotFound) {
 		t.Fatalf("Lookup of a missing key = %v, want ErrNotFound", err)
 	}
+}
+
+// testKeyPrefix checks HasKeyPrefix, a store's optional answer to "is any
+// record's key under this prefix?" (the gateway's webhook dedupe transition
+// asks it), where the store implements it.
+func testKeyPrefix(t *testing.T, h Harness, k keys) {
+	s := h.NewStore(t)
+	p, ok := s.(interface {
+		HasKeyPrefix(ctx context.Context, prefix string) (bool, error)
+	})
+	if !ok {
+		t.Skipf("%T has no HasKeyPrefix (optional)", s)
+	}
+	ctx := context.Background()
+	has := func(prefix string, want bool) {
+		t.Helper()
+		got, err := p.HasKeyPrefix(ctx, prefix)
+		if err != nil || got != want {
+			t.Fatalf("HasKeyPrefix(%q) = %v, %v; want %v", prefix, got, err, want)
+		}
+	}
+	has(k.key(""), false)
+	mustClaim(t, s, claimReq(k.key("src:0a"), fpOf("x"), t0))
+	for _, p := range []string{"", "s", "src", "src:", "src:0", "src:0a"} {
+		has(k.key(p), true)
+	}
+	// Neighbours on either side of the key, and longer prefixes.
+	for _, p := range []string{"src:0a0", "src:0b", "src;", "srd", "sra", "src:1", "t"} {
+		has(k.key(p), false)
+	}
+	// A record whose retention ended but that is not deleted yet counts.
+	old := claimReq(k.key("old:1"), fpOf("x"), t0.Add(-2*time.Hour))
+	old.LeaseUntil, old.ExpiresAt = t0.Add(-90*time.Minute), t0.Add(-time.Hour)
+	mustClaim(t, s, old)
+	has(k.key("old:"), true)
 }
 
 func testConcurrentClaims(t *testing.T, h Harness, k keys) {

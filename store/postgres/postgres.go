@@ -82,6 +82,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/keyrange"
 	"github.com/leveehq/levee/internal/recentkeys"
 )
 
@@ -163,6 +164,7 @@ type Store struct {
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
 	claim, claimNew, renew, complete, release, markUnknown, lookup, list, deleteExpired string
+	keyRange, keyFrom                                                                   string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -251,6 +253,10 @@ SELECT false, d.* FROM done AS d`,
 		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
+		// Whether any key lies in [$1, $2) (or at or above $1): a range of
+		// the primary key, whose "C" collation orders keys byte by byte.
+		keyRange: `SELECT EXISTS (SELECT 1 FROM ` + table + ` WHERE key >= $1 AND key < $2)`,
+		keyFrom:  `SELECT EXISTS (SELECT 1 FROM ` + table + ` WHERE key >= $1)`,
 		// The open records of one state are read through the open index
 		// (migration 0003: by state, "state <> 2" repeats its predicate so
 		// that the planner may use it with a parameter), then ordered by key:
@@ -432,6 +438,25 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 		return nil, fmt.Errorf("postgres: lookup: %w", err)
 	}
 	return rec, nil
+}
+
+// HasKeyPrefix reports whether the table holds a row, live or expired but
+// not yet deleted, whose key begins with prefix: one read of the primary
+// key's range [prefix, keyrange.PrefixEnd(prefix)). The gateway asks it
+// before looking webhook ids up in the store during the move of webhook
+// dedupe into the queue (docs/webhooks.md).
+func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
+	var found bool
+	var err error
+	if end, ok := keyrange.PrefixEnd(prefix); ok {
+		err = s.pool.QueryRow(ctx, s.sql.keyRange, prefix, end).Scan(&found)
+	} else {
+		err = s.pool.QueryRow(ctx, s.sql.keyFrom, prefix).Scan(&found)
+	}
+	if err != nil {
+		return false, s.wrap("key prefix", err)
+	}
+	return found, nil
 }
 
 // DeleteExpired deletes up to limit rows whose expires_at is at or before

@@ -84,6 +84,7 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
+	"github.com/leveehq/levee/internal/keyrange"
 	"github.com/leveehq/levee/internal/recentkeys"
 	"github.com/leveehq/levee/internal/sqlitefile"
 	sqlitedrv "modernc.org/sqlite"
@@ -193,6 +194,7 @@ func (s *Store) prepare(ctx context.Context) error {
 // queries holds the SQL text, built once with the table name.
 type queries struct {
 	claim, takeover, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired string
+	keyRange, keyFrom                                                                                string
 }
 
 func newQueries(table string) queries {
@@ -225,6 +227,10 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		// "?2 + 0": SQLite plans with a bare bound LIMIT of a subquery and
 		// then expires the prepared statement at every bind (sqlitequeue's
 		// claims, docs/benchmarks.md).
+		// Whether any key lies in [?1, ?2) (or at or above ?1), through
+		// the key index.
+		keyRange: `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE key >= ?1 AND key < ?2)`,
+		keyFrom:  `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE key >= ?1)`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
 			` WHERE expires_at <= ?1 AND NOT (state = 1 AND lease_until > ?1) ORDER BY expires_at LIMIT ?2 + 0)`,
 	}
@@ -575,6 +581,24 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 		return nil, fmt.Errorf("sqlite: lookup: %w", err)
 	}
 	return rec, nil
+}
+
+// HasKeyPrefix reports whether the store holds a record, live or expired
+// but not yet deleted, whose key begins with prefix: one read of the key
+// index's range [prefix, keyrange.PrefixEnd(prefix)), on a reader
+// connection. The gateway asks it before looking webhook ids up in the
+// store during the move of webhook dedupe into the queue
+// (docs/webhooks.md).
+func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
+	q, args := s.q.keyFrom, []any{prefix}
+	if end, ok := keyrange.PrefixEnd(prefix); ok {
+		q, args = s.q.keyRange, append(args, end)
+	}
+	var found bool
+	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&found); err != nil {
+		return false, fmt.Errorf("sqlite: key prefix: %w", err)
+	}
+	return found, nil
 }
 
 // DeleteExpired deletes up to limit records whose retention ended at or
