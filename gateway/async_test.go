@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -344,6 +345,29 @@ func doRequest(t *testing.T, req *http.Request) (*http.Response, string) {
 	b, _ := io.ReadAll(resp.Body)
 	_ = resp.Body.Close()
 	return resp, string(b)
+}
+
+// TestWebhookMessageIDIsTheEvents: on the backends whose dedupe window is
+// their own (JetStream, SQS) a webhook's message id is its dedupe key, so
+// JetStream needs no map from dedupe id to first message id; on SQLite and
+// PostgreSQL the queue names the message.
+func TestWebhookMessageIDIsTheEvents(t *testing.T) {
+	sum := sha256.Sum256([]byte("evt_1"))
+	key := "levee:webhook:provider:" + hex.EncodeToString(sum[:16])
+	for name, store := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			rc := newReceiver(t, "X-Levee-Message-Id")
+			g := startGateway(t, asyncConfig(store(t), rc.url))
+			if resp, body := doRequest(t, signedWebhook(t, g.base, "evt_1", `{"n":1}`, time.Now())); resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			waitFor(t, "evt_1 delivered", func() bool { return rc.total() == 1 })
+			own := name == "nats" || name == "sqs"
+			if got := rc.count(key) == 1; got != own {
+				t.Fatalf("deliveries by message id %v: message id is the dedupe key %v, want %v", rc.got, got, own)
+			}
+		})
+	}
 }
 
 // A signed webhook sent three times, and another sent twice at once, are

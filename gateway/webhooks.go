@@ -250,6 +250,13 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 	msg := &queue.Message{Target: s.gq.cfg.Target, Payload: append([]byte(nil), ev.Body...), Headers: h}
 	if ev.ID != "" {
 		msg.DedupeID = webhookKey(ev.Source, ev.ID)
+		if !s.gq.parent.sinkDedupes {
+			// The event's identity is its message's too: a backend with
+			// a dedupe window of its own then needs no map from dedupe id
+			// to first message id (JetStream: one publish per event
+			// instead of two, store/nats/natsqueue).
+			msg.ID = msg.DedupeID
+		}
 	}
 	res, err := enqueue(ctx, msg)
 	if err != nil {

@@ -371,7 +371,9 @@ func (b *Backend) check() error {
 // (ErrInvalidUTF8) before anything is published.
 // A duplicate within the stream's window is reported with the first
 // message's ID (from the DEDUPE bucket, or the original still in the
-// stream). req.Now and req.DedupeUntil are not used: the window is the
+// stream). A message whose ID equals its DedupeID (as the gateway's webhook
+// messages) writes no DEDUPE entry: one publish per message instead of
+// two, and its duplicates are reported with that ID. req.Now and req.DedupeUntil are not used: the window is the
 // server's. An error (publish refused, ack timeout, ctx) may come after
 // some messages were stored; a retry with the same ids is deduplicated.
 func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
@@ -414,8 +416,10 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 				}
 				continue
 			}
-			if m.DedupeID != "" {
+			if m.DedupeID != "" && m.ID != m.DedupeID {
 				// Remember whose DedupeID it is, for the duplicates' results.
+				// (A message whose ID is its DedupeID needs no entry: its
+				// duplicates name the same ID.)
 				kf, err := b.js.PublishAsync("$KV."+b.opts.Prefix+"_DEDUPE."+tok(m.Queue)+"."+hash(m.DedupeID), []byte(m.ID))
 				if err != nil {
 					return nil, fmt.Errorf("natsqueue: enqueue %q: dedupe entry: %w", m.ID, err)
@@ -444,13 +448,19 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 			res[i].ID = string(e.Value())
 			continue
 		}
-		// No entry (its writer died after the PubAck): the first message
-		// may still be queued.
+		// No entry: the first message may still be queued.
 		if rm, gerr := b.msgs.GetMsg(ctx, origSeq[i]); gerr == nil {
 			if first, perr := parseMessage(m.Queue, rm.Header, rm.Data); perr == nil && first.DedupeID == m.DedupeID {
 				res[i].ID = first.ID
 				continue
 			}
+		}
+		// Gone: the first wrote no entry because its ID was its DedupeID
+		// (or its writer died after the PubAck, the one case this could
+		// misname, and only for a DedupeID used both ways).
+		if m.ID == m.DedupeID {
+			res[i].ID = m.ID
+			continue
 		}
 		return nil, fmt.Errorf("natsqueue: enqueue %q: first message of dedupe id %q: %w", m.ID, m.DedupeID, err)
 	}

@@ -239,6 +239,41 @@ func TestDedupeFirstID(t *testing.T) {
 	}
 }
 
+// TestDedupeIDAsMessageID: a message whose ID is its DedupeID writes no
+// DEDUPE entry, and its duplicates are reported with that ID, also once
+// the first was delivered and acknowledged; a DedupeID first used with
+// another ID keeps that first ID.
+func TestDedupeIDAsMessageID(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, natsqueue.Options{})
+	res := enqueue(t, b, &queue.Message{ID: "evt", DedupeID: "evt"}, &queue.Message{ID: "evt", DedupeID: "evt"})
+	if res[0] != (queue.EnqueueResult{ID: "evt"}) || res[1] != (queue.EnqueueResult{ID: "evt", Duplicate: true}) {
+		t.Fatalf("one call: %+v", res)
+	}
+	kv, err := connect(t).KeyValue(ctx, b.Prefix()+"_DEDUPE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := kv.Keys(ctx); !errors.Is(err, jetstream.ErrNoKeysFound) {
+		t.Fatalf("DEDUPE entries %v (%v), want none", keys, err)
+	}
+	c := claimAll(t, b, 1, 0)[0]
+	if err := b.Ack(ctx, "q", c.ID, c.Token); err != nil {
+		t.Fatal(err)
+	}
+	if res := enqueue(t, b, &queue.Message{ID: "evt", DedupeID: "evt"}); res[0] != (queue.EnqueueResult{ID: "evt", Duplicate: true}) {
+		t.Fatalf("after delivery: %+v", res)
+	}
+	enqueue(t, b, &queue.Message{ID: "1", DedupeID: "mix"})
+	c = claimAll(t, b, 1, 0)[0]
+	if err := b.Ack(ctx, "q", c.ID, c.Token); err != nil {
+		t.Fatal(err)
+	}
+	if res := enqueue(t, b, &queue.Message{ID: "mix", DedupeID: "mix"}); res[0] != (queue.EnqueueResult{ID: "1", Duplicate: true}) {
+		t.Fatalf("a DedupeID first used with another id: %+v, want the first id", res)
+	}
+}
+
 // TestTargetsExcludedAndDisabled: the real-clock counterpart of the
 // suite's per-target check; hand-backs come back and are not attempts.
 func TestTargetsExcludedAndDisabled(t *testing.T) {
