@@ -56,6 +56,27 @@ type Backend interface {
 	Targets(ctx context.Context, queue string) ([]TargetState, error)
 }
 
+// AckClaimer is implemented by a Backend that can acknowledge messages
+// and claim new ones in one transaction (PostgreSQL): a Worker then sends
+// the acknowledgements of the deliveries that finished since its last
+// claim with the next claim, which it makes as soon as a delivery frees a
+// slot, instead of one commit per acknowledgement.
+type AckClaimer interface {
+	// AckAndClaim acknowledges acks, each exactly as Ack would (ackErrs[i]
+	// is nil or wraps ErrLeaseLost), then claims as Claim does, all in one
+	// transaction. On a non-nil err nothing of the call took effect (or,
+	// when the answer was lost, its outcome is unknown): the caller
+	// acknowledges them again on their own, which a lost lease makes
+	// harmless.
+	AckAndClaim(ctx context.Context, acks []AckRef, req ClaimRequest) (ackErrs []error, claimed []Claimed, err error)
+}
+
+// AckRef names a delivery to acknowledge: what Ack takes.
+type AckRef struct {
+	Queue, ID string
+	Token     int64
+}
+
 // DedupeUntil is implemented by a Backend that keeps each enqueued
 // message's DedupeID until that enqueue's EnqueueRequest.DedupeUntil,
 // checked atomically with the write (SQLite, PostgreSQL): a caller may

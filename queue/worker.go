@@ -152,6 +152,12 @@ type Worker struct {
 	life    sync.Mutex // serializes Start and Stop
 	cancel  context.CancelFunc
 	stopped chan struct{}
+
+	// ac is the backend as an AckClaimer, if it is one: acks of finished
+	// deliveries then wait in acks for the next claim, which carries them.
+	ac    AckClaimer
+	ackMu sync.Mutex
+	acks  []AckRef
 }
 
 // NewWorker returns a Worker for q, or an error naming the invalid field.
@@ -160,7 +166,33 @@ func (q *Queue) NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{q: q, cfg: cfg}, nil
+	w := &Worker{q: q, cfg: cfg}
+	w.ac, _ = q.b.(AckClaimer)
+	return w, nil
+}
+
+// addAck keeps an acknowledgement for the next claim.
+func (w *Worker) addAck(a AckRef) {
+	w.ackMu.Lock()
+	w.acks = append(w.acks, a)
+	w.ackMu.Unlock()
+}
+
+// takeAcks returns the acknowledgements waiting for a claim.
+func (w *Worker) takeAcks() []AckRef {
+	w.ackMu.Lock()
+	defer w.ackMu.Unlock()
+	acks := w.acks
+	w.acks = nil
+	return acks
+}
+
+// ackEach sends acknowledgements one by one: those of a claim that failed,
+// and those left when the worker stops.
+func (w *Worker) ackEach(ctx context.Context, acks []AckRef) {
+	for _, a := range acks {
+		w.settle(ctx, func(ctx context.Context) error { return w.q.b.Ack(ctx, a.Queue, a.ID, a.Token) })
+	}
 }
 
 // Start starts delivering in background goroutines and returns at once; it
@@ -219,6 +251,8 @@ func (s *slots) release(target string) {
 func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 	var wg sync.WaitGroup
 	defer close(stopped)
+	// After the deliveries ended: their acknowledgements no claim took.
+	defer func() { w.ackEach(ctx, w.takeAcks()) }()
 	defer wg.Wait()
 	s := &slots{byTarget: map[string]int{}, freed: make(chan struct{}, 1)}
 	b := w.q.b
@@ -244,10 +278,21 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 			// to its end, a claim's messages reach deliver, which releases
 			// them uncounted when Stop is under way.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
-			cs, err := b.Claim(cctx, ClaimRequest{
+			req := ClaimRequest{
 				Queue: w.q.cfg.Name, Now: now, LeaseUntil: now.Add(w.cfg.Lease),
 				Limit: free, PerTarget: w.cfg.MaxPerTarget, Exclude: exclude,
-			})
+			}
+			var cs []Claimed
+			var err error
+			if acks := w.takeAcks(); w.ac != nil && len(acks) > 0 {
+				// The finished deliveries' acknowledgements commit with the
+				// claim (their lease-lost answers, like Ack's, need nothing).
+				if _, cs, err = w.ac.AckAndClaim(cctx, acks, req); err != nil {
+					w.ackEach(ctx, acks)
+				}
+			} else {
+				cs, err = b.Claim(cctx, req)
+			}
 			cancel()
 			if err != nil && ctx.Err() == nil {
 				w.cfg.Logger.Error("queue: claim failed", "queue", w.q.cfg.Name, "err", err)
@@ -366,6 +411,12 @@ func (w *Worker) deliver(ctx context.Context, c Claimed) {
 	err := call(actx, w.cfg.Handler, &Delivery{Message: c.Message, Attempt: c.Attempt})
 	cancel()
 	if err == nil {
+		if w.ac != nil {
+			// Sent with the claim that this delivery's freed slot starts
+			// (or by run's end, when stopping).
+			w.addAck(AckRef{Queue: c.Queue, ID: c.ID, Token: c.Token})
+			return
+		}
 		w.settle(ctx, func(ctx context.Context) error { return b.Ack(ctx, c.Queue, c.ID, c.Token) })
 		return
 	}

@@ -149,6 +149,40 @@ func runBackend(t *testing.T, h Harness) {
 		}
 	})
 
+	t.Run("AckAndClaim", func(t *testing.T) {
+		// The optional queue.AckClaimer: the acknowledgements take effect
+		// as Ack's would, and the claim as Claim's, in one call.
+		t.Parallel()
+		needsClock(t, h)
+		b := h.NewBackend(t)
+		ac, ok := b.(queue.AckClaimer)
+		if !ok {
+			t.Skipf("%T is no queue.AckClaimer (optional)", b)
+		}
+		enqueue(t, b, msg("q", "a", "x"), msg("q", "b", "x"), msg("q", "c", "x"))
+		first := claim(t, b, t0, 2, 0) // a, b
+		if got := ids(first); !slices.Equal(got, []string{"a", "b"}) {
+			t.Fatalf("claimed %v, want [a b]", got)
+		}
+		acks := []queue.AckRef{{Queue: "q", ID: "a", Token: first[0].Token}, {Queue: "q", ID: "b", Token: first[1].Token + 1}}
+		errs, cs, err := ac.AckAndClaim(ctx, acks, queue.ClaimRequest{Queue: "q", Now: t0, LeaseUntil: t0.Add(time.Minute), Limit: 10})
+		if err != nil || len(errs) != 2 || errs[0] != nil || !errors.Is(errs[1], queue.ErrLeaseLost) {
+			t.Fatalf("AckAndClaim: acks %v, %v; want [nil ErrLeaseLost]", errs, err)
+		}
+		if got := ids(cs); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("AckAndClaim claimed %v, want [c]", got)
+		}
+		// Only acknowledgements, no claim.
+		if errs, cs, err := ac.AckAndClaim(ctx, []queue.AckRef{{Queue: "q", ID: "c", Token: cs[0].Token}}, queue.ClaimRequest{Queue: "q"}); err != nil || len(errs) != 1 || errs[0] != nil || len(cs) != 0 {
+			t.Fatalf("acks alone: %v %v %v", errs, ids(cs), err)
+		}
+		// Once every lease lapsed, a and c are gone, and b (its ack held a
+		// wrong token) comes back.
+		if got := ids(claim(t, b, t0.Add(2*time.Minute), 10, 0)); !slices.Equal(got, []string{"b"}) {
+			t.Fatalf("after the leases: claimed %v, want [b]", got)
+		}
+	})
+
 	t.Run("OldestFirst", func(t *testing.T) {
 		t.Parallel()
 		b := h.NewBackend(t)

@@ -491,6 +491,28 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	if req.Limit <= 0 {
 		return nil, nil
 	}
+	_, out, err := b.claim(ctx, nil, req)
+	return out, err
+}
+
+// AckAndClaim implements queue.AckClaimer: the acknowledgements' DELETEs
+// (Ack's statement, each) run first in the claim's transaction, in its one
+// round trip and commit. A Worker so saves a commit per delivered message.
+func (b *Backend) AckAndClaim(ctx context.Context, acks []queue.AckRef, req queue.ClaimRequest) ([]error, []queue.Claimed, error) {
+	if req.Limit <= 0 && len(acks) == 0 {
+		return nil, nil, nil
+	}
+	return b.claim(ctx, acks, req)
+}
+
+// ackSQL is Ack's statement.
+func (b *Backend) ackSQL() string {
+	return `DELETE FROM ` + b.t.messages + ` WHERE queue = $1 AND id = $2 AND token = $3`
+}
+
+// claim runs acks, then the claim of req (none when req.Limit <= 0), in
+// one transaction sent as one round trip.
+func (b *Backend) claim(ctx context.Context, acks []queue.AckRef, req queue.ClaimRequest) ([]error, []queue.Claimed, error) {
 	perTarget := req.PerTarget
 	if perTarget <= 0 {
 		perTarget = req.Limit
@@ -509,7 +531,12 @@ func (b *Backend) Claim(ctx context.Context, req queue.ClaimRequest) ([]queue.Cl
 	for _, s := range claimPreamble {
 		batch.Queue(s)
 	}
-	if len(exclude) == 0 && perTarget >= req.Limit {
+	for _, a := range acks {
+		batch.Queue(b.ackSQL(), a.Queue, a.ID, a.Token)
+	}
+	switch {
+	case req.Limit <= 0:
+	case len(exclude) == 0 && perTarget >= req.Limit:
 		// Nothing to rank (the gateway's queues claim this way): lock
 		// exactly the messages taken, not a window of candidates (each
 		// row lock is a tuple write).
@@ -522,7 +549,7 @@ WHERE seq IN (
   FOR UPDATE SKIP LOCKED)
 RETURNING id, target, payload, headers, dedupe_id, enqueued_at, attempts, history`,
 			req.Queue, req.Now, req.Limit, req.LeaseUntil, token)
-	} else {
+	default:
 		batch.Queue(`WITH cand AS (
   SELECT seq, target, available_at FROM `+b.t.messages+`
   WHERE queue = $1 AND available_at <= $2 AND NOT (target = ANY($3))
@@ -544,20 +571,31 @@ RETURNING m.id, m.target, m.payload, m.headers, m.dedupe_id, m.enqueued_at, m.at
 	defer func() { _ = br.Close() }()
 	for range claimPreamble {
 		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("pgqueue: claim: %w", err)
+			return nil, nil, fmt.Errorf("pgqueue: claim: %w", err)
 		}
 	}
-	out, err := claimed(br, req.Queue, token)
-	if err != nil {
-		return nil, err
+	var ackErrs []error
+	for range acks {
+		tag, err := br.Exec()
+		if err != nil {
+			return nil, nil, fmt.Errorf("pgqueue: ack: %w", err)
+		}
+		ackErrs = append(ackErrs, settled("ack", tag.RowsAffected(), nil))
+	}
+	var out []queue.Claimed
+	if req.Limit > 0 {
+		var err error
+		if out, err = claimed(br, req.Queue, token); err != nil {
+			return nil, nil, err
+		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("pgqueue: claim: commit: %w", err)
+		return nil, nil, fmt.Errorf("pgqueue: claim: commit: %w", err)
 	}
 	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("pgqueue: claim: %w", err)
+		return nil, nil, fmt.Errorf("pgqueue: claim: %w", err)
 	}
-	return out, nil
+	return ackErrs, out, nil
 }
 
 // claimed reads the claim statement's rows from br.
@@ -613,7 +651,7 @@ func settled(op string, n int64, err error) error {
 
 // Ack implements queue.Backend.
 func (b *Backend) Ack(ctx context.Context, q, id string, token int64) error {
-	tag, err := b.pool.Exec(ctx, `DELETE FROM `+b.t.messages+` WHERE queue = $1 AND id = $2 AND token = $3`, q, id, token)
+	tag, err := b.pool.Exec(ctx, b.ackSQL(), q, id, token)
 	return settled("ack", tag.RowsAffected(), err)
 }
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
+	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/queue"
 	"github.com/leveehq/levee/queue/queuetest"
 	"github.com/leveehq/levee/store/postgres/pgqueue"
@@ -159,5 +162,78 @@ func TestMigrateAgainTakesNoTableLock(t *testing.T) {
 	defer mcancel()
 	if err := b.Migrate(mctx); err != nil {
 		t.Fatalf("Migrate on a migrated schema, beside a writer: %v", err)
+	}
+}
+
+// ackCounter counts Ack's statement sent on its own (pool.Exec), not in a
+// claim's batch.
+type ackCounter struct{ n atomic.Int64 }
+
+func (c *ackCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(d.SQL, "DELETE FROM ") && strings.Contains(d.SQL, "queue_messages") {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *ackCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestWorkerAcksRideOnClaims: a Worker on this backend (a queue.AckClaimer)
+// sends no acknowledgement on its own while it runs: each goes with the
+// claim the delivery's freed slot starts, in that claim's commit. Every
+// delivered message is gone afterwards, including one whose handler
+// returned after Stop began (acknowledged at the end of the run).
+func TestWorkerAcksRideOnClaims(t *testing.T) {
+	var acks ackCounter
+	pool := newPoolWith(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 8; cfg.ConnConfig.Tracer = &acks })
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	q, err := queue.New(b, queue.Config{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var delivered atomic.Int64
+	last, inLast := make(chan struct{}), make(chan struct{})
+	w, err := q.NewWorker(queue.WorkerConfig{Handler: queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) error {
+		if d.ID == "last" {
+			close(inLast)
+			<-last // returns nil after Stop began
+		}
+		delivered.Add(1)
+		return nil
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := q.Enqueue(ctx, &queue.Message{ID: fmt.Sprintf("m%d", i), Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !poll.Wait(20*time.Second, func() bool { return delivered.Load() == 50 }) {
+		t.Fatalf("%d of 50 delivered", delivered.Load())
+	}
+	if n := acks.n.Load(); n != 0 {
+		t.Fatalf("%d acknowledgements sent on their own while the worker ran, want 0 (with the claims)", n)
+	}
+	if _, err := q.Enqueue(ctx, &queue.Message{ID: "last", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	<-inLast
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); w.Stop() }()
+	time.Sleep(100 * time.Millisecond) // let Stop cancel the worker first
+	close(last)
+	<-stopped
+	if delivered.Load() != 51 {
+		t.Fatalf("%d delivered, want 51", delivered.Load())
+	}
+	now := time.Now().Add(24 * time.Hour) // every lease lapsed
+	left, err := b.Claim(ctx, queue.ClaimRequest{Queue: "q", Now: now, LeaseUntil: now.Add(time.Minute), Limit: 100})
+	if err != nil || len(left) != 0 {
+		t.Fatalf("after the worker: %d messages left (%v), want none", len(left), err)
 	}
 }
