@@ -57,3 +57,58 @@ func TestLegacyDedupeStoreErrorIsNeverSeen(t *testing.T) {
 		t.Fatal("the marker, written through Claim, was not read")
 	}
 }
+
+// The probe of the transition (mayHold): one at a time, an event arriving
+// meanwhile is looked up; a failed probe means lookups without probing for
+// legacyProbeRetry; a probe that found nothing lets events skip the lookup
+// until legacyProbeEvery has passed, then probes again; one that found a
+// record turns every lookup on and is not asked again.
+func TestLegacyProbe(t *testing.T) {
+	ctx := context.Background()
+	var calls int
+	var answer bool
+	var fail error
+	block, inProbe := make(chan struct{}), make(chan struct{})
+	l := &legacyDedupe{prefix: "levee:webhook:p:"}
+	l.probe = func(context.Context, string) (bool, error) {
+		calls++
+		if block != nil {
+			close(inProbe)
+			<-block
+		}
+		return answer, fail
+	}
+	t0 := time.Now()
+	// A probe in flight: another event is looked up at once.
+	done := make(chan bool)
+	go func() { done <- l.mayHold(ctx, t0) }()
+	<-inProbe
+	if !l.mayHold(ctx, t0) {
+		t.Fatal("an event arriving during a probe skipped the lookup")
+	}
+	close(block)
+	if <-done {
+		t.Fatal("a probe that found nothing did not skip the lookup")
+	}
+	block = nil
+	every := time.Duration(legacyProbeEvery.Load())
+	if l.mayHold(ctx, t0.Add(every/2)) || calls != 1 {
+		t.Fatalf("within the probe's window: probed %d times, want the lookup skipped without a probe", calls)
+	}
+	// The window over, the store fails: lookups, no probe for a second.
+	fail = errStoreDown
+	if !l.mayHold(ctx, t0.Add(every)) || calls != 2 {
+		t.Fatalf("after the window with the store down: %d probes, want 2 and the lookup", calls)
+	}
+	if !l.mayHold(ctx, t0.Add(every+legacyProbeRetry/2)) || calls != 2 {
+		t.Fatalf("right after a failed probe: %d probes, want no new one and the lookup", calls)
+	}
+	// The store is back and holds a record: lookups from now on.
+	fail, answer = nil, true
+	if !l.mayHold(ctx, t0.Add(every+legacyProbeRetry)) || calls != 3 {
+		t.Fatalf("store back with a record: %d probes, want 3 and the lookup", calls)
+	}
+	if !l.mayHold(ctx, t0.Add(3*every)) || calls != 3 {
+		t.Fatalf("once a record was found: %d probes, want no more", calls)
+	}
+}

@@ -104,6 +104,9 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			if n := metric(t, g, "levee_store_operation_duration_seconds", "op", "lookup"); n != 0 {
 				t.Fatalf("%v store lookups for events of a route no earlier version served, want 0", n)
 			}
+			if n := metric(t, g, "levee_store_operation_duration_seconds", "op", "key_prefix"); n < 1 {
+				t.Fatalf("%v probes of the store counted, want at least 1", n)
+			}
 			acceptedLongAgo(t, st, "evt_late")
 			time.Sleep(150 * time.Millisecond) // past the last probe's answer
 			send("evt_late", "duplicate")

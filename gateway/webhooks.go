@@ -287,8 +287,8 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 // no earlier version ran; on a store that can say whether it holds any key
 // under the route's dedupe prefix (keyPrefixProber: SQLite, PostgreSQL)
 // the lookups are skipped while it holds none (see mayHold), so a new
-// deployment pays one indexed read every legacyProbeEvery instead of a
-// lookup per event. Until a process has read the marker once, its
+// deployment pays at most one indexed read every legacyProbeEvery instead
+// of a lookup per event. Until a process has read the marker once, its
 // sink-deduping webhook routes need the idempotency store: while it is
 // down they answer 503 (the provider retries; nothing is lost).
 type legacyDedupe struct {
@@ -302,14 +302,17 @@ type legacyDedupe struct {
 
 	// probe, when the store has one, says whether any record lies under
 	// prefix (the route's dedupe keys, webhookKey's).
-	probe  keyPrefixProber
+	probe  func(ctx context.Context, prefix string) (bool, error)
 	prefix string
 	// found: a probe found records under prefix, so every new event is
-	// looked up until the transition ends. skipUntil (Unix nanoseconds):
-	// the last probe found none, and events are not looked up before then.
-	found     atomic.Bool
-	skipUntil atomic.Int64
-	probeMu   sync.Mutex // one probe at a time
+	// looked up until the transition ends. skipUntil: the last probe found
+	// none, and events before it skip the lookup. noProbeUntil: a probe
+	// failed, and events before it are looked up without probing. (Times
+	// with their monotonic reading.)
+	found        atomic.Bool
+	skipUntil    atomic.Pointer[time.Time]
+	noProbeUntil atomic.Pointer[time.Time]
+	probeMu      sync.Mutex // held by the one probe in flight
 }
 
 // keyPrefixProber is an idempotency store that can tell, in one indexed
@@ -321,13 +324,18 @@ type keyPrefixProber interface {
 
 // legacyProbeEvery is how long a probe that found no earlier record lets
 // events skip the lookup. It must stay far below the queue's dedupe window
-// (24h): a record an earlier version's replica writes after a probe is
-// younger than this, and that replica enqueued its event under the same
-// dedupe id, so the queue still knows it. Nanoseconds, atomic: tests
-// shorten it.
+// (24h): an event that skips the lookup arrives less than this after a
+// probe that found no record, so a record an earlier version's replica
+// wrote since is younger than this, and that replica enqueued its event
+// under the same dedupe id: the queue still knows it. Nanoseconds, atomic:
+// tests shorten it.
 var legacyProbeEvery atomic.Int64
 
 func init() { legacyProbeEvery.Store(int64(10 * time.Second)) }
+
+// legacyProbeRetry is how long events are looked up without probing after
+// a probe failed (the store is slow or down: no convoy of probes).
+const legacyProbeRetry = time.Second
 
 // legacySinceKey holds, as a completed record whose body is an RFC 3339
 // time, when route first deduped webhooks in the enqueue.
@@ -350,11 +358,21 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 	l := qs.legacy[route]
 	if l == nil || l.retention != retention {
 		l = &legacyDedupe{st: st, route: route, retention: retention, prefix: webhookKeyPrefix(route)}
+		is, instrumented := st.(instrumentedStore)
 		raw := st
-		if is, ok := st.(instrumentedStore); ok {
+		if instrumented {
 			raw = is.Store
 		}
-		l.probe, _ = raw.(keyPrefixProber)
+		if p, ok := raw.(keyPrefixProber); ok {
+			l.probe = func(ctx context.Context, prefix string) (bool, error) {
+				start := time.Now()
+				has, err := p.HasKeyPrefix(ctx, prefix)
+				if instrumented {
+					is.observe("key_prefix", start, err)
+				}
+				return has, err
+			}
+		}
 		qs.legacy[route] = l
 	}
 	return l
@@ -387,32 +405,42 @@ func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (boo
 
 // mayHold reports whether the store may hold an earlier version's record
 // for this route: true without a probe, or once a probe found one; false
-// while the last probe, less than legacyProbeEvery ago, found none. A probe
-// that fails answers true: the lookup then reports the store's state.
+// while the last probe, less than legacyProbeEvery ago, found none. One
+// probe runs at a time: an event arriving while it runs is looked up, as
+// is every event for legacyProbeRetry after a probe failed (the lookup
+// then reports the store's state).
 func (l *legacyDedupe) mayHold(ctx context.Context, now time.Time) bool {
 	if l.probe == nil || l.found.Load() {
 		return true
 	}
-	if now.UnixNano() < l.skipUntil.Load() {
+	if u := l.skipUntil.Load(); u != nil && now.Before(*u) {
 		return false
 	}
-	l.probeMu.Lock()
+	if u := l.noProbeUntil.Load(); u != nil && now.Before(*u) {
+		return true
+	}
+	if !l.probeMu.TryLock() {
+		return true
+	}
 	defer l.probeMu.Unlock()
 	if l.found.Load() {
 		return true
 	}
-	if now.UnixNano() < l.skipUntil.Load() {
+	if u := l.skipUntil.Load(); u != nil && now.Before(*u) {
 		return false // another event probed meanwhile
 	}
-	has, err := l.probe.HasKeyPrefix(ctx, l.prefix)
+	has, err := l.probe(ctx, l.prefix)
 	switch {
 	case err != nil:
+		t := now.Add(legacyProbeRetry)
+		l.noProbeUntil.Store(&t)
 		return true
 	case has:
 		l.found.Store(true)
 		return true
 	}
-	l.skipUntil.Store(now.Add(time.Duration(legacyProbeEvery.Load())).UnixNano())
+	t := now.Add(time.Duration(legacyProbeEvery.Load()))
+	l.skipUntil.Store(&t)
 	return false
 }
 

@@ -514,6 +514,14 @@ func testKeyPrefix(t *testing.T, h Harness, k keys) {
 	for _, p := range []string{"src:0a0", "src:0b", "src;", "srd", "sra", "src:1", "t"} {
 		has(k.key(p), false)
 	}
+	// Prefixes ending in the last ASCII byte and in a multi-byte character
+	// (a byte-wise "next prefix" of either is not valid UTF-8).
+	mustClaim(t, s, claimReq(k.key("u\x7fz"), fpOf("x"), t0))
+	mustClaim(t, s, claimReq(k.key("v\u00ffz"), fpOf("x"), t0))
+	has(k.key("u\x7f"), true)
+	has(k.key("v\u00ff"), true)
+	has(k.key("v\u00fe"), false)
+	has(k.key("v\u0100"), false)
 	// A record whose retention ended but that is not deleted yet counts.
 	old := claimReq(k.key("old:1"), fpOf("x"), t0.Add(-2*time.Hour))
 	old.LeaseUntil, old.ExpiresAt = t0.Add(-90*time.Minute), t0.Add(-time.Hour)

@@ -17,3 +17,6 @@ func ClaimBatch(s *Store, reqs []idempotency.ClaimRequest) ([]idempotency.ClaimR
 	}
 	return res, errs
 }
+
+// KeyPrefixSQL is HasKeyPrefix's statement, for the plan test.
+func KeyPrefixSQL(s *Store) string { return s.sql.keyPrefix }

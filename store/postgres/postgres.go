@@ -82,7 +82,6 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
-	"github.com/leveehq/levee/internal/keyrange"
 	"github.com/leveehq/levee/internal/recentkeys"
 )
 
@@ -164,7 +163,7 @@ type Store struct {
 // statements holds the SQL of every operation, built once for the table.
 type statements struct {
 	claim, claimNew, renew, complete, release, markUnknown, lookup, list, deleteExpired string
-	keyRange, keyFrom                                                                   string
+	keyPrefix                                                                           string
 }
 
 // New returns a Store that keeps its records in opts.Schema.opts.Table
@@ -253,10 +252,9 @@ SELECT false, d.* FROM done AS d`,
 		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
-		// Whether any key lies in [$1, $2) (or at or above $1): a range of
-		// the primary key, whose "C" collation orders keys byte by byte.
-		keyRange: `SELECT EXISTS (SELECT 1 FROM ` + table + ` WHERE key >= $1 AND key < $2)`,
-		keyFrom:  `SELECT EXISTS (SELECT 1 FROM ` + table + ` WHERE key >= $1)`,
+		// Whether the first key at or above $1 begins with it (no row: no
+		// key at or above $1), one step into the primary key.
+		keyPrefix: `SELECT starts_with(key, $1) FROM ` + table + ` WHERE key >= $1 ORDER BY key LIMIT 1`,
 		// The open records of one state are read through the open index
 		// (migration 0003: by state, "state <> 2" repeats its predicate so
 		// that the planner may use it with a parameter), then ordered by key:
@@ -441,19 +439,18 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 }
 
 // HasKeyPrefix reports whether the table holds a row, live or expired but
-// not yet deleted, whose key begins with prefix: one read of the primary
-// key's range [prefix, keyrange.PrefixEnd(prefix)). The gateway asks it
-// before looking webhook ids up in the store during the move of webhook
-// dedupe into the queue (docs/webhooks.md).
+// not yet deleted, whose key begins with prefix: one step into the primary
+// key at prefix (its "C" collation orders keys byte by byte, so the first
+// key at or above prefix begins with it exactly when some key does). The
+// gateway asks it before looking webhook ids up in the store during the
+// move of webhook dedupe into the queue (docs/webhooks.md).
 func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
 	var found bool
-	var err error
-	if end, ok := keyrange.PrefixEnd(prefix); ok {
-		err = s.pool.QueryRow(ctx, s.sql.keyRange, prefix, end).Scan(&found)
-	} else {
-		err = s.pool.QueryRow(ctx, s.sql.keyFrom, prefix).Scan(&found)
-	}
-	if err != nil {
+	err := s.pool.QueryRow(ctx, s.sql.keyPrefix, prefix).Scan(&found)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
 		return false, s.wrap("key prefix", err)
 	}
 	return found, nil

@@ -802,3 +802,48 @@ func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
 		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
 	}
 }
+
+// TestKeyPrefixPlanStepsIntoThePrimaryKey: HasKeyPrefix's generic plan
+// (the one a prepared statement keeps) is one step into the primary key,
+// never a scan of the table, which is every idempotency record there is.
+func TestKeyPrefixPlanStepsIntoThePrimaryKey(t *testing.T) {
+	schema, s := migrated(t, pgx.QueryExecModeCacheStatement, 2)
+	ctx := context.Background()
+	pool := newPool(t, pgx.QueryExecModeCacheStatement, 1, nil)
+	table := pgx.Identifier{schema, "idempotency_keys"}.Sanitize()
+	if _, err := pool.Exec(ctx, `INSERT INTO `+table+` (key, fingerprint, state, token, lease_until, expires_at)
+SELECT md5(i::text), decode(repeat('00', 32), 'hex'), 2, i, now(), now() + interval '1 hour' FROM generate_series(1, 2000) i`); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, q := range []string{`SET plan_cache_mode = force_generic_plan`, `PREPARE key_prefix(text) AS ` + postgres.KeyPrefixSQL(s)} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() { _, _ = conn.Exec(ctx, `DEALLOCATE key_prefix; RESET plan_cache_mode`) }()
+	rows, err := conn.Query(ctx, `EXPLAIN EXECUTE key_prefix('levee:webhook:p:')`, pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(plan, "\n")
+	if !strings.Contains(all, "using idempotency_keys_pkey") || strings.Contains(all, "Seq Scan") || strings.Contains(all, "Sort") {
+		t.Fatalf("HasKeyPrefix's generic plan:\n%s\nwant one index scan of idempotency_keys_pkey", all)
+	}
+	for _, c := range []struct {
+		prefix string
+		want   bool
+	}{{"0", true}, {"levee:", false}} {
+		if got, err := s.HasKeyPrefix(ctx, c.prefix); err != nil || got != c.want {
+			t.Fatalf("HasKeyPrefix(%q) over 2,000 md5 keys = %v, %v; want %v", c.prefix, got, err, c.want)
+		}
+	}
+}

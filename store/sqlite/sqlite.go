@@ -84,7 +84,6 @@ import (
 
 	"github.com/leveehq/levee/idempotency"
 	"github.com/leveehq/levee/internal/groupcommit"
-	"github.com/leveehq/levee/internal/keyrange"
 	"github.com/leveehq/levee/internal/recentkeys"
 	"github.com/leveehq/levee/internal/sqlitefile"
 	sqlitedrv "modernc.org/sqlite"
@@ -194,7 +193,7 @@ func (s *Store) prepare(ctx context.Context) error {
 // queries holds the SQL text, built once with the table name.
 type queries struct {
 	claim, takeover, get, replay, lookup, renew, complete, release, markUnknown, list, deleteExpired string
-	keyRange, keyFrom                                                                                string
+	keyPrefix                                                                                        string
 }
 
 func newQueries(table string) queries {
@@ -224,13 +223,12 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		// INDEXED BY requires.
 		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t + ` INDEXED BY "` + table + `_open"` +
 			` WHERE state = ?1 AND state <> 2 AND key > ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4`,
+		// Whether the first key at or above ?1 begins with it, through the
+		// key index (no row: no key at or above ?1).
+		keyPrefix: `SELECT substr(key, 1, length(?1)) = ?1 FROM ` + t + ` WHERE key >= ?1 ORDER BY key LIMIT 1`,
 		// "?2 + 0": SQLite plans with a bare bound LIMIT of a subquery and
 		// then expires the prepared statement at every bind (sqlitequeue's
 		// claims, docs/benchmarks.md).
-		// Whether any key lies in [?1, ?2) (or at or above ?1), through
-		// the key index.
-		keyRange: `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE key >= ?1 AND key < ?2)`,
-		keyFrom:  `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE key >= ?1)`,
 		deleteExpired: `DELETE FROM ` + t + ` WHERE rowid IN (SELECT rowid FROM ` + t +
 			` WHERE expires_at <= ?1 AND NOT (state = 1 AND lease_until > ?1) ORDER BY expires_at LIMIT ?2 + 0)`,
 	}
@@ -584,18 +582,18 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 }
 
 // HasKeyPrefix reports whether the store holds a record, live or expired
-// but not yet deleted, whose key begins with prefix: one read of the key
-// index's range [prefix, keyrange.PrefixEnd(prefix)), on a reader
-// connection. The gateway asks it before looking webhook ids up in the
-// store during the move of webhook dedupe into the queue
-// (docs/webhooks.md).
+// but not yet deleted, whose key begins with prefix: one step into the key
+// index at prefix (the first key at or above it begins with prefix exactly
+// when some key does), on a reader connection. The gateway asks it before
+// looking webhook ids up in the store during the move of webhook dedupe
+// into the queue (docs/webhooks.md).
 func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
-	q, args := s.q.keyFrom, []any{prefix}
-	if end, ok := keyrange.PrefixEnd(prefix); ok {
-		q, args = s.q.keyRange, append(args, end)
-	}
 	var found bool
-	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&found); err != nil {
+	err := s.db.QueryRowContext(ctx, s.q.keyPrefix, prefix).Scan(&found)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
 		return false, fmt.Errorf("sqlite: key prefix: %w", err)
 	}
 	return found, nil
