@@ -10,52 +10,59 @@ package recentkeys
 
 import (
 	"hash/maphash"
-	"sync"
+	"sync/atomic"
 )
 
-// Cap bounds the keys a Set remembers (about 1.5 MiB at this size): once
-// full, the oldest are forgotten first.
-const Cap = 1 << 16
+// Cap is the number of slots (512 KiB, allocated at the first Add): a key
+// is kept until a later key lands in its slot, on average for about Cap
+// later keys.
+const Cap = 1 << slotBits
 
-// Set is a bounded, approximate set of keys (their 64-bit hashes). It is
-// safe for concurrent use. The zero value is not usable; call New.
+// Set is a bounded, approximate set of keys: a direct-mapped table of
+// their 64-bit hashes, one slot per hash's high bits, lock-free (a lookup
+// is one hash and one memory read). It replaced a map with an eviction
+// ring behind a mutex, which a gateway CPU profile put at 2.3 µs a request
+// (Has and Add) and which held about 8 MiB more at peak under
+// bench/gateway/run.sh's SQLite scenario (56.3, 56.5 → 48.1, 48.5 MiB); the
+// request CPU moved within that run's noise. It is safe for concurrent
+// use. The zero value is not usable; call New.
 type Set struct {
-	seed maphash.Seed
-	mu   sync.Mutex
-	set  map[uint64]struct{}
-	ring []uint64 // insertion order, for eviction
-	next int
+	seed  maphash.Seed
+	slots atomic.Pointer[[Cap]atomic.Uint64]
 }
 
-// New returns an empty Set. It starts small and grows with use up to Cap.
-func New() *Set {
-	return &Set{seed: maphash.MakeSeed(), set: make(map[uint64]struct{}, 64)}
+// New returns an empty Set.
+func New() *Set { return &Set{seed: maphash.MakeSeed()} }
+
+// hash is key's hash, never 0 (an empty slot), and its slot: the hash's
+// high bits (the low bit is the one forced).
+func (r *Set) hash(key string) (h uint64, slot uint64) {
+	h = maphash.String(r.seed, key) | 1
+	return h, h >> (64 - slotBits)
 }
 
-// Has reports whether key was added and not yet evicted (or, rarely,
-// whether another key with the same hash was).
+const slotBits = 16 // Cap = 1 << slotBits
+
+// Has reports whether key was added and its slot not taken since by
+// another key (or, rarely, whether another key with the same hash was).
 func (r *Set) Has(key string) bool {
-	h := maphash.String(r.seed, key)
-	r.mu.Lock()
-	_, ok := r.set[h]
-	r.mu.Unlock()
-	return ok
+	s := r.slots.Load()
+	if s == nil {
+		return false
+	}
+	h, i := r.hash(key)
+	return s[i].Load() == h
 }
 
-// Add remembers key, evicting the oldest key once Cap are held.
+// Add remembers key, in place of whichever key held its slot.
 func (r *Set) Add(key string) {
-	h := maphash.String(r.seed, key)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, ok := r.set[h]; ok {
-		return
+	s := r.slots.Load()
+	if s == nil {
+		s = new([Cap]atomic.Uint64)
+		if !r.slots.CompareAndSwap(nil, s) {
+			s = r.slots.Load()
+		}
 	}
-	if len(r.ring) < Cap {
-		r.ring = append(r.ring, h)
-	} else {
-		delete(r.set, r.ring[r.next])
-		r.ring[r.next] = h
-		r.next = (r.next + 1) % Cap
-	}
-	r.set[h] = struct{}{}
+	h, i := r.hash(key)
+	s[i].Store(h)
 }

@@ -2,6 +2,7 @@ package recentkeys
 
 import (
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -15,27 +16,58 @@ func TestHasWhatWasAdded(t *testing.T) {
 	if !s.Has("a") || s.Has("b") {
 		t.Fatalf("after Add(a): Has(a)=%v Has(b)=%v, want true false", s.Has("a"), s.Has("b"))
 	}
-	if len(s.ring) != 1 {
-		t.Fatalf("adding a key twice holds %d entries, want 1", len(s.ring))
+}
+
+// TestBounded: the table never grows, and keys added long ago are
+// forgotten while the latest are kept.
+func TestBounded(t *testing.T) {
+	s := New()
+	const n = 4 * Cap
+	for i := range n {
+		s.Add(strconv.Itoa(i))
+	}
+	early, late := 0, 0
+	for i := range Cap {
+		if s.Has(strconv.Itoa(i)) {
+			early++
+		}
+		if s.Has(strconv.Itoa(n - 1 - i)) {
+			late++
+		}
+	}
+	// A slot keeps a key with probability about e^-(later keys / Cap): e^-3
+	// (5%) for the first Cap keys, over 60% (on average 79%) for the last.
+	if early > Cap/10 || late < Cap*6/10 {
+		t.Fatalf("after %d keys: %d of the first %d kept (want under 10%%), %d of the last %d (want over 60%%)", n, early, Cap, late, Cap)
+	}
+	if !s.Has(strconv.Itoa(n - 1)) {
+		t.Fatal("the last key added is not kept")
 	}
 }
 
-func TestEvictsOldestWhenFull(t *testing.T) {
+func TestConcurrent(t *testing.T) {
 	s := New()
-	for i := range Cap + 10 {
-		s.Add(strconv.Itoa(i))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 1000 {
+				k := strconv.Itoa(g*1000 + i)
+				s.Add(k)
+				_ = s.Has(k)
+			}
+		}()
 	}
-	if len(s.set) != Cap || len(s.ring) != Cap {
-		t.Fatalf("holds %d keys (%d in the ring), want the cap %d", len(s.set), len(s.ring), Cap)
-	}
-	for i := range 10 {
+	wg.Wait()
+	// 8,000 keys in 65,536 slots lose about 500 to collisions.
+	kept := 0
+	for i := range 8000 {
 		if s.Has(strconv.Itoa(i)) {
-			t.Fatalf("key %d, among the 10 oldest, was not evicted", i)
+			kept++
 		}
 	}
-	for _, i := range []int{10, Cap / 2, Cap + 9} {
-		if !s.Has(strconv.Itoa(i)) {
-			t.Fatalf("key %d was evicted, only the 10 oldest should be", i)
-		}
+	if kept < 7000 {
+		t.Fatalf("%d of 8000 keys added concurrently kept, want over 7000", kept)
 	}
 }
