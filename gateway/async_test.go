@@ -348,25 +348,38 @@ func doRequest(t *testing.T, req *http.Request) (*http.Response, string) {
 }
 
 // TestWebhookMessageIDIsTheEvents: on the backends whose dedupe window is
-// their own (JetStream, SQS) a webhook's message id is its dedupe key, so
-// JetStream needs no map from dedupe id to first message id; on SQLite and
-// PostgreSQL the queue names the message.
+// their own (JetStream, SQS) a deduping webhook route's message id is its
+// dedupe key, so JetStream needs no map from dedupe id to first message
+// id; on SQLite and PostgreSQL, and on a route with dedupe off (whose
+// re-sent event must reach the target again), the queue names the message.
 func TestWebhookMessageIDIsTheEvents(t *testing.T) {
 	sum := sha256.Sum256([]byte("evt_1"))
 	key := "levee:webhook:provider:" + hex.EncodeToString(sum[:16])
 	for name, store := range backends(t) {
-		t.Run(name, func(t *testing.T) {
-			rc := newReceiver(t, "X-Levee-Message-Id")
-			g := startGateway(t, asyncConfig(store(t), rc.url))
-			if resp, body := doRequest(t, signedWebhook(t, g.base, "evt_1", `{"n":1}`, time.Now())); resp.StatusCode != http.StatusAccepted {
-				t.Fatalf("%d %s", resp.StatusCode, body)
-			}
-			waitFor(t, "evt_1 delivered", func() bool { return rc.total() == 1 })
-			own := name == "nats" || name == "sqs"
-			if got := rc.count(key) == 1; got != own {
-				t.Fatalf("deliveries by message id %v: message id is the dedupe key %v, want %v", rc.got, got, own)
-			}
-		})
+		for _, dedupe := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/dedupe=%v", name, dedupe), func(t *testing.T) {
+				cfg := asyncConfig(store(t), "RECEIVER")
+				if !dedupe {
+					cfg = strings.Replace(cfg, "    queue: events\n", "    queue: events\n    dedupe: false\n", 1)
+				}
+				testWebhookMessageID(t, cfg, key, dedupe && (name == "nats" || name == "sqs"))
+			})
+		}
+	}
+}
+
+// testWebhookMessageID sends one event through cfg (its RECEIVER replaced
+// by the receiver's URL) and checks whether its message id is key.
+func testWebhookMessageID(t *testing.T, cfg, key string, want bool) {
+	t.Helper()
+	rc := newReceiver(t, "X-Levee-Message-Id")
+	g := startGateway(t, strings.ReplaceAll(cfg, "RECEIVER", rc.url))
+	if resp, body := doRequest(t, signedWebhook(t, g.base, "evt_1", `{"n":1}`, time.Now())); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	waitFor(t, "evt_1 delivered", func() bool { return rc.total() == 1 })
+	if got := rc.count(key) == 1; got != want {
+		t.Fatalf("deliveries by message id %v: message id is the dedupe key %v, want %v", rc.got, got, want)
 	}
 }
 

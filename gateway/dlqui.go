@@ -205,6 +205,9 @@ func (s *Server) render(w http.ResponseWriter, name string, data any) {
 var uiTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 	"ts": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000Z") },
 	"s":  func(b []byte) string { return string(b) },
+	// seg escapes a path segment: ids and queue names may hold '/', '?',
+	// '#' or '%' (a webhook message's id carries its route's name).
+	"seg": url.PathEscape,
 }).Parse(`
 {{define "head"}}<!doctype html><html lang="en"><head><meta charset="utf-8"><title>levee — dead-letter queue</title>
 <style>
@@ -248,15 +251,15 @@ code{font-size:12px}
 <p></p>
 <table id="messages"><tr><th>Queue</th><th>Message</th><th>Reason</th><th>Attempts</th><th>Dead for</th><th>Target</th><th>Last error</th><th></th></tr>
 {{range .Rows}}<tr>
-<td>{{.Queue}}</td><td><a href="/dlq/ui/{{.Queue}}/{{.ID}}"><code>{{.ID}}</code></a></td><td>{{.Reason}}</td><td>{{.Attempts}}</td><td>{{.Age}}</td>
+<td>{{.Queue}}</td><td><a href="/dlq/ui/{{seg .Queue}}/{{seg .ID}}"><code>{{.ID}}</code></a></td><td>{{.Reason}}</td><td>{{.Attempts}}</td><td>{{.Age}}</td>
 <td><code>{{.Target}}</code></td><td>{{.LastError}}</td>
-<td><form class="inline" method="post" action="/dlq/ui/{{.Queue}}/replay"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="replay">Replay</button></form>
-<form class="inline" method="post" action="/dlq/ui/{{.Queue}}/purge"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="danger">Purge</button></form></td>
+<td><form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/replay"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="replay">Replay</button></form>
+<form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/purge"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="danger">Purge</button></form></td>
 </tr>{{else}}<tr><td colspan="8">No dead messages{{if .Queue}} in {{.Queue}}{{end}}.</td></tr>{{end}}
 </table>
 {{if and .Queue .Rows}}<p>
-<form class="inline" method="post" action="/dlq/ui/{{.Queue}}/replay"><input type="hidden" name="reason" value="{{.Reason}}"><input type="hidden" name="target" value="{{.Target}}"><input type="hidden" name="all" value="true"><button type="submit" id="replay-all">Replay all matching in {{.Queue}}</button></form>
-<form class="inline" method="post" action="/dlq/ui/{{.Queue}}/purge"><input type="hidden" name="reason" value="{{.Reason}}"><input type="hidden" name="target" value="{{.Target}}"><input type="hidden" name="all" value="true"><button type="submit" class="danger" id="purge-all">Purge all matching in {{.Queue}}</button></form>
+<form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/replay"><input type="hidden" name="reason" value="{{.Reason}}"><input type="hidden" name="target" value="{{.Target}}"><input type="hidden" name="all" value="true"><button type="submit" id="replay-all">Replay all matching in {{.Queue}}</button></form>
+<form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/purge"><input type="hidden" name="reason" value="{{.Reason}}"><input type="hidden" name="target" value="{{.Target}}"><input type="hidden" name="all" value="true"><button type="submit" class="danger" id="purge-all">Purge all matching in {{.Queue}}</button></form>
 </p>{{end}}
 {{template "foot"}}{{end}}
 
@@ -277,8 +280,8 @@ code{font-size:12px}
 {{if .Payload}}<pre id="payload">{{.Payload}}</pre>{{else}}<p>(not UTF-8 text; use <code>levee dlq show --json</code>)</p>{{end}}
 <h2>Headers</h2><table>{{range $k, $v := .Headers}}<tr><th>{{$k}}</th><td><code>{{range $v}}{{.}} {{end}}</code></td></tr>{{end}}</table>
 <p>
-<form class="inline" method="post" action="/dlq/ui/{{.Queue}}/replay"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" id="replay">Replay this message</button></form>
-<form class="inline" method="post" action="/dlq/ui/{{.Queue}}/purge"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="danger" id="purge">Purge this message</button></form>
+<form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/replay"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" id="replay">Replay this message</button></form>
+<form class="inline" method="post" action="/dlq/ui/{{seg .Queue}}/purge"><input type="hidden" name="id" value="{{.ID}}"><button type="submit" class="danger" id="purge">Purge this message</button></form>
 </p>
 {{template "foot"}}{{end}}
 `))

@@ -188,6 +188,7 @@ func (g *Gateway) webhookRoute(wc *WebhookConfig, idx int) (*route, error) {
 			return nil, fmt.Errorf("gateway: webhooks[%d] (%s): dedupe needs a store", idx, wc.Name)
 		}
 		opts.Dedupe = NewWebhookDedupe(g.store, wc.DedupeRetention.D(), wc.InFlightWait.D())
+		sink.idIsDedupeID = true
 	}
 	h, err := webhook.NewHandler(wc.scheme, sink, opts)
 	if err != nil {
@@ -208,6 +209,11 @@ type webhookSink struct {
 	// legacy, when set, looks the event up in the idempotency store too
 	// (the transition from the store's dedupe; see legacyDedupe).
 	legacy *legacyDedupe
+	// idIsDedupeID: the route dedupes on a backend whose window is its own
+	// (JetStream, SQS): the event's identity is its message's too, so such
+	// a backend needs no map from dedupe id to first message id (JetStream:
+	// one publish per event instead of two, store/nats/natsqueue).
+	idIsDedupeID bool
 }
 
 // notForwarded are, with hopHeaders, the request headers a stored
@@ -250,11 +256,7 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 	msg := &queue.Message{Target: s.gq.cfg.Target, Payload: append([]byte(nil), ev.Body...), Headers: h}
 	if ev.ID != "" {
 		msg.DedupeID = webhookKey(ev.Source, ev.ID)
-		if !s.gq.parent.sinkDedupes {
-			// The event's identity is its message's too: a backend with
-			// a dedupe window of its own then needs no map from dedupe id
-			// to first message id (JetStream: one publish per event
-			// instead of two, store/nats/natsqueue).
+		if s.idIsDedupeID {
 			msg.ID = msg.DedupeID
 		}
 	}

@@ -64,10 +64,11 @@ type Backend interface {
 type AckClaimer interface {
 	// AckAndClaim acknowledges acks, each exactly as Ack would (ackErrs[i]
 	// is nil or wraps ErrLeaseLost), then claims as Claim does, all in one
-	// transaction. On a non-nil err nothing of the call took effect (or,
-	// when the answer was lost, its outcome is unknown): the caller
-	// acknowledges them again on their own, which a lost lease makes
-	// harmless.
+	// transaction. On a non-nil err the outcome is unknown: nothing took
+	// effect when the server refused a statement, everything may have when
+	// the answer was lost or could not be read. The caller then
+	// acknowledges them again on their own (an acknowledgement that already
+	// took effect answers ErrLeaseLost, which needs nothing).
 	AckAndClaim(ctx context.Context, acks []AckRef, req ClaimRequest) (ackErrs []error, claimed []Claimed, err error)
 }
 

@@ -187,12 +187,19 @@ func (w *Worker) takeAcks() []AckRef {
 	return acks
 }
 
-// ackEach sends acknowledgements one by one: those of a claim that failed,
-// and those left when the worker stops.
+// ackEach sends acknowledgements each on its own, all at once (as the
+// deliveries would have, each bounded by settle's timeout, so that a slow
+// or failing backend delays the loop by one timeout, not one per
+// acknowledgement): those of a claim that failed, and those left when the
+// worker stops.
 func (w *Worker) ackEach(ctx context.Context, acks []AckRef) {
+	var wg sync.WaitGroup
 	for _, a := range acks {
-		w.settle(ctx, func(ctx context.Context) error { return w.q.b.Ack(ctx, a.Queue, a.ID, a.Token) })
+		wg.Go(func() {
+			w.settle(ctx, func(ctx context.Context) error { return w.q.b.Ack(ctx, a.Queue, a.ID, a.Token) })
+		})
 	}
+	wg.Wait()
 }
 
 // Start starts delivering in background goroutines and returns at once; it
