@@ -89,14 +89,7 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			storeCfg, st := open(t)
 			rc := newReceiver(t, "X-Levee-Webhook-Id")
 			g := startGateway(t, asyncConfig(storeCfg, rc.url))
-			now := time.Now()
-			send := func(id, want string) {
-				t.Helper()
-				resp, body := doRequest(t, signedWebhook(t, g.base, id, `{"n":1}`, now))
-				if resp.StatusCode != http.StatusAccepted || !strings.Contains(body, `"`+want+`"`) {
-					t.Fatalf("%s: %d %s, want 202 %s", id, resp.StatusCode, body, want)
-				}
-			}
+			send := func(id, want string) { t.Helper(); sendWebhookWant(t, g, id, want) }
 			for _, id := range []string{"evt_1", "evt_2", "evt_3"} {
 				send(id, "accepted")
 			}
@@ -149,13 +142,7 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			rc := newReceiver(t, "X-Levee-Webhook-Id")
 			g := startGateway(t, asyncConfig(storeCfg, rc.url))
 			now := time.Now()
-			send := func(id, want string) {
-				t.Helper()
-				resp, body := doRequest(t, signedWebhook(t, g.base, id, `{"n":1}`, now))
-				if resp.StatusCode != http.StatusAccepted || !strings.Contains(body, `"`+want+`"`) {
-					t.Fatalf("%s: %d %s, want 202 %s", id, resp.StatusCode, body, want)
-				}
-			}
+			send := func(id, want string) { t.Helper(); sendWebhookWant(t, g, id, want) }
 			send("evt_old", "duplicate")
 			send("evt_new", "accepted")
 			send("evt_new", "duplicate")
@@ -174,6 +161,16 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			}
 
 		})
+	}
+}
+
+// sendWebhookWant sends a signed event and checks that it is answered 202
+// with the status word want ("accepted" or "duplicate").
+func sendWebhookWant(t *testing.T, g *running, id, want string) {
+	t.Helper()
+	resp, body := doRequest(t, signedWebhook(t, g.base, id, `{"n":1}`, time.Now()))
+	if resp.StatusCode != http.StatusAccepted || !strings.Contains(body, `"`+want+`"`) {
+		t.Fatalf("%s: %d %s, want 202 %s", id, resp.StatusCode, body, want)
 	}
 }
 
