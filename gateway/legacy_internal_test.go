@@ -112,3 +112,21 @@ func TestLegacyProbe(t *testing.T) {
 		t.Fatalf("once a record was found: %d probes, want no more", calls)
 	}
 }
+
+// keepLegacy: a reload forgets the transition state of the webhook routes
+// it removed, and keeps the others' (shared across reloads).
+func TestKeepLegacyForgetsRemovedRoutes(t *testing.T) {
+	qs := &Queues{}
+	st := memory.New(memory.Options{})
+	a, b := qs.legacyDedupe(st, "a", time.Hour), qs.legacyDedupe(st, "b", time.Hour)
+	qs.keepLegacy(map[string]bool{"a": true})
+	if qs.legacyDedupe(st, "a", time.Hour) != a {
+		t.Fatal("a kept route's transition state was not shared across the reload")
+	}
+	if qs.legacyDedupe(st, "b", time.Hour) == b {
+		t.Fatal("a removed route's transition state was kept")
+	}
+	if len(qs.legacy) != 2 {
+		t.Fatalf("%d routes held, want 2 (a, and b added again)", len(qs.legacy))
+	}
+}

@@ -380,6 +380,19 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 	return l
 }
 
+// keepLegacy forgets the transition state of webhook routes a reload
+// removed (a route added again later reads its marker again). Routes still
+// serving keep their own pointer to it.
+func (qs *Queues) keepLegacy(routes map[string]bool) {
+	qs.legacyMu.Lock()
+	defer qs.legacyMu.Unlock()
+	for r := range qs.legacy {
+		if !routes[r] {
+			delete(qs.legacy, r)
+		}
+	}
+}
+
 // seen reports whether key was accepted through the idempotency store's
 // dedupe, while the transition lasts (false after it, without I/O).
 func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (bool, error) {
@@ -544,6 +557,13 @@ func (g *Gateway) applyAsync(cfg *Config, t *routeTable) error {
 			return err
 		}
 		t.exact[cfg.Webhooks[i].Path] = append(t.exact[cfg.Webhooks[i].Path], rt)
+	}
+	if g.queues != nil {
+		names := make(map[string]bool, len(cfg.Webhooks))
+		for i := range cfg.Webhooks {
+			names[cfg.Webhooks[i].Name] = true
+		}
+		g.queues.keepLegacy(names)
 	}
 	return nil
 }
