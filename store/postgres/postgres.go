@@ -73,6 +73,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,9 +253,9 @@ SELECT false, d.* FROM done AS d`,
 		release:     `DELETE FROM ` + table + ` WHERE key = $1 AND token = $2 AND state IN (1, 3)`,
 		markUnknown: `UPDATE ` + table + ` SET state = 3, lease_until = $3, expires_at = $4 WHERE key = $1 AND token = $2 AND state = 1`,
 		lookup:      `SELECT ` + columns + ` FROM ` + table + ` WHERE key = $1 AND expires_at > $2`,
-		// Whether the first key at or above $1 begins with it (no row: no
-		// key at or above $1), one step into the primary key.
-		keyPrefix: `SELECT starts_with(key, $1) FROM ` + table + ` WHERE key >= $1 ORDER BY key LIMIT 1`,
+		// The first key at or above $1 (HasKeyPrefix compares it), one step
+		// into the primary key.
+		keyPrefix: `SELECT key FROM ` + table + ` WHERE key >= $1 ORDER BY key LIMIT 1`,
 		// The open records of one state are read through the open index
 		// (migration 0003: by state, "state <> 2" repeats its predicate so
 		// that the planner may use it with a parameter), then ordered by key:
@@ -441,19 +442,20 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 // HasKeyPrefix reports whether the table holds a row, live or expired but
 // not yet deleted, whose key begins with prefix: one step into the primary
 // key at prefix (its "C" collation orders keys byte by byte, so the first
-// key at or above prefix begins with it exactly when some key does). The
-// gateway asks it before looking webhook ids up in the store during the
-// move of webhook dedupe into the queue (docs/webhooks.md).
+// key at or above prefix begins with it exactly when some key does),
+// compared in Go. The gateway asks it before looking webhook ids up in the
+// store during the move of webhook dedupe into the queue
+// (docs/webhooks.md).
 func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
-	var found bool
-	err := s.pool.QueryRow(ctx, s.sql.keyPrefix, prefix).Scan(&found)
+	var first string
+	err := s.pool.QueryRow(ctx, s.sql.keyPrefix, prefix).Scan(&first)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return false, nil
 	case err != nil:
 		return false, s.wrap("key prefix", err)
 	}
-	return found, nil
+	return strings.HasPrefix(first, prefix), nil
 }
 
 // DeleteExpired deletes up to limit rows whose expires_at is at or before

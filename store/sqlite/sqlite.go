@@ -78,6 +78,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,9 +224,10 @@ VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL) ON CONFLICT(key) DO NOTHING`,
 		// INDEXED BY requires.
 		list: `SELECT key, fingerprint, state, token, lease_until, expires_at FROM ` + t + ` INDEXED BY "` + table + `_open"` +
 			` WHERE state = ?1 AND state <> 2 AND key > ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4`,
-		// Whether the first key at or above ?1 begins with it, through the
-		// key index (no row: no key at or above ?1).
-		keyPrefix: `SELECT substr(key, 1, length(?1)) = ?1 FROM ` + t + ` WHERE key >= ?1 ORDER BY key LIMIT 1`,
+		// The first key at or above ?1, through the key index (HasKeyPrefix
+		// compares it; SQL's substr and length count characters and stop
+		// at a NUL).
+		keyPrefix: `SELECT key FROM ` + t + ` WHERE key >= ?1 ORDER BY key LIMIT 1`,
 		// "?2 + 0": SQLite plans with a bare bound LIMIT of a subquery and
 		// then expires the prepared statement at every bind (sqlitequeue's
 		// claims, docs/benchmarks.md).
@@ -583,20 +585,21 @@ func (s *Store) Lookup(ctx context.Context, key string, now time.Time) (*idempot
 
 // HasKeyPrefix reports whether the store holds a record, live or expired
 // but not yet deleted, whose key begins with prefix: one step into the key
-// index at prefix (the first key at or above it begins with prefix exactly
-// when some key does), on a reader connection. The gateway asks it before
-// looking webhook ids up in the store during the move of webhook dedupe
-// into the queue (docs/webhooks.md).
+// index at prefix (the first key at or above it, in the index's byte
+// order, begins with prefix exactly when some key does), compared in Go,
+// byte by byte, on a reader connection. The gateway asks it before looking
+// webhook ids up in the store during the move of webhook dedupe into the
+// queue (docs/webhooks.md).
 func (s *Store) HasKeyPrefix(ctx context.Context, prefix string) (bool, error) {
-	var found bool
-	err := s.db.QueryRowContext(ctx, s.q.keyPrefix, prefix).Scan(&found)
+	var first string
+	err := s.db.QueryRowContext(ctx, s.q.keyPrefix, prefix).Scan(&first)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("sqlite: key prefix: %w", err)
 	}
-	return found, nil
+	return strings.HasPrefix(first, prefix), nil
 }
 
 // DeleteExpired deletes up to limit records whose retention ended at or

@@ -753,3 +753,29 @@ func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
 		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
 	}
 }
+
+// TestHasKeyPrefixComparesBytes: a prefix with a NUL byte or a multi-byte
+// character is compared byte by byte (SQL's substr and length would count
+// characters and stop at the NUL).
+func TestHasKeyPrefixComparesBytes(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"), sqlite.Options{})
+	ctx := context.Background()
+	now := time.Now()
+	for _, k := range []string{"levee:webhook:a\x00b:0a", "levee:webhook:\u00e9t\u00e9:0b"} {
+		if res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: k, Token: idempotency.NewToken(), Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+			t.Fatalf("claim %q: %+v %v", k, res, err)
+		}
+	}
+	for _, c := range []struct {
+		prefix string
+		want   bool
+	}{
+		{"levee:webhook:a\x00b:", true}, {"levee:webhook:a\x00c:", false}, {"levee:webhook:a\x00", true},
+		{"levee:webhook:\u00e9t\u00e9:", true}, {"levee:webhook:\u00e9t\u00e8:", false},
+	} {
+		if got, err := s.HasKeyPrefix(ctx, c.prefix); err != nil || got != c.want {
+			t.Errorf("HasKeyPrefix(%q) = %v, %v; want %v", c.prefix, got, err, c.want)
+		}
+	}
+}
