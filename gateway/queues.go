@@ -395,6 +395,9 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 	}
 	qs.sinkDedupes = queue.HonorsDedupeUntil(bk)
 	qs.bk, qs.closeBk = bk, closeBk
+	if ib, ok := bk.(indexBuilder); ok {
+		go logIndexBuild(ib, opts.Logger)
+	}
 	if d, ok := bk.(depther); ok && reg != nil {
 		reg.MustRegister(depthCollector{qs: qs, d: d})
 	}
@@ -431,6 +434,24 @@ func OpenQueues(ctx context.Context, cfg *Config, opts QueuesOptions) (*Queues, 
 		qs.order = append(qs.order, qc.Name)
 	}
 	return qs, nil
+}
+
+// indexBuilder is a queue backend whose Migrate may leave index builds to
+// the background (store/postgres/pgqueue, on an upgrade).
+type indexBuilder interface {
+	WaitIndexes(ctx context.Context) error
+}
+
+// logIndexBuild logs how the queue store's background index build ended:
+// at WARN when it failed (the next start builds again), not at all when
+// there was none or the gateway stopped it.
+func logIndexBuild(ib indexBuilder, log *slog.Logger) {
+	err := ib.WaitIndexes(context.Background())
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+	default:
+		log.Warn("queue store: building an index the upgrade added failed; the next start builds it again", "error", err.Error())
+	}
 }
 
 func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, func() error, error) {

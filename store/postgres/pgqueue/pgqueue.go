@@ -74,6 +74,18 @@ type Backend struct {
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+
+	// build is the background index build Migrate last started (nil:
+	// none), see buildIndexes.
+	buildMu sync.Mutex
+	build   *indexBuild
+}
+
+// indexBuild is one background build of the indexes an existing table
+// lacked; done closes when it ended, with err its outcome.
+type indexBuild struct {
+	done chan struct{}
+	err  error
 }
 
 type tables struct{ messages, dead, dedupe, targets string }
@@ -111,9 +123,12 @@ func New(pool *pgxpool.Pool, opts Options) (*Backend, error) {
 	return b, nil
 }
 
-// Migrate creates the schema and the tables if missing, in one transaction
-// holding an advisory lock for the schema. It is idempotent; on error
-// nothing is applied.
+// Migrate creates the schema and the tables if missing, with their
+// indexes, in one transaction holding an advisory lock for the schema. It
+// is idempotent; on error nothing is applied. An index an existing table
+// lacks (an upgrade), or one an interrupted build left invalid, is built
+// after the transaction, in the background and concurrently, so that the
+// table's writes go on (see buildIndexes; WaitIndexes waits for it).
 func (b *Backend) Migrate(ctx context.Context) error {
 	tx, err := b.pool.Begin(ctx)
 	if err != nil {
@@ -198,11 +213,16 @@ func (b *Backend) Migrate(ctx context.Context) error {
 	// An index that exists is not created again, nor a constraint that is
 	// gone dropped again: both statements take their table's lock before
 	// they look (DROP CONSTRAINT an ACCESS EXCLUSIVE one, which would stall
-	// every claim and ack of the fleet at each replica's start).
-	present := map[string]bool{}
+	// every claim and ack of the fleet at each replica's start). An index
+	// an existing table lacks (an upgrade) is built after the transaction,
+	// concurrently (see buildIndexes); so is one left invalid by a build
+	// that did not finish.
+	present, invalid := map[string]bool{}, map[string]bool{}
 	for _, q := range []string{
 		`SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
 		`SELECT conname FROM pg_catalog.pg_constraint WHERE connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+		`SELECT ' invalid ' || c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1) AND NOT i.indisvalid`,
 	} {
 		rows, err := tx.Query(ctx, q, b.schema)
 		if err != nil {
@@ -213,15 +233,43 @@ func (b *Backend) Migrate(ctx context.Context) error {
 			return fmt.Errorf("pgqueue: migrate: %w", err)
 		}
 		for _, n := range names {
+			if name, ok := strings.CutPrefix(n, " invalid "); ok {
+				invalid[name] = true
+				continue
+			}
 			present[n] = true
 		}
 	}
+	var later []string // run by buildIndexes, in order
+	deferred := false  // an index of this table is built later: so is the constraint drop after it
 	for _, s := range stmts {
-		if m := createIndexName.FindStringSubmatch(s); m != nil && present[m[1]] {
-			continue
+		if createIndexName.FindStringSubmatch(s) == nil && dropConstraintName.FindStringSubmatch(s) == nil {
+			deferred = false
 		}
-		if m := dropConstraintName.FindStringSubmatch(s); m != nil && !present[m[1]] {
-			continue
+		if m := createIndexName.FindStringSubmatch(s); m != nil {
+			name := m[1]
+			if present[name] && !invalid[name] {
+				continue
+			}
+			if present[indexTable[name]] {
+				// An existing table: built without blocking its writes.
+				if invalid[name] {
+					later = append(later, `DROP INDEX CONCURRENTLY IF EXISTS `+pgx.Identifier{b.schema, name}.Sanitize())
+				}
+				later = append(later, strings.Replace(s, " INDEX IF NOT EXISTS ", " INDEX CONCURRENTLY IF NOT EXISTS ", 1))
+				deferred = true
+				continue
+			}
+			deferred = false
+		}
+		if m := dropConstraintName.FindStringSubmatch(s); m != nil {
+			if !present[m[1]] {
+				continue
+			}
+			if deferred {
+				later = append(later, s)
+				continue
+			}
 		}
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return fmt.Errorf("pgqueue: migrate: %w", err)
@@ -230,7 +278,116 @@ func (b *Backend) Migrate(ctx context.Context) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("pgqueue: migrate: commit: %w", err)
 	}
+	if len(later) > 0 {
+		b.startBuild(later)
+	}
 	return nil
+}
+
+// indexTable is the table of each index Migrate creates.
+var indexTable = map[string]string{
+	"queue_messages_ready": "queue_messages", "queue_messages_id": "queue_messages",
+	"queue_dead_at": "queue_dead", "queue_dead_id": "queue_dead", "queue_dedupe_expires": "queue_dedupe",
+}
+
+// startBuild runs stmts in the background (buildIndexes), unless Close ran.
+func (b *Backend) startBuild(stmts []string) {
+	bd := &indexBuild{done: make(chan struct{})}
+	select {
+	case <-b.quit:
+		bd.err = errClosed
+		close(bd.done)
+	default:
+		ctx, cancel := context.WithCancel(context.Background())
+		b.wg.Add(2)
+		go func() {
+			defer b.wg.Done()
+			select {
+			case <-b.quit:
+			case <-bd.done:
+			}
+			cancel()
+		}()
+		go func() {
+			defer b.wg.Done()
+			defer close(bd.done)
+			bd.err = b.buildIndexes(ctx, stmts)
+		}()
+	}
+	b.buildMu.Lock()
+	b.build = bd
+	b.buildMu.Unlock()
+}
+
+// buildIndexes builds, concurrently (CREATE INDEX CONCURRENTLY: the
+// table's writes go on meanwhile), the indexes Migrate found missing or
+// invalid on existing tables, then drops the constraints they replace.
+// One process of a fleet builds, under a session advisory lock; the
+// others skip (a build that a stop or a crash interrupts leaves an invalid
+// index, which the next Migrate drops and builds again). Until the
+// indexes exist, the statements that use them work without them: the
+// dedupe clean-up reads the table, lookups by id use the old constraint.
+func (b *Backend) buildIndexes(ctx context.Context, stmts []string) error {
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("pgqueue: index build: %w", err)
+	}
+	defer conn.Release()
+	h := fnv.New64a()
+	h.Write([]byte("levee/pgqueue/index-build\x00" + b.schema))
+	key := int64(h.Sum64())
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+		return fmt.Errorf("pgqueue: index build: advisory lock: %w", err)
+	}
+	if !got {
+		return nil // another process builds them
+	}
+	defer func() {
+		if _, err := conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, key); err != nil {
+			conn.Conn().Close(context.Background()) // ends the session, and its lock
+		}
+	}()
+	for _, s := range stmts {
+		drop := dropConstraintName.MatchString(s)
+		if drop {
+			// Its ACCESS EXCLUSIVE lock queues every claim and ack of the
+			// table behind it while it waits: not for long (the next
+			// Migrate tries again).
+			if _, err := conn.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
+				return fmt.Errorf("pgqueue: index build: %w", err)
+			}
+		}
+		_, err := conn.Exec(ctx, s)
+		if drop {
+			if _, rerr := conn.Exec(context.Background(), `RESET lock_timeout`); rerr != nil {
+				conn.Conn().Close(context.Background()) // not back to the pool with the setting
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("pgqueue: index build: %w", err)
+		}
+	}
+	return nil
+}
+
+// WaitIndexes waits for the background index build the last Migrate
+// started (an upgrade of existing tables, see buildIndexes) and returns its
+// error; nil at once when there was none, and nil when another process
+// held the build. The gateway logs its outcome; tests wait with it.
+func (b *Backend) WaitIndexes(ctx context.Context) error {
+	b.buildMu.Lock()
+	bd := b.build
+	b.buildMu.Unlock()
+	if bd == nil {
+		return nil
+	}
+	select {
+	case <-bd.done:
+		return bd.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // The names Migrate looks up before it creates an index or drops a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -235,5 +236,165 @@ func TestWorkerAcksRideOnClaims(t *testing.T) {
 	left, err := b.Claim(ctx, queue.ClaimRequest{Queue: "q", Now: now, LeaseUntil: now.Add(time.Minute), Limit: 100})
 	if err != nil || len(left) != 0 {
 		t.Fatalf("after the worker: %d messages left (%v), want none", len(left), err)
+	}
+}
+
+// indexState reports whether the schema has index name, and whether it is
+// valid, with its definition.
+func indexState(t *testing.T, pool *pgxpool.Pool, schema, name string) (exists, valid bool, def string) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(), `SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = $2 AND c.relnamespace = $1::regnamespace`, pgx.Identifier{schema}.Sanitize(), name).Scan(&valid, &def)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true, valid, def
+}
+
+// TestMigrateBuildsAnUpgradesIndexWithoutBlockingWrites: on an existing
+// dedupe table that lacks its expires_at index (a deployment of an earlier
+// version), Migrate returns while another session holds the table in ROW
+// EXCLUSIVE mode (as an enqueue in flight does): the index is built after
+// Migrate's transaction, concurrently, once that session is done; a plain
+// CREATE INDEX would have waited for the lock inside Migrate.
+func TestMigrateBuildsAnUpgradesIndexWithoutBlockingWrites(t *testing.T) {
+	pool := newPool(t, 4)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
+	for _, s := range []string{
+		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
+		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'm' || i, now() + interval '1 hour' FROM generate_series(1, 5000) i`,
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+dedupe+` IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	b2 := newBackendOnSchema(t, pool, b.Schema())
+	mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer mcancel()
+	if err := b2.Migrate(mctx); err != nil {
+		t.Fatalf("Migrate beside a writer, on a table lacking an index: %v", err)
+	}
+	if exists, valid, _ := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); exists && valid {
+		t.Fatal("the index is valid while a writer that began before its build still runs")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.WaitIndexes(ctx); err != nil {
+		t.Fatalf("background build: %v", err)
+	}
+	if exists, valid, def := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || !valid || !strings.Contains(def, "(expires_at)") {
+		t.Fatalf("after the build: exists %v valid %v (%s), want a valid index on expires_at", exists, valid, def)
+	}
+}
+
+// TestMigrateRebuildsAnInvalidIndex: a concurrent build that did not
+// finish (a stop, a crash, a failure) leaves an invalid index under the
+// name; the next Migrate drops it and builds the index again.
+func TestMigrateRebuildsAnInvalidIndex(t *testing.T) {
+	pool := newPool(t, 4)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
+	for _, s := range []string{
+		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
+		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'same', now() + interval '1 hour' FROM generate_series(1, 10) i`,
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A unique build over duplicate values fails and leaves its index invalid.
+	if _, err := pool.Exec(ctx, `CREATE UNIQUE INDEX CONCURRENTLY queue_dedupe_expires ON `+dedupe+` (message_id)`); err == nil {
+		t.Fatal("the unique build over duplicates succeeded")
+	}
+	if exists, valid, _ := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || valid {
+		t.Fatalf("before Migrate: exists %v valid %v, want an invalid index", exists, valid)
+	}
+	b2 := newBackendOnSchema(t, pool, b.Schema())
+	if err := b2.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.WaitIndexes(ctx); err != nil {
+		t.Fatalf("background build: %v", err)
+	}
+	if exists, valid, def := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || !valid || !strings.Contains(def, "(expires_at)") || strings.Contains(def, "UNIQUE") {
+		t.Fatalf("after Migrate: exists %v valid %v (%s), want a valid index on expires_at", exists, valid, def)
+	}
+}
+
+// newBackendOnSchema is a second Backend (another replica) over schema.
+func newBackendOnSchema(t testing.TB, pool *pgxpool.Pool, schema string) *pgqueue.Backend {
+	t.Helper()
+	b, err := pgqueue.New(pool, pgqueue.Options{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// TestCloseStopsAnIndexBuild: Close cancels a background build that is
+// waiting (here for a writer that began before it) and returns; the next
+// Migrate builds the index.
+func TestCloseStopsAnIndexBuild(t *testing.T) {
+	pool := newPool(t, 4)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
+	if _, err := pool.Exec(ctx, `DROP INDEX `+pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+dedupe+` IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	b2 := newBackendOnSchema(t, pool, b.Schema())
+	if err := b2.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the build is waiting for tx
+	closed := make(chan struct{})
+	go func() { defer close(closed); _ = b2.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return while the index build waited")
+	}
+	if err := b2.WaitIndexes(ctx); err == nil {
+		t.Fatal("the interrupted build reported success")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b3 := newBackendOnSchema(t, pool, b.Schema())
+	if err := b3.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b3.WaitIndexes(ctx); err != nil {
+		t.Fatalf("the build after the interrupted one: %v", err)
+	}
+	if exists, valid, _ := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || !valid {
+		t.Fatalf("after the next Migrate: exists %v valid %v, want a valid index", exists, valid)
 	}
 }

@@ -180,6 +180,11 @@ func TestLookupsByIDUseTheIDIndex(t *testing.T) {
 				if err := b.Migrate(ctx); err != nil {
 					t.Fatal(err)
 				}
+				// Existing tables: the indexes are built, and the constraints
+				// dropped, in the background.
+				if err := b.WaitIndexes(ctx); err != nil {
+					t.Fatal(err)
+				}
 				var left int
 				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_constraint WHERE conname IN ('queue_messages_queue_id_key', 'queue_dead_queue_id_key') AND connamespace = $1::regnamespace`,
 					pgx.Identifier{b.Schema()}.Sanitize()).Scan(&left); err != nil || left != 0 {
