@@ -39,6 +39,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,10 +76,10 @@ type Backend struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 
-	// build is the background index build Migrate last started (nil:
-	// none), see buildIndexes.
+	// builds are the background index builds Migrate started (see
+	// buildIndexes); buildMu also orders startBuild against Close.
 	buildMu sync.Mutex
-	build   *indexBuild
+	builds  []*indexBuild
 }
 
 // indexBuild is one background build of the indexes an existing table
@@ -240,36 +241,29 @@ WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 
 			present[n] = true
 		}
 	}
-	var later []string // run by buildIndexes, in order
-	deferred := false  // an index of this table is built later: so is the constraint drop after it
+	var later []laterIndex // for buildIndexes, in order
 	for _, s := range stmts {
-		if createIndexName.FindStringSubmatch(s) == nil && dropConstraintName.FindStringSubmatch(s) == nil {
-			deferred = false
-		}
 		if m := createIndexName.FindStringSubmatch(s); m != nil {
 			name := m[1]
+			constraint := replaces[name]
+			if !present[constraint] {
+				constraint = ""
+			}
 			if present[name] && !invalid[name] {
+				if constraint != "" {
+					later = append(later, laterIndex{name: name, constraint: constraint})
+				}
 				continue
 			}
 			if present[indexTable[name]] {
 				// An existing table: built without blocking its writes.
-				if invalid[name] {
-					later = append(later, `DROP INDEX CONCURRENTLY IF EXISTS `+pgx.Identifier{b.schema, name}.Sanitize())
-				}
-				later = append(later, strings.Replace(s, " INDEX IF NOT EXISTS ", " INDEX CONCURRENTLY IF NOT EXISTS ", 1))
-				deferred = true
+				later = append(later, laterIndex{name: name, constraint: constraint,
+					create: strings.Replace(s, " INDEX IF NOT EXISTS ", " INDEX CONCURRENTLY IF NOT EXISTS ", 1)})
 				continue
 			}
-			deferred = false
 		}
-		if m := dropConstraintName.FindStringSubmatch(s); m != nil {
-			if !present[m[1]] {
-				continue
-			}
-			if deferred {
-				later = append(later, s)
-				continue
-			}
+		if dropConstraintName.MatchString(s) {
+			continue // a constraint exists only on an existing table: dropped by buildIndexes
 		}
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return fmt.Errorf("pgqueue: migrate: %w", err)
@@ -290,13 +284,27 @@ var indexTable = map[string]string{
 	"queue_dead_at": "queue_dead", "queue_dead_id": "queue_dead", "queue_dedupe_expires": "queue_dedupe",
 }
 
-// startBuild runs stmts in the background (buildIndexes), unless Close ran.
-func (b *Backend) startBuild(stmts []string) {
+// replaces names the unique constraint of earlier versions that an index
+// replaces (dropped once the index is valid).
+var replaces = map[string]string{
+	"queue_messages_id": "queue_messages_queue_id_key", "queue_dead_id": "queue_dead_queue_id_key",
+}
+
+// laterIndex is one step of a background build: create the index (if
+// create is set and the index is missing or invalid), then drop the
+// constraint it replaces (if set and the index is valid).
+type laterIndex struct {
+	name, create, constraint string
+}
+
+// startBuild runs steps in the background (buildIndexes), unless Close ran.
+func (b *Backend) startBuild(steps []laterIndex) {
 	bd := &indexBuild{done: make(chan struct{})}
+	b.buildMu.Lock() // against Close: no wg.Add once Close waits
+	defer b.buildMu.Unlock()
 	select {
 	case <-b.quit:
-		bd.err = errClosed
-		close(bd.done)
+		close(bd.done) // closed: nothing to build, nothing to report
 	default:
 		ctx, cancel := context.WithCancel(context.Background())
 		b.wg.Add(2)
@@ -311,83 +319,122 @@ func (b *Backend) startBuild(stmts []string) {
 		go func() {
 			defer b.wg.Done()
 			defer close(bd.done)
-			bd.err = b.buildIndexes(ctx, stmts)
+			bd.err = b.buildIndexes(ctx, steps)
 		}()
 	}
-	b.buildMu.Lock()
-	b.build = bd
-	b.buildMu.Unlock()
+	b.builds = append(b.builds, bd)
 }
 
 // buildIndexes builds, concurrently (CREATE INDEX CONCURRENTLY: the
 // table's writes go on meanwhile), the indexes Migrate found missing or
-// invalid on existing tables, then drops the constraints they replace.
-// One process of a fleet builds, under a session advisory lock; the
-// others skip (a build that a stop or a crash interrupts leaves an invalid
-// index, which the next Migrate drops and builds again). Until the
-// indexes exist, the statements that use them work without them: the
-// dedupe clean-up reads the table, lookups by id use the old constraint.
-func (b *Backend) buildIndexes(ctx context.Context, stmts []string) error {
+// invalid on existing tables, then drops the constraints they replace. One
+// process of a fleet builds at a time, under a session advisory lock; the
+// others wait for it. Under the lock each step looks at the catalog again
+// (another process may have built or dropped meanwhile): an invalid index is
+// dropped and built again (a build that a stop or a crash interrupted),
+// a valid one is kept; a constraint is dropped only once its replacement
+// is valid, with a 2 s lock_timeout (its ACCESS EXCLUSIVE lock queues every
+// claim and ack of the table behind it while it waits). A failed step does
+// not stop the others; the next Migrate tries again what failed. Until the
+// indexes exist, what they serve works without them: the dedupe clean-up
+// reads the table, lookups by id use the old constraint.
+func (b *Backend) buildIndexes(ctx context.Context, steps []laterIndex) (err error) {
 	conn, err := b.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("pgqueue: index build: %w", err)
 	}
-	defer conn.Release()
+	defer func() {
+		if err != nil {
+			// The session may be mid-cancel: end it, and its lock, before
+			// the build reports (a next build must find the lock free).
+			pc := conn.Conn().PgConn()
+			_ = pc.Close(context.Background())
+			<-pc.CleanupDone()
+		}
+		conn.Release()
+	}()
 	h := fnv.New64a()
 	h.Write([]byte("levee/pgqueue/index-build\x00" + b.schema))
 	key := int64(h.Sum64())
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+	// Waits while another process builds (then finds its work done).
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
 		return fmt.Errorf("pgqueue: index build: advisory lock: %w", err)
 	}
-	if !got {
-		return nil // another process builds them
-	}
 	defer func() {
-		if _, err := conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, key); err != nil {
-			conn.Conn().Close(context.Background()) // ends the session, and its lock
+		if _, uerr := conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, key); uerr != nil && err == nil {
+			err = fmt.Errorf("pgqueue: index build: advisory unlock: %w", uerr) // the deferred close ends the session
 		}
 	}()
-	for _, s := range stmts {
-		drop := dropConstraintName.MatchString(s)
-		if drop {
-			// Its ACCESS EXCLUSIVE lock queues every claim and ack of the
-			// table behind it while it waits: not for long (the next
-			// Migrate tries again).
-			if _, err := conn.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
-				return fmt.Errorf("pgqueue: index build: %w", err)
-			}
+	ident := func(n string) string { return pgx.Identifier{b.schema, n}.Sanitize() }
+	state := func(name string) (exists, valid bool, err error) {
+		err = conn.QueryRow(ctx, `SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`, b.schema, name).Scan(&valid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, false, nil
 		}
-		_, err := conn.Exec(ctx, s)
-		if drop {
-			if _, rerr := conn.Exec(context.Background(), `RESET lock_timeout`); rerr != nil {
-				conn.Conn().Close(context.Background()) // not back to the pool with the setting
-			}
+		return err == nil, valid, err
+	}
+	var errs []error
+	for _, st := range steps {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("pgqueue: index build: %w", err))...)
 		}
-		if err != nil {
-			return fmt.Errorf("pgqueue: index build: %w", err)
+		if err := b.buildStep(ctx, conn, st, state, ident); err != nil {
+			errs = append(errs, fmt.Errorf("pgqueue: index build: %s: %w", st.name, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// WaitIndexes waits for the background index build the last Migrate
-// started (an upgrade of existing tables, see buildIndexes) and returns its
-// error; nil at once when there was none, and nil when another process
-// held the build. The gateway logs its outcome; tests wait with it.
-func (b *Backend) WaitIndexes(ctx context.Context) error {
-	b.buildMu.Lock()
-	bd := b.build
-	b.buildMu.Unlock()
-	if bd == nil {
+// buildStep runs one step of buildIndexes on conn.
+func (b *Backend) buildStep(ctx context.Context, conn *pgxpool.Conn, st laterIndex, state func(string) (bool, bool, error), ident func(string) string) error {
+	exists, valid, err := state(st.name)
+	if err != nil {
+		return err
+	}
+	if st.create != "" && !valid {
+		if exists {
+			if _, err := conn.Exec(ctx, `DROP INDEX CONCURRENTLY IF EXISTS `+ident(st.name)); err != nil {
+				return err
+			}
+		}
+		if _, err := conn.Exec(ctx, st.create); err != nil {
+			return err
+		}
+		if _, valid, err = state(st.name); err != nil {
+			return err
+		}
+	}
+	if st.constraint == "" || !valid {
 		return nil
 	}
-	select {
-	case <-bd.done:
-		return bd.err
-	case <-ctx.Done():
-		return ctx.Err()
+	if _, err := conn.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
+		return err
 	}
+	_, err = conn.Exec(ctx, `ALTER TABLE `+ident(indexTable[st.name])+` DROP CONSTRAINT IF EXISTS `+pgx.Identifier{st.constraint}.Sanitize())
+	if _, rerr := conn.Exec(context.Background(), `RESET lock_timeout`); rerr != nil && err == nil {
+		err = rerr // the deferred close keeps the setting off the pool
+	}
+	return err
+}
+
+// WaitIndexes waits for the background index builds Migrate started (an
+// upgrade of existing tables, see buildIndexes) and returns their errors;
+// nil at once when there was none. The gateway logs its outcome; tests wait with it.
+func (b *Backend) WaitIndexes(ctx context.Context) error {
+	b.buildMu.Lock()
+	bds := slices.Clone(b.builds)
+	b.buildMu.Unlock()
+	var errs []error
+	for _, bd := range bds {
+		select {
+		case <-bd.done:
+			errs = append(errs, bd.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // The names Migrate looks up before it creates an index or drops a
@@ -507,7 +554,9 @@ var errClosed = errors.New("pgqueue: backend closed")
 // writing). It does not close the pool. It is safe to call more than once.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
+		b.buildMu.Lock()
 		close(b.quit)
+		b.buildMu.Unlock()
 		b.wg.Wait()
 	})
 	return nil

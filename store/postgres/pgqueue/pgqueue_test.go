@@ -398,3 +398,54 @@ func TestCloseStopsAnIndexBuild(t *testing.T) {
 		t.Fatalf("after the next Migrate: exists %v valid %v, want a valid index", exists, valid)
 	}
 }
+
+// TestMigrateDropsAReplacedConstraintInTheBackground: an earlier unique
+// constraint whose replacement index exists (a drop that timed out before)
+// is dropped by the background build, not inside Migrate, and with a lock
+// timeout: beside a writer holding the table, Migrate returns, the drop
+// gives up after 2 s, and the next Migrate, with the writer gone, drops it.
+func TestMigrateDropsAReplacedConstraintInTheBackground(t *testing.T) {
+	pool := newPool(t, 4)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	messages := pgx.Identifier{b.Schema(), "queue_messages"}.Sanitize()
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+messages+` ADD CONSTRAINT queue_messages_queue_id_key UNIQUE (queue, id)`); err != nil {
+		t.Fatal(err)
+	}
+	constraintLeft := func() bool {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_constraint WHERE conname = 'queue_messages_queue_id_key' AND connamespace = $1::regnamespace`,
+			pgx.Identifier{b.Schema()}.Sanitize()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+messages+` IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	b2 := newBackendOnSchema(t, pool, b.Schema())
+	mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer mcancel()
+	if err := b2.Migrate(mctx); err != nil {
+		t.Fatalf("Migrate beside a writer, with a constraint to drop: %v", err)
+	}
+	if err := b2.WaitIndexes(ctx); err == nil || !constraintLeft() {
+		t.Fatalf("the drop beside a writer: %v, constraint left %v; want a lock timeout and the constraint kept", err, constraintLeft())
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b3 := newBackendOnSchema(t, pool, b.Schema())
+	if err := b3.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b3.WaitIndexes(ctx); err != nil || constraintLeft() {
+		t.Fatalf("the next Migrate: %v, constraint left %v; want it dropped", err, constraintLeft())
+	}
+}
