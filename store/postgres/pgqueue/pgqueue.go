@@ -322,6 +322,14 @@ func (b *Backend) startBuild(steps []laterIndex) {
 			bd.err = b.buildIndexes(ctx, steps)
 		}()
 	}
+	b.builds = slices.DeleteFunc(b.builds, func(d *indexBuild) bool {
+		select {
+		case <-d.done:
+			return true // reported (or not) already: only builds still running, and this one
+		default:
+			return false
+		}
+	})
 	b.builds = append(b.builds, bd)
 }
 
@@ -329,7 +337,7 @@ func (b *Backend) startBuild(steps []laterIndex) {
 // table's writes go on meanwhile), the indexes Migrate found missing or
 // invalid on existing tables, then drops the constraints they replace. One
 // process of a fleet builds at a time, under a session advisory lock; the
-// others wait for it. Under the lock each step looks at the catalog again
+// others wait for it (polling: see the loop). Under the lock each step looks at the catalog again
 // (another process may have built or dropped meanwhile): an invalid index is
 // dropped and built again (a build that a stop or a crash interrupted),
 // a valid one is kept; a constraint is dropped only once its replacement
@@ -356,9 +364,23 @@ func (b *Backend) buildIndexes(ctx context.Context, steps []laterIndex) (err err
 	h := fnv.New64a()
 	h.Write([]byte("levee/pgqueue/index-build\x00" + b.schema))
 	key := int64(h.Sum64())
-	// Waits while another process builds (then finds its work done).
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
-		return fmt.Errorf("pgqueue: index build: advisory lock: %w", err)
+	// Waits while another process builds (then finds its work done), by
+	// polling: a session blocked in pg_advisory_lock holds a snapshot, and
+	// the other process's CREATE INDEX CONCURRENTLY waits for every older
+	// snapshot to end: a deadlock.
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+			return fmt.Errorf("pgqueue: index build: advisory lock: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgqueue: index build: waiting for another process's build: %w", ctx.Err())
+		case <-time.After(lockPoll):
+		}
 	}
 	defer func() {
 		if _, uerr := conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, key); uerr != nil && err == nil {
@@ -375,16 +397,29 @@ WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespa
 		return err == nil, valid, err
 	}
 	var errs []error
+	failed := map[string]bool{} // tables with a failed step: their later steps wait for the next Migrate
 	for _, st := range steps {
 		if err := ctx.Err(); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("pgqueue: index build: %w", err))...)
+			// Interrupted (Close): the next Migrate does the rest.
+			return fmt.Errorf("pgqueue: index build: %w", err)
+		}
+		table := indexTable[st.name]
+		if failed[table] {
+			continue // keeps the indexes of a table in their order (the id index after the ready one)
 		}
 		if err := b.buildStep(ctx, conn, st, state, ident); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("pgqueue: index build: %w", ctx.Err())
+			}
+			failed[table] = true
 			errs = append(errs, fmt.Errorf("pgqueue: index build: %s: %w", st.name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// lockPoll is how often a build tries again for the build lock.
+const lockPoll = 200 * time.Millisecond
 
 // buildStep runs one step of buildIndexes on conn.
 func (b *Backend) buildStep(ctx context.Context, conn *pgxpool.Conn, st laterIndex, state func(string) (bool, bool, error), ident func(string) string) error {
@@ -407,6 +442,12 @@ func (b *Backend) buildStep(ctx context.Context, conn *pgxpool.Conn, st laterInd
 	}
 	if st.constraint == "" || !valid {
 		return nil
+	}
+	// DROP CONSTRAINT IF EXISTS takes its lock before it looks: look first.
+	var present bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = $2
+AND connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1))`, b.schema, st.constraint).Scan(&present); err != nil || !present {
+		return err
 	}
 	if _, err := conn.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
 		return err

@@ -449,3 +449,42 @@ func TestMigrateDropsAReplacedConstraintInTheBackground(t *testing.T) {
 		t.Fatalf("the next Migrate: %v, constraint left %v; want it dropped", err, constraintLeft())
 	}
 }
+
+// TestTwoReplicasBuildOnce: two replicas upgrading at once both start a
+// background build; one builds while the other waits for the build lock
+// (without holding a snapshot, which the concurrent build would wait for:
+// a deadlock), then finds the index built. Both report success.
+func TestTwoReplicasBuildOnce(t *testing.T) {
+	pool := newPool(t, 8)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
+	for _, s := range []string{
+		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
+		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'm' || i, now() + i * interval '1 second' FROM generate_series(1, 200000) i`,
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1, r2 := newBackendOnSchema(t, pool, b.Schema()), newBackendOnSchema(t, pool, b.Schema())
+	errs := make(chan error, 2)
+	for _, r := range []*pgqueue.Backend{r1, r2} {
+		go func() {
+			if err := r.Migrate(ctx); err != nil {
+				errs <- err
+				return
+			}
+			errs <- r.WaitIndexes(ctx)
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a replica's migration: %v", err)
+		}
+	}
+	if exists, valid, _ := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || !valid {
+		t.Fatalf("after both: exists %v valid %v, want a valid index", exists, valid)
+	}
+}
