@@ -325,7 +325,7 @@ func (b *Backend) startBuild(steps []laterIndex) {
 	b.builds = slices.DeleteFunc(b.builds, func(d *indexBuild) bool {
 		select {
 		case <-d.done:
-			return true // reported (or not) already: only builds still running, and this one
+			return true // ended: WaitIndexes waits on the builds still running and this one
 		default:
 			return false
 		}
@@ -460,8 +460,10 @@ AND connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1))
 }
 
 // WaitIndexes waits for the background index builds Migrate started (an
-// upgrade of existing tables, see buildIndexes) and returns their errors;
-// nil at once when there was none. The gateway logs its outcome; tests wait with it.
+// upgrade of existing tables, see buildIndexes) and returns their errors:
+// the last Migrate's build and any earlier one still running (an earlier
+// build that ended is forgotten by the next Migrate); nil at once when
+// there was none. The gateway logs its outcome; tests wait with it.
 func (b *Backend) WaitIndexes(ctx context.Context) error {
 	b.buildMu.Lock()
 	bds := slices.Clone(b.builds)

@@ -450,11 +450,12 @@ func TestMigrateDropsAReplacedConstraintInTheBackground(t *testing.T) {
 	}
 }
 
-// TestTwoReplicasBuildOnce: two replicas upgrading at once both start a
-// background build; one builds while the other waits for the build lock
+// TestTwoReplicasUpgradeAtOnce: two replicas upgrading at once both start
+// a background build; one builds while the other waits for the build lock
 // (without holding a snapshot, which the concurrent build would wait for:
-// a deadlock), then finds the index built. Both report success.
-func TestTwoReplicasBuildOnce(t *testing.T) {
+// with a blocking pg_advisory_lock PostgreSQL reported a deadlock here),
+// then finds the index built. Both report success.
+func TestTwoReplicasUpgradeAtOnce(t *testing.T) {
 	pool := newPool(t, 8)
 	b := newBackendOn(t, pool, pgqueue.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
