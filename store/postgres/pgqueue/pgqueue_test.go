@@ -261,27 +261,8 @@ WHERE c.relname = $2 AND c.relnamespace = $1::regnamespace`, pgx.Identifier{sche
 // Migrate's transaction, concurrently, once that session is done; a plain
 // CREATE INDEX would have waited for the lock inside Migrate.
 func TestMigrateBuildsAnUpgradesIndexWithoutBlockingWrites(t *testing.T) {
-	pool := newPool(t, 4)
-	b := newBackendOn(t, pool, pgqueue.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
-	for _, s := range []string{
-		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
-		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'm' || i, now() + interval '1 hour' FROM generate_series(1, 5000) i`,
-	} {
-		if _, err := pool.Exec(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	if _, err := tx.Exec(ctx, `LOCK TABLE `+dedupe+` IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	pool, b, ctx, dedupe := withoutDedupeIndex(t, 4, 30*time.Second, `SELECT 'q', 'd' || i, 'm' || i, now() + interval '1 hour' FROM generate_series(1, 5000) i`)
+	tx := holdTable(t, pool, ctx, dedupe)
 	b2 := newBackendOnSchema(t, pool, b.Schema())
 	mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
 	defer mcancel()
@@ -306,19 +287,7 @@ func TestMigrateBuildsAnUpgradesIndexWithoutBlockingWrites(t *testing.T) {
 // finish (a stop, a crash, a failure) leaves an invalid index under the
 // name; the next Migrate drops it and builds the index again.
 func TestMigrateRebuildsAnInvalidIndex(t *testing.T) {
-	pool := newPool(t, 4)
-	b := newBackendOn(t, pool, pgqueue.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
-	for _, s := range []string{
-		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
-		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'same', now() + interval '1 hour' FROM generate_series(1, 10) i`,
-	} {
-		if _, err := pool.Exec(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pool, b, ctx, dedupe := withoutDedupeIndex(t, 4, 30*time.Second, `SELECT 'q', 'd' || i, 'same', now() + interval '1 hour' FROM generate_series(1, 10) i`)
 	// A unique build over duplicate values fails and leaves its index invalid.
 	if _, err := pool.Exec(ctx, `CREATE UNIQUE INDEX CONCURRENTLY queue_dedupe_expires ON `+dedupe+` (message_id)`); err == nil {
 		t.Fatal("the unique build over duplicates succeeded")
@@ -353,22 +322,8 @@ func newBackendOnSchema(t testing.TB, pool *pgxpool.Pool, schema string) *pgqueu
 // waiting (here for a writer that began before it) and returns; the next
 // Migrate builds the index.
 func TestCloseStopsAnIndexBuild(t *testing.T) {
-	pool := newPool(t, 4)
-	b := newBackendOn(t, pool, pgqueue.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
-	if _, err := pool.Exec(ctx, `DROP INDEX `+pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize()); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	if _, err := tx.Exec(ctx, `LOCK TABLE `+dedupe+` IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	pool, b, ctx, dedupe := withoutDedupeIndex(t, 4, 30*time.Second, `SELECT 'q', 'd1', 'm1', now() + interval '1 hour'`)
+	tx := holdTable(t, pool, ctx, dedupe)
 	b2 := newBackendOnSchema(t, pool, b.Schema())
 	if err := b2.Migrate(ctx); err != nil {
 		t.Fatal(err)
@@ -421,14 +376,7 @@ func TestMigrateDropsAReplacedConstraintInTheBackground(t *testing.T) {
 		}
 		return n == 1
 	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	if _, err := tx.Exec(ctx, `LOCK TABLE `+messages+` IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdTable(t, pool, ctx, messages)
 	b2 := newBackendOnSchema(t, pool, b.Schema())
 	mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
 	defer mcancel()
@@ -456,19 +404,7 @@ func TestMigrateDropsAReplacedConstraintInTheBackground(t *testing.T) {
 // with a blocking pg_advisory_lock PostgreSQL reported a deadlock here),
 // then finds the index built. Both report success.
 func TestTwoReplicasUpgradeAtOnce(t *testing.T) {
-	pool := newPool(t, 8)
-	b := newBackendOn(t, pool, pgqueue.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
-	for _, s := range []string{
-		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
-		`INSERT INTO ` + dedupe + ` SELECT 'q', 'd' || i, 'm' || i, now() + i * interval '1 second' FROM generate_series(1, 200000) i`,
-	} {
-		if _, err := pool.Exec(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pool, b, ctx, _ := withoutDedupeIndex(t, 8, 60*time.Second, `SELECT 'q', 'd' || i, 'm' || i, now() + i * interval '1 second' FROM generate_series(1, 200000) i`)
 	r1, r2 := newBackendOnSchema(t, pool, b.Schema()), newBackendOnSchema(t, pool, b.Schema())
 	errs := make(chan error, 2)
 	for _, r := range []*pgqueue.Backend{r1, r2} {
@@ -488,4 +424,42 @@ func TestTwoReplicasUpgradeAtOnce(t *testing.T) {
 	if exists, valid, _ := indexState(t, pool, b.Schema(), "queue_dedupe_expires"); !exists || !valid {
 		t.Fatalf("after both: exists %v valid %v, want a valid index", exists, valid)
 	}
+}
+
+// holdTable begins a transaction holding table in ROW EXCLUSIVE mode (as
+// an enqueue, claim or ack in flight does), rolled back at the test's end
+// at the latest.
+func holdTable(t *testing.T, pool *pgxpool.Pool, ctx context.Context, table string) pgx.Tx {
+	t.Helper()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+table+` IN ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
+// withoutDedupeIndex is a migrated schema whose dedupe table lacks its
+// expires_at index, as an earlier version left it, filled by rows (a
+// SELECT of the table's four columns), on a pool of maxConns, with a
+// context bounded by timeout.
+func withoutDedupeIndex(t *testing.T, maxConns int32, timeout time.Duration, rows string) (*pgxpool.Pool, *pgqueue.Backend, context.Context, string) {
+	t.Helper()
+	pool := newPool(t, maxConns)
+	b := newBackendOn(t, pool, pgqueue.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	dedupe := pgx.Identifier{b.Schema(), "queue_dedupe"}.Sanitize()
+	for _, s := range []string{
+		`DROP INDEX ` + pgx.Identifier{b.Schema(), "queue_dedupe_expires"}.Sanitize(),
+		`INSERT INTO ` + dedupe + ` ` + rows,
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pool, b, ctx, dedupe
 }
