@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -479,7 +478,7 @@ func openQueueBackend(ctx context.Context, c QueueStoreConfig) (queue.Backend, f
 	case "postgres":
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		pool, err := pgxpool.New(ctx, c.Postgres.URL)
+		pool, err := newPGPool(ctx, c.Postgres.URL) // sized as the store's: 4 flushers, each queue's claims and a background index build share it
 		if err != nil {
 			return nil, nil, fmt.Errorf("gateway: queue store postgres: %w", err)
 		}

@@ -220,16 +220,28 @@ func openRedisStore(ctx context.Context, r RedisConfig) (idempotency.Store, func
 	return st, func() error { client.Close(); return nil }, nil
 }
 
+// defaultPGMaxConns is the pool size of the gateway's PostgreSQL pools when
+// the URL names none (pool_max_conns): pgxpool's default, max(4, CPUs),
+// starves a gateway whose group-commit writers, enqueue flushers, claims
+// and lookups each hold a connection while their round trip runs.
+const defaultPGMaxConns = 32
+
+// newPGPool opens a pool for url with defaultPGMaxConns unless the URL sets
+// pool_max_conns.
+func newPGPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		pcfg.MaxConns = defaultPGMaxConns
+	}
+	return pgxpool.NewWithConfig(ctx, pcfg)
+}
+
 // openPostgresStore opens the PostgreSQL store and migrates its schema.
 func openPostgresStore(ctx context.Context, pc PostgresConfig) (idempotency.Store, func() error, error) {
-	pcfg, err := pgxpool.ParseConfig(pc.URL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
-	}
-	if !strings.Contains(pc.URL, "pool_max_conns") {
-		pcfg.MaxConns = 32 // pgxpool's default (4 on small machines) starves a gateway
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	pool, err := newPGPool(ctx, pc.URL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway: store postgres: %w", err)
 	}
