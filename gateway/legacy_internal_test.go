@@ -61,7 +61,7 @@ func TestLegacyDedupeStoreErrorIsNeverSeen(t *testing.T) {
 // The probe of the transition (mayHold): one at a time, an event arriving
 // meanwhile is looked up; a failed probe means lookups without probing for
 // legacyProbeRetry; a probe that found nothing lets events skip the lookup
-// until legacyProbeEvery has passed, then probes again; one that found a
+// until every has passed, then probes again; one that found a
 // record turns every lookup on and is not asked again.
 func TestLegacyProbe(t *testing.T) {
 	ctx := context.Background()
@@ -69,8 +69,9 @@ func TestLegacyProbe(t *testing.T) {
 	var answer bool
 	var fail error
 	block, inProbe := make(chan struct{}), make(chan struct{})
-	l := &legacyDedupe{prefix: "levee:webhook:p:"}
-	l.probe = func(context.Context, string) (bool, error) {
+	l := &legacyDedupe{}
+	l.every.Store(int64(defaultLegacyProbeEvery))
+	l.probe = func(context.Context) (bool, error) {
 		calls++
 		if block != nil {
 			close(inProbe)
@@ -91,7 +92,7 @@ func TestLegacyProbe(t *testing.T) {
 		t.Fatal("a probe that found nothing did not skip the lookup")
 	}
 	block = nil
-	every := time.Duration(legacyProbeEvery.Load())
+	every := defaultLegacyProbeEvery
 	if l.mayHold(ctx, t0.Add(every/2)) || calls != 1 {
 		t.Fatalf("within the probe's window: probed %d times, want the lookup skipped without a probe", calls)
 	}

@@ -82,13 +82,13 @@ func TestWebhookAcceptedByTheStoreDedupeStaysSeen(t *testing.T) {
 			// No earlier version wrote any record for the route: its events
 			// are not looked up in the store (one probe of the key range
 			// stands for them). A record an earlier replica writes later is
-			// found once the probe's answer is older than legacyProbeEvery
+			// found once the probe's answer is older than its interval
 			// (that replica also enqueued its event, under the same dedupe
 			// id, so the queue knows it meanwhile).
-			gateway.SetLegacyProbeEvery(t, 100*time.Millisecond)
 			storeCfg, st := open(t)
 			rc := newReceiver(t, "X-Levee-Webhook-Id")
 			g := startGateway(t, asyncConfig(storeCfg, rc.url))
+			gateway.SetLegacyProbeEvery(g.srv, 100*time.Millisecond)
 			send := func(id, want string) { t.Helper(); sendWebhookWant(t, g, id, want) }
 			for _, id := range []string{"evt_1", "evt_2", "evt_3"} {
 				send(id, "accepted")

@@ -289,7 +289,7 @@ func (s webhookSink) accept(ctx context.Context, ev webhook.Event, enqueue func(
 // no earlier version ran; on a store that can say whether it holds any key
 // under the route's dedupe prefix (keyPrefixProber: SQLite, PostgreSQL)
 // the lookups are skipped while it holds none (see mayHold), so a new
-// deployment pays at most one indexed read every legacyProbeEvery instead
+// deployment pays at most one indexed read every 10 s (every) instead
 // of a lookup per event. Until a process has read the marker once, its
 // sink-deduping webhook routes need the idempotency store: while it is
 // down they answer 503 (the provider retries; nothing is lost).
@@ -303,18 +303,28 @@ type legacyDedupe struct {
 	until atomic.Int64
 
 	// probe, when the store has one, says whether any record lies under
-	// prefix (the route's dedupe keys, webhookKey's).
-	probe  func(ctx context.Context, prefix string) (bool, error)
-	prefix string
-	// found: a probe found records under prefix, so every new event is
-	// looked up until the transition ends. skipUntil: the last probe found
-	// none, and events before it skip the lookup. noProbeUntil: a probe
-	// failed, and events before it are looked up without probing. (Times
-	// with their monotonic reading.)
-	found        atomic.Bool
-	skipUntil    atomic.Pointer[time.Time]
-	noProbeUntil atomic.Pointer[time.Time]
-	probeMu      sync.Mutex // held by the one probe in flight
+	// the route's dedupe prefix (webhookKey's).
+	probe func(ctx context.Context) (bool, error)
+	// answer is what the last probe decided (nil: none yet).
+	answer atomic.Pointer[probeAnswer]
+	// every is how long a probe that found no record lets events skip the
+	// lookup (nanoseconds, defaultLegacyProbeEvery; tests shorten
+	// it). It must stay far below the queue's dedupe window (24h): an
+	// event that skips the lookup arrives less than this after a probe
+	// that found no record, so a record an earlier version's replica wrote
+	// since is younger than this, and that replica enqueued its event under
+	// the same dedupe id: the queue still knows it.
+	every   atomic.Int64
+	probeMu sync.Mutex // held by the one probe in flight
+}
+
+// probeAnswer holds, until until (with its monotonic reading), whether
+// events skip the lookup: a probe that found no record says skip for
+// every; one that failed says look up for legacyProbeRetry; one that found
+// a record says look up for good.
+type probeAnswer struct {
+	until time.Time
+	skip  bool
 }
 
 // keyPrefixProber is an idempotency store that can tell, in one indexed
@@ -324,20 +334,16 @@ type keyPrefixProber interface {
 	HasKeyPrefix(ctx context.Context, prefix string) (bool, error)
 }
 
-// legacyProbeEvery is how long a probe that found no earlier record lets
-// events skip the lookup. It must stay far below the queue's dedupe window
-// (24h): an event that skips the lookup arrives less than this after a
-// probe that found no record, so a record an earlier version's replica
-// wrote since is younger than this, and that replica enqueued its event
-// under the same dedupe id: the queue still knows it. Nanoseconds, atomic:
-// tests shorten it.
-var legacyProbeEvery atomic.Int64
-
-func init() { legacyProbeEvery.Store(int64(10 * time.Second)) }
+// defaultLegacyProbeEvery is legacyDedupe.every's default.
+const defaultLegacyProbeEvery = 10 * time.Second
 
 // legacyProbeRetry is how long events are looked up without probing after
 // a probe failed (the store is slow or down: no convoy of probes).
 const legacyProbeRetry = time.Second
+
+// legacyFoundFor stands for "for good" after a probe found a record: the
+// transition ends long before.
+const legacyFoundFor = 100 * 365 * 24 * time.Hour
 
 // legacySinceKey holds, as a completed record whose body is an RFC 3339
 // time, when route first deduped webhooks in the enqueue.
@@ -359,14 +365,16 @@ func (qs *Queues) legacyDedupe(st idempotency.Store, route string, retention tim
 	// a Store's dynamic type need not be comparable.)
 	l := qs.legacy[route]
 	if l == nil || l.retention != retention {
-		l = &legacyDedupe{st: st, route: route, retention: retention, prefix: webhookKeyPrefix(route)}
+		l = &legacyDedupe{st: st, route: route, retention: retention}
+		l.every.Store(int64(defaultLegacyProbeEvery))
 		is, instrumented := st.(instrumentedStore)
 		raw := st
 		if instrumented {
 			raw = is.Store
 		}
 		if p, ok := raw.(keyPrefixProber); ok {
-			l.probe = func(ctx context.Context, prefix string) (bool, error) {
+			prefix := webhookKeyPrefix(route)
+			l.probe = func(ctx context.Context) (bool, error) {
 				start := time.Now()
 				has, err := p.HasKeyPrefix(ctx, prefix)
 				if instrumented {
@@ -420,43 +428,34 @@ func (l *legacyDedupe) seen(ctx context.Context, key string, now time.Time) (boo
 
 // mayHold reports whether the store may hold an earlier version's record
 // for this route: true without a probe, or once a probe found one; false
-// while the last probe, less than legacyProbeEvery ago, found none. One
-// probe runs at a time: an event arriving while it runs is looked up, as
-// is every event for legacyProbeRetry after a probe failed (the lookup
-// then reports the store's state).
+// while the last probe, less than every ago, found none. One probe runs at
+// a time: an event arriving while it runs is looked up, as is every event
+// for legacyProbeRetry after a probe failed (the lookup then reports the
+// store's state).
 func (l *legacyDedupe) mayHold(ctx context.Context, now time.Time) bool {
-	if l.probe == nil || l.found.Load() {
+	if l.probe == nil {
 		return true
 	}
-	if u := l.skipUntil.Load(); u != nil && now.Before(*u) {
-		return false
-	}
-	if u := l.noProbeUntil.Load(); u != nil && now.Before(*u) {
-		return true
+	if a := l.answer.Load(); a != nil && now.Before(a.until) {
+		return !a.skip
 	}
 	if !l.probeMu.TryLock() {
 		return true
 	}
 	defer l.probeMu.Unlock()
-	if l.found.Load() {
-		return true
+	if a := l.answer.Load(); a != nil && now.Before(a.until) {
+		return !a.skip // another event probed meanwhile
 	}
-	if u := l.skipUntil.Load(); u != nil && now.Before(*u) {
-		return false // another event probed meanwhile
-	}
-	has, err := l.probe(ctx, l.prefix)
+	has, err := l.probe(ctx)
+	a := &probeAnswer{until: now.Add(time.Duration(l.every.Load())), skip: true}
 	switch {
 	case err != nil:
-		t := now.Add(legacyProbeRetry)
-		l.noProbeUntil.Store(&t)
-		return true
+		a = &probeAnswer{until: now.Add(legacyProbeRetry)}
 	case has:
-		l.found.Store(true)
-		return true
+		a = &probeAnswer{until: now.Add(legacyFoundFor)}
 	}
-	t := now.Add(time.Duration(legacyProbeEvery.Load()))
-	l.skipUntil.Store(&t)
-	return false
+	l.answer.Store(a)
+	return !a.skip
 }
 
 // since reads the marker, writing it (as now) when absent. A claim does
