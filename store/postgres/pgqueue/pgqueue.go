@@ -72,7 +72,8 @@ type Backend struct {
 	maxBatch int
 
 	enq       chan *enqueueOp
-	quit      chan struct{}
+	life      context.Context // canceled by Close: the flushers and an index build end
+	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 
@@ -116,7 +117,8 @@ func New(pool *pgxpool.Pool, opts Options) (*Backend, error) {
 	id := func(n string) string { return pgx.Identifier{opts.Schema, n}.Sanitize() }
 	b := &Backend{pool: pool, schema: opts.Schema, maxBatch: opts.MaxBatch, t: tables{
 		messages: id("queue_messages"), dead: id("queue_dead"), dedupe: id("queue_dedupe"), targets: id("queue_targets"),
-	}, enq: make(chan *enqueueOp), quit: make(chan struct{})}
+	}, enq: make(chan *enqueueOp)}
+	b.life, b.stop = context.WithCancel(context.Background())
 	b.wg.Add(opts.Flushers)
 	for range opts.Flushers {
 		go b.flusher()
@@ -219,13 +221,16 @@ func (b *Backend) Migrate(ctx context.Context) error {
 	// concurrently (see buildIndexes); so is one left invalid by a build
 	// that did not finish.
 	present, invalid := map[string]bool{}, map[string]bool{}
-	for _, q := range []string{
-		`SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
-		`SELECT conname FROM pg_catalog.pg_constraint WHERE connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
-		`SELECT ' invalid ' || c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1) AND NOT i.indisvalid`,
+	for _, q := range []struct {
+		sql string
+		to  map[string]bool
+	}{
+		{`SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`, present},
+		{`SELECT conname FROM pg_catalog.pg_constraint WHERE connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`, present},
+		{`SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1) AND NOT i.indisvalid`, invalid},
 	} {
-		rows, err := tx.Query(ctx, q, b.schema)
+		rows, err := tx.Query(ctx, q.sql, b.schema)
 		if err != nil {
 			return fmt.Errorf("pgqueue: migrate: %w", err)
 		}
@@ -234,11 +239,7 @@ WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 
 			return fmt.Errorf("pgqueue: migrate: %w", err)
 		}
 		for _, n := range names {
-			if name, ok := strings.CutPrefix(n, " invalid "); ok {
-				invalid[name] = true
-				continue
-			}
-			present[n] = true
+			q.to[n] = true
 		}
 	}
 	var later []laterIndex // for buildIndexes, in order
@@ -302,24 +303,14 @@ func (b *Backend) startBuild(steps []laterIndex) {
 	bd := &indexBuild{done: make(chan struct{})}
 	b.buildMu.Lock() // against Close: no wg.Add once Close waits
 	defer b.buildMu.Unlock()
-	select {
-	case <-b.quit:
+	if b.life.Err() != nil {
 		close(bd.done) // closed: nothing to build, nothing to report
-	default:
-		ctx, cancel := context.WithCancel(context.Background())
-		b.wg.Add(2)
-		go func() {
-			defer b.wg.Done()
-			select {
-			case <-b.quit:
-			case <-bd.done:
-			}
-			cancel()
-		}()
+	} else {
+		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
 			defer close(bd.done)
-			bd.err = b.buildIndexes(ctx, steps)
+			bd.err = b.buildIndexes(b.life, steps)
 		}()
 	}
 	b.builds = slices.DeleteFunc(b.builds, func(d *indexBuild) bool {
@@ -337,15 +328,16 @@ func (b *Backend) startBuild(steps []laterIndex) {
 // table's writes go on meanwhile), the indexes Migrate found missing or
 // invalid on existing tables, then drops the constraints they replace. One
 // process of a fleet builds at a time, under a session advisory lock; the
-// others wait for it (polling: see the loop). Under the lock each step looks at the catalog again
-// (another process may have built or dropped meanwhile): an invalid index is
-// dropped and built again (a build that a stop or a crash interrupted),
-// a valid one is kept; a constraint is dropped only once its replacement
-// is valid, with a 2 s lock_timeout (its ACCESS EXCLUSIVE lock queues every
-// claim and ack of the table behind it while it waits). A failed step does
-// not stop the others; the next Migrate tries again what failed. Until the
-// indexes exist, what they serve works without them: the dedupe clean-up
-// reads the table, lookups by id use the old constraint.
+// others poll for it (see the loop). Under the lock each step looks at the
+// catalog again (another process may have built or dropped meanwhile): an
+// invalid index is dropped and built again (a build that a stop or a crash
+// interrupted), a valid one is kept; a constraint is dropped only once its
+// replacement is valid, with a 2 s lock_timeout (its ACCESS EXCLUSIVE lock
+// queues every claim and ack of the table behind it while it waits). A
+// failed step stops the later steps of its table only; the next Migrate
+// tries again what failed. Until the indexes exist, what they serve works
+// without them: the dedupe clean-up reads the table, lookups by id use the
+// old constraint.
 func (b *Backend) buildIndexes(ctx context.Context, steps []laterIndex) (err error) {
 	conn, err := b.pool.Acquire(ctx)
 	if err != nil {
@@ -387,15 +379,6 @@ func (b *Backend) buildIndexes(ctx context.Context, steps []laterIndex) (err err
 			err = fmt.Errorf("pgqueue: index build: advisory unlock: %w", uerr) // the deferred close ends the session
 		}
 	}()
-	ident := func(n string) string { return pgx.Identifier{b.schema, n}.Sanitize() }
-	state := func(name string) (exists, valid bool, err error) {
-		err = conn.QueryRow(ctx, `SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`, b.schema, name).Scan(&valid)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return false, false, nil
-		}
-		return err == nil, valid, err
-	}
 	var errs []error
 	failed := map[string]bool{} // tables with a failed step: their later steps wait for the next Migrate
 	for _, st := range steps {
@@ -407,7 +390,7 @@ WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespa
 		if failed[table] {
 			continue // keeps the indexes of a table in their order (the id index after the ready one)
 		}
-		if err := b.buildStep(ctx, conn, st, state, ident); err != nil {
+		if err := b.buildStep(ctx, conn, st); err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("pgqueue: index build: %w", ctx.Err())
 			}
@@ -422,21 +405,21 @@ WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespa
 const lockPoll = 200 * time.Millisecond
 
 // buildStep runs one step of buildIndexes on conn.
-func (b *Backend) buildStep(ctx context.Context, conn *pgxpool.Conn, st laterIndex, state func(string) (bool, bool, error), ident func(string) string) error {
-	exists, valid, err := state(st.name)
+func (b *Backend) buildStep(ctx context.Context, conn *pgxpool.Conn, st laterIndex) error {
+	exists, valid, err := b.indexState(ctx, conn, st.name)
 	if err != nil {
 		return err
 	}
 	if st.create != "" && !valid {
 		if exists {
-			if _, err := conn.Exec(ctx, `DROP INDEX CONCURRENTLY IF EXISTS `+ident(st.name)); err != nil {
+			if _, err := conn.Exec(ctx, `DROP INDEX CONCURRENTLY IF EXISTS `+pgx.Identifier{b.schema, st.name}.Sanitize()); err != nil {
 				return err
 			}
 		}
 		if _, err := conn.Exec(ctx, st.create); err != nil {
 			return err
 		}
-		if _, valid, err = state(st.name); err != nil {
+		if _, valid, err = b.indexState(ctx, conn, st.name); err != nil {
 			return err
 		}
 	}
@@ -452,11 +435,22 @@ AND connamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1))
 	if _, err := conn.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
 		return err
 	}
-	_, err = conn.Exec(ctx, `ALTER TABLE `+ident(indexTable[st.name])+` DROP CONSTRAINT IF EXISTS `+pgx.Identifier{st.constraint}.Sanitize())
+	_, err = conn.Exec(ctx, `ALTER TABLE `+pgx.Identifier{b.schema, indexTable[st.name]}.Sanitize()+` DROP CONSTRAINT IF EXISTS `+pgx.Identifier{st.constraint}.Sanitize())
 	if _, rerr := conn.Exec(context.Background(), `RESET lock_timeout`); rerr != nil && err == nil {
 		err = rerr // the deferred close keeps the setting off the pool
 	}
 	return err
+}
+
+// indexState reports whether index name exists in the schema, and whether
+// it is valid (an interrupted concurrent build leaves it invalid).
+func (b *Backend) indexState(ctx context.Context, conn *pgxpool.Conn, name string) (exists, valid bool, err error) {
+	err = conn.QueryRow(ctx, `SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)`, b.schema, name).Scan(&valid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, nil
+	}
+	return err == nil, valid, err
 }
 
 // WaitIndexes waits for the background index builds Migrate started (an
@@ -514,7 +508,7 @@ func (b *Backend) flusher() {
 	for {
 		var ops []*enqueueOp
 		select {
-		case <-b.quit:
+		case <-b.life.Done():
 			return
 		case o := <-b.enq:
 			ops = append(ops, o)
@@ -575,7 +569,7 @@ func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queu
 	o := &enqueueOp{req: req, canceled: ctx.Err, done: make(chan struct{})}
 	select {
 	case b.enq <- o:
-	case <-b.quit:
+	case <-b.life.Done():
 		return nil, errClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -598,7 +592,7 @@ var errClosed = errors.New("pgqueue: backend closed")
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.buildMu.Lock()
-		close(b.quit)
+		b.stop()
 		b.buildMu.Unlock()
 		b.wg.Wait()
 	})
