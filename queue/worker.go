@@ -291,7 +291,11 @@ func (w *Worker) run(ctx context.Context, stopped chan struct{}) {
 			}
 			var cs []Claimed
 			var err error
-			if acks := w.takeAcks(); w.ac != nil && len(acks) > 0 {
+			var acks []AckRef
+			if w.ac != nil {
+				acks = w.takeAcks()
+			}
+			if len(acks) > 0 {
 				// The finished deliveries' acknowledgements commit with the
 				// claim (their lease-lost answers, like Ack's, need nothing).
 				if _, cs, err = w.ac.AckAndClaim(cctx, acks, req); err != nil {

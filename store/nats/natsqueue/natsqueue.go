@@ -373,8 +373,8 @@ func (b *Backend) check() error {
 // message's ID (from the DEDUPE bucket, or the original still in the
 // stream). A message whose ID equals its DedupeID (as the gateway's webhook
 // messages) writes no DEDUPE entry: one publish per message instead of
-// two, and its duplicates are reported with that ID. req.Now and req.DedupeUntil are not used: the window is the
-// server's. An error (publish refused, ack timeout, ctx) may come after
+// two, and its duplicates are reported with that ID. req.Now and
+// req.DedupeUntil are not used: the window is the server's. An error (publish refused, ack timeout, ctx) may come after
 // some messages were stored; a retry with the same ids is deduplicated.
 func (b *Backend) Enqueue(ctx context.Context, req queue.EnqueueRequest) ([]queue.EnqueueResult, error) {
 	if err := b.check(); err != nil {
