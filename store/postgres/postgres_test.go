@@ -529,55 +529,13 @@ func TestMigrateConcurrentAndIdempotent(t *testing.T) {
 	}
 }
 
+// TestDeleteExpired runs the shared DeleteExpired checks, each on a
+// schema of its own (DeleteExpired is table-wide).
 func TestDeleteExpired(t *testing.T) {
-	t.Parallel()
-	_, s := migrated(t, pgx.QueryExecModeCacheStatement, 2)
-	ctx := context.Background()
-	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	// Five records expiring at t0+1m..t0+5m: three completed, two in progress.
-	tokens := map[string]uint64{}
-	for i := 1; i <= 5; i++ {
-		req := claimAt(fmt.Sprintf("k%d", i), t0)
-		req.ExpiresAt = t0.Add(time.Duration(i) * time.Minute)
-		if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
-			t.Fatalf("Claim: %+v %v", res, err)
-		}
-		tokens[req.Key] = req.Token
-		if i%2 == 1 {
-			if err := s.Complete(ctx, req.Key, req.Token, idempotency.Response{Status: 201}, t0, req.ExpiresAt); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	now := t0.Add(4 * time.Minute) // k1..k4 expired (expiry is inclusive), k5 live
-	if n, err := s.DeleteExpired(ctx, t0, 0); err != nil || n != 0 {
-		t.Fatalf("DeleteExpired before any expiry = %d, %v; want 0", n, err)
-	}
-	var total int64
-	for _, want := range []int64{3, 1, 0} {
-		n, err := s.DeleteExpired(ctx, now, 3)
-		if err != nil || n != want {
-			t.Fatalf("DeleteExpired(limit 3) = %d, %v; want %d", n, err, want)
-		}
-		total += n
-	}
-	if total != 4 {
-		t.Fatalf("deleted %d, want 4", total)
-	}
-	if rec, err := s.Lookup(ctx, "k5", now); err != nil || rec.State != idempotency.StateCompleted {
-		t.Fatalf("live record after DeleteExpired: %+v, %v", rec, err)
-	}
-	// The deleted in-progress k4's holder is fenced; the live k5 replays.
-	if err := s.Complete(ctx, "k4", tokens["k4"], idempotency.Response{Status: 200}, now, now.Add(time.Hour)); !errors.Is(err, idempotency.ErrFenced) {
-		t.Fatalf("Complete of a deleted record = %v, want ErrFenced", err)
-	}
-	if res, err := s.Claim(ctx, claimAt("k5", now)); err != nil || res.Claimed || res.Existing == nil || res.Existing.Response.Status != 201 {
-		t.Fatalf("Claim of live k5 = %+v, %v; want its stored response", res, err)
-	}
-	// Without a limit everything expired goes at once.
-	if n, err := s.DeleteExpired(ctx, t0.Add(time.Hour), -1); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired(no limit) = %d, %v; want 1", n, err)
-	}
+	idemtest.RunDeleteExpired(t, func(t testing.TB) idemtest.Expirer {
+		_, s := migrated(t, pgx.QueryExecModeCacheStatement, 2)
+		return s
+	})
 }
 
 // TestCompleteAfterLogicalExpiry pins the fencing rule shared with the
@@ -779,27 +737,6 @@ func TestGroupCommitStatementError(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
-	}
-}
-
-// TestDeleteExpiredKeepsALiveLease: a claim whose retention ended while its
-// lease still runs is not deleted under its holder; once the lease lapses
-// it goes.
-func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
-	t.Parallel()
-	_, s := migrated(t, pgx.QueryExecModeCacheStatement, 2)
-	ctx := context.Background()
-	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	req := claimAt("held", t0)
-	req.LeaseUntil, req.ExpiresAt = t0.Add(time.Hour), t0.Add(time.Minute)
-	if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
-		t.Fatalf("Claim: %+v %v", res, err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(10*time.Minute), 0); err != nil || n != 0 {
-		t.Fatalf("DeleteExpired under a live lease = %d, %v; want 0", n, err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(2*time.Hour), 0); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
 	}
 }
 

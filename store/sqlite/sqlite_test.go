@@ -366,33 +366,12 @@ func TestTablesAreIndependent(t *testing.T) {
 	}
 }
 
+// TestDeleteExpired runs the shared DeleteExpired checks, each on a file
+// of its own (DeleteExpired is table-wide).
 func TestDeleteExpired(t *testing.T) {
-	t.Parallel()
-	s := open(t, filepath.Join(t.TempDir(), "gc.db"), sqlite.Options{})
-	ctx := context.Background()
-	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	for i := range 10 {
-		req := idempotency.ClaimRequest{
-			Key: "k" + string(rune('0'+i)), Token: idempotency.NewToken(), Now: t0,
-			LeaseUntil: t0.Add(time.Minute), ExpiresAt: t0.Add(time.Duration(i+1) * time.Hour),
-		}
-		if _, err := s.Claim(ctx, req); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// At t0+3h records expiring at 1h, 2h and 3h are gone (expiry is "at or before").
-	if n, err := s.DeleteExpired(ctx, t0.Add(3*time.Hour), 2); err != nil || n != 2 {
-		t.Fatalf("DeleteExpired limit 2 = %d, %v; want 2", n, err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(3*time.Hour), 0); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired no limit = %d, %v; want the remaining 1", n, err)
-	}
-	if _, err := s.Lookup(ctx, "k3", t0); err != nil {
-		t.Fatalf("a live record was deleted: %v", err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(time.Hour), 0); err != nil || n != 0 {
-		t.Fatalf("DeleteExpired with nothing expired = %d, %v", n, err)
-	}
+	idemtest.RunDeleteExpired(t, func(t testing.TB) idemtest.Expirer {
+		return open(t, filepath.Join(t.TempDir(), "gc.db"), sqlite.Options{})
+	})
 }
 
 func TestPersistsAcrossReopen(t *testing.T) {
@@ -731,26 +710,6 @@ func version1Schema() []string {
   response    BLOB
 ) STRICT`,
 		`CREATE INDEX "idempotency_keys_expires_at" ON "idempotency_keys" (expires_at)`,
-	}
-}
-
-// TestDeleteExpiredKeepsALiveLease: a claim whose retention ended while its
-// lease still runs (retention shorter than the lease) is not deleted under
-// its holder, whose Complete then succeeds; once the lease lapses it goes.
-func TestDeleteExpiredKeepsALiveLease(t *testing.T) {
-	t.Parallel()
-	s := open(t, filepath.Join(t.TempDir(), "lease.db"), sqlite.Options{})
-	ctx := context.Background()
-	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	req := idempotency.ClaimRequest{Key: "held", Token: idempotency.NewToken(), Now: t0, LeaseUntil: t0.Add(time.Hour), ExpiresAt: t0.Add(time.Minute)}
-	if res, err := s.Claim(ctx, req); err != nil || !res.Claimed {
-		t.Fatalf("Claim: %+v %v", res, err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(10*time.Minute), 0); err != nil || n != 0 {
-		t.Fatalf("DeleteExpired under a live lease = %d, %v; want 0", n, err)
-	}
-	if n, err := s.DeleteExpired(ctx, t0.Add(2*time.Hour), 0); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired after the lease = %d, %v; want 1", n, err)
 	}
 }
 
