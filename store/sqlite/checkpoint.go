@@ -3,47 +3,50 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // checkpointEvery is how often the store checkpoints its WAL while it is
-// being written, and the most time a commit waits before a checkpoint
-// covers it. Measured on the store's own benchmark (BenchmarkGatewayNewKeys,
-// one P; docs/benchmarks.md): every 100ms cost 61 µs of CPU per request,
-// every 500ms 53 µs, every 2s 43 µs — a page the writer keeps changing (the
+// being written, and the most time a commit waits before a checkpoint (or,
+// when the checkpoint cannot copy it, a sync of the WAL) makes it durable.
+// Measured on the store's own benchmark (BenchmarkGatewayNewKeys, one P;
+// docs/benchmarks.md): every 100ms cost 61 µs of CPU per request, every
+// 500ms 53 µs, every 2s 43 µs — a page the writer keeps changing (the
 // tables' last pages) is copied once per checkpoint, however often it
 // changed — while the longer the interval, the longer each checkpoint and
 // the worse the writer's tail latency when both share one core.
 const checkpointEvery = 500 * time.Millisecond
 
-// checkpointer moves the WAL's pages into the database file off the
-// writer's path. SQLite's own automatic checkpoint (wal_autocheckpoint,
-// turned off on every connection of a file Store) runs inside the commit
-// that crosses 1,000 WAL pages: that commit, and every write queued behind
-// it in the group-commit writer, waits for the copy and the database
-// file's fsync — the store's p99 under load. Instead, the first commit
-// after a quiet spell starts one goroutine that, every checkpointEvery
-// while commits keep coming, runs a PASSIVE checkpoint on a connection of
-// its own (a passive checkpoint never blocks writers or readers; it copies
-// what no reader still needs), and exits after a checkpoint that no commit
-// followed, so an idle Store holds no goroutine.
+// checkpointer makes the WAL durable and moves its pages into the database
+// file, off the writer's path. SQLite's own automatic checkpoint
+// (wal_autocheckpoint, turned off on every connection of a file Store) runs
+// inside the commit that crosses 1,000 WAL pages: that commit, and every
+// write queued behind it in the group-commit writer, waits for the copy and
+// the database file's fsync — the store's p99 under load. Instead, the
+// first commit after a quiet spell starts one goroutine that, every
+// checkpointEvery while commits keep coming, runs a PASSIVE checkpoint on a
+// connection of its own (a passive checkpoint never blocks writers or
+// readers; it copies what no reader still needs), and exits after a
+// checkpoint that no commit followed, so an idle Store holds no goroutine.
 //
 // Durability: a commit is in the WAL (synchronous=NORMAL: written, not yet
-// fsynced) before it returns, so it survives a crash of the process whether
-// or not a checkpoint has run. A checkpoint that copies pages first fsyncs
-// the WAL, so usually the trailing checkpoint bounds what a power loss or
-// an operating-system crash can take back to the commits of about the last
-// checkpointEvery; not always: a checkpoint that can copy nothing (a
-// reader, perhaps in another process, still holds an older snapshot, or
-// another process is checkpointing) syncs nothing, and then the bound is
-// the next checkpoint that can, or the kernel's own writeback (SQLite's
-// automatic checkpoint gave no time bound either: below 1,000 pages the
-// WAL waited for the next writes). When the Store closes, SQLite
-// checkpoints the rest as the last connection closes.
+// fsynced) before it returns, so it survives a crash of the process
+// whether or not a checkpoint has run. A checkpoint that copies pages
+// first fsyncs the WAL; one that cannot copy everything (a reader, perhaps
+// in another process, still holds an older snapshot, or another process
+// is checkpointing) may sync nothing, and then the checkpointer fsyncs the
+// WAL file itself. So the WAL is synced every checkpointEvery while
+// commits come and once after the last one, and a power loss or an
+// operating-system crash can take back the commits of about the last
+// checkpointEvery, not more. When
+// the Store closes, SQLite checkpoints the rest as the last connection
+// closes.
 type checkpointer struct {
 	db      *sql.DB // nil for Memory (no WAL)
+	wal     string  // the WAL file's path
 	dirty   atomic.Bool
 	running atomic.Bool
 	mu      sync.Mutex
@@ -51,6 +54,7 @@ type checkpointer struct {
 	closed  bool
 	wg      sync.WaitGroup
 	ran     atomic.Int64 // checkpoints run, for tests
+	synced  atomic.Int64 // WAL syncs by the checkpointer itself, for tests
 	last    atomic.Pointer[checkpointResult]
 }
 
@@ -92,13 +96,7 @@ func (c *checkpointer) loop(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		c.dirty.Store(false)
-		// Errors go to no one: a failed or busy checkpoint leaves the pages
-		// in the WAL, and the next one copies them.
-		var busy, logged, copied int
-		if c.db.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logged, &copied) == nil {
-			c.last.Store(&checkpointResult{logged: logged, copied: copied})
-		}
-		c.ran.Add(1)
+		c.checkpoint()
 		if !c.dirty.Load() {
 			c.running.Store(false)
 			// A commit between the check and the store found the loop
@@ -109,6 +107,38 @@ func (c *checkpointer) loop(stop <-chan struct{}) {
 		}
 		t.Reset(checkpointEvery)
 	}
+}
+
+// checkpoint runs a PASSIVE checkpoint. One that copied every frame synced
+// the WAL and the database file; otherwise the WAL is synced here (a
+// checkpoint that can copy nothing syncs nothing). Errors go to no one: a
+// failed or busy checkpoint leaves the pages in the WAL, and the next one
+// copies them.
+func (c *checkpointer) checkpoint() {
+	var busy, logged, copied int
+	err := c.db.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logged, &copied)
+	c.ran.Add(1)
+	if err == nil {
+		c.last.Store(&checkpointResult{logged: logged, copied: copied})
+	}
+	if err != nil || copied != logged {
+		c.syncWAL()
+		c.synced.Add(1)
+	}
+}
+
+// syncWAL fsyncs the WAL file (any descriptor of a file syncs what every
+// descriptor wrote). It is opened each time: SQLite removes the file when
+// its last connection closes (after checkpointing it), and a descriptor
+// kept open would then sync a file no longer in use. A missing file has
+// nothing to sync.
+func (c *checkpointer) syncWAL() {
+	f, err := os.Open(c.wal)
+	if err != nil {
+		return
+	}
+	_ = f.Sync()
+	_ = f.Close()
 }
 
 // close stops the loop and closes the checkpoint connection.

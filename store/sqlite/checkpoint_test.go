@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -82,5 +83,63 @@ func TestCheckpointsOffTheWriter(t *testing.T) {
 	var count int
 	if err := s.db.QueryRow(`SELECT count(*) FROM idempotency_keys WHERE state = 2`).Scan(&count); err != nil || count < n {
 		t.Fatalf("%d completed records after reopen, %v; want at least %d", count, err, n)
+	}
+}
+
+// TestCheckpointSyncsWhatItCannotCopy: while a reader holds an older
+// snapshot, a checkpoint cannot copy the commits after it (and need not
+// have synced the WAL); the checkpointer then syncs the WAL file itself,
+// so those commits are on disk within checkpointEvery all the same.
+func TestCheckpointSyncsWhatItCannotCopy(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "held.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	ctx := context.Background()
+	write := func(key string) {
+		t.Helper()
+		now := time.Now()
+		tok := idempotency.NewToken()
+		if res, err := s.Claim(ctx, idempotency.ClaimRequest{Key: key, Token: tok, Now: now,
+			LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+			t.Fatalf("claim %s: %+v, %v", key, res, err)
+		}
+	}
+	write("before")
+	// A reader in a transaction of its own, holding the snapshot it read.
+	reader, err := s.db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reader.Close() }()
+	if _, err := reader.ExecContext(ctx, `BEGIN DEFERRED`); err != nil {
+		// _txlock=immediate makes database/sql's transactions IMMEDIATE;
+		// a plain BEGIN on the connection is a reader's.
+		t.Fatal(err)
+	}
+	var n int
+	if err := reader.QueryRowContext(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("reader saw %d records, %v", n, err)
+	}
+	synced := s.ckpt.synced.Load()
+	deadline := time.Now().Add(20 * checkpointEvery)
+	for i := 0; s.ckpt.synced.Load() == synced; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no WAL sync by the checkpointer while a reader held the checkpoint back (last checkpoint %+v)", s.ckpt.last.Load())
+		}
+		write("after" + time.Duration(i).String())
+		time.Sleep(20 * time.Millisecond)
+	}
+	if last := s.ckpt.last.Load(); last == nil || last.copied >= last.logged {
+		t.Fatalf("the checkpoint that the reader held back reported %+v; want fewer frames copied than logged", last)
+	}
+	if fi, err := os.Stat(s.ckpt.wal); err != nil || fi.Size() == 0 {
+		t.Fatalf("the checkpointer syncs %s: %v, %v; want the store's WAL", s.ckpt.wal, fi, err)
+	}
+	if _, err := reader.ExecContext(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
 	}
 }
