@@ -686,3 +686,25 @@ func gauge(t *testing.T, g *running, name string, labels ...string) float64 {
 	}
 	return n
 }
+
+// A webhook route's name is part of every event's dedupe key, which is the
+// event's message id on a deduping route: a name too long for an id is
+// refused when the config is read (not at every event, as a 503), and the
+// longest name allowed carries events end to end.
+func TestWebhookNameFitsAMessageID(t *testing.T) {
+	rc := newReceiver(t, "X-Levee-Message-Id")
+	store := fmt.Sprintf("store: {type: sqlite, sqlite: {path: %s}}\n", filepath.Join(t.TempDir(), "levee.db"))
+	longest := strings.Repeat("w", 208)
+	named := func(name string) string {
+		return strings.Replace(asyncConfig(store, rc.url), "  - name: provider\n", "  - name: "+name+"\n", 1)
+	}
+	_, err := gateway.Parse("x.yaml", []byte(named(longest+"w")), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "webhooks[0].name") || !strings.Contains(err.Error(), "at most 208 bytes, got 209") {
+		t.Fatalf("a 209-byte webhook name: %v, want it refused naming webhooks[0].name and the limit", err)
+	}
+	g := startGateway(t, named(longest))
+	if resp, body := doRequest(t, signedWebhook(t, g.base, "evt_long_route", `{"n":1}`, time.Now())); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("an event on the route with the longest name: %d %s", resp.StatusCode, body)
+	}
+	waitFor(t, "the event on the route with the longest name delivered", func() bool { return rc.total() == 1 })
+}

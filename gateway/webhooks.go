@@ -95,8 +95,13 @@ func (c *WebhookConfig) Defaults() {
 // Validate implements config.Section: it builds the scheme, so that every
 // constructor error is reported at the field it concerns.
 func (c *WebhookConfig) Validate(r *config.Report, p string) {
-	if c.Name == "" {
+	switch {
+	case c.Name == "":
 		r.Bad(config.Join(p, "name"), "required")
+	case len(c.Name) > maxWebhookName:
+		// Caught here, not at the first event: every enqueue would fail.
+		r.Bad(config.Join(p, "name"), "at most %d bytes, got %d: an event's dedupe key (%s<hash>) is its message id, and queues take ids of at most 255 bytes",
+			maxWebhookName, len(c.Name), webhookKeyPrefix("<name>"))
 	}
 	if c.Path == "" {
 		r.Bad(config.Join(p, "path"), "required: the path the provider POSTs to, e.g. /webhooks/stripe")
@@ -496,6 +501,10 @@ func webhookKey(source, id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return webhookKeyPrefix(source) + hex.EncodeToString(sum[:16])
 }
+
+// maxWebhookName is the longest route name whose dedupe keys (the prefix,
+// then 32 hex digits) fit a queue message id's 255 bytes.
+const maxWebhookName = 255 - len("levee:webhook:") - len(":") - 32
 
 // webhookKeyPrefix begins every dedupe key of source's events.
 func webhookKeyPrefix(source string) string { return "levee:webhook:" + source + ":" }
