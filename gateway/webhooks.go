@@ -100,7 +100,7 @@ func (c *WebhookConfig) Validate(r *config.Report, p string) {
 		r.Bad(config.Join(p, "name"), "required")
 	case len(c.Name) > maxWebhookName:
 		// Caught here, not at the first event: every enqueue would fail.
-		r.Bad(config.Join(p, "name"), "at most %d bytes, got %d: an event's dedupe key (%s<hash>) is its message id, and queues take ids of at most 255 bytes",
+		r.Bad(config.Join(p, "name"), "at most %d bytes, got %d: an event's dedupe key (%s<hash>) is its message's dedupe id (and its id on JetStream and SQS), which queues take up to 255 bytes",
 			maxWebhookName, len(c.Name), webhookKeyPrefix("<name>"))
 	}
 	if c.Path == "" {
@@ -503,7 +503,8 @@ func webhookKey(source, id string) string {
 }
 
 // maxWebhookName is the longest route name whose dedupe keys (the prefix,
-// then 32 hex digits) fit a queue message id's 255 bytes.
+// then 32 hex digits) fit the 255 bytes queues take in a message's dedupe
+// id (and id, which a deduping route on JetStream or SQS sets to the key).
 const maxWebhookName = 255 - len("levee:webhook:") - len(":") - 32
 
 // webhookKeyPrefix begins every dedupe key of source's events.

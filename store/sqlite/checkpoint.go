@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -46,7 +47,7 @@ const checkpointEvery = 500 * time.Millisecond
 // closes.
 type checkpointer struct {
 	db      *sql.DB // nil for Memory (no WAL)
-	wal     string  // the WAL file's path
+	wal     string  // the WAL file's path, as SQLite resolved it (syncWAL sets it)
 	dirty   atomic.Bool
 	running atomic.Bool
 	mu      sync.Mutex
@@ -54,7 +55,7 @@ type checkpointer struct {
 	closed  bool
 	wg      sync.WaitGroup
 	ran     atomic.Int64 // checkpoints run, for tests
-	synced  atomic.Int64 // WAL syncs by the checkpointer itself, for tests
+	synced  atomic.Int64 // WAL syncs by the checkpointer itself that succeeded, for tests
 	last    atomic.Pointer[checkpointResult]
 }
 
@@ -110,10 +111,11 @@ func (c *checkpointer) loop(stop <-chan struct{}) {
 }
 
 // checkpoint runs a PASSIVE checkpoint. One that copied every frame synced
-// the WAL and the database file; otherwise the WAL is synced here (a
-// checkpoint that can copy nothing syncs nothing). Errors go to no one: a
-// failed or busy checkpoint leaves the pages in the WAL, and the next one
-// copies them.
+// the WAL and the database file; otherwise the WAL is synced here: a
+// checkpoint that can copy nothing syncs nothing, and one that found
+// another connection checkpointing reports busy (logged and copied -1)
+// without an error. Errors go to no one: a failed or busy checkpoint leaves
+// the pages in the WAL, and the next one copies them.
 func (c *checkpointer) checkpoint() {
 	var busy, logged, copied int
 	err := c.db.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logged, &copied)
@@ -121,24 +123,36 @@ func (c *checkpointer) checkpoint() {
 	if err == nil {
 		c.last.Store(&checkpointResult{logged: logged, copied: copied})
 	}
-	if err != nil || copied != logged {
-		c.syncWAL()
-		c.synced.Add(1)
+	if err != nil || busy != 0 || logged < 0 || copied < logged {
+		if c.syncWAL() == nil {
+			c.synced.Add(1)
+		}
 	}
 }
 
 // syncWAL fsyncs the WAL file (any descriptor of a file syncs what every
-// descriptor wrote). It is opened each time: SQLite removes the file when
-// its last connection closes (after checkpointing it), and a descriptor
-// kept open would then sync a file no longer in use. A missing file has
-// nothing to sync.
-func (c *checkpointer) syncWAL() {
-	f, err := os.Open(c.wal)
-	if err != nil {
-		return
+// descriptor wrote; write access, because Windows requires it). It is
+// opened each time: SQLite removes the file when its last connection
+// closes (after checkpointing it), and a descriptor kept open would then
+// sync a file no longer in use. The path is the one SQLite opened (after
+// symbolic links), read from the checkpoint connection the first time.
+func (c *checkpointer) syncWAL() error {
+	if c.wal == "" {
+		var file string
+		if err := c.db.QueryRowContext(context.Background(), `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil {
+			return err
+		}
+		if file == "" {
+			return errors.New("sqlite: the database has no file name")
+		}
+		c.wal = file + "-wal"
 	}
-	_ = f.Sync()
-	_ = f.Close()
+	f, err := os.OpenFile(c.wal, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	return errors.Join(err, f.Close())
 }
 
 // close stops the loop and closes the checkpoint connection.
@@ -157,5 +171,10 @@ func (c *checkpointer) close() {
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	// Commits since the last checkpoint: SQLite checkpoints on closing
+	// only when this was the last connection to the file in any process.
+	if c.dirty.Load() {
+		c.checkpoint()
+	}
 	_ = c.db.Close()
 }

@@ -92,7 +92,32 @@ func TestCheckpointsOffTheWriter(t *testing.T) {
 // so those commits are on disk within checkpointEvery all the same.
 func TestCheckpointSyncsWhatItCannotCopy(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "held.db")
+	t.Run("file", func(t *testing.T) {
+		t.Parallel()
+		checkpointSyncsWhatItCannotCopy(t, filepath.Join(t.TempDir(), "held.db"))
+	})
+	// Opened through a symbolic link, SQLite names the WAL after the
+	// link's target: the checkpointer must sync that file.
+	t.Run("symlink", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		real := filepath.Join(dir, "real.db")
+		s, err := Open(real, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, "link.db")
+		if err := os.Symlink(real, link); err != nil {
+			t.Skipf("no symbolic links here: %v", err)
+		}
+		checkpointSyncsWhatItCannotCopy(t, link)
+	})
+}
+
+func checkpointSyncsWhatItCannotCopy(t *testing.T, path string) {
 	s, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -115,31 +140,72 @@ func TestCheckpointSyncsWhatItCannotCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = reader.Close() }()
+	// _txlock=immediate makes database/sql's transactions IMMEDIATE; a
+	// BEGIN DEFERRED sent on the connection is a reader's.
 	if _, err := reader.ExecContext(ctx, `BEGIN DEFERRED`); err != nil {
-		// _txlock=immediate makes database/sql's transactions IMMEDIATE;
-		// a plain BEGIN on the connection is a reader's.
 		t.Fatal(err)
 	}
 	var n int
 	if err := reader.QueryRowContext(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("reader saw %d records, %v", n, err)
 	}
-	synced := s.ckpt.synced.Load()
-	deadline := time.Now().Add(20 * checkpointEvery)
-	for i := 0; s.ckpt.synced.Load() == synced; i++ {
+	// Wait for a checkpoint the reader holds back entirely (it copies
+	// nothing new: the count of frames copied stays where the one before
+	// left it, short of the frames logged), followed by a successful sync
+	// of the WAL by the checkpointer itself. The counter goes up after the
+	// sync, which comes after the checkpoint's result is stored.
+	synced, prevCopied := s.ckpt.synced.Load(), -1
+	deadline := time.Now().Add(40 * checkpointEvery)
+	for i := 0; ; i++ {
 		if time.Now().After(deadline) {
-			t.Fatalf("no WAL sync by the checkpointer while a reader held the checkpoint back (last checkpoint %+v)", s.ckpt.last.Load())
+			t.Fatalf("no WAL sync by the checkpointer after a checkpoint the reader held back (last checkpoint %+v)", s.ckpt.last.Load())
 		}
 		write("after" + time.Duration(i).String())
 		time.Sleep(20 * time.Millisecond)
-	}
-	if last := s.ckpt.last.Load(); last == nil || last.copied >= last.logged {
-		t.Fatalf("the checkpoint that the reader held back reported %+v; want fewer frames copied than logged", last)
+		n := s.ckpt.synced.Load()
+		if n == synced {
+			continue
+		}
+		synced = n
+		last := s.ckpt.last.Load()
+		if last == nil || last.copied >= last.logged {
+			t.Fatalf("the checkpointer synced the WAL after a checkpoint that copied everything (%+v)", last)
+		}
+		if last.copied == prevCopied {
+			break
+		}
+		prevCopied = last.copied
 	}
 	if fi, err := os.Stat(s.ckpt.wal); err != nil || fi.Size() == 0 {
 		t.Fatalf("the checkpointer syncs %s: %v, %v; want the store's WAL", s.ckpt.wal, fi, err)
 	}
 	if _, err := reader.ExecContext(ctx, `COMMIT`); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloseCheckpointsTheLastCommits: a Store closed within a checkpoint
+// interval of its last commit checkpoints (and so syncs) those commits
+// itself: SQLite does it on closing only for the last connection to the
+// file in any process.
+func TestCloseCheckpointsTheLastCommits(t *testing.T) {
+	t.Parallel()
+	s, err := Open(filepath.Join(t.TempDir(), "close.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if res, err := s.Claim(context.Background(), idempotency.ClaimRequest{Key: "k", Token: 1, Now: now,
+		LeaseUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)}); err != nil || !res.Claimed {
+		t.Fatalf("claim: %+v, %v", res, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.ckpt.ran.Load(); n != 1 {
+		t.Fatalf("%d checkpoints by a Store closed just after its only commit; want 1 (at Close)", n)
+	}
+	if last := s.ckpt.last.Load(); last == nil || last.logged == 0 || last.copied != last.logged {
+		t.Fatalf("the checkpoint at Close reported %+v; want every frame copied", last)
 	}
 }

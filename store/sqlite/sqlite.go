@@ -289,9 +289,6 @@ func Open(path string, opts Options) (*Store, error) {
 			if path != Memory {
 				// Not counted: checkpoints are not the store's round trips.
 				s.ckpt.db = sql.OpenDB(base)
-				// dataSource made the same absolute path (Abs succeeded there).
-				abs, _ := filepath.Abs(path)
-				s.ckpt.wal = abs + "-wal"
 				s.ckpt.db.SetMaxOpenConns(1)
 			}
 			return s, nil
