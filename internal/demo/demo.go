@@ -136,7 +136,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fmt.Fprintf(out, "  export LEVEE_ADMIN_TOKEN=%s\n", token)
 	fmt.Fprintf(out, "  go run ./cmd/levee keys list --admin http://%s --route charges --state unknown   # keys held after a lost answer\n", srv.AdminAddr())
 	fmt.Fprintf(out, "  curl -s -X POST %s/async/ledger -d '{\"entry\":\"x\"}'   # 202 + id; the ledger is up again\n", base)
-	fmt.Fprintf(out, "  levee dlq list --admin http://%s            # the dead-letter queues\n", srv.AdminAddr())
+	fmt.Fprintf(out, "  go run ./cmd/levee dlq list --admin http://%s   # the dead-letter queues\n", srv.AdminAddr())
 	fmt.Fprintf(out, "  open http://%s/dlq/ui                        # the same in a browser (sign in with the token)\n", srv.AdminAddr())
 	<-ctx.Done()
 	fmt.Fprintf(out, "\nstopping\n")
