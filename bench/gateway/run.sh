@@ -491,6 +491,26 @@ report() {
   if [ "$REPEAT" -gt 1 ]; then
     echo "$REPEAT rounds, scenarios interleaved; the table gives each scenario's median (peak RSS: the maximum; errors: the sum; upstream conns and reqs: the last round). levee-plain / nginx per round: ${ROUND_RATIOS[*]:-n/a}."
     echo
+    if [ -n "${L_RPS[levee-plain]:-}" ]; then
+      # The medians come from different rounds: on a VM whose speed drifts,
+      # they can pair a slow round of one scenario with a fast one of
+      # another. Each round's ratio compares scenarios run minutes apart.
+      echo "Per round, ratio to that round's levee-plain:"
+      echo
+      for n in "${order[@]}"; do
+        [ "$n" = levee-plain ] || [[ $n == *-c$CONNS_HIGH ]] && continue
+        echo "- $n: $(paste -d' ' <(echo "${L_RPS[$n]}" | tr ' ' '\n' | awk NF) <(echo "${L_RPS[levee-plain]}" | tr ' ' '\n' | awk NF) |
+          awk '$1 != "-" && $2 != "-" && $2 > 0 { printf "%s%.2f", (k++ ? " · " : ""), $1 / $2 } END { if (!k) printf "-" }')"
+      done
+      spread=$(echo "${L_RPS[levee-plain]}" | tr ' ' '\n' | awk 'NF && $1 != "-" { if (!n++ || $1 < lo) lo = $1; if ($1 > hi) hi = $1 } END { if (n && lo > 0) printf "%.0f", (hi / lo - 1) * 100; else print 0 }')
+      echo
+      echo "levee-plain per round: $(echo "${L_RPS[levee-plain]}" | awk '{ $1 = $1; gsub(/ /, " · "); print }') req/s (spread ${spread}%)."
+      if [ "$spread" -gt 20 ]; then
+        echo
+        echo "**Drift: levee-plain's rounds differ by ${spread}%.** The machine's speed changed during the run; the medians above may pair rounds of different speeds. Read the per-round ratios, or run again."
+      fi
+      echo
+    fi
   fi
   echo -n "Goals: levee-plain / nginx ≥ 0.80 → **$(ratio "${R_RPS[levee-plain]:-}" "${R_RPS[nginx]:-}")**;" \
     "levee-idem-redis / levee-plain ≥ 0.60 → **$(ratio "${R_RPS[levee-idem-redis]:-}" "${R_RPS[levee-plain]:-}")**"
@@ -498,6 +518,11 @@ report() {
     echo "; levee peak RSS at ${CONNS_HIGH} connections < 100 MiB → plain **${R_RSS[levee-plain-c$CONNS_HIGH]:-?} MiB**, redis **${R_RSS[levee-idem-redis-c$CONNS_HIGH]:-?} MiB**."
   else echo "."; fi
   echo
+  if [ -n "${R_RPS[levee-plain]:-}" ]; then
+    # Issue 11's goals, from the table's medians.
+    echo "Durable stores (issue 11): levee-idem-sqlite / plain ≥ 0.50 → **$(ratio "${R_RPS[levee-idem-sqlite]:-}" "${R_RPS[levee-plain]}")**, its p99 ≤ 3× plain's → **$(ratio "${R_P99[levee-idem-sqlite]:-}" "${R_P99[levee-plain]:-}")×**; levee-idem-postgres / plain ≥ 0.45 → **$(ratio "${R_RPS[levee-idem-postgres]:-}" "${R_RPS[levee-plain]}")**; levee-replay-sqlite / plain ≥ 0.85 → **$(ratio "${R_RPS[levee-replay-sqlite]:-}" "${R_RPS[levee-plain]}")**."
+    echo
+  fi
   echo "go-stock-proxy = httputil.NewSingleHostReverseProxy with http.DefaultTransport; -tuned: the same with MaxIdleConnsPerHost 1024. proto-proxy = bench/gateway/protoproxy, a measurement prototype (net/http server + an HTTP/1.1 upstream client in the handler goroutine, access log per line), not levee."
   echo
   echo "errors = non-2xx answers + socket errors seen by wrk. upstream conns opened = TCP connections the upstream accepted during the measured run (0 = the proxy reused its pool). server peak RSS = VmHWM of the server process (levee / Go proxy / the nginx worker / the upstream for the direct row) at the end of its run; each proxy scenario starts a fresh process. CPU µs/req = user+system CPU time of that process (and of the upstream) during the measured run, divided by the requests wrk completed (clock-tick resolution)."
