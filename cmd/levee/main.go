@@ -111,19 +111,28 @@ func serve(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
+	// Signals are caught before the listeners open, so that one sent as
+	// soon as /readyz answers (a deploy tool reloading or stopping at once)
+	// is handled, not met by Go's default action, which ends the process
+	// (for SIGHUP too). A SIGHUP during start-up waits in the channel and
+	// reloads once serving; SIGINT and SIGTERM are caught from just before
+	// the listeners open, so that Ctrl-C still ends a start-up that waits
+	// for a store.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	ctx := context.Background()
 	srv, err := gateway.NewServer(ctx, path, gateway.ServerOptions{Version: current().Version, Watch: true})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, err)
 		_ = srv.Shutdown(ctx)
 		return 1
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			_ = srv.Reload()

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/leveehq/levee/internal/poll"
 	"github.com/leveehq/levee/internal/syncbuf"
+	"github.com/leveehq/levee/internal/tcpproxy"
 )
 
 func TestMain(m *testing.M) {
@@ -437,4 +438,65 @@ routes:
 	if up.n.Load() != 100 {
 		t.Fatalf("upstream saw %d requests, want 100", up.n.Load())
 	}
+}
+
+// TestSIGHUPDuringStartup: a SIGHUP that arrives while levee is still
+// starting (here: its PostgreSQL store unreachable behind a frozen proxy)
+// does not end the process, as Go's default action would, and reloads once
+// levee serves. The same handler covers a SIGHUP sent the moment /readyz
+// first answers (TestSignals once lost that race under load).
+func TestSIGHUPDuringStartup(t *testing.T) {
+	t.Parallel()
+	store := postgresStore(t)
+	url := os.Getenv("LEVEE_POSTGRES_URL")
+	if url == "" {
+		url = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	p := tcpproxy.Start(t, "127.0.0.1:5432")
+	p.Freeze()
+	store = strings.Replace(store, url, strings.Replace(url, "127.0.0.1:5432", p.Addr(), 1), 1)
+	up := newCharges(t)
+	addr, admin := freePort(t), freePort(t)
+	cfg := writeConfig(t, addr, admin, store, up.url, "      required: false")
+	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
+	cmd.Env = append(os.Environ(), "LEVEE_TEST_RUN_MAIN=1")
+	out := &syncbuf.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	done := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	// Still starting: the store's connection waits on the frozen proxy.
+	time.Sleep(500 * time.Millisecond)
+	if resp, err := http.Get("http://" + admin + "/readyz"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("levee answered /readyz (%d) with its store unreachable", resp.StatusCode)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatalf("levee ended on a SIGHUP during start-up: %v\n%s", waitErr, out)
+	default:
+	}
+	p.Unfreeze()
+	poll.Until(t, 20*time.Second, func() bool {
+		select {
+		case <-done:
+			t.Fatalf("levee ended after start-up: %v\n%s", waitErr, out)
+		default:
+		}
+		m, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(m.Body)
+		m.Body.Close()
+		return strings.Contains(string(b), `levee_config_reloads_total{result="success"} 1`)
+	}, "the SIGHUP sent during start-up was not applied as a reload once serving:\n%s", out)
 }
