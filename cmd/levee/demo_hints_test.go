@@ -4,31 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/leveehq/levee/internal/demo"
+	"github.com/leveehq/levee/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer the demo writes from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestDemoHintsRun: every levee command `levee demo` prints to try by hand
 // is spelled as a newcomer who ran `go run ./cmd/levee demo` can type it,
@@ -39,7 +22,7 @@ func TestDemoHintsRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() {
 		_, err := demo.Run(ctx, demo.Options{Out: &out, Serve: true})
@@ -85,7 +68,7 @@ func TestDemoHintsRun(t *testing.T) {
 		}
 	}
 	cancel()
-	if err := <-done; err != nil && err != context.Canceled {
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatalf("demo: %v", err)
 	}
 }

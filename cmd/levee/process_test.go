@@ -74,9 +74,9 @@ type replica struct {
 	err   error         // its exit error, valid after done
 }
 
-// startReplica runs `levee serve --config cfg` in a child process and waits
-// until it is ready.
-func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
+// startProcess runs `levee serve --config cfg` in a child process, killed
+// when the test ends, without waiting for it to be ready.
+func startProcess(t *testing.T, cfgPath, addr, admin string) *replica {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
 	cmd.Env = append(os.Environ(), "LEVEE_TEST_RUN_MAIN=1")
@@ -91,6 +91,15 @@ func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
 		_ = cmd.Process.Kill()
 		<-r.done
 	})
+	return r
+}
+
+// startReplica runs `levee serve --config cfg` in a child process and waits
+// until it is ready.
+func startReplica(t *testing.T, cfgPath, addr, admin string) *replica {
+	t.Helper()
+	r := startProcess(t, cfgPath, addr, admin)
+	out := r.out
 	exited := false
 	poll.Until(t, 20*time.Second, func() bool {
 		select {
@@ -192,11 +201,16 @@ func redisStore(t *testing.T) string {
 	return fmt.Sprintf("  type: redis\n  redis: {addr: %q, prefix: \"levee:proctest:%s:\"}", addr, randID())
 }
 
-func postgresStore(t *testing.T) string {
-	url := os.Getenv("LEVEE_POSTGRES_URL")
-	if url == "" {
-		url = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+// postgresURL is the PostgreSQL the process tests use.
+func postgresURL() string {
+	if url := os.Getenv("LEVEE_POSTGRES_URL"); url != "" {
+		return url
 	}
+	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+}
+
+func postgresStore(t *testing.T) string {
+	url := postgresURL()
 	need(t, "PostgreSQL", "127.0.0.1:5432")
 	schema := "levee_proc_" + randID()
 	t.Cleanup(func() {
@@ -448,47 +462,33 @@ routes:
 func TestSIGHUPDuringStartup(t *testing.T) {
 	t.Parallel()
 	store := postgresStore(t)
-	url := os.Getenv("LEVEE_POSTGRES_URL")
-	if url == "" {
-		url = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
 	p := tcpproxy.Start(t, "127.0.0.1:5432")
 	p.Freeze()
+	url := postgresURL()
 	store = strings.Replace(store, url, strings.Replace(url, "127.0.0.1:5432", p.Addr(), 1), 1)
 	up := newCharges(t)
 	addr, admin := freePort(t), freePort(t)
-	cfg := writeConfig(t, addr, admin, store, up.url, "      required: false")
-	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
-	cmd.Env = append(os.Environ(), "LEVEE_TEST_RUN_MAIN=1")
-	out := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	done := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	r := startProcess(t, writeConfig(t, addr, admin, store, up.url, "      required: false"), addr, admin)
 	// Still starting: the store's connection waits on the frozen proxy.
 	time.Sleep(500 * time.Millisecond)
 	if resp, err := http.Get("http://" + admin + "/readyz"); err == nil {
 		resp.Body.Close()
 		t.Fatalf("levee answered /readyz (%d) with its store unreachable", resp.StatusCode)
 	}
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := r.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
 	select {
-	case <-done:
-		t.Fatalf("levee ended on a SIGHUP during start-up: %v\n%s", waitErr, out)
+	case <-r.done:
+		t.Fatalf("levee ended on a SIGHUP during start-up: %v\n%s", r.err, r.out)
 	default:
 	}
 	p.Unfreeze()
 	poll.Until(t, 20*time.Second, func() bool {
 		select {
-		case <-done:
-			t.Fatalf("levee ended after start-up: %v\n%s", waitErr, out)
+		case <-r.done:
+			t.Fatalf("levee ended after start-up: %v\n%s", r.err, r.out)
 		default:
 		}
 		m, err := http.Get("http://" + admin + "/metrics")
@@ -498,5 +498,5 @@ func TestSIGHUPDuringStartup(t *testing.T) {
 		b, _ := io.ReadAll(m.Body)
 		m.Body.Close()
 		return strings.Contains(string(b), `levee_config_reloads_total{result="success"} 1`)
-	}, "the SIGHUP sent during start-up was not applied as a reload once serving:\n%s", out)
+	}, "the SIGHUP sent during start-up was not applied as a reload once serving:\n%s", r.out)
 }
