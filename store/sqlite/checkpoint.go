@@ -40,11 +40,10 @@ const checkpointEvery = 500 * time.Millisecond
 // in another process, still holds an older snapshot, or another process
 // is checkpointing) may sync nothing, and then the checkpointer fsyncs the
 // WAL file itself. So the WAL is synced every checkpointEvery while
-// commits come and once after the last one, and a power loss or an
-// operating-system crash can take back the commits of about the last
-// checkpointEvery, not more. When
-// the Store closes, SQLite checkpoints the rest as the last connection
-// closes.
+// commits come and once after the last one (or at Close, which checkpoints
+// what the last interval left), and a power loss or an operating-system
+// crash can take back the commits of about the last checkpointEvery, not
+// more.
 type checkpointer struct {
 	db      *sql.DB // nil for Memory (no WAL)
 	wal     string  // the WAL file's path, as SQLite resolved it (syncWAL sets it)
@@ -123,11 +122,17 @@ func (c *checkpointer) checkpoint() {
 	if err == nil {
 		c.last.Store(&checkpointResult{logged: logged, copied: copied})
 	}
-	if err != nil || busy != 0 || logged < 0 || copied < logged {
-		if c.syncWAL() == nil {
-			c.synced.Add(1)
-		}
+	if leftUnsynced(err, busy, logged, copied) && c.syncWAL() == nil {
+		c.synced.Add(1)
 	}
+}
+
+// leftUnsynced reports whether a PASSIVE checkpoint's answer leaves WAL
+// frames that it may not have synced: it failed, another connection was
+// checkpointing (busy, with -1 for both counts), or it copied fewer frames
+// than the WAL holds (a reader held it back; it syncs only when it copies).
+func leftUnsynced(err error, busy, logged, copied int) bool {
+	return err != nil || busy != 0 || logged < 0 || copied < logged
 }
 
 // syncWAL fsyncs the WAL file (any descriptor of a file syncs what every

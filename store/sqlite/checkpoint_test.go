@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -207,5 +208,30 @@ func TestCloseCheckpointsTheLastCommits(t *testing.T) {
 	}
 	if last := s.ckpt.last.Load(); last == nil || last.logged == 0 || last.copied != last.logged {
 		t.Fatalf("the checkpoint at Close reported %+v; want every frame copied", last)
+	}
+}
+
+// TestLeftUnsynced: every answer of a PASSIVE checkpoint that can leave
+// frames unsynced makes the checkpointer sync the WAL itself, including
+// SQLite's answer while another connection checkpoints (busy, -1, -1),
+// which comes without an error and which no single-process test provokes
+// reliably; an answer that copied every frame does not.
+func TestLeftUnsynced(t *testing.T) {
+	for _, c := range []struct {
+		name                 string
+		err                  error
+		busy, logged, copied int
+		want                 bool
+	}{
+		{"everything copied", nil, 0, 40, 40, false},
+		{"empty WAL", nil, 0, 0, 0, false},
+		{"held back by a reader", nil, 0, 40, 12, true},
+		{"nothing copied", nil, 0, 40, 0, true},
+		{"another connection checkpointing", nil, 1, -1, -1, true},
+		{"failed", errors.New("disk I/O error"), 0, 0, 0, true},
+	} {
+		if got := leftUnsynced(c.err, c.busy, c.logged, c.copied); got != c.want {
+			t.Errorf("%s: leftUnsynced = %v, want %v", c.name, got, c.want)
+		}
 	}
 }
